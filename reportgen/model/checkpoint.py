@@ -1,0 +1,133 @@
+"""Checkpoints: weights plus everything needed to use and describe them, saved atomically and
+loaded without executing code (torch's weights-only unpickler accepts only tensors and plain data).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reportgen.data.tokenizer import Tokenizer
+from reportgen.errors import ReportgenError
+from reportgen.model.transformer import ModelConfig, Transformer
+
+FORMAT = "reportgen-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model in eval mode, its tokenizer and its metadata."""
+
+    model: Transformer
+    tokenizer: Tokenizer
+    meta: dict[str, Any]
+    path: str
+    sha256: str
+
+    @property
+    def task(self) -> dict[str, Any]:
+        """The data spec the model was trained on (task, digits, steps, answer order)."""
+        return self.meta["data"]
+
+
+def library_versions() -> dict[str, str]:
+    import numpy
+    import platform
+
+    return {"python": platform.python_version(), "torch": str(torch.__version__), "numpy": str(numpy.__version__)}
+
+
+def save_checkpoint(path: str | Path, model: Transformer, tokenizer: Tokenizer, **meta: Any) -> None:
+    """Write weights and metadata atomically: a crash mid-save leaves the old file intact.
+
+    `meta` must hold only plain data (dicts, lists, str, numbers, tensors), e.g. data, train_config,
+    metrics, step, optimizer state.
+    """
+    path = Path(path)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_config": model.cfg.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "vocab": list(tokenizer.vocab),
+        "versions": library_versions(),
+        **meta,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_checkpoint_payload(path: str | Path) -> dict[str, Any]:
+    """The raw checkpoint dict, refusing anything that is not a safe reportgen checkpoint."""
+    path = Path(path)
+    hint = "train one with `reportgen train --config configs/train.yaml --output-dir runs/NAME`"
+    if not path.is_file():
+        raise ReportgenError(f"checkpoint not found: {path}; {hint}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Unsupported" in str(e) or "global" in str(e).lower():
+            raise ReportgenError(
+                f"refused to load {path}: it contains Python objects that could run code when loaded; "
+                "reportgen checkpoints hold only tensors and plain data"
+            ) from None
+        raise ReportgenError(f"checkpoint {path} is corrupt or truncated ({_first_line(e)}); re-create it") from None
+    except Exception as e:  # torch raises RuntimeError/EOFError/ValueError for damaged archives
+        raise ReportgenError(f"checkpoint {path} is corrupt or truncated ({_first_line(e)}); re-create it") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ReportgenError(f"{path} is not a reportgen checkpoint (no '{FORMAT}' marker); {hint}")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise ReportgenError(
+            f"checkpoint {path} has format version {payload.get('format_version')}, "
+            f"this reportgen reads version {FORMAT_VERSION}"
+        )
+    return payload
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:160] if text else type(e).__name__
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
+    """Load a checkpoint into an eval-mode model on `device`."""
+    payload = read_checkpoint_payload(path)
+    try:
+        cfg = ModelConfig(**payload["model_config"])
+        model = Transformer(cfg)
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise ReportgenError(f"checkpoint {path} does not match the reportgen model ({_first_line(e)})") from None
+    meta = {k: v for k, v in payload.items() if k not in ("state_dict", "optimizer")}
+    return Checkpoint(
+        model=model.to(device).eval(),
+        tokenizer=Tokenizer.from_dict({"vocab": payload["vocab"]}),
+        meta=meta,
+        path=str(path),
+        sha256=file_sha256(path),
+    )

@@ -1,0 +1,255 @@
+"""A small decoder-only pre-LayerNorm transformer whose every activation is a named hook point.
+
+Parameter and hook names follow TransformerLens (W_Q, W_O, W_in, ...; `blocks.0.attn.hook_pattern`)
+so researchers can read the analyses in the terms they know. Interventions are not flags set on
+modules: each forward pass takes a mapping `hooks = {name: fn}`; `fn(activation, name)` may
+return a replacement tensor (batched over the whole batch) or None to leave it unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Callable, Mapping, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from reportgen.errors import ReportgenError
+
+HookFn = Callable[[torch.Tensor, str], Optional[torch.Tensor]]
+Hooks = Mapping[str, HookFn]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the transformer; saved in every checkpoint."""
+
+    n_layers: int = 2
+    n_heads: int = 4
+    d_model: int = 64
+    d_mlp: int = 256
+    n_ctx: int = 48
+    d_vocab: int = 21
+    ln_eps: float = 1e-5
+
+    def __post_init__(self):
+        for f in fields(self):
+            if getattr(self, f.name) <= 0:
+                raise ReportgenError(f"model config {f.name} must be positive, got {getattr(self, f.name)}")
+        if self.d_model % self.n_heads:
+            raise ReportgenError(
+                f"model config d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
+            )
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def hook_names(cfg: ModelConfig) -> list[str]:
+    """Every hook point of a model with this config, in forward order."""
+    names = ["hook_embed", "hook_pos_embed"]
+    for l in range(cfg.n_layers):
+        b = f"blocks.{l}"
+        names += [
+            f"{b}.hook_resid_pre", f"{b}.ln1.hook_normalized",
+            f"{b}.attn.hook_q", f"{b}.attn.hook_k", f"{b}.attn.hook_v",
+            f"{b}.attn.hook_attn_scores", f"{b}.attn.hook_pattern", f"{b}.attn.hook_z",
+            f"{b}.hook_attn_out", f"{b}.hook_resid_mid", f"{b}.ln2.hook_normalized",
+            f"{b}.mlp.hook_pre", f"{b}.mlp.hook_post", f"{b}.hook_mlp_out", f"{b}.hook_resid_post",
+        ]
+    return names + ["ln_final.hook_normalized"]
+
+
+class _Run:
+    """Applies the hooks of one forward pass by name."""
+
+    def __init__(self, hooks: Optional[Hooks]):
+        self.hooks = hooks or {}
+
+    def __call__(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        fn = self.hooks.get(name)
+        if fn is None:
+            return x
+        out = fn(x, name)
+        if out is None:
+            return x
+        if out.shape != x.shape:
+            raise ValueError(f"hook {name} returned shape {tuple(out.shape)}, expected {tuple(x.shape)}")
+        return out
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm that recomputes its statistics on whatever it is given (used by the logit lens)."""
+
+    def __init__(self, d_model: int, eps: float, name: str):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(d_model))
+        self.b = nn.Parameter(torch.zeros(d_model))
+        self.eps = eps
+        self.name = name
+
+    def forward(self, x: torch.Tensor, run: _Run) -> torch.Tensor:
+        x = x - x.mean(-1, keepdim=True)
+        x = x / (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+        return run(f"{self.name}.hook_normalized", x * self.w + self.b)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, name: str):
+        super().__init__()
+        h, d, dh = cfg.n_heads, cfg.d_model, cfg.d_head
+        self.W_Q = nn.Parameter(torch.empty(h, d, dh))
+        self.W_K = nn.Parameter(torch.empty(h, d, dh))
+        self.W_V = nn.Parameter(torch.empty(h, d, dh))
+        self.W_O = nn.Parameter(torch.empty(h, dh, d))
+        self.b_Q = nn.Parameter(torch.zeros(h, dh))
+        self.b_K = nn.Parameter(torch.zeros(h, dh))
+        self.b_V = nn.Parameter(torch.zeros(h, dh))
+        self.b_O = nn.Parameter(torch.zeros(d))
+        self.name = name
+        mask = torch.tril(torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool))
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, x: torch.Tensor, run: _Run) -> torch.Tensor:
+        n = self.name
+        q = run(f"{n}.hook_q", torch.einsum("bpd,hde->bphe", x, self.W_Q) + self.b_Q)
+        k = run(f"{n}.hook_k", torch.einsum("bpd,hde->bphe", x, self.W_K) + self.b_K)
+        v = run(f"{n}.hook_v", torch.einsum("bpd,hde->bphe", x, self.W_V) + self.b_V)
+        p = x.shape[1]
+        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(q.shape[-1])
+        scores = scores.masked_fill(~self.mask[:p, :p], float("-inf"))
+        scores = run(f"{n}.hook_attn_scores", scores)
+        pattern = run(f"{n}.hook_pattern", scores.softmax(-1))
+        z = run(f"{n}.hook_z", torch.einsum("bhqk,bkhe->bqhe", pattern, v))
+        return torch.einsum("bqhe,hed->bqd", z, self.W_O) + self.b_O
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig, name: str):
+        super().__init__()
+        self.W_in = nn.Parameter(torch.empty(cfg.d_model, cfg.d_mlp))
+        self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp))
+        self.W_out = nn.Parameter(torch.empty(cfg.d_mlp, cfg.d_model))
+        self.b_out = nn.Parameter(torch.zeros(cfg.d_model))
+        self.name = name
+
+    def forward(self, x: torch.Tensor, run: _Run) -> torch.Tensor:
+        pre = run(f"{self.name}.hook_pre", x @ self.W_in + self.b_in)
+        post = run(f"{self.name}.hook_post", F.gelu(pre))
+        return post @ self.W_out + self.b_out
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.name = f"blocks.{layer}"
+        self.ln1 = LayerNorm(cfg.d_model, cfg.ln_eps, f"{self.name}.ln1")
+        self.attn = Attention(cfg, f"{self.name}.attn")
+        self.ln2 = LayerNorm(cfg.d_model, cfg.ln_eps, f"{self.name}.ln2")
+        self.mlp = MLP(cfg, f"{self.name}.mlp")
+
+    def forward(self, x: torch.Tensor, run: _Run) -> torch.Tensor:
+        n = self.name
+        x = run(f"{n}.hook_resid_pre", x)
+        attn_out = run(f"{n}.hook_attn_out", self.attn(self.ln1(x, run), run))
+        x = run(f"{n}.hook_resid_mid", x + attn_out)
+        mlp_out = run(f"{n}.hook_mlp_out", self.mlp(self.ln2(x, run), run))
+        return run(f"{n}.hook_resid_post", x + mlp_out)
+
+
+class Transformer(nn.Module):
+    """Decoder-only pre-LN transformer with learned positional embeddings."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
+        self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model))
+        self.blocks = nn.ModuleList(Block(cfg, l) for l in range(cfg.n_layers))
+        self.ln_final = LayerNorm(cfg.d_model, cfg.ln_eps, "ln_final")
+        self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
+        self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab))
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: Optional[torch.Generator] = None) -> None:
+        """GPT-2 style init: N(0, 0.02), output projections scaled by depth."""
+        std = 0.02
+        out_std = std / math.sqrt(2 * self.cfg.n_layers)
+        for name, p in self.named_parameters():
+            if name.split(".")[-1] in ("W_O", "W_out"):
+                nn.init.normal_(p, 0.0, out_std, generator=generator)
+            elif name.split(".")[-1].startswith("W_"):
+                nn.init.normal_(p, 0.0, std, generator=generator)
+        self.W_U.data.normal_(0.0, std, generator=generator)
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_E.device
+
+    def embed(self, tokens: torch.Tensor, run: _Run) -> torch.Tensor:
+        if tokens.shape[1] > self.cfg.n_ctx:
+            raise ReportgenError(
+                f"input of {tokens.shape[1]} tokens is longer than the model's context of {self.cfg.n_ctx}; "
+                "use shorter examples"
+            )
+        emb = run("hook_embed", self.W_E[tokens])
+        pos = run("hook_pos_embed", self.W_pos[: tokens.shape[1]].expand(tokens.shape[0], -1, -1))
+        return emb + pos
+
+    def forward(
+        self,
+        tokens: Optional[torch.Tensor] = None,
+        hooks: Optional[Hooks] = None,
+        start_at_layer: int = 0,
+        resid: Optional[torch.Tensor] = None,
+        stop_at_layer: Optional[int] = None,
+    ) -> torch.Tensor:
+        """Logits [batch, pos, vocab] for `tokens` [batch, pos].
+
+        To skip recomputing early layers, pass `resid` (the input to `blocks.{start_at_layer}`)
+        instead of tokens. With `stop_at_layer=l` the residual stream entering block l is
+        returned instead of logits.
+        """
+        run = _Run(hooks)
+        x = self.embed(tokens, run) if resid is None else resid
+        stop = self.cfg.n_layers if stop_at_layer is None else stop_at_layer
+        for block in self.blocks[start_at_layer:stop]:
+            x = block(x, run)
+        if stop_at_layer is not None:
+            return x
+        return self.ln_final(x, run) @ self.W_U + self.b_U
+
+    def run_with_cache(
+        self,
+        tokens: torch.Tensor,
+        names: Optional[Callable[[str], bool]] = None,
+        hooks: Optional[Hooks] = None,
+        detach: bool = True,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One forward pass recording every hook point (or those `names` accepts).
+
+        `hooks` may intervene at the same time; the cache records the values after intervention.
+        """
+        cache: dict[str, torch.Tensor] = {}
+        hooks = dict(hooks or {})
+
+        def record(name: str, fn: Optional[HookFn]) -> HookFn:
+            def hook(x: torch.Tensor, _name: str) -> torch.Tensor:
+                if fn is not None:
+                    out = fn(x, _name)
+                    x = x if out is None else out
+                cache[_name] = x.detach() if detach else x
+                return x
+            return hook
+
+        for name in hook_names(self.cfg):
+            if names is None or names(name):
+                hooks[name] = record(name, hooks.get(name))
+        logits = self(tokens, hooks=hooks)
+        return logits, cache
