@@ -8,6 +8,8 @@ import hashlib
 import os
 import pickle
 import tempfile
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,15 +90,18 @@ def read_checkpoint_payload(path: str | Path) -> dict[str, Any]:
     hint = "train one with `reportgen train --config configs/train.yaml --output-dir runs/NAME`"
     if not path.is_file():
         raise ReportgenError(f"checkpoint not found: {path}; {hint}")
+    _check_archive(path, hint)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Unsupported" in str(e) or "global" in str(e).lower():
+        if "global" in str(e).lower():
             raise ReportgenError(
                 f"refused to load {path}: it contains Python objects that could run code when loaded; "
                 "reportgen checkpoints hold only tensors and plain data"
             ) from None
-        raise ReportgenError(f"checkpoint {path} is corrupt or truncated ({_first_line(e)}); re-create it") from None
+        raise ReportgenError(f"checkpoint {path} is corrupt or not a reportgen checkpoint; re-create it") from None
     except Exception as e:  # torch raises RuntimeError/EOFError/ValueError for damaged archives
         raise ReportgenError(f"checkpoint {path} is corrupt or truncated ({_first_line(e)}); re-create it") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -107,6 +112,26 @@ def read_checkpoint_payload(path: str | Path) -> dict[str, Any]:
             f"this reportgen reads version {FORMAT_VERSION}"
         )
     return payload
+
+
+def _check_archive(path: Path, hint: str) -> None:
+    """Refuse anything but an intact zip archive (what torch.save writes) before unpickling.
+
+    A plain pickle, legacy torch file or garbage is foreign; a file that starts like a zip but
+    is cut short or fails a CRC check is corrupt (torch itself does not check CRCs).
+    """
+    with open(path, "rb") as f:
+        zip_like = f.read(4) == b"PK\x03\x04"
+    if not zip_like:
+        raise ReportgenError(f"{path} is not a reportgen checkpoint (not a torch archive); {hint}")
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+        problem = None if bad is None else f"CRC mismatch in {bad}"
+    except Exception as e:  # zipfile raises many types for damaged archives
+        problem = _first_line(e)
+    if problem is not None:
+        raise ReportgenError(f"checkpoint {path} is corrupt or truncated ({problem}); re-create it")
 
 
 def _first_line(e: Exception) -> str:
@@ -121,12 +146,13 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
         cfg = ModelConfig(**payload["model_config"])
         model = Transformer(cfg)
         model.load_state_dict(payload["state_dict"])
+        tokenizer = Tokenizer.from_dict({"vocab": payload["vocab"]})
     except (KeyError, TypeError, RuntimeError) as e:
         raise ReportgenError(f"checkpoint {path} does not match the reportgen model ({_first_line(e)})") from None
     meta = {k: v for k, v in payload.items() if k not in ("state_dict", "optimizer")}
     return Checkpoint(
         model=model.to(device).eval(),
-        tokenizer=Tokenizer.from_dict({"vocab": payload["vocab"]}),
+        tokenizer=tokenizer,
         meta=meta,
         path=str(path),
         sha256=file_sha256(path),

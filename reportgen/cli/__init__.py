@@ -1,0 +1,38 @@
+"""`reportgen` command line: one module per subcommand, each with `register(subparsers)`.
+
+Subcommand modules import heavy libraries (torch) only inside `run`, so `reportgen render`
+works without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from reportgen.errors import ReportgenError
+
+COMMANDS = ("data", "train", "eval", "analyze", "build", "render")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reportgen",
+        description="Train small arithmetic transformers, analyse how they compute, and report it.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"reportgen.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ReportgenError as e:
+        print(f"reportgen: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("reportgen: interrupted; finished work was kept", file=sys.stderr)
+        return 130

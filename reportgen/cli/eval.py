@@ -1,0 +1,44 @@
+"""`reportgen eval`: exact match of a checkpoint on a fresh stratified test set of its own task."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a fresh stratified test set",
+                       description="Greedy-decode a fresh test set of the checkpoint's own task and format, "
+                                   "stratified by difficulty; print exact match with 95%% Wilson intervals.")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--instances", type=int, default=2000, help="test examples (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=1234, help="seed of the fresh test set (default: %(default)s)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from reportgen.errors import ReportgenError
+
+    if args.instances <= 0:
+        raise ReportgenError(f"--instances must be positive, got {args.instances}")
+    from reportgen.analysis.examples import generated_records
+    from reportgen.model.checkpoint import load_checkpoint
+    from reportgen.train.evaluate import evaluate
+    from reportgen.train.trainer import resolve_device
+
+    ckpt = load_checkpoint(args.checkpoint, device=str(resolve_device(args.device)))
+    records = generated_records(ckpt, args.instances, args.seed)
+    res = evaluate(ckpt.model, ckpt.tokenizer, records)
+    t = ckpt.task
+    print(f"{args.checkpoint}: task {t['task']}, {t['min_digits']}-{t['max_digits']} digits, "
+          f"{'with' if t['with_steps'] else 'without'} steps, {t['answer_order']} answers")
+    print(f"exact match {res.exact_match:.4f} [{res.lo:.4f}, {res.hi:.4f}] (n={res.n}); "
+          f"per-digit accuracy {res.digit_accuracy:.4f}")
+    for stratum, s in res.by_stratum.items():
+        print(f"  {stratum:12s} {s['exact_match']:.4f} [{s['lo']:.4f}, {s['hi']:.4f}] (n={s['n']})")
+    if args.json:
+        print(json.dumps({**res.to_dict(), "checkpoint": args.checkpoint, "sha256": ckpt.sha256, "task": t},
+                         sort_keys=True))
+    return 0

@@ -1,0 +1,90 @@
+"""Training configuration: data to train on, model shape, optimisation and evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from reportgen.configfile import from_dict, load_yaml
+from reportgen.errors import ReportgenError
+from reportgen.model.transformer import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    """Either an existing `reportgen data` directory (`dir`) or a data set to generate."""
+
+    dir: Optional[str] = None
+    task: Literal["add", "sub", "mul", "addsub"] = "add"
+    instances: int = 20000
+    max_digits: int = 3
+    min_digits: int = 1
+    with_steps: bool = False
+    answer_order: Literal["plain", "reversed"] = "plain"
+    stratified_fraction: float = 0.5
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-3
+    min_lr: float = 1e-4
+    weight_decay: float = 0.1
+    batch_size: int = 128
+    warmup_steps: int = 100
+    max_steps: int = 4000
+    grad_clip: float = 1.0
+
+    def __post_init__(self):
+        _check("optim", self, positive=("lr", "batch_size", "max_steps", "grad_clip"),
+               non_negative=("min_lr", "weight_decay", "warmup_steps"))
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval_every: int = 200
+    eval_instances: int = 1000  # validation examples decoded at each evaluation
+    stop_at_exact_match: float = 1.0  # stop once validation exact match reaches this
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self):
+        _check("", self, positive=("eval_every", "eval_instances"), non_negative=("seed",))
+        if not 0 < self.stop_at_exact_match <= 1:
+            raise ReportgenError(f"stop_at_exact_match must be in (0, 1], got {self.stop_at_exact_match}")
+
+
+def _check(section: str, cfg, positive: tuple[str, ...], non_negative: tuple[str, ...]) -> None:
+    """Range checks that YAML typing cannot express, naming the bad key."""
+    prefix = f"{section}." if section else ""
+    for name in positive:
+        if not getattr(cfg, name) > 0:
+            raise ReportgenError(f"{prefix}{name} must be positive, got {getattr(cfg, name)}")
+    for name in non_negative:
+        if not getattr(cfg, name) >= 0:
+            raise ReportgenError(f"{prefix}{name} must not be negative, got {getattr(cfg, name)}")
+
+
+def load_train_config(path: str) -> TrainConfig:
+    """Read and validate a training YAML; errors name the bad key."""
+    return from_dict(TrainConfig, load_yaml(path), path)
+
+
+def apply_overrides(cfg_dict: dict, overrides: list[str]) -> dict:
+    """Apply `section.key=value` overrides (YAML-parsed values) to a config mapping."""
+    import yaml
+
+    for item in overrides:
+        if "=" not in item:
+            raise ReportgenError(f"override {item!r} must look like section.key=value, e.g. optim.lr=0.001")
+        key, value = item.split("=", 1)
+        node = cfg_dict
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ReportgenError(f"override {item!r}: {p!r} is not a section")
+        node[leaf] = yaml.safe_load(value)
+    return cfg_dict

@@ -1,0 +1,110 @@
+"""Greedy-decoding evaluation: exact match and per-digit accuracy, overall and per stratum."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from reportgen.data.tokenizer import Tokenizer
+from reportgen.errors import ReportgenError
+from reportgen.model.transformer import Transformer
+
+
+@dataclass
+class EvalResult:
+    """Exact match with a 95% Wilson interval, per-digit accuracy, and the same per stratum."""
+
+    exact_match: float
+    lo: float
+    hi: float
+    n: int
+    digit_accuracy: float
+    by_stratum: dict[str, dict] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "exact_match": self.exact_match, "lo": self.lo, "hi": self.hi, "n": self.n,
+            "digit_accuracy": self.digit_accuracy, "by_stratum": self.by_stratum,
+        }
+
+
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval for k successes in n trials (sound at 0% and 100%)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    # Clamp so rounding never leaves the estimate outside (e.g. hi = 0.9999999999999999 at k = n).
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
+
+
+@torch.no_grad()
+def greedy_decode(model: Transformer, tokenizer: Tokenizer, prompts: list[str], max_new_tokens: int,
+                  batch_size: int = 512) -> list[str]:
+    """Generated text after each prompt (up to EOS), batched over prompts.
+
+    Prompts of different lengths are left-aligned; each row writes its next token at its own
+    current end, so no row ever attends to padding (the causal mask hides later positions).
+    Each row stops at EOS, after `max_new_tokens`, or when prompt plus output fill the context.
+    """
+    out: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        out += _decode_batch(model, tokenizer, prompts[start : start + batch_size], max_new_tokens)
+    return out
+
+
+def _decode_batch(model, tokenizer, prompts, max_new_tokens):
+    seqs = [tokenizer.encode(p, bos=True) for p in prompts]
+    n_ctx = model.cfg.n_ctx
+    for p, s in zip(prompts, seqs):
+        if len(s) > n_ctx:
+            raise ReportgenError(
+                f"prompt {p!r} is {len(s)} tokens, longer than the model's context of {n_ctx}; use shorter examples"
+            )
+    lengths = torch.tensor([len(s) for s in seqs], device=model.device)
+    limit = (lengths + max_new_tokens).clamp(max=n_ctx)
+    tokens = torch.full((len(seqs), int(limit.max())), tokenizer.pad_id, dtype=torch.long, device=model.device)
+    for i, s in enumerate(seqs):
+        tokens[i, : len(s)] = torch.tensor(s)
+    cur = lengths.clone()
+    done = cur >= limit
+    rows = torch.arange(len(seqs), device=model.device)
+    while not done.all():
+        idx = rows[~done]  # only unfinished rows are run
+        at = cur[idx]
+        logits = model(tokens[idx, : int(at.max())])
+        nxt = logits[torch.arange(len(idx), device=model.device), at - 1].argmax(-1)
+        tokens[idx, at] = nxt
+        cur[idx] = at + 1
+        done[idx] = (nxt == tokenizer.eos_id) | (at + 1 >= limit[idx])
+    return [tokenizer.decode(tokens[i, lengths[i] : cur[i]].tolist()) for i in range(len(seqs))]
+
+
+def final_answer(target: str) -> str:
+    """The final answer digits of a target: the part after '|' when there are steps."""
+    return target.rsplit("|", 1)[-1]
+
+
+def evaluate(model: Transformer, tokenizer: Tokenizer, records: list[dict], batch_size: int = 512) -> EvalResult:
+    """Greedy-decode every record's prompt and score the final answer against its target."""
+    max_new = max(len(r["target"]) for r in records) + 1
+    was_training = model.training
+    model.eval()
+    preds = greedy_decode(model, tokenizer, [r["prompt"] for r in records], max_new, batch_size)
+    model.train(was_training)
+    exact, digits = [], []
+    for r, p in zip(records, preds):
+        want, got = final_answer(r["target"]), final_answer(p)
+        exact.append(got == want)
+        digits.append(sum(g == w for g, w in zip(got.ljust(len(want)), want)) / len(want))
+    by_stratum = {}
+    for stratum in sorted({r["labels"]["stratum"] for r in records}):
+        hits = [e for e, r in zip(exact, records) if r["labels"]["stratum"] == stratum]
+        lo, hi = wilson_interval(sum(hits), len(hits))
+        by_stratum[stratum] = {"exact_match": sum(hits) / len(hits), "lo": lo, "hi": hi, "n": len(hits)}
+    lo, hi = wilson_interval(sum(exact), len(exact))
+    return EvalResult(sum(exact) / len(exact), lo, hi, len(exact), sum(digits) / len(digits), by_stratum)
