@@ -1,0 +1,110 @@
+"""Tour of the public analysis API on one checkpoint: all six analyses, printed as plain findings.
+
+    python example_interpretability.py [runs/NAME/checkpoint_best.pt] [--out reports/example]
+
+Without a checkpoint argument, the first runs/*/checkpoint_best.pt is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from reportgen.analysis import (
+    ActivationPatcher,
+    AttentionAnalyzer,
+    CircuitDiscovery,
+    InterventionAnalyzer,
+    LogitLens,
+    ProbingClassifier,
+    load_model_and_tokenizer,
+)
+from reportgen.analysis.examples import generated_records
+from reportgen.errors import ReportgenError
+
+
+def find_checkpoint(given: str | None) -> str:
+    if given:
+        return given
+    found = sorted(Path("runs").glob("*/checkpoint_best.pt"))
+    if not found:
+        raise ReportgenError("no runs/*/checkpoint_best.pt found; pass a checkpoint path or train one first")
+    return str(found[0])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", nargs="?")
+    parser.add_argument("--out", default="reports/example", help="where figures go (default: %(default)s)")
+    args = parser.parse_args()
+    try:
+        tour(find_checkpoint(args.checkpoint), Path(args.out))
+    except ReportgenError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def tour(checkpoint: str, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    model, tokenizer, ckpt = load_model_and_tokenizer(checkpoint)
+    task = ckpt.task
+    records = generated_records(ckpt, 16, seed=0)  # stratified problems in the model's own format
+    examples = [r["prompt"] for r in records]
+    print(f"checkpoint {checkpoint}: {model.cfg.n_layers} layers x {model.cfg.n_heads} heads, task {task}")
+
+    print("\n1. Attention patterns")
+    attn = AttentionAnalyzer(model, tokenizer, task)
+    attn.plot_attention_heads(examples[0], layer_idx=model.cfg.n_layers - 1, save_path=out / "attention.png")
+    stats = attn.head_statistics(examples)
+    for s in sorted(stats.head_stats, key=lambda s: -s.operator.mean)[:3]:
+        print(f"   L{s.layer}H{s.head}: operator {s.operator.mean:.2f} [{s.operator.lo:.2f}, {s.operator.hi:.2f}], "
+              f"sink {s.sink.mean:.2f}, entropy {s.entropy.mean:.2f}")
+    print(f"   figure: {out / 'attention.png'}")
+
+    print("\n2. Activation patching")
+    patcher = ActivationPatcher(model, tokenizer, task)
+    try:
+        effects = patcher.compute_patching_effect(clean_text="12 + 34", corrupted_text="12 + 35", target_token_pos=-2)
+        print("   recovery by layer (12+34 -> 12+35, last digit):",
+              ", ".join(f"L{l} {v:.2f}" for l, v in effects.items()))
+    except ReportgenError as e:
+        print(f"   skipped: {e}")
+
+    print("\n3. Logit lens")
+    lens = LogitLens(model, tokenizer, task)
+    lens.visualize_prediction_evolution(examples[1], position=-1, save_path=out / "logit_lens.png")
+    conv = lens.analyze_convergence(examples[1], target_token_pos=-1)
+    print(f"   {examples[1]}: last digit {conv['target']} converges at {conv['convergence_label']}; "
+          f"P(correct) per layer " + ", ".join(f"{p:.2f}" for p in conv["prob"]))
+
+    print("\n4. Circuit discovery")
+    discovery = CircuitDiscovery(model, tokenizer, task)
+    carry = discovery.find_carry_detection_heads([(e, None) for e in examples])
+    operator = discovery.find_operator_attention_heads(examples, sorted({r["op"] for r in records}))
+    for t in carry[:3]:
+        print(f"   carry test L{t['layer']}H{t['head']}: {'confirmed' if t['confirmed'] else 'not confirmed'}; {t['note']}")
+    for d in operator[:3]:
+        att = ", ".join(f"'{op}' {v:.2f}" for op, v in d["operator_attention"].items())
+        print(f"   operator attention L{d['layer']}H{d['head']}: {att}")
+
+    print("\n5. Linear probing")
+    prober = ProbingClassifier(model, tokenizer, task)
+    labels = [int(r["labels"]["n_carries"] > 0) for r in records]
+    res = prober.probe_across_layers(examples, labels, "any_carry")
+    print("   any-carry probe accuracy: " + ", ".join(
+        f"{name} {acc:.2f} (untrained {u:.2f})" for name, acc, u in zip(res["layer_labels"], res["accuracy"], res["untrained"])
+    ) + f"; majority {res['majority']:.2f}; only {res['n_test']} held-out examples: use `reportgen analyze` for real numbers")
+
+    print("\n6. Ablation interventions")
+    intervener = InterventionAnalyzer(model, tokenizer, task)
+    importance = intervener.measure_layer_importance(examples=examples, component="attn")
+    for layer, drop in importance.items():
+        print(f"   mean-ablating layer {layer}'s attention: exact match -{drop['exact_match']:.2f}, "
+              f"answer log-prob -{drop['logprob']:.2f}")
+    print(f"\nfigures in {out}; for the full analysis run `reportgen analyze --checkpoint {checkpoint} --all`")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Public-API helpers shared by the analysis classes: loading, text-to-batch, layer checks, plotting."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Optional
+
+from reportgen.analysis.examples import ExampleBatch, build_batch, records_from_texts
+from reportgen.data.tokenizer import Tokenizer
+from reportgen.errors import ReportgenError
+from reportgen.model.checkpoint import Checkpoint, load_checkpoint
+from reportgen.model.transformer import Transformer
+
+DEFAULT_TASK = {"task": "add", "max_digits": 3, "min_digits": 1, "with_steps": False, "answer_order": "plain"}
+
+
+def load_model_and_tokenizer(path: str, device: str = "cpu") -> tuple[Transformer, Tokenizer, Checkpoint]:
+    """(model in eval mode, tokenizer, checkpoint with its metadata and `.task`) from a checkpoint file."""
+    ckpt = load_checkpoint(path, device=device)
+    return ckpt.model, ckpt.tokenizer, ckpt
+
+
+def text_records(texts: list[str], task: Optional[dict] = None) -> list[dict]:
+    """Records for problems like '59 + 73' in the task's format (plain addition by default)."""
+    if not texts:
+        raise ReportgenError("no examples given; pass at least one problem like '59 + 73'")
+    return records_from_texts(list(texts), SimpleNamespace(task=task or DEFAULT_TASK))
+
+
+def text_batch(model: Transformer, tokenizer: Tokenizer, texts: list[str], task: Optional[dict] = None) -> ExampleBatch:
+    """The model's own teacher-forced input for each problem text, as one batch on the model's device."""
+    return build_batch(text_records(texts, task), tokenizer, model.cfg.n_ctx, device=model.device)
+
+
+def check_layers(layers, n_layers: int, what: str = "layer") -> list[int]:
+    """The layer indices, refusing any outside 0..n_layers-1 (negative indices count from the end)."""
+    out = []
+    for l in layers:
+        if isinstance(l, bool) or not isinstance(l, int) or not -n_layers <= l < n_layers:
+            raise ReportgenError(
+                f"{what} {l!r} is out of range: the model has {n_layers} layers (0..{n_layers - 1})"
+            )
+        out.append(l % n_layers)
+    return out
+
+
+def token_labels(tokenizer: Tokenizer, ids) -> list[str]:
+    """Readable token strings ('BOS', '5', '+', ..., 'EOS') for axis labels and reports."""
+    names = {"<bos>": "BOS", "<eos>": "EOS", "<pad>": "PAD"}
+    return [names.get(tokenizer.vocab[int(i)], tokenizer.vocab[int(i)]) for i in ids]
+
+
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (safe without a display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, save_path) -> None:
+    """Write (when a path is given) and close a figure: figures are never left open."""
+    plt = pyplot()
+    try:
+        if save_path is not None:
+            fig.savefig(save_path, dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)

@@ -1,0 +1,54 @@
+"""`configs/interpretability.yaml` as a typed config: which analyses run, on which examples, and
+the settings of each analysis. Unknown keys and wrong types are one-line errors naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional, get_args
+
+from reportgen.analysis.circuits import CircuitConfig
+from reportgen.analysis.interventions import InterventionConfig
+from reportgen.analysis.patching import PatchingConfig
+from reportgen.analysis.probing import ProbingConfig
+from reportgen.configfile import from_dict, load_yaml
+from reportgen.errors import ReportgenError
+
+Analysis = Literal["attention", "patching", "logit_lens", "circuits", "probing", "interventions"]
+ANALYSES: tuple[str, ...] = get_args(Analysis)
+
+
+@dataclass
+class AttentionConfig:
+    layers_to_analyze: Optional[list[int]] = None  # None: every layer
+    per_head_figures: bool = True  # also write one figure per head (reportgen analyze)
+
+
+@dataclass
+class AnalysisConfig:
+    """Everything `reportgen analyze` and the report's analysis stage can be told."""
+
+    enabled: list[Analysis] = field(default_factory=lambda: list(ANALYSES))
+    n_examples: int = 300  # generated stratified examples the aggregate analyses run on
+    seed: int = 0
+    examples: list[str] = field(default_factory=list)  # shown one by one; --examples overrides
+    n_example_pages: int = 8  # generated examples shown one by one when none are given
+    max_pdf_examples: int = 8  # cap on the examples the PDF report shows
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    probing: ProbingConfig = field(default_factory=ProbingConfig)
+    patching: PatchingConfig = field(default_factory=PatchingConfig)
+    interventions: InterventionConfig = field(default_factory=InterventionConfig)
+    circuits: CircuitConfig = field(default_factory=CircuitConfig)
+
+    def __post_init__(self):
+        for name in ("n_examples", "n_example_pages", "max_pdf_examples"):
+            if getattr(self, name) < 0:
+                raise ReportgenError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+def load_analysis_config(path: Optional[str | Path]) -> AnalysisConfig:
+    """The config at `path`, or the defaults when path is None."""
+    if path is None:
+        return AnalysisConfig()
+    return from_dict(AnalysisConfig, load_yaml(path), str(path))

@@ -1,0 +1,70 @@
+"""Shared machinery of the analyses: one cached forward pass over a batch, gathers at the
+answer-predicting positions, digit-restricted logits, and an untrained twin as a baseline.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from reportgen.analysis.examples import ExampleBatch
+from reportgen.data.tokenizer import Tokenizer
+from reportgen.model.transformer import Transformer
+from reportgen.train.evaluate import final_answer, greedy_decode
+
+
+@torch.no_grad()
+def run_with_cache(
+    model: Transformer, batch: ExampleBatch, names: Optional[Callable[[str], bool]] = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Logits and every hook point (or those `names` accepts) of one batched forward pass."""
+    return model.run_with_cache(batch.tokens, names=names)
+
+
+def gather_at_answers(x: torch.Tensor, batch: ExampleBatch) -> torch.Tensor:
+    """Rows of `x` [B, P, ...] at the answer-predicting positions: [B, A, ...].
+
+    Masked answer slots gather position 0; callers ignore them via `batch.answer_mask`.
+    """
+    idx = batch.pred_pos.reshape(*batch.pred_pos.shape, *([1] * (x.dim() - 2)))
+    return x.gather(1, idx.expand(-1, -1, *x.shape[2:]))
+
+
+def digit_logits(logits: torch.Tensor, tokenizer: Tokenizer) -> torch.Tensor:
+    """Logits restricted to the answer vocabulary '0'..'9' (last axis, in digit order)."""
+    return logits[..., tokenizer.digit_ids]
+
+
+def digit_log_probs(logits: torch.Tensor, tokenizer: Tokenizer) -> torch.Tensor:
+    """Log-probabilities over the ten digits only."""
+    return digit_logits(logits, tokenizer).log_softmax(-1)
+
+
+def answer_digits(batch: ExampleBatch, tokenizer: Tokenizer) -> torch.Tensor:
+    """Value 0..9 of each correct answer digit [B, A]; 0 in masked slots."""
+    lut = torch.zeros(len(tokenizer), dtype=torch.long, device=batch.answer_ids.device)
+    lut[tokenizer.digit_ids] = torch.arange(10, device=lut.device)
+    return torch.where(batch.answer_mask, lut[batch.answer_ids], 0)
+
+
+def untrained_twin(model: Transformer, seed: int) -> Transformer:
+    """A freshly initialised model of the same shape, in eval mode on the same device.
+
+    The global torch RNG is left untouched so that the baseline does not shift other seeds.
+    """
+    with torch.random.fork_rng(devices=[]):
+        twin = Transformer(model.cfg)
+        twin.reset_parameters(generator=torch.Generator().manual_seed(seed))
+    return twin.to(model.device).eval()
+
+
+def greedy_predictions(model: Transformer, tokenizer: Tokenizer, records: list[dict]) -> list[str]:
+    """Batched greedy continuation of each record's prompt (the model's own answer attempt)."""
+    max_new = max(len(r["target"]) for r in records) + 1
+    return greedy_decode(model, tokenizer, [r["prompt"] for r in records], max_new)
+
+
+def is_correct(record: dict, prediction: str) -> bool:
+    """Whether the final answer of a prediction equals the record's (steps may differ)."""
+    return final_answer(prediction) == final_answer(record["target"])

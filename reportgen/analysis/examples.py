@@ -1,0 +1,92 @@
+"""Examples as the analyses see them: teacher-forced token batches with ground truth attached.
+
+Every analysis reads the model's own input format (BOS + prompt + target + EOS) and looks at the
+positions that *predict* each final-answer digit. Batches are right-padded, which the causal mask
+makes harmless: no real position ever attends to padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from reportgen.data.arithmetic import make_record, parse_problem
+from reportgen.data.dataset import stratified_examples
+from reportgen.data.tokenizer import Tokenizer
+from reportgen.errors import ReportgenError
+from reportgen.model.checkpoint import Checkpoint
+
+@dataclass
+class ExampleBatch:
+    """Records and their token tensors; answer tensors are [batch, max answer digits], masked."""
+
+    records: list[dict]
+    tokens: torch.Tensor  # [B, P] long, right-padded
+    lengths: torch.Tensor  # [B] real length including BOS and EOS
+    pred_pos: torch.Tensor  # [B, A] token index predicting answer digit i (written order); 0 where masked
+    answer_ids: torch.Tensor  # [B, A] token id of the correct answer digit
+    columns: torch.Tensor  # [B, A] answer column n (0 = least significant) of each written digit
+    answer_mask: torch.Tensor  # [B, A] bool
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def to(self, device) -> "ExampleBatch":
+        moved = {k: getattr(self, k).to(device) for k in ("tokens", "lengths", "pred_pos", "answer_ids", "columns", "answer_mask")}
+        return ExampleBatch(records=self.records, **moved)
+
+
+def example_key(record: dict) -> str:
+    """Stable, file- and URL-safe key derived from the example itself, e.g. '59plus73'."""
+    names = {"+": "plus", "-": "minus", "*": "times"}
+    return f"{record['a']}{names[record['op']]}{record['b']}"
+
+
+def build_batch(records: list[dict], tokenizer: Tokenizer, n_ctx: int, device="cpu") -> ExampleBatch:
+    """Tokenise records into one right-padded batch, checking they fit the context."""
+    if not records:
+        raise ReportgenError("no examples to analyse; give at least one with --examples or set n_examples > 0")
+    seqs = [tokenizer.encode(r["prompt"] + r["target"], bos=True, eos=True) for r in records]
+    too_long = [r["prompt"] for r, s in zip(records, seqs) if len(s) > n_ctx]
+    if too_long:
+        raise ReportgenError(
+            f"example {too_long[0]!r} needs {len(tokenizer.encode(too_long[0]))}+ tokens, more than the "
+            f"model's context of {n_ctx}; use fewer digits"
+        )
+    P = max(map(len, seqs))
+    A = max(r["answer_span"][1] - r["answer_span"][0] for r in records)
+    tokens = torch.full((len(seqs), P), tokenizer.pad_id, dtype=torch.long)
+    pred_pos = torch.zeros((len(seqs), A), dtype=torch.long)
+    answer_ids = torch.zeros((len(seqs), A), dtype=torch.long)
+    columns = torch.zeros((len(seqs), A), dtype=torch.long)
+    mask = torch.zeros((len(seqs), A), dtype=torch.bool)
+    for i, (r, s) in enumerate(zip(records, seqs)):
+        tokens[i, : len(s)] = torch.tensor(s)
+        start, end = r["answer_span"]
+        n = end - start
+        # Character c of prompt+target is token c+1 and is predicted at token c.
+        pred_pos[i, :n] = torch.arange(start, end)
+        answer_ids[i, :n] = tokens[i, start + 1 : end + 1]
+        columns[i, :n] = torch.tensor(r["answer_columns"])
+        mask[i, :n] = True
+    lengths = torch.tensor([len(s) for s in seqs])
+    return ExampleBatch(records, tokens, lengths, pred_pos, answer_ids, columns, mask).to(device)
+
+
+def records_from_texts(texts: list[str], ckpt: Checkpoint) -> list[dict]:
+    """User examples ('59 + 73', '59+73=', '59 + 73 = 132') in the checkpoint's own format."""
+    task = ckpt.task
+    out = []
+    for text in texts:
+        a, b, op = parse_problem(text, ops_allowed=task["task"])
+        out.append(make_record(a, b, op, task["with_steps"], task["answer_order"]))
+    return out
+
+
+def generated_records(ckpt: Checkpoint, n: int, seed: int) -> list[dict]:
+    """n fresh examples of the checkpoint's own task and format, stratified by difficulty."""
+    t = ckpt.task
+    return stratified_examples(
+        t["task"], n, t["max_digits"], t["min_digits"], seed, t["with_steps"], t["answer_order"]
+    )

@@ -1,0 +1,217 @@
+"""What the six analyses find: typed, torch-free records that the results stage serialises.
+
+This module imports only numpy so that `reportgen render` can load results without torch.
+Arrays are numpy arrays (the results stage stores them in an .npz beside results.json);
+everything else is plain JSON data. Layer index conventions: "site" arrays over layers use
+index l for `blocks.{l}`; logit-lens arrays use index 0 for the embedding (resid_pre of block 0)
+and index l+1 for `blocks.{l}.hook_resid_post`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+
+@dataclass
+class Estimate:
+    """A mean over examples with a 95% bootstrap interval (over examples) and the sample size."""
+
+    mean: float
+    lo: float
+    hi: float
+    n: int
+
+
+# ---------------------------------------------------------------- 1. attention
+@dataclass
+class HeadStats:
+    """Per-head statistics at the answer-predicting positions, averaged over examples."""
+
+    layer: int
+    head: int
+    entropy: Estimate  # normalised by log(number of visible keys)
+    prev_token: Estimate
+    sink: Estimate  # attention to BOS / first token
+    equals: Estimate  # attention to the '=' token
+    operator: Estimate
+
+
+@dataclass
+class RoleScore:
+    """Mean attention mass from the position predicting answer digit n to a role's key tokens."""
+
+    layer: int
+    head: int
+    role: str  # "column" (operand digits of column n), "carry_source" (column n-1), "operator"
+    score: Estimate
+    expected: float  # mass a head following the alignment mask exactly would put there (1.0) or chance level
+    untrained: Estimate  # the same head in an untrained model of the same shape
+    chance: float = float("nan")  # mass a uniform head (1/visible keys each) would put there
+
+
+@dataclass
+class AttentionFindings:
+    head_stats: list[HeadStats]
+    role_scores: list[RoleScore]
+
+
+# ---------------------------------------------------------------- 2. activation patching
+@dataclass
+class PatchSweep:
+    """Recovery (denoising) or damage (noising) over (layer, position) or (layer, head)."""
+
+    pair_kind: str  # "carry_flip", "sum_flip", "operator_flip"
+    direction: str  # "denoise" (clean into corrupt) or "noise" (corrupt into clean)
+    site: str  # "resid_pre", "attn_out", "mlp_out", "head"
+    mean: np.ndarray  # [layers, positions] or [layers, heads]
+    lo: np.ndarray
+    hi: np.ndarray
+    position_labels: list[str]  # column labels (token roles or "H0".. for heads)
+    n_pairs: int
+    n_dropped: int  # pairs whose |LD_clean - LD_corrupt| was too small to normalise by
+
+
+@dataclass
+class AttributionScore:
+    """First-order (gradient) estimate of a patch's effect, used only to rank candidates."""
+
+    site: str
+    layer: int
+    index: int  # position or head
+    estimate: float
+    exact: Optional[float]  # exact patching result where it was confirmed
+
+
+@dataclass
+class PatchingFindings:
+    sweeps: list[PatchSweep]
+    attribution: list[AttributionScore]
+    pair_counts: dict[str, int]  # generated pairs per kind
+
+
+# ---------------------------------------------------------------- 3. logit lens
+@dataclass
+class LogitLensFindings:
+    """Per layer (index 0 = embedding, l+1 = after block l), averaged over answer digits."""
+
+    layer_labels: list[str]
+    prob_correct: list[Estimate]  # probability of the correct digit among digits
+    rank_correct: list[Estimate]  # 0 = top-1 among digits
+    entropy: list[Estimate]  # over the digit distribution, nats
+    kl_to_final: list[Estimate]  # KL(final || layer), nats
+    convergence_hist: dict[str, int]  # layer label -> number of answer digits first top-1 there ("never" too)
+    by_stratum: dict[str, list[Estimate]]  # stratum -> prob_correct per layer
+
+
+# ---------------------------------------------------------------- 4. circuits
+@dataclass
+class CircuitComponent:
+    """A candidate from correlational scores, with the causal test that confirms or rejects it."""
+
+    kind: str  # "carry_head", "operator_head", "position_head", "neuron"
+    layer: int
+    index: int  # head or neuron index
+    column: Optional[int]  # answer column it serves, where meaningful
+    score: float  # the selection score (role score, AUROC, offset consistency)
+    null: float  # the same score under its null (untrained model / shuffled labels / random set)
+    causal_effect: Optional[float]  # e.g. accuracy drop on the carry-dependent stratum
+    control_effect: Optional[float]  # e.g. drop on the carry-free stratum / random set of equal size
+    confirmed: bool
+    note: str = ""
+
+
+@dataclass
+class CircuitFindings:
+    components: list[CircuitComponent]
+    head_specialization: np.ndarray  # [layers, heads, roles] role scores
+    roles: list[str]
+    neuron_test: dict = field(default_factory=dict)  # set ablation vs random sets, multiple-comparison method
+
+
+# ---------------------------------------------------------------- 5. probing
+@dataclass
+class ProbeResult:
+    """One logistic probe at one (layer, position, hook) for one label."""
+
+    label: str  # "carry_in", "carry_out", "digit", "a_digit", "operator", "cascade", ...
+    hook: str  # hook point name, e.g. "blocks.0.hook_resid_post"
+    layer: int
+    position: str  # e.g. "predicts column 1"
+    accuracy: float  # held-out (balanced where classes are unbalanced)
+    balanced: bool
+    majority: float
+    control: float  # control task: random labels per input type with the same marginals
+    selectivity: float  # accuracy - control
+    untrained: float  # the same probe on an untrained model's activations
+    operand_baseline: float  # probe on the operand digits alone (one-hot) at the same site
+    n_train: int
+    n_test: int
+
+
+@dataclass
+class ProbingFindings:
+    probes: list[ProbeResult]
+    seed: int
+
+
+# ---------------------------------------------------------------- 6. interventions
+@dataclass
+class Metrics:
+    """Answer quality, overall and per stratum."""
+
+    exact_match: Estimate
+    digit_accuracy: Estimate
+    logprob: Estimate  # answer log-probability (teacher forced, summed over answer digits)
+    by_stratum: dict[str, Estimate]  # exact match per stratum
+
+
+@dataclass
+class AblationEffect:
+    component: str  # "L0H1", "L0.attn", "L1.mlp"
+    method: str  # "zero", "mean", "resample"
+    metrics: Metrics
+
+
+@dataclass
+class InterventionFindings:
+    clean: Metrics
+    effects: list[AblationEffect]
+    cumulative: list[AblationEffect]  # heads ablated together in order of importance; component = "top-k"
+    default_method: str
+
+
+# ---------------------------------------------------------------- per example
+@dataclass
+class ExampleFindings:
+    """Everything the report shows for one example."""
+
+    key: str  # stable, derived from the example text (safe for file names and URLs)
+    prompt: str
+    target: str
+    prediction: str  # greedy decoding
+    correct: bool
+    stratum: str
+    labels: dict
+    tokens: list[str]
+    answer_positions: list[int]  # token indices predicting each answer digit
+    attention: np.ndarray  # [layers, heads, pos, pos]
+    lens_prob: np.ndarray  # [layers+1, answer digits] prob of the correct digit
+    lens_top: np.ndarray  # [layers+1, answer digits] top digit
+    lens_entropy: np.ndarray  # [layers+1, answer digits]
+    convergence: list[Optional[int]]  # per answer digit: first layer index where final answer is top-1
+
+
+@dataclass
+class AnalysisFindings:
+    """All six analyses for one model; an analysis not run is None."""
+
+    examples: list[ExampleFindings]
+    attention: Optional[AttentionFindings] = None
+    patching: Optional[PatchingFindings] = None
+    logit_lens: Optional[LogitLensFindings] = None
+    circuits: Optional[CircuitFindings] = None
+    probing: Optional[ProbingFindings] = None
+    interventions: Optional[InterventionFindings] = None

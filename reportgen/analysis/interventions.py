@@ -1,0 +1,381 @@
+"""Ablation interventions (DESIGN §4.6): what the answer loses when a component is replaced.
+
+Components: each head (its slice of `blocks.l.attn.hook_z`), each layer's attention output
+(`hook_attn_out`) and MLP output (`hook_mlp_out`), replaced at every position, plus heads ablated
+together in order of importance. Methods:
+
+* zero: the activation is set to 0 (labelled "zero"; off-distribution, so never the default);
+* mean: the position-specific mean over a reference set: `reference_size` freshly generated
+  examples (uniform operands of the example's lengths, the batch's operators, seeded; for a
+  layout that uniform operands rarely produce, digits of an example redrawn) with the same
+  template as the example, i.e. the same text layout (digit/operator/other character at every
+  position), so that position p plays the same role in all of them. Reference examples are
+  never the analysed ones;
+* resample: the activation of another example of the same template: a seeded derangement
+  (one random cycle) within the batch's template group, or a reference example where the
+  example's template is unique in the batch.
+
+Effects on the answer, teacher forced (the model reads the correct earlier answer digits, so
+every digit is scored on its own): exact match = the argmax over digits is correct at every
+answer position; per-digit accuracy; answer log-probability (log-softmax over the ten digits,
+summed over answer digits); exact match per stratum. Each is a mean over examples with a
+bootstrap interval.
+
+Batching: all ablations that start at layer l (e.g. every head of the layer, its attention and
+its MLP) run in one forward pass over an expanded batch (components x examples) resumed from the
+cached input of layer l.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+
+from reportgen.analysis import stats
+from reportgen.analysis.api import text_batch
+from reportgen.analysis.engine import answer_digits, digit_log_probs
+from reportgen.analysis.examples import ExampleBatch
+from reportgen.analysis.findings import AblationEffect, InterventionFindings, Metrics
+from reportgen.analysis.pairs import remake
+from reportgen.analysis.patching import head_can_write
+from reportgen.data.arithmetic import STRATA
+from reportgen.data.tokenizer import Tokenizer
+from reportgen.errors import ReportgenError
+from reportgen.model.transformer import Transformer
+
+METHODS = ("zero", "mean", "resample")
+Method = Literal["zero", "mean", "resample"]
+REFERENCE_TRIES = 100  # draws per wanted reference example, uniform and then perturbed
+Spec = dict[str, Optional[list[int]]]  # hook name -> indices along its third axis (heads, neurons), None = all
+
+
+@dataclass
+class InterventionConfig:
+    methods: list[Method] = field(default_factory=lambda: ["mean", "resample", "zero"])
+    default_method: Method = "mean"  # ranks heads for cumulative ablation
+    heads: bool = True  # ablate each head
+    layers: bool = True  # ablate each layer's attention and MLP
+    cumulative: bool = True  # ablate the top-1, top-2, ... heads together
+    cumulative_max_k: int = 0  # 0: up to every head
+    reference_size: int = 32  # reference examples per template (mean and resample)
+    max_rows: int = 4096  # examples x components in one forward pass
+
+    def __post_init__(self):
+        if not self.methods:
+            raise ReportgenError("interventions methods must name at least one of zero, mean, resample")
+        if self.default_method not in self.methods:
+            raise ReportgenError(f"interventions default_method {self.default_method!r} must be one of methods {self.methods}")
+        for name in ("reference_size", "max_rows"):
+            if getattr(self, name) < 1:
+                raise ReportgenError(f"interventions {name} must be >= 1, got {getattr(self, name)}")
+        if self.cumulative_max_k < 0:
+            raise ReportgenError("interventions cumulative_max_k must be >= 0")
+
+
+def template(record: dict) -> str:
+    """The text layout of a record's input: digits as 'd', operators as 'o', others as themselves."""
+    return "".join("d" if ch.isdigit() else "o" if ch in "+-*" else ch for ch in record["prompt"] + record["target"])
+
+
+def _number(rng: random.Random, digits: int) -> int:
+    return rng.randrange(10) if digits == 1 else rng.randrange(10 ** (digits - 1), 10**digits)
+
+
+def _perturbed(rng: random.Random, x: int) -> int:
+    """x with each digit redrawn with probability 1/2 (no leading zero)."""
+    s = [c if rng.random() < 0.5 else str(rng.randrange(1 if i == 0 and len(str(x)) > 1 else 0, 10))
+         for i, c in enumerate(str(x))]
+    return int("".join(s))
+
+
+def reference_records(records: list[dict], size: int, seed: int) -> dict[str, list[dict]]:
+    """Up to `size` generated records per template of `records`, none of them equal to one of `records`.
+
+    Operands are uniform over the template's operand lengths; where that rarely hits the template
+    (e.g. a one-digit difference of three-digit numbers), the remainder is drawn by redrawing
+    digits of an example of the template.
+    """
+    ops = sorted({r["op"] for r in records})
+    seen = {(r["a"], r["b"], r["op"]) for r in records}
+    first: dict[str, dict] = {}
+    for r in records:
+        first.setdefault(template(r), r)
+    out = {}
+    for t, r in first.items():
+        rng = random.Random(f"reportgen-reference:{seed}:{t}")
+        la, lb = r["labels"]["len_a"], r["labels"]["len_b"]
+        found: list[dict] = []
+        draws = [lambda: (_number(rng, la), _number(rng, lb), rng.choice(ops)),
+                 lambda: (_perturbed(rng, r["a"]), _perturbed(rng, r["b"]), rng.choice(ops))]
+        for draw in draws:
+            for _ in range(size * REFERENCE_TRIES):
+                if len(found) == size:
+                    break
+                a, b, op = draw()
+                rec = remake(r, a, b, op) if (a, b, op) not in seen else None
+                if rec is not None and template(rec) == t:
+                    found.append(rec)
+        if not found:
+            raise ReportgenError(
+                f"could not generate reference examples laid out like {r['prompt']!r} for mean/resample "
+                "ablation; use zero ablation or other examples"
+            )
+        out[t] = found
+    return out
+
+
+def _cycle(items: list[int], rng: random.Random) -> dict[int, int]:
+    """A random single-cycle permutation of `items` (Sattolo): a derangement, never i -> i."""
+    perm = list(items)
+    for i in range(len(perm) - 1, 0, -1):
+        j = rng.randrange(i)
+        perm[i], perm[j] = perm[j], perm[i]
+    return dict(zip(items, perm))
+
+
+def _layer_of(name: str) -> int:
+    return int(name.split(".")[1])
+
+
+def _tokens(records: list[dict], tokenizer: Tokenizer, P: int) -> torch.Tensor:
+    out = torch.full((len(records), P), tokenizer.pad_id, dtype=torch.long)
+    for i, r in enumerate(records):
+        ids = tokenizer.encode(r["prompt"] + r["target"], bos=True, eos=True)[:P]
+        out[i, : len(ids)] = torch.tensor(ids)
+    return out
+
+
+def _ablatable(name: str) -> bool:
+    return name.endswith(("hook_resid_pre", "attn.hook_z", "hook_attn_out", "hook_mlp_out", "mlp.hook_post"))
+
+
+class Ablator:
+    """The clean run of a batch, cut after its last answer-predicting position, and batched
+    ablations of any set of hook points (or heads / neurons of them) with zero, mean or resample
+    values."""
+
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, batch: ExampleBatch, seed: int,
+                 reference_size: int = 32, max_rows: int = 4096):
+        self.model, self.tokenizer, self.batch, self.seed = model, tokenizer, batch, seed
+        self.reference_size, self.max_rows = reference_size, max_rows
+        self.P = int(batch.pred_pos[batch.answer_mask].max()) + 1
+        self.tokens = batch.tokens[:, : self.P]
+        with torch.no_grad():
+            logits, self.cache = model.run_with_cache(self.tokens, names=_ablatable)
+        self.digits = answer_digits(batch, tokenizer)
+        self.mask = batch.answer_mask
+        self.clean_logprobs = self._answer_logprobs(logits[None])[0]
+        self.templates = [template(r) for r in batch.records]
+        self._reference = None
+        self._values: dict[tuple, torch.Tensor] = {}
+
+    def _answer_logprobs(self, logits: torch.Tensor) -> torch.Tensor:
+        """[k, B, P, V] -> digit log-probs at the answer-predicting positions [k, B, A, 10]."""
+        k, B, _, V = logits.shape
+        idx = self.batch.pred_pos[None, :, :, None].expand(k, B, -1, V)
+        return digit_log_probs(logits.gather(2, idx), self.tokenizer)
+
+    def reference(self) -> tuple[list[dict], dict[str, torch.Tensor], list[str]]:
+        """(reference records, their cached activations, their templates), made once."""
+        if self._reference is None:
+            groups = reference_records(self.batch.records, self.reference_size, self.seed)
+            records = [r for t in sorted(groups) for r in groups[t]]
+            tokens = _tokens(records, self.tokenizer, self.P).to(self.tokens.device)
+            with torch.no_grad():
+                _, cache = self.model.run_with_cache(tokens, names=_ablatable)
+            self._reference = (records, cache, [template(r) for r in records])
+        return self._reference
+
+    def values(self, method: str, name: str) -> torch.Tensor:
+        """Replacement activations [B, P, ...] of hook `name` under `method`."""
+        key = (method, name)
+        if key not in self._values:
+            clean = self.cache[name]
+            if method == "zero":
+                self._values[key] = torch.zeros_like(clean)
+            elif method == "mean":
+                _, cache, ref_templates = self.reference()
+                means = {t: cache[name][[i for i, rt in enumerate(ref_templates) if rt == t]].mean(0)
+                         for t in set(self.templates)}
+                self._values[key] = torch.stack([means[t] for t in self.templates])
+            elif method == "resample":
+                _, cache, _ = self.reference()
+                pool = torch.cat([clean, cache[name]])
+                self._values[key] = pool[self.resample_sources()]
+            else:
+                raise ReportgenError(f"unknown ablation method {method!r}; use one of {', '.join(METHODS)}")
+        return self._values[key]
+
+    def resample_sources(self) -> torch.Tensor:
+        """For each example, the row of [batch; reference] whose activations replace its own."""
+        records, _, ref_templates = self.reference()
+        rng = random.Random(f"reportgen-resample:{self.seed}")
+        groups: dict[str, list[int]] = {}
+        for i, t in enumerate(self.templates):
+            groups.setdefault(t, []).append(i)
+        src = list(range(len(self.templates)))
+        for t in sorted(groups):
+            members = groups[t]
+            if len(members) > 1:
+                src_map = _cycle(members, rng)
+                for i in members:
+                    src[i] = src_map[i]
+            else:
+                refs = [j for j, rt in enumerate(ref_templates) if rt == t]
+                src[members[0]] = len(self.templates) + rng.choice(refs)
+        return torch.tensor(src, device=self.tokens.device)
+
+    def ablated(self, specs: list[Spec], method: str) -> torch.Tensor:
+        """Digit log-probs [S, B, A, 10] with each spec's hook points replaced by `method` values.
+
+        Specs are grouped by their first layer and each group runs resumed from that layer's input.
+        """
+        B = self.tokens.shape[0]
+        out = torch.empty(len(specs), *self.clean_logprobs.shape, device=self.tokens.device)
+        starts: dict[int, list[int]] = {}
+        for i, spec in enumerate(specs):
+            starts.setdefault(min(map(_layer_of, spec)), []).append(i)
+        per_pass = max(1, self.max_rows // B)
+        for start in starts:
+            unchanged = [i for i in starts[start] if not self.changes(specs[i], method)]
+            out[unchanged] = self.clean_logprobs
+            starts[start] = [i for i in starts[start] if i not in unchanged]
+        for start, idx in sorted(starts.items()):
+            for s in range(0, len(idx), per_pass):
+                chunk = idx[s : s + per_pass]
+                out[chunk] = self._run(start, [specs[i] for i in chunk], method)
+        return out
+
+    def changes(self, spec: Spec, method: str) -> bool:
+        """Whether the ablation can change anything: some replaced value differs from the clean
+        one in a component that writes to the residual stream (a head with W_O = 0 or a neuron
+        with a zero W_out row writes nothing). One that cannot gives the clean result exactly."""
+        return any(self._live(method, name)[slice(None) if idx is None else idx].any() for name, idx in spec.items())
+
+    def _live(self, method: str, name: str) -> torch.Tensor:
+        """Per index along the third axis (head, neuron; the whole activation otherwise, as one
+        entry): whether replacing it changes what it writes to the residual stream."""
+        key = ("live", method, name)
+        if key not in self._values:
+            differs = (self.values(method, name) != self.cache[name]).flatten(0, 1)
+            if name.endswith("attn.hook_z"):
+                live = differs.any(-1).any(0) & head_can_write(self.model, _layer_of(name))
+            elif name.endswith("mlp.hook_post"):
+                live = differs.any(0) & self.model.blocks[_layer_of(name)].mlp.W_out.detach().ne(0).any(1)
+            else:
+                live = differs.any().expand(differs.shape[-1])
+            self._values[key] = live
+        return self._values[key]
+
+    @torch.no_grad()
+    def _run(self, start: int, specs: list[Spec], method: str) -> torch.Tensor:
+        k, B = len(specs), self.tokens.shape[0]
+        hooks = {}
+        for name in sorted({n for spec in specs for n in spec}):
+            act = self.cache[name]
+            mask = torch.zeros(k, act.shape[2], dtype=torch.bool, device=act.device)
+            for j, spec in enumerate(specs):
+                if name in spec:
+                    mask[j, slice(None) if spec[name] is None else spec[name]] = True
+            mask = mask.view(k, 1, 1, act.shape[2], *([1] * (act.dim() - 3)))
+            hooks[name] = self._replacer(mask, self.values(method, name)[None], k, B)
+        x = self.cache[f"blocks.{start}.hook_resid_pre"].repeat(k, 1, 1)
+        logits = self.model(resid=x, start_at_layer=start, hooks=hooks)
+        return self._answer_logprobs(logits.view(k, B, *logits.shape[1:]))
+
+    @staticmethod
+    def _replacer(mask: torch.Tensor, values: torch.Tensor, k: int, B: int):
+        def replace(act, _name):
+            return torch.where(mask, values, act.view(k, B, *act.shape[1:])).view(act.shape)
+        return replace
+
+    def scores(self, logprobs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-example exact match, digit accuracy and answer log-prob of digit log-probs [..., B, A, 10]."""
+        right = (logprobs.argmax(-1) == self.digits) & self.mask
+        lp = logprobs.gather(-1, self.digits.expand(logprobs.shape[:-1])[..., None])[..., 0]
+        return {
+            "exact_match": (right | ~self.mask).all(-1).double(),
+            "digit_accuracy": right.sum(-1).double() / self.mask.sum(-1),
+            "logprob": (lp * self.mask).sum(-1).double(),
+        }
+
+    def metrics(self, logprobs: torch.Tensor) -> Metrics:
+        """Metrics (with bootstrap intervals over examples) of digit log-probs [B, A, 10]."""
+        s = {k: v.cpu().numpy() for k, v in self.scores(logprobs).items()}
+        strata = np.array([r["labels"]["stratum"] for r in self.batch.records])
+        by = {st: stats.estimate(s["exact_match"][strata == st], self.seed) for st in STRATA if (strata == st).any()}
+        return Metrics(*(stats.estimate(s[k], self.seed) for k in ("exact_match", "digit_accuracy", "logprob")), by)
+
+
+def head_spec(layer: int, head: int) -> Spec:
+    return {f"blocks.{layer}.attn.hook_z": [head]}
+
+
+def run_interventions(model: Transformer, tokenizer: Tokenizer, batch: ExampleBatch, cfg: InterventionConfig,
+                      seed: int) -> InterventionFindings:
+    """DESIGN §4.6: each head, each layer's attention and MLP under every method; cumulative
+    ablation (default method) of the heads ranked by how much their own ablation lowers the mean
+    answer log-probability (largest drop first; ties in layer, head order)."""
+    ab = Ablator(model, tokenizer, batch, seed, cfg.reference_size, cfg.max_rows)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    heads = [(l, h) for l in range(L) for h in range(H)]
+    components: list[tuple[str, Spec]] = []
+    if cfg.heads:
+        components += [(f"L{l}H{h}", head_spec(l, h)) for l, h in heads]
+    if cfg.layers:
+        for l in range(L):
+            components += [(f"L{l}.attn", {f"blocks.{l}.hook_attn_out": None}),
+                           (f"L{l}.mlp", {f"blocks.{l}.hook_mlp_out": None})]
+    effects, head_logprob = [], None
+    for method in cfg.methods:
+        if not components:
+            break
+        lps = ab.ablated([spec for _, spec in components], method)
+        effects += [AblationEffect(name, method, ab.metrics(lp)) for (name, _), lp in zip(components, lps)]
+        if method == cfg.default_method and cfg.heads:
+            head_logprob = ab.scores(lps[: len(heads)])["logprob"].mean(-1)
+    cumulative = []
+    if cfg.cumulative:
+        if head_logprob is None:
+            head_logprob = ab.scores(ab.ablated([head_spec(l, h) for l, h in heads], cfg.default_method))["logprob"].mean(-1)
+        order = sorted(range(len(heads)), key=lambda i: (float(head_logprob[i]), i))
+        K = min(cfg.cumulative_max_k or len(heads), len(heads))
+        specs = []
+        for k in range(1, K + 1):
+            spec: Spec = {}
+            for i in order[:k]:
+                spec.setdefault(f"blocks.{heads[i][0]}.attn.hook_z", []).append(heads[i][1])
+            specs.append(spec)
+        lps = ab.ablated(specs, cfg.default_method)
+        cumulative = [AblationEffect(f"top-{k + 1}", cfg.default_method, ab.metrics(lp)) for k, lp in enumerate(lps)]
+    return InterventionFindings(clean=ab.metrics(ab.clean_logprobs), effects=effects, cumulative=cumulative,
+                                default_method=cfg.default_method)
+
+
+class InterventionAnalyzer:
+    """Ablations on problems given as text ('12 + 34'), in the model's own input format.
+
+    `task` is the checkpoint's data spec (`Checkpoint.task`); without it, plain addition.
+    """
+
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, task: Optional[dict] = None,
+                 method: Method = "mean", seed: int = 0):
+        if method not in METHODS:
+            raise ReportgenError(f"unknown ablation method {method!r}; use one of {', '.join(METHODS)}")
+        self.model, self.tokenizer, self.task, self.method, self.seed = model, tokenizer, task, method, seed
+
+    def measure_layer_importance(self, examples: list[str], component: str = "attn") -> dict[int, dict[str, float]]:
+        """{layer: {"exact_match", "digit_accuracy", "logprob": clean minus ablated}} when that
+        layer's attention ("attn") or MLP ("mlp") output is ablated; large = important."""
+        if component not in ("attn", "mlp"):
+            raise ReportgenError(f"component must be 'attn' or 'mlp', got {component!r}")
+        batch = text_batch(self.model, self.tokenizer, examples, self.task)
+        ab = Ablator(self.model, self.tokenizer, batch, self.seed)
+        specs = [{f"blocks.{l}.hook_{component}_out": None} for l in range(self.model.cfg.n_layers)]
+        clean = {k: float(v.mean()) for k, v in ab.scores(ab.clean_logprobs).items()}
+        ablated = ab.scores(ab.ablated(specs, self.method))
+        return {l: {k: clean[k] - float(v[l].mean()) for k, v in ablated.items()} for l in range(len(specs))}

@@ -1,0 +1,246 @@
+"""Logit lens (DESIGN §4.3): decode the residual stream after every layer through the final
+LayerNorm and unembedding, restricted to the digits, at the answer-predicting positions.
+
+logits_l = W_U · LN_final(x_l) + b_U, where `model.ln_final` recomputes its mean and variance on
+x_l itself. Index 0 is the embedding (`blocks.0.hook_resid_pre`), index l+1 is
+`blocks.{l}.hook_resid_post`; the last index therefore equals the model's own logits.
+
+Convergence layer (per answer digit): the first lens index from which the final model's top-1
+digit is the top-1 digit at that index *and at every later index* ("converges and stays"), so a
+layer that briefly agrees and then changes its mind does not count. Because the last index is
+the model itself, every digit converges somewhere; "never" is kept in the histogram (always 0)
+for readers that compare with `analyze_convergence`, where a target digit may never be top-1.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from reportgen.analysis import stats
+from reportgen.analysis.api import pyplot, save_figure, text_batch
+from reportgen.analysis.engine import answer_digits, digit_log_probs, gather_at_answers, run_with_cache
+from reportgen.analysis.examples import ExampleBatch
+from reportgen.analysis.findings import ExampleFindings, LogitLensFindings
+from reportgen.data.arithmetic import STRATA
+from reportgen.data.tokenizer import Tokenizer
+from reportgen.errors import ReportgenError
+from reportgen.model.transformer import Transformer
+
+
+def layer_labels(n_layers: int) -> list[str]:
+    """'embed' for index 0, then 'L{l}' for the residual stream after block l."""
+    return ["embed"] + [f"L{l}" for l in range(n_layers)]
+
+
+def lens_hooks(n_layers: int) -> list[str]:
+    return ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_post" for l in range(n_layers)]
+
+
+def lens_log_probs(model: Transformer, tokenizer: Tokenizer, cache: dict, batch: ExampleBatch) -> torch.Tensor:
+    """Digit log-probabilities of every lens index at the answer-predicting positions: [L+1, B, A, 10]."""
+    resid = torch.stack([gather_at_answers(cache[name], batch) for name in lens_hooks(model.cfg.n_layers)])
+    with torch.no_grad():
+        normed = model.ln_final(resid, lambda _name, x: x)
+        return digit_log_probs(normed @ model.W_U + model.b_U, tokenizer)
+
+
+@dataclass
+class LensArrays:
+    """Per lens index, example and answer digit ([L+1, B, A]; masked slots are meaningless)."""
+
+    prob: torch.Tensor  # probability of the correct digit among digits
+    rank: torch.Tensor  # 0 = the correct digit is top-1 among digits
+    entropy: torch.Tensor  # nats, over the digit distribution
+    kl: torch.Tensor  # KL(final || layer), nats
+    top: torch.Tensor  # top-1 digit
+    convergence: torch.Tensor  # [B, A] first lens index from which the final top-1 stays top-1
+    mask: torch.Tensor  # [B, A]
+
+
+def lens_arrays(logp: torch.Tensor, correct: torch.Tensor, mask: torch.Tensor) -> LensArrays:
+    """Lens metrics from digit log-probs [L+1, B, A, 10] and the correct digits [B, A]."""
+    idx = correct[None, :, :, None].expand(logp.shape[0], -1, -1, 1)
+    lp_correct = logp.gather(-1, idx)
+    p = logp.exp()
+    final = logp[-1:]
+    top = logp.argmax(-1)
+    stays = (top == top[-1:]).flip(0).cumprod(0).flip(0)
+    return LensArrays(
+        prob=lp_correct.squeeze(-1).exp(),
+        rank=(logp > lp_correct).sum(-1),
+        entropy=-(p * logp).sum(-1),
+        kl=(final.exp() * (final - logp)).sum(-1),
+        top=top,
+        convergence=logp.shape[0] - stays.sum(0),
+        mask=mask,
+    )
+
+
+def compute_lens(model: Transformer, tokenizer: Tokenizer, cache: dict, batch: ExampleBatch) -> LensArrays:
+    return lens_arrays(lens_log_probs(model, tokenizer, cache, batch), answer_digits(batch, tokenizer), batch.answer_mask)
+
+
+def _per_example(x: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    """[L+1, B, A] -> [B, L+1] mean over each example's answer digits."""
+    x = x.double().masked_fill(~mask[None], float("nan"))
+    return torch.nanmean(x, dim=2).T.cpu().numpy()
+
+
+def summarize(arrays: LensArrays, strata: list[str], seed: int) -> LogitLensFindings:
+    """LogitLensFindings: per-layer estimates over examples, convergence histogram, strata."""
+    n_idx = arrays.prob.shape[0]
+    labels = layer_labels(n_idx - 1)
+    per = {k: _per_example(getattr(arrays, k), arrays.mask) for k in ("prob", "rank", "entropy", "kl")}
+    series = {k: [stats.estimate(v[:, i], seed) for i in range(n_idx)] for k, v in per.items()}
+    conv = arrays.convergence[arrays.mask].cpu().numpy()
+    hist = {label: int((conv == i).sum()) for i, label in enumerate(labels)}
+    hist["never"] = 0
+    strata_arr = np.array(strata)
+    by_stratum = {
+        s: [stats.estimate(per["prob"][strata_arr == s, i], seed) for i in range(n_idx)]
+        for s in STRATA if (strata_arr == s).any()
+    }
+    return LogitLensFindings(
+        layer_labels=labels, prob_correct=series["prob"], rank_correct=series["rank"],
+        entropy=series["entropy"], kl_to_final=series["kl"], convergence_hist=hist, by_stratum=by_stratum,
+    )
+
+
+def example_lens(arrays: LensArrays, i: int) -> dict:
+    """ExampleFindings fields of example i: lens_prob/top/entropy [L+1, digits] and convergence."""
+    n = int(arrays.mask[i].sum())
+    return {
+        "lens_prob": arrays.prob[:, i, :n].cpu().numpy(),
+        "lens_top": arrays.top[:, i, :n].cpu().numpy(),
+        "lens_entropy": arrays.entropy[:, i, :n].cpu().numpy(),
+        "convergence": [int(c) for c in arrays.convergence[i, :n]],
+    }
+
+
+# ---------------------------------------------------------------- per-example files (from findings)
+def _answer_labels(ex: ExampleFindings) -> list[str]:
+    return [f"'{ex.tokens[q + 1]}' @{q}" for q in ex.answer_positions]
+
+
+def plot_evolution(ex: ExampleFindings, save_path=None) -> None:
+    """Probability of the correct digit at each lens index, one line per answer digit."""
+    plt = pyplot()
+    labels = layer_labels(ex.lens_prob.shape[0] - 1)
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for j, name in enumerate(_answer_labels(ex)):
+        ax.plot(range(len(labels)), ex.lens_prob[:, j], marker="o", label=f"predicts {name}")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("residual stream after")
+    ax.set_ylabel("P(correct digit | digits)")
+    ax.set_title(f"Logit lens: {ex.prompt}{ex.target}")
+    ax.legend(fontsize=7)
+    save_figure(fig, save_path)
+
+
+def plot_predictions(ex: ExampleFindings, save_path=None) -> None:
+    """Heatmap of P(correct digit) per lens index and answer digit, annotated with the top-1 digit."""
+    plt = pyplot()
+    labels = layer_labels(ex.lens_prob.shape[0] - 1)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * ex.lens_prob.shape[1], 1.0 + 0.5 * len(labels)))
+    im = ax.imshow(ex.lens_prob, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    for i in range(ex.lens_top.shape[0]):
+        for j in range(ex.lens_top.shape[1]):
+            ax.text(j, i, str(int(ex.lens_top[i, j])), ha="center", va="center",
+                    color="white" if ex.lens_prob[i, j] < 0.5 else "black", fontsize=9)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xticks(range(ex.lens_prob.shape[1]), _answer_labels(ex), fontsize=7)
+    ax.set_title("top-1 digit (text), P(correct) (colour)", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    save_figure(fig, save_path)
+
+
+def write_entropy_json(path, ex: ExampleFindings) -> None:
+    """`example_{i}_entropy.json`: per lens index and answer digit entropy, P(correct), top-1, convergence."""
+    data = {
+        "prompt": ex.prompt,
+        "target": ex.target,
+        "layer_labels": layer_labels(ex.lens_prob.shape[0] - 1),
+        "answer_positions": ex.answer_positions,
+        "entropy_nats": ex.lens_entropy.T.tolist(),
+        "prob_correct": ex.lens_prob.T.tolist(),
+        "top_digit": ex.lens_top.T.astype(int).tolist(),
+        "convergence": ex.convergence,
+        "convergence_definition": "first lens index from which the final top-1 digit stays top-1",
+    }
+    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+class LogitLens:
+    """Logit lens on problems given as text ('12 + 34').
+
+    Positions are indices into the answer-predicting positions in written order (Python style:
+    -1 is the position predicting the last written answer digit), on the model's own
+    teacher-forced input. `task` is the checkpoint's data spec; without it, plain addition.
+    """
+
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, task: Optional[dict] = None):
+        self.model, self.tokenizer, self.task = model, tokenizer, task
+
+    def _lens(self, text: str, position: int) -> tuple[torch.Tensor, int, int]:
+        """Digit log-probs [L+1, 10] at one answer position, its token index and its correct digit."""
+        batch = text_batch(self.model, self.tokenizer, [text], self.task)
+        hooks = set(lens_hooks(self.model.cfg.n_layers))
+        _, cache = run_with_cache(self.model, batch, names=hooks.__contains__)
+        n = int(batch.answer_mask[0].sum())
+        if not -n <= position < n:
+            raise ReportgenError(f"position {position} is out of range: {text!r} has {n} answer digits")
+        j = position % n
+        logp = lens_log_probs(self.model, self.tokenizer, cache, batch)[:, 0, j]
+        return logp, int(batch.pred_pos[0, j]), int(answer_digits(batch, self.tokenizer)[0, j])
+
+    def visualize_prediction_evolution(self, text: str, position: int = -1, save_path=None) -> dict:
+        """Plot the digit distribution at every lens index for one answer position.
+
+        Returns {"layer_labels", "token_index", "correct_digit", "probs" [L+1][10]}.
+        """
+        logp, q, correct = self._lens(text, position)
+        probs = logp.exp().cpu().numpy()
+        labels = layer_labels(self.model.cfg.n_layers)
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(6, 1.0 + 0.45 * len(labels)))
+        im = ax.imshow(probs, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_xticks(range(10), [str(d) for d in range(10)])
+        ax.set_xlabel(f"digit (correct: {correct})")
+        ax.set_title(f"{text}: prediction at token {q}", fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+        save_figure(fig, save_path)
+        return {"layer_labels": labels, "token_index": q, "correct_digit": correct, "probs": probs.tolist()}
+
+    def analyze_convergence(self, text: str, target_token_pos: int = -1, target_token: Optional[str] = None) -> dict:
+        """When does `target_token` (default: the correct digit) become top-1 among digits and stay so?
+
+        Returns per lens index its probability, rank and the top-1 digit, and "convergence_layer":
+        the first lens index from which the target is top-1 at every later index (None if the
+        model's final top-1 is another digit).
+        """
+        if target_token is not None and (len(str(target_token)) != 1 or not str(target_token).isdigit()):
+            raise ReportgenError(f"target_token must be one digit '0'..'9', got {target_token!r}")
+        logp, q, correct = self._lens(text, target_token_pos)
+        target = correct if target_token is None else int(target_token)
+        top = logp.argmax(-1)
+        stays = (top == target).flip(0).cumprod(0).flip(0)
+        k = int(stays.sum())
+        labels = layer_labels(self.model.cfg.n_layers)
+        return {
+            "layer_labels": labels,
+            "token_index": q,
+            "target": target,
+            "prob": logp[:, target].exp().tolist(),
+            "rank": (logp > logp[:, target : target + 1]).sum(-1).tolist(),
+            "top": top.tolist(),
+            "convergence_layer": len(labels) - k if k else None,
+            "convergence_label": labels[len(labels) - k] if k else "never",
+        }

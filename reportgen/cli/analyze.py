@@ -1,0 +1,215 @@
+"""`reportgen analyze`: run the six analyses on one checkpoint and write the original toolkit's files.
+
+Everything is written into a temporary directory beside --output-dir and swapped in at the end,
+so bad input or an interruption leaves the previous output untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+ANALYSES = ("attention", "patching", "logit_lens", "circuits", "probing", "interventions")  # = config.ANALYSES
+DEFAULT_CONFIG = Path("configs/interpretability.yaml")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("analyze", help="run the interpretability analyses on one checkpoint",
+                       description="Run attention, activation patching, logit lens, circuit discovery, "
+                                   "probing and ablation analyses; write figures and JSON per analysis.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file, e.g. runs/seed42/checkpoint_best.pt")
+    p.add_argument("--all", action="store_true", help="run all six analyses")
+    for name in ANALYSES:
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, action="store_true", help=f"run {name.replace('_', ' ')}")
+    p.add_argument("--examples", nargs="*", metavar="PROBLEM",
+                   help="problems to show one by one, e.g. \"59 + 73\" \"12 + 34\" (default: from the config, "
+                        "else generated examples)")
+    p.add_argument("--config", help=f"analysis YAML (default: {DEFAULT_CONFIG} if present, else built-in defaults)")
+    p.add_argument("--output-dir", "--output_dir", default="reports/interpretability",
+                   help="where to write (default: %(default)s); replaced only when the run succeeds")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--seed", type=int, help="seed of generated examples, splits and baselines (overrides the config)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from reportgen.analysis.config import load_analysis_config
+    from reportgen.analysis.run import prepare, run_plan
+    from reportgen.model.checkpoint import load_checkpoint
+    from reportgen.train.trainer import resolve_device
+
+    config = args.config if args.config or not DEFAULT_CONFIG.is_file() else DEFAULT_CONFIG
+    cfg = load_analysis_config(config)
+    if args.seed is not None:
+        cfg = dataclasses.replace(cfg, seed=args.seed)
+    chosen = [name for name in ANALYSES if getattr(args, name)]
+    enabled = list(ANALYSES) if args.all else (chosen or None)
+    out = Path(args.output_dir)
+    _check_output(out)
+    ckpt = load_checkpoint(args.checkpoint, device=str(resolve_device(args.device)))
+    plan = prepare(ckpt, cfg, args.examples, enabled)
+    findings = run_plan(ckpt, cfg, plan, progress=not args.quiet)
+    _write_atomically(out, lambda d: write_outputs(d, findings, plan, cfg))
+    n = len(findings.examples)
+    correct = sum(e.correct for e in findings.examples)
+    print(f"analysed {args.checkpoint}: {', '.join(a for a in ANALYSES if a in plan.enabled)}; "
+          f"{len(plan.batch)} examples, {n} shown ({correct} answered correctly)")
+    print(f"wrote {out}")
+    return 0
+
+
+def _check_output(out: Path) -> None:
+    from reportgen.errors import ReportgenError
+
+    if out.exists() and not out.is_dir():
+        raise ReportgenError(f"--output-dir {out} exists and is not a directory; choose another path")
+
+
+def _write_atomically(out: Path, write) -> None:
+    """Call write(tmp_dir), then swap tmp_dir in for `out`; on any failure `out` is as it was."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    old = tmp.with_name(tmp.name + ".old")
+    try:
+        write(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private
+        if out.exists():
+            os.rename(out, old)
+        try:
+            os.rename(tmp, out)
+        except BaseException:
+            if old.exists():
+                os.rename(old, out)
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- files
+def write_outputs(root: Path, findings, plan, cfg) -> None:
+    """The original toolkit's files (figures and JSON) for every analysis that ran."""
+    root.mkdir(parents=True, exist_ok=True)
+    records = plan.batch.records[: plan.n_shown]
+    _dump(root / "examples.json", [
+        {"index": i, "key": e.key, "prompt": e.prompt, "target": e.target, "prediction": e.prediction,
+         "correct": e.correct, "stratum": e.stratum}
+        for i, e in enumerate(findings.examples)
+    ])
+    writers = {
+        "attention": lambda d: _write_attention(d, findings, records, plan.attention_layers, cfg),
+        "logit_lens": lambda d: _write_logit_lens(d, findings),
+        "circuits": lambda d: _write_circuits(d, findings.circuits),
+        "probing": lambda d: _write_probing(d, findings.probing),
+        "interventions": lambda d: _write_interventions(d, findings.interventions),
+    }
+    for name in ANALYSES:
+        part = getattr(findings, name)
+        if part is None:
+            continue
+        d = root / name
+        d.mkdir()
+        _dump(d / "findings.json", part)
+        if name in writers:
+            writers[name](d)
+
+
+def _write_attention(d: Path, findings, records, layers, cfg) -> None:
+    from reportgen.analysis.attention import plot_head, plot_layer_heads, write_example_stats
+
+    for i, (ex, record) in enumerate(zip(findings.examples, records)):
+        for l in layers:
+            plot_layer_heads(ex.attention[l], ex.tokens, l, d / f"example_{i}_layer_{l}_all_heads.png",
+                             title=f"{ex.prompt}{ex.target}  layer {l}")
+            if cfg.attention.per_head_figures:
+                for h in range(ex.attention.shape[1]):
+                    plot_head(ex.attention[l, h], ex.tokens, l, h, d / f"example_{i}_layer_{l}_head_{h}.png")
+        write_example_stats(d / f"example_{i}_stats.json", ex.attention, record, ex.tokens, layers)
+
+
+def _write_logit_lens(d: Path, findings) -> None:
+    from reportgen.analysis.logit_lens import plot_evolution, plot_predictions, write_entropy_json
+
+    for i, ex in enumerate(findings.examples):
+        plot_evolution(ex, d / f"example_{i}_evolution.png")
+        plot_predictions(ex, d / f"example_{i}_predictions.png")
+        write_entropy_json(d / f"example_{i}_entropy.json", ex)
+
+
+def _write_circuits(d: Path, circuits) -> None:
+    from reportgen.analysis.api import pyplot, save_figure
+
+    def of(kind):
+        return [c for c in circuits.components if c.kind == kind]
+
+    _dump(d / "carry_heads.json", of("carry_head"))
+    _dump(d / "operator_heads.json", of("operator_head"))
+    _dump(d / "position_heads.json", of("position_head"))
+    _dump(d / "specialized_neurons.json", {"neurons": of("neuron"), "set_test": circuits.neuron_test})
+    spec = circuits.head_specialization  # [layers, heads, roles]
+    plt = pyplot()
+    L, H, R = spec.shape
+    fig, ax = plt.subplots(figsize=(1.5 + 1.1 * R, 1.0 + 0.35 * L * H))
+    im = ax.imshow(spec.reshape(L * H, R), cmap="viridis", aspect="auto")
+    ax.set_yticks(range(L * H), [f"L{l}H{h}" for l in range(L) for h in range(H)], fontsize=7)
+    ax.set_xticks(range(R), circuits.roles, rotation=30, fontsize=8)
+    ax.set_title("Head specialisation (role scores)", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    save_figure(fig, d / "head_specialization.png")
+
+
+def _write_probing(d: Path, probing) -> None:
+    from reportgen.analysis.probing import plot_probe
+
+    for label in sorted({p.label for p in probing.probes}):
+        plot_probe(probing, label, d / f"{label}_results.png")
+
+
+def _write_interventions(d: Path, interventions) -> None:
+    from reportgen.analysis.api import pyplot, save_figure
+
+    layer_effects = [e for e in interventions.effects
+                     if e.method == interventions.default_method and e.component.split(".")[-1] in ("attn", "mlp")]
+    if not layer_effects:
+        return
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(1.5 + 0.8 * len(layer_effects), 3.4))
+    clean = interventions.clean.exact_match.mean
+    drops = [clean - e.metrics.exact_match.mean for e in layer_effects]
+    errs = [[e.metrics.exact_match.hi - e.metrics.exact_match.mean for e in layer_effects],
+            [e.metrics.exact_match.mean - e.metrics.exact_match.lo for e in layer_effects]]
+    ax.bar(range(len(layer_effects)), drops, yerr=errs, capsize=3)
+    ax.set_xticks(range(len(layer_effects)), [e.component for e in layer_effects])
+    ax.set_ylabel("exact-match drop vs clean")
+    ax.set_title(f"Layer importance ({interventions.default_method} ablation)", fontsize=9)
+    save_figure(fig, d / "layer_importance.png")
+
+
+def _dump(path: Path, obj) -> None:
+    path.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def _jsonable(obj):
+    """Plain JSON data from findings: dataclasses, numpy arrays and scalars; NaN becomes null."""
+    import numpy as np
+
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return _jsonable(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

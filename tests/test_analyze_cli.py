@@ -1,0 +1,112 @@
+"""`reportgen analyze`: bad input is a one-line error that leaves the previous output alone;
+a good run writes the original toolkit's files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reportgen.cli import main
+
+FAST = """
+n_examples: 30
+examples: ["59 + 73"]
+attention: {per_head_figures: true}
+probing: {n_examples: 30, hooks: [hook_resid_post], labels: [carry_out, digit]}
+"""
+
+
+@pytest.fixture
+def fast_config(tmp_path):
+    path = tmp_path / "fast.yaml"
+    path.write_text(FAST)
+    return str(path)
+
+
+@pytest.fixture
+def previous_output(tmp_path):
+    out = tmp_path / "reports" / "interpretability"
+    out.mkdir(parents=True)
+    (out / "keep.txt").write_text("previous run")
+    return out
+
+
+def _run(argv, capsys):
+    rc = main(["analyze", "--quiet", *argv])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--examples", "59 # 73"], "unknown character '#'"),
+    (["--examples", "99999999999 + 9999999999"], "context"),
+    (["--examples", "59 - 73"], "operator '-'"),
+    (["--examples"], "example list is empty"),
+    (["--config", "LAYER"], "attention layer 7 is out of range"),
+    (["--config", "BADKEY"], "unknown key 'layers_to_analyse'"),
+    (["--checkpoint", "MISSING"], "checkpoint not found"),
+])
+def test_bad_input_is_one_line_and_keeps_the_previous_output(checkpoint_path, previous_output, tmp_path, capsys,
+                                                             extra, message):
+    (tmp_path / "layer.yaml").write_text("attention:\n  layers_to_analyze: [0, 7]\n")
+    (tmp_path / "badkey.yaml").write_text("attention:\n  layers_to_analyse: [0]\n")
+    swap = {"LAYER": str(tmp_path / "layer.yaml"), "BADKEY": str(tmp_path / "badkey.yaml"),
+            "MISSING": str(tmp_path / "nope.pt")}
+    argv = ["--checkpoint", checkpoint_path, "--attention", "--output-dir", str(previous_output)]
+    rc, out, err = _run(argv + [swap.get(a, a) for a in extra], capsys)
+    assert rc == 2
+    assert err.startswith("reportgen: error:") and err.count("\n") == 1 and message in err
+    assert [p.name for p in previous_output.iterdir()] == ["keep.txt"]
+    assert (previous_output / "keep.txt").read_text() == "previous run"
+    assert sorted(p.name for p in previous_output.parent.iterdir()) == ["interpretability"]
+
+
+def test_run_writes_the_toolkit_files_and_replaces_the_output(checkpoint_path, previous_output, fast_config, capsys):
+    argv = ["--checkpoint", checkpoint_path, "--attention", "--logit-lens", "--probing", "--config", fast_config,
+            "--examples", "59 + 73", "12 + 34", "--output-dir", str(previous_output)]
+    rc, out, err = _run(argv, capsys)
+    assert rc == 0, err
+    names = {str(p.relative_to(previous_output)) for p in previous_output.rglob("*") if p.is_file()}
+    expected = {"examples.json", "attention/findings.json", "logit_lens/findings.json", "probing/findings.json",
+                "probing/carry_out_results.png", "probing/digit_results.png"}
+    for i in range(2):
+        expected |= {f"attention/example_{i}_stats.json", f"logit_lens/example_{i}_evolution.png",
+                     f"logit_lens/example_{i}_predictions.png", f"logit_lens/example_{i}_entropy.json"}
+        for l in range(2):
+            expected |= {f"attention/example_{i}_layer_{l}_all_heads.png"}
+            expected |= {f"attention/example_{i}_layer_{l}_head_{h}.png" for h in range(2)}
+    assert names == expected
+    examples = json.loads((previous_output / "examples.json").read_text())
+    assert [e["key"] for e in examples] == ["59plus73", "12plus34"]
+    stats = json.loads((previous_output / "attention" / "example_0_stats.json").read_text())
+    assert stats["answer_positions"] == [6, 7, 8] and len(stats["heads"]) == 4
+    assert sorted(p.name for p in previous_output.parent.iterdir()) == ["interpretability"]
+
+
+@pytest.mark.slow
+def test_all_analyses_write_every_file(checkpoint_path, tmp_path, fast_config, capsys):
+    out = tmp_path / "out"
+    rc, _, err = _run(["--checkpoint", checkpoint_path, "--all", "--config", fast_config, "--output-dir", str(out)],
+                      capsys)
+    assert rc == 0, err
+    for name in ("circuits/operator_heads.json", "circuits/position_heads.json", "circuits/specialized_neurons.json",
+                 "circuits/head_specialization.png", "interventions/layer_importance.png",
+                 "patching/findings.json", "attention/example_0_layer_1_all_heads.png"):
+        assert (out / name).is_file(), name
+
+
+def test_failure_while_writing_keeps_the_previous_output(checkpoint_path, previous_output, fast_config, capsys,
+                                                         monkeypatch):
+    from reportgen.cli import analyze
+
+    def broken(root, *args):
+        (root / "half.txt").write_text("half-written")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(analyze, "write_outputs", broken)
+    rc, _, err = _run(["--checkpoint", checkpoint_path, "--logit-lens", "--config", fast_config,
+                       "--output-dir", str(previous_output)], capsys)
+    assert rc == 130 and "interrupted" in err
+    assert [p.name for p in previous_output.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in previous_output.parent.iterdir()) == ["interpretability"]

@@ -1,0 +1,158 @@
+"""Ablation interventions: dead components change nothing, the batched sweep equals one forward
+pass per head, reference sets and resampling follow their definitions, metrics are right."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TOKENIZER, batch_for, records
+from reportgen.analysis.interventions import (
+    Ablator, InterventionAnalyzer, InterventionConfig, head_spec, reference_records, run_interventions, template,
+)
+from reportgen.configfile import from_dict
+from reportgen.data.dataset import stratified_examples
+from reportgen.errors import ReportgenError
+from test_patching import strong_model
+
+
+def add_batch(model, n=24, seed=0, **fmt):
+    recs = stratified_examples("add", n, 3, 1, seed, fmt.get("with_steps", False), fmt.get("answer_order", "plain"))
+    return batch_for(model, recs)
+
+
+def loop_head_ablation(ab: Ablator, method: str) -> torch.Tensor:
+    """One full forward pass per head: [L*H, B, A, 10] digit log-probs."""
+    model, out = ab.model, []
+    for l in range(model.cfg.n_layers):
+        name = f"blocks.{l}.attn.hook_z"
+        values = ab.values(method, name)
+        for h in range(model.cfg.n_heads):
+            def hook(z, _n, h=h):
+                z = z.clone()
+                z[:, :, h] = values[:, :, h]
+                return z
+            with torch.no_grad():
+                logits = model(ab.tokens, hooks={name: hook})
+            out.append(ab._answer_logprobs(logits[None])[0])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("method", ["zero", "mean", "resample"])
+def test_batched_head_ablation_equals_one_forward_per_head(method):
+    model = strong_model(0)
+    ab = Ablator(model, TOKENIZER, add_batch(model), seed=0, reference_size=8)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    batched = ab.ablated([head_spec(l, h) for l in range(L) for h in range(H)], method)
+    assert torch.allclose(batched, loop_head_ablation(ab, method), atol=1e-5)
+
+
+def test_dead_head_and_dead_mlp_ablations_change_nothing():
+    model = strong_model(1)
+    with torch.no_grad():
+        model.blocks[0].attn.W_O[1] = 0.0
+        model.blocks[1].mlp.W_out.zero_()
+        model.blocks[1].mlp.b_out.zero_()
+    cfg = InterventionConfig(methods=["mean", "resample", "zero"], reference_size=8)
+    f = run_interventions(model, TOKENIZER, add_batch(model), cfg, 0)
+    dead = [e for e in f.effects if e.component in ("L0H1", "L1.mlp")]
+    assert len(dead) == 6
+    for e in dead:
+        assert e.metrics == f.clean
+    live = [e for e in f.effects if e.component == "L0H0" and e.method == "zero"]
+    assert live[0].metrics.logprob.mean != f.clean.logprob.mean
+
+
+def test_mean_values_are_position_means_over_a_separate_reference_set_of_the_same_layout():
+    model = strong_model(2)
+    batch = add_batch(model)
+    ab = Ablator(model, TOKENIZER, batch, seed=0, reference_size=6)
+    refs, cache, ref_templates = ab.reference()
+    batch_keys = {(r["a"], r["b"], r["op"]) for r in batch.records}
+    assert not batch_keys & {(r["a"], r["b"], r["op"]) for r in refs}
+    assert set(ref_templates) == set(ab.templates)
+    name = "blocks.0.hook_attn_out"
+    values = ab.values("mean", name)
+    for i, t in enumerate(ab.templates):
+        rows = [j for j, rt in enumerate(ref_templates) if rt == t]
+        assert torch.allclose(values[i], cache[name][rows].mean(0))
+
+
+def test_resample_takes_another_example_of_the_same_layout():
+    model = strong_model(3)
+    batch = add_batch(model, n=40)
+    ab = Ablator(model, TOKENIZER, batch, seed=0, reference_size=4)
+    src = ab.resample_sources().tolist()
+    refs, _, ref_templates = ab.reference()
+    B = len(batch)
+    for i, s in enumerate(src):
+        assert s != i
+        assert (ab.templates[s] if s < B else ref_templates[s - B]) == ab.templates[i]
+    assert src == Ablator(model, TOKENIZER, batch, seed=0, reference_size=4).resample_sources().tolist()
+    groups = [i for i in range(B) if ab.templates.count(ab.templates[i]) > 1]
+    assert groups and all(src[i] < B for i in groups)
+
+
+def test_reference_records_cover_rare_layouts():
+    rare = records((100, "-", 99), (999, "+", 1))
+    found = reference_records(rare, 4, seed=0)
+    for r in rare:
+        assert len(found[template(r)]) == 4
+
+
+def test_metrics_count_exact_match_digits_and_logprob():
+    model = strong_model(4)
+    batch = batch_for(model, records((59, "+", 73), (12, "+", 34)))
+    ab = Ablator(model, TOKENIZER, batch, seed=0, reference_size=2)
+    perfect = torch.full((2, batch.answer_ids.shape[1], 10), -30.0)
+    perfect.scatter_(-1, ab.digits[..., None], 0.0)
+    s = ab.scores(perfect)
+    assert s["exact_match"].tolist() == [1.0, 1.0] and s["digit_accuracy"].tolist() == [1.0, 1.0]
+    assert s["logprob"].tolist() == [0.0, 0.0]
+    wrong = perfect.clone()
+    wrong[0, 1] = perfect[0, 1].roll(1)  # second digit of 132 wrong
+    s = ab.scores(wrong)
+    assert s["exact_match"].tolist() == [0.0, 1.0]
+    assert s["digit_accuracy"][0] == pytest.approx(2 / 3) and s["logprob"][0] == -30.0
+    m = ab.metrics(wrong)
+    assert m.exact_match.mean == 0.5 and m.by_stratum.keys() <= {"no_carry", "one_carry", "multi_carry", "cascade"}
+
+
+def test_run_interventions_shapes_and_labels():
+    model = strong_model(5)
+    cfg = InterventionConfig(methods=["mean", "zero"], cumulative_max_k=3, reference_size=4)
+    f = run_interventions(model, TOKENIZER, add_batch(model), cfg, 0)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    assert len(f.effects) == 2 * (L * H + 2 * L)
+    assert {e.method for e in f.effects} == {"mean", "zero"} and f.default_method == "mean"
+    assert [e.component for e in f.cumulative] == ["top-1", "top-2", "top-3"]
+    head_lp = {e.component: e.metrics.logprob.mean for e in f.effects if e.method == "mean" and "H" in e.component}
+    top1 = min(head_lp, key=head_lp.get)
+    assert f.cumulative[0].metrics.logprob.mean == pytest.approx(head_lp[top1])
+    for e in f.effects + f.cumulative + [type("E", (), {"metrics": f.clean})]:
+        assert not np.isnan(e.metrics.exact_match.mean) and e.metrics.exact_match.n == 24
+
+
+def test_steps_format_and_reversed_answers():
+    model = strong_model(6, n_ctx=64)
+    f = run_interventions(model, TOKENIZER, add_batch(model, n=12, with_steps=True, answer_order="reversed"),
+                          InterventionConfig(methods=["resample"], default_method="resample", reference_size=3), 0)
+    assert f.effects and f.cumulative
+
+
+def test_layer_importance_api():
+    model = strong_model(7)
+    out = InterventionAnalyzer(model, TOKENIZER).measure_layer_importance(["12 + 34", "59 + 73"], component="mlp")
+    assert set(out) == {0, 1} and set(out[0]) == {"exact_match", "digit_accuracy", "logprob"}
+    with pytest.raises(ReportgenError, match="attn"):
+        InterventionAnalyzer(model, TOKENIZER).measure_layer_importance(["12 + 34"], component="resid")
+
+
+def test_config_validation():
+    with pytest.raises(ReportgenError, match="default_method"):
+        InterventionConfig(methods=["zero"], default_method="mean")
+    cfg = from_dict(InterventionConfig, {"methods": ["resample"], "default_method": "resample"}, "test")
+    assert cfg.methods == ["resample"]
+    with pytest.raises(ReportgenError):
+        from_dict(InterventionConfig, {"methods": ["median"]}, "test")
