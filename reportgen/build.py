@@ -1,0 +1,319 @@
+"""`reportgen build` end to end: checkpoints -> accuracy and analyses -> results -> site and PDF.
+
+Everything the user gave is validated before any work starts. Each model's results are cached
+under `<out dir parent>/.reportgen-cache/<key>/`, so a rebuild with nothing changed does no torch
+work. The site is rendered into a temporary directory beside the output and swapped in only when
+complete: a failed or interrupted build leaves the previous site as it was.
+
+Torch-using stages are imported inside the functions that need them: `reportgen render` uses
+`make_report` and `write_site` from here without torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Optional
+
+from reportgen.analysis.findings import Estimate
+from reportgen.configfile import to_dict
+from reportgen.errors import ReportgenError
+from reportgen.results.compare import compare_models
+from reportgen.results.schema import SCHEMA_VERSION, UNDATED, Accuracy, ModelResults, Provenance, Report, TrainingCurve
+from reportgen.results.store import RESULTS_FILE, load_results, normalized, save_results
+
+if TYPE_CHECKING:
+    from reportgen.analysis.config import AnalysisConfig
+    from reportgen.analysis.run import Plan
+    from reportgen.model.checkpoint import Checkpoint
+
+Progress = Callable[[str], None]
+
+DEFAULT_CONFIG = Path("configs/interpretability.yaml")
+EVAL_EXAMPLES = 512  # fresh stratified test set per model (128 per stratum)
+EVAL_SEED = 1234  # the same seed `reportgen eval` uses by default
+CACHE_DIR = ".reportgen-cache"
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def print_progress(message: str) -> None:
+    """Progress for the command line: one line per step on stderr."""
+    print(f"reportgen: {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- build
+def build_report(checkpoints: list[str], compare: list[str], examples: Optional[list[str]],
+                 config_path: Optional[str], out_dir: str | Path, title: Optional[str], pdf: bool = True,
+                 device: str = "cpu", progress: Optional[Progress] = None, use_cache: bool = True) -> Report:
+    """Analyse every checkpoint (the first is the primary model), write the site to `out_dir`.
+
+    `examples` are problem texts ('59 + 73') analysed one by one in every model; None uses the
+    config's `examples`, and when it has none the analyses choose. `config_path` None uses
+    configs/interpretability.yaml if present, else the analysis defaults. `progress` receives one
+    line per step (the analyses also draw progress bars on stderr); None is silent.
+    """
+    from reportgen.model.checkpoint import load_checkpoint
+    from reportgen.train.trainer import resolve_device
+
+    paths = list(checkpoints) + list(compare)
+    if not paths:
+        raise ReportgenError("no checkpoint given; pass --checkpoint runs/NAME/checkpoint_best.pt")
+    torch_device = str(resolve_device(device))
+    ckpts = [load_checkpoint(p, device=torch_device) for p in paths]
+    labels = [_run_name(p) for p in paths]
+    names = unique_names(labels)
+    cfg = _load_config(config_path)
+    examples = list(examples) if examples else None
+    plans = [_prepare(ckpt, name, cfg, examples) for ckpt, name in zip(ckpts, names)]
+    out = Path(out_dir).resolve()
+    check_out_dir(out)
+
+    say = progress or _quiet
+    cache = out.parent / CACHE_DIR if use_cache else None
+    models = []
+    for i, (path, ckpt, plan, name, label) in enumerate(zip(paths, ckpts, plans, names, labels), 1):
+        run = _Run(ckpt, plan, cfg, examples, _prefixed(say, f"[{i}/{len(paths)}] {name}: "), progress is not None)
+        models.append(_model_results(run, path, name, label, cache))
+    report = make_report(models, title)
+    write_site(report, out, pdf, say)
+    return report
+
+
+def _prefixed(progress: Progress, prefix: str) -> Progress:
+    return lambda message: progress(prefix + message)
+
+
+def _run_name(path: str) -> str:
+    """The run directory's name (runs/add3_1layer/checkpoint_best.pt -> 'add3_1layer')."""
+    p = Path(path).resolve()
+    return p.parent.name or p.stem
+
+
+def unique_names(labels: list[str]) -> list[str]:
+    """Slugs of [a-z0-9_-] for `labels`, made unique in order by suffixes -2, -3, ..."""
+    taken: set[str] = set()
+    out = []
+    for label in labels:
+        base = re.sub(r"[^a-z0-9_-]+", "-", label.lower()).strip("-") or "model"
+        name, k = base, 1
+        while name in taken:
+            k += 1
+            name = f"{base}-{k}"
+        taken.add(name)
+        out.append(name)
+    return out
+
+
+def _prepare(ckpt: Checkpoint, name: str, cfg: AnalysisConfig, examples: Optional[list[str]]) -> Plan:
+    """The analyses' validated plan for one model: examples of its task that fit its context,
+    layers it has. Errors name the model."""
+    from reportgen.analysis.run import prepare
+
+    t = ckpt.task
+    try:
+        return prepare(ckpt, cfg, examples)
+    except ReportgenError as e:
+        raise ReportgenError(
+            f"model {name} ({ckpt.path}; trained on {t['task']}, {t['min_digits']}-{t['max_digits']} digits): {e}"
+        ) from None
+
+
+def _load_config(config_path: Optional[str]) -> AnalysisConfig:
+    from reportgen.analysis.config import load_analysis_config
+
+    if config_path is None and DEFAULT_CONFIG.is_file():
+        config_path = DEFAULT_CONFIG
+    return load_analysis_config(config_path)
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse an output that is not a directory we may replace, or whose parent is not writable."""
+    if out.exists() and not out.is_dir():
+        raise ReportgenError(f"--out {out} is a file; give a directory for the site")
+    if out.is_dir() and any(out.iterdir()) and not (out / RESULTS_FILE).is_file():
+        raise ReportgenError(
+            f"--out {out} holds files that are not a reportgen site; choose another --out or empty it"
+        )
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Path(tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=out.parent)).rmdir()
+    except OSError as e:
+        raise ReportgenError(
+            f"cannot write the site to {out}: {e.strerror or e} ({e.filename}); choose a writable --out"
+        ) from None
+
+
+# ---------------------------------------------------------------- one model
+def cache_key(checkpoint_sha256: str, analysis_config: dict, examples: Optional[list[str]]) -> str:
+    """sha256 of everything that determines a model's results except the checkpoint's path."""
+    payload = {
+        "checkpoint_sha256": checkpoint_sha256,
+        "analysis_config": analysis_config,
+        "examples": examples,
+        "evaluation": {"n": EVAL_EXAMPLES, "seed": EVAL_SEED},
+        "reportgen_version": reportgen_version(),
+        "schema_version": SCHEMA_VERSION,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclasses.dataclass
+class _Run:
+    """One model's validated inputs."""
+
+    ckpt: Checkpoint
+    plan: Plan
+    cfg: AnalysisConfig
+    examples: Optional[list[str]]
+    say: Progress
+    bars: bool  # let the analyses draw progress bars
+
+
+def _model_results(run: _Run, path: str, name: str, label: str, cache: Optional[Path]) -> ModelResults:
+    """A model's results from the cache, or computed (and cached); named for this report."""
+    key = cache_key(run.ckpt.sha256, to_dict(run.cfg), run.examples)
+    result = _cache_get(cache, key, run.say) if cache else None
+    if result is None:
+        result = _compute(run)
+        if cache:
+            _cache_put(cache, key, result)
+    prov = dataclasses.replace(result.provenance, checkpoint=str(path), file_name=Path(path).name)
+    return dataclasses.replace(result, name=name, label=label, provenance=prov)
+
+
+def _compute(run: _Run) -> ModelResults:
+    from reportgen.analysis.examples import generated_records
+    from reportgen.analysis.run import run_plan
+    from reportgen.train.evaluate import evaluate
+
+    ckpt, say = run.ckpt, run.say
+    say(f"evaluating on {EVAL_EXAMPLES} fresh stratified examples")
+    ev = evaluate(ckpt.model, ckpt.tokenizer, generated_records(ckpt, EVAL_EXAMPLES, EVAL_SEED))
+    accuracy = Accuracy(
+        exact_match=_estimate(ev.exact_match, ev.lo, ev.hi, ev.n),
+        digit_accuracy=float(ev.digit_accuracy),
+        by_stratum={s: _estimate(v["exact_match"], v["lo"], v["hi"], v["n"]) for s, v in ev.by_stratum.items()},
+        n=ev.n,
+        seed=EVAL_SEED,
+    )
+    say("running the analyses")
+    findings = run_plan(ckpt, run.cfg, run.plan, progress=run.bars)
+    h = ckpt.meta.get("history") or {}
+    training = TrainingCurve(steps=[int(s) for s in h.get("step", [])],
+                             train_loss=[float(x) for x in h.get("train_loss", [])],
+                             val_exact_match=[float(x) for x in h.get("val_exact_match", [])])
+    return ModelResults(name="", label="", provenance=_provenance(ckpt, run.cfg, run.examples), accuracy=accuracy,
+                        training=training, findings=findings)
+
+
+def _estimate(mean, lo, hi, n) -> Estimate:
+    return Estimate(float(mean), float(lo), float(hi), int(n))
+
+
+def _provenance(ckpt: Checkpoint, cfg: AnalysisConfig, examples: Optional[list[str]]) -> Provenance:
+    from reportgen.model.checkpoint import library_versions
+
+    meta = ckpt.meta
+    return Provenance(
+        checkpoint=ckpt.path, file_name=Path(ckpt.path).name, sha256=ckpt.sha256,
+        model_config=dict(meta["model_config"]), train_config=dict(meta.get("train_config") or {}),
+        task=dict(ckpt.task), seed=meta.get("seed"), data_manifest_hash=meta.get("data_manifest_hash"),
+        versions_training=dict(meta.get("versions") or {}), versions_analysis=library_versions(),
+        analysis_config=to_dict(cfg), examples=list(cfg.examples if examples is None else examples),
+        reportgen_version=reportgen_version(),
+    )
+
+
+def _cache_get(cache: Path, key: str, say: Progress) -> Optional[ModelResults]:
+    entry = cache / key
+    if not entry.is_dir():
+        return None
+    try:
+        (model,) = load_results(entry).models
+    except (ReportgenError, ValueError) as e:
+        say(f"ignoring an unreadable cache entry ({e}); recomputing")
+        return None
+    say(f"using cached results ({entry})")
+    return model
+
+
+def _cache_put(cache: Path, key: str, model: ModelResults) -> None:
+    """Store one model's results atomically: a half-written entry is never visible."""
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache))
+    try:
+        save_results(make_report([model], title=""), tmp)
+        shutil.rmtree(cache / key, ignore_errors=True)
+        os.rename(tmp, cache / key)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- report and site (torch-free)
+def make_report(models: list[ModelResults], title: Optional[str]) -> Report:
+    """The report over `models` with its comparison, normalized as if loaded from disk."""
+    title = title if title is not None else "Interpretability report: " + " vs ".join(m.label for m in models)
+    return normalized(Report(schema_version=SCHEMA_VERSION, title=title, generated_at=generated_at(),
+                             models=models, comparison=compare_models(models)))
+
+
+def generated_at() -> str:
+    """SOURCE_DATE_EPOCH as ISO 8601 UTC, or UNDATED: never the wall clock (reproducible builds)."""
+    raw = os.environ.get("SOURCE_DATE_EPOCH")
+    if not raw:
+        return UNDATED
+    try:
+        return datetime.fromtimestamp(int(raw), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (ValueError, OverflowError, OSError):
+        raise ReportgenError(f"SOURCE_DATE_EPOCH must be whole seconds since 1970, got {raw!r}") from None
+
+
+def reportgen_version() -> str:
+    try:
+        return metadata.version("reportgen")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def write_site(report: Report, out: Path, pdf: bool, progress: Progress = _quiet) -> None:
+    """Render `report` (render_site also writes results.json and arrays.npz into the site) into a
+    temporary directory, then swap it in for `out`."""
+    from reportgen.render import render_site
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; a site is meant to be published
+        progress(f"rendering the site{' and PDF' if pdf else ''}")
+        render_site(report, tmp, pdf=pdf, log=progress)
+        _swap_in(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    progress(f"wrote {out}")
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    """Replace `out` by `new` with two renames; on failure the old `out` is put back."""
+    old = new.with_name(new.name + ".old")
+    moved = False
+    try:
+        if out.exists():
+            os.rename(out, old)
+            moved = True
+        os.rename(new, out)
+    except BaseException:
+        if moved and not out.exists():
+            os.rename(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

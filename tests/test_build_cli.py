@@ -1,0 +1,267 @@
+"""`reportgen build` and `reportgen render`: validation before work, atomic site swap, cache, no torch in render."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from reportgen import build
+from reportgen.cli import main
+from reportgen.data.tokenizer import Tokenizer
+from reportgen.errors import ReportgenError
+from reportgen.model.checkpoint import save_checkpoint
+from reportgen.model.transformer import ModelConfig, Transformer
+from reportgen.results.store import ARRAYS_FILE, RESULTS_FILE, load_results, save_results
+from test_results import sample_report
+
+ROOT = Path(__file__).resolve().parent.parent
+TASK = {"task": "add", "max_digits": 3, "min_digits": 1, "with_steps": False, "answer_order": "plain"}
+# Small enough for a 1-layer CPU model in seconds; every analysis still runs.
+FAST_CONFIG = """\
+n_examples: 40
+n_example_pages: 2
+probing:
+  n_examples: 30
+"""
+
+
+def make_checkpoint(path: Path, n_layers: int = 1, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    model = Transformer(ModelConfig(n_layers=n_layers, n_heads=2, d_model=32, d_mlp=64, n_ctx=24))
+    history = {"step": [0, 10], "train_loss": [2.5, 2.0], "val_exact_match": [0.0, 0.0], "elapsed_s": [0.0, 1.0]}
+    save_checkpoint(path, model, Tokenizer(), data=TASK, history=history, seed=seed, train_config={"lr": 1e-3})
+    return path
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    """A directory with a checkpoint, a small analysis config and an existing (sentinel) site."""
+    monkeypatch.chdir(tmp_path)
+    make_checkpoint(tmp_path / "runs" / "add_tiny" / "checkpoint_best.pt")
+    (tmp_path / "fast.yaml").write_text(FAST_CONFIG)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<p>the previous report</p>")
+    (site / RESULTS_FILE).write_text('{"sentinel": true}')
+    return tmp_path
+
+
+def snapshot(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def leftovers(parent: Path) -> list[str]:
+    """Temporary build, probe or swap directories left beside the site."""
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith(".site."))
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    rc = main(list(argv))
+    return rc, capsys.readouterr().err
+
+
+def assert_refused(work: Path, rc: int, err: str, before: dict, *needles: str) -> None:
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("reportgen: error: "), err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert snapshot(work / "site") == before
+    assert leftovers(work) == []
+    assert not (work / build.CACHE_DIR).exists()
+
+
+# ---------------------------------------------------------------- validation before work
+def test_missing_checkpoint_is_refused(work, capsys):
+    before = snapshot(work / "site")
+    rc, err = run_cli(capsys, "build", "--checkpoint", "runs/add_tiny/checkpoint_best.pt",
+                      "--compare", "runs/nope/checkpoint_best.pt", "--no-pdf")
+    assert_refused(work, rc, err, before, "checkpoint not found", "runs/nope/checkpoint_best.pt")
+
+
+def test_truncated_checkpoint_is_refused(work, capsys):
+    bad = work / "runs" / "broken" / "checkpoint_best.pt"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes((work / "runs" / "add_tiny" / "checkpoint_best.pt").read_bytes()[:500])
+    before = snapshot(work / "site")
+    rc, err = run_cli(capsys, "build", "--checkpoint", str(bad), "--no-pdf")
+    assert_refused(work, rc, err, before, "corrupt or truncated")
+
+
+def test_example_of_another_task_names_model_and_example(work, capsys):
+    before = snapshot(work / "site")
+    rc, err = run_cli(capsys, "build", "--checkpoint", "runs/add_tiny/checkpoint_best.pt",
+                      "--examples", "59 + 73", "12 * 34", "--config", "fast.yaml", "--no-pdf")
+    assert_refused(work, rc, err, before, "model add_tiny", "12", "34", "'*'")
+
+
+def test_malformed_config_is_refused(work, capsys):
+    (work / "bad.yaml").write_text("n_examples: [1, 2\n")
+    before = snapshot(work / "site")
+    rc, err = run_cli(capsys, "build", "--checkpoint", "runs/add_tiny/checkpoint_best.pt", "--config", "bad.yaml")
+    assert_refused(work, rc, err, before, "bad.yaml")
+
+
+def test_unwritable_out_dir_is_refused(work, capsys):
+    (work / "afile").write_text("not a directory")
+    before = snapshot(work / "site")
+    rc, err = run_cli(capsys, "build", "--checkpoint", "runs/add_tiny/checkpoint_best.pt",
+                      "--config", "fast.yaml", "--out", "afile/site", "--no-pdf")
+    assert_refused(work, rc, err, before, "cannot write the site", "afile")
+
+
+def test_out_dir_holding_other_files_is_refused(work, capsys):
+    (work / "notes").mkdir()
+    (work / "notes" / "thesis.tex").write_text("precious")
+    before = snapshot(work / "site")
+    rc, err = run_cli(capsys, "build", "--checkpoint", "runs/add_tiny/checkpoint_best.pt",
+                      "--config", "fast.yaml", "--out", "notes", "--no-pdf")
+    assert_refused(work, rc, err, before, "not a reportgen site")
+    assert (work / "notes" / "thesis.tex").read_text() == "precious"
+
+
+# ---------------------------------------------------------------- atomic swap (renderer failure injected)
+def _renderer(monkeypatch, render_site) -> None:
+    monkeypatch.setitem(sys.modules, "reportgen.render", types.SimpleNamespace(render_site=render_site))
+
+
+@pytest.mark.parametrize("error", [RuntimeError("renderer broke"), KeyboardInterrupt()])
+def test_failed_render_leaves_previous_site_and_no_temp_dirs(work, monkeypatch, error):
+    def render_site(report, out_dir, pdf=True, log=None):
+        (Path(out_dir) / "index.html").write_text("half-written")
+        raise error
+
+    _renderer(monkeypatch, render_site)
+    before = snapshot(work / "site")
+    with pytest.raises(type(error)):
+        build.write_site(sample_report(), work / "site", pdf=False)
+    assert snapshot(work / "site") == before
+    assert leftovers(work) == []
+
+
+def test_swap_replaces_the_site_whole(work, monkeypatch):
+    def render_site(report, out_dir, pdf=True, log=None):
+        (Path(out_dir) / "index.html").write_text(report.title)
+        save_results(report, out_dir)  # render_site writes the results files into the site
+
+    _renderer(monkeypatch, render_site)
+    (work / "site" / "stale.html").write_text("from an older build")
+    report = sample_report()
+    build.write_site(report, work / "site", pdf=False)
+    assert sorted(snapshot(work / "site")) == [ARRAYS_FILE, "index.html", RESULTS_FILE]
+    assert (work / "site" / "index.html").read_text() == report.title
+    assert (work / "site").stat().st_mode & 0o777 == 0o755
+    assert leftovers(work) == []
+    assert load_results(work / "site").title == report.title
+
+
+# ---------------------------------------------------------------- helpers
+def test_unique_names_are_safe_and_deterministic():
+    assert build.unique_names(["add3_1layer", "add3_1layer", "Add3 1Layer!", "", "../x"]) == [
+        "add3_1layer", "add3_1layer-2", "add3-1layer", "model", "x"]
+
+
+def test_generated_at_uses_source_date_epoch_only(monkeypatch):
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    assert build.generated_at() == ""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    assert build.generated_at() == "2023-11-14T22:13:20Z"
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(ReportgenError):
+        build.generated_at()
+
+
+def test_cache_key_covers_config_and_examples():
+    key = build.cache_key("ab" * 32, {"seed": 0}, ["59 + 73"])
+    assert key == build.cache_key("ab" * 32, {"seed": 0}, ["59 + 73"]) and len(key) == 64
+    assert len({key, build.cache_key("cd" * 32, {"seed": 0}, ["59 + 73"]),
+                build.cache_key("ab" * 32, {"seed": 1}, ["59 + 73"]),
+                build.cache_key("ab" * 32, {"seed": 0}, None)}) == 4
+
+
+# ---------------------------------------------------------------- end to end (real analyses and renderer)
+def cli_in(cwd: Path, *argv: str) -> subprocess.CompletedProcess:
+    """`reportgen ARGV` in a fresh interpreter, failing if it imported torch when argv[0] is render."""
+    code = ("import sys\nfrom reportgen.cli import main\nrc = main(sys.argv[1:])\n"
+            "assert sys.argv[1] != 'render' or 'torch' not in sys.modules, 'render imported torch'\nsys.exit(rc)\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SOURCE_DATE_EPOCH": "1700000000"}
+    return subprocess.run([sys.executable, "-c", code, *argv], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+BUILD = ["build", "--checkpoint", "runs/add_tiny/checkpoint_best.pt", "--compare",
+         "runs/add_tiny_2layer/checkpoint_best.pt", "--examples", "59 + 73", "999 + 1",
+         "--config", "fast.yaml", "--title", "Tiny", "--no-pdf"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """A directory where `reportgen build` made site/ from two tiny random models."""
+    d = tmp_path_factory.mktemp("e2e")
+    make_checkpoint(d / "runs" / "add_tiny" / "checkpoint_best.pt")
+    make_checkpoint(d / "runs" / "add_tiny_2layer" / "checkpoint_best.pt", n_layers=2, seed=1)
+    (d / "fast.yaml").write_text(FAST_CONFIG)
+    proc = cli_in(d, *BUILD)
+    assert proc.returncode == 0, proc.stderr
+    return d
+
+
+@pytest.mark.slow
+def test_build_writes_the_site_and_its_results(built):
+    site = built / "site"
+    assert {"index.html", RESULTS_FILE, ARRAYS_FILE} <= set(snapshot(site))
+    assert leftovers(built) == []
+    report = load_results(site)
+    assert [m.name for m in report.models] == ["add_tiny", "add_tiny_2layer"]
+    assert report.generated_at == "2023-11-14T22:13:20Z" and report.title == "Tiny"
+    first = report.models[0]
+    assert [e.prompt for e in first.findings.examples[:2]] == ["59+73=", "999+1="]
+    assert first.accuracy.n == build.EVAL_EXAMPLES and first.accuracy.seed == build.EVAL_SEED
+    assert first.training.steps == [0, 10] and first.provenance.seed == 0
+    assert first.provenance.checkpoint == "runs/add_tiny/checkpoint_best.pt"
+    assert first.provenance.model_config["n_layers"] == 1 and first.provenance.task == TASK
+    assert all(getattr(first.findings, a) is not None for a in ("attention", "patching", "logit_lens",
+                                                                  "circuits", "probing", "interventions"))
+    assert any(note.startswith("Per-head tables") for note in report.comparison.notes)
+    assert {lead.stratum for lead in report.comparison.leaders} >= {"all"}
+    assert len(list((built / build.CACHE_DIR).iterdir())) == 2
+
+
+@pytest.mark.slow
+def test_cached_rebuild_does_no_torch_work_and_gives_the_same_files(built, monkeypatch, capsys):
+    import reportgen.analysis.run as analysis_run
+    import reportgen.train.evaluate as evaluate
+
+    before = snapshot(built / "site")
+    monkeypatch.chdir(built)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    monkeypatch.setattr(analysis_run, "run_plan", lambda *a, **k: pytest.fail("analyses ran on a cached rebuild"))
+    monkeypatch.setattr(evaluate, "evaluate", lambda *a, **k: pytest.fail("evaluation ran on a cached rebuild"))
+    rc, err = run_cli(capsys, *BUILD)
+    assert rc == 0 and err.count("using cached results") == 2, err
+    assert snapshot(built / "site") == before
+    assert leftovers(built) == []
+
+
+@pytest.mark.slow
+def test_render_reproduces_the_site_without_torch(built):
+    proc = cli_in(built, "render", "site", "--out", "rerendered", "--no-pdf")
+    assert proc.returncode == 0, proc.stderr
+    assert snapshot(built / "rerendered") == snapshot(built / "site")
+
+
+@pytest.mark.slow
+def test_render_merges_results_dirs(built, capsys, monkeypatch):
+    monkeypatch.chdir(built)
+    rc, err = run_cli(capsys, "render", "site", "site", "--out", "merged", "--no-pdf")
+    assert rc == 0, err
+    merged = load_results(built / "merged")
+    assert [m.name for m in merged.models] == ["add_tiny", "add_tiny_2layer", "add_tiny-2", "add_tiny_2layer-2"]
+    assert merged.title == "Interpretability report: add_tiny vs add_tiny_2layer vs add_tiny vs add_tiny_2layer"
+    heads = [g.models for g in merged.comparison.groups if g.aspect == "heads"]
+    assert heads == [["add_tiny", "add_tiny-2"], ["add_tiny_2layer", "add_tiny_2layer-2"]]
