@@ -1,0 +1,766 @@
+"""Figures made at render time from the results: what each shows (with its caption and data), the
+plotting functions, and a deterministic renderer that writes each figure once as SVG (shown in
+the site and the PDF) and PDF (for papers).
+
+Plotting uses matplotlib's object API (no pyplot, no global state) under a fixed rc context:
+`svg.hashsalt` fixed and dates left out of the metadata, so the same data always gives the same
+bytes. SVG text stays text (WeasyPrint typesets it several times faster than glyph outlines).
+Layouts are computed by hand in inches: a layout engine would double the drawing time. Figures
+are independent, so they are drawn in parallel worker processes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from reportgen.analysis.findings import Estimate, ExampleFindings, PatchSweep
+from reportgen.data.arithmetic import STRATA
+
+RC = {
+    "svg.hashsalt": "reportgen",
+    "svg.fonttype": "none",
+    "pdf.fonttype": 3,
+    "font.family": ["DejaVu Sans", "sans-serif"],  # SVG text falls back to a sans font where DejaVu is missing
+    "font.size": 8,
+    "axes.titlesize": 8.5,
+    "axes.labelsize": 8,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "legend.fontsize": 7,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "figure.dpi": 100,
+    "savefig.dpi": 100,
+    "image.interpolation": "nearest",
+}
+SVG_META = {"Date": None, "Creator": "reportgen"}
+PDF_META = {"CreationDate": None, "ModDate": None, "Creator": "reportgen", "Producer": "reportgen"}
+COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#7f7f7f", "#17becf"]
+METHOD_TEXT = {
+    "mean": "mean ablation (activation replaced by its position-specific mean over a reference set)",
+    "resample": "resample ablation (activation taken from another example)",
+    "zero": "zero ablation (activation set to zero; off-distribution, shown for reference)",
+}
+ROLE_TEXT = {
+    "column": "the operand digits of column n",
+    "carry_source": "the operand digits of column n−1 (the carry's source)",
+    "operator": "the operator",
+}
+SITE_TEXT = {"resid_pre": "residual stream (block input)", "attn_out": "attention output", "mlp_out": "MLP output",
+             "head": "single heads (the head's output z, patched at every position)"}
+PAIR_TEXT = {
+    "carry_flip": "carry-flip pairs (column n−1 changed so the carry into column n flips, column n digits fixed)",
+    "sum_flip": "sum-flip pairs (a column digit changed without changing any carry)",
+    "operator_flip": "operator-flip pairs (+ and − swapped)",
+}
+
+
+@dataclass
+class ReportFigure:
+    """One figure: `key` is its path stem from the site root; `plot` names a function in PLOTS."""
+
+    key: str
+    plot: str
+    args: dict
+    caption: str
+    alt: str
+    data: str
+    data_ext: str = "csv"
+
+    @property
+    def svg(self) -> str:
+        return f"{self.key}.svg"
+
+    @property
+    def pdf(self) -> str:
+        return f"{self.key}.pdf"
+
+    @property
+    def data_path(self) -> str:
+        return f"{self.key}.{self.data_ext}"
+
+
+# ---------------------------------------------------------------- rendering
+def render_figures(figures: list[ReportFigure], out_dir: Path, workers: Optional[int] = None) -> None:
+    """Write every figure's SVG, PDF and data file under `out_dir` (in parallel where it pays)."""
+    for f in figures:
+        path = out_dir / f.data_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f.data, encoding="utf-8")
+    jobs = [(f.plot, f.args, str(out_dir / f.key)) for f in figures]
+    workers = workers or min(4, _cpus())
+    if workers > 1 and len(jobs) >= 8 and "fork" in multiprocessing.get_all_start_methods():
+        import matplotlib.backends.backend_pdf  # noqa: F401  imported once here, not in every worker
+        import matplotlib.backends.backend_svg  # noqa: F401
+        import matplotlib.figure  # noqa: F401
+
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            list(pool.map(_draw, jobs, chunksize=max(1, len(jobs) // (workers * 4))))
+    else:
+        for job in jobs:
+            _draw(job)
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _draw(job: tuple[str, dict, str]) -> None:
+    import matplotlib
+
+    plot, args, stem = job
+    with matplotlib.rc_context(RC):
+        fig = PLOTS[plot](**args)
+        svg, pdf = io.BytesIO(), io.BytesIO()
+        fig.savefig(svg, format="svg", metadata=SVG_META)
+        fig.savefig(pdf, format="pdf", metadata=PDF_META)
+    Path(stem + ".svg").write_bytes(svg.getvalue())
+    Path(stem + ".pdf").write_bytes(pdf.getvalue())
+
+
+# ---------------------------------------------------------------- plotting functions
+CHAR = 0.058  # inches per character of a 7 pt tick label, for margins computed without a layout engine
+
+
+def _figure(w: float, h: float):
+    """A figure to be laid out by hand (see the module docstring)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(w, h))
+
+
+def _axes(fig, x: float, y: float, w: float, h: float):
+    """Axes at a position given in inches from the bottom-left corner."""
+    W, H = fig.get_size_inches()
+    return fig.add_axes((x / W, y / H, w / W, h / H))
+
+
+def _longest(labels) -> int:
+    return max((len(str(l)) for l in labels), default=1)
+
+
+def _xlabel_room(labels, rotation: int) -> float:
+    """Height in inches that x tick labels need at a rotation of 0, 45, 60 or 90 degrees."""
+    sin = {0: 0.0, 45: 0.71, 60: 0.87, 90: 1.0}[rotation]
+    return 0.3 + CHAR * _longest(labels) * sin
+
+
+def _rotation(labels, width_per_label: float) -> int:
+    return 0 if CHAR * _longest(labels) < 0.9 * width_per_label else 45
+
+
+def _arr(values) -> np.ndarray:
+    return np.asarray([np.nan if v is None else v for v in values], dtype=float)
+
+
+def _err(mean, lo, hi) -> np.ndarray:
+    """Asymmetric error bars; a missing interval draws no whisker."""
+    err = np.vstack([mean - lo, hi - mean])
+    return np.where(np.isfinite(err), np.clip(err, 0, None), 0)
+
+
+def _top_legend(fig, ax, ncols: int) -> None:
+    fig.legend(*ax.get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 1.0), frameon=False,
+               ncols=ncols)
+
+
+def plot_training(steps, train_loss, val_exact_match):
+    fig = _figure(6.4, 2.6)
+    ax = _axes(fig, 0.85, 0.5, 6.4 - 0.85 - 0.75, 2.6 - 0.5 - 0.15)
+    loss = _arr(train_loss)
+    lines = ax.plot(steps, loss, color=COLORS[0], lw=1.2, label="train loss")
+    finite = loss[np.isfinite(loss)]
+    if finite.size and (finite > 0).all():
+        ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("train loss (cross-entropy)")
+    val = _arr(val_exact_match)
+    if val.size == len(steps) and np.isfinite(val).any():
+        ax2 = ax.twinx()
+        ax2.spines["right"].set_visible(True)
+        lines += ax2.plot(steps, val, color=COLORS[1], lw=1.2, marker="o", ms=2.5, label="validation exact match")
+        ax2.set_ylim(0, 1.02)
+        ax2.set_ylabel("validation exact match")
+    ax.legend(lines, [l.get_label() for l in lines], loc="center right", frameon=False)
+    return fig
+
+
+def plot_bars(categories, series, ylabel, ylim=(0.0, 1.0), reference=None):
+    """Grouped bars with 95% whiskers; `reference` draws a dashed line with its interval band."""
+    n, k = len(categories), len(series)
+    width_in = min(6.8, max(3.6, 1.2 + 0.22 * n * k + 0.2 * n))
+    rotation = _rotation(categories, (width_in - 0.9) / max(n, 1))
+    bottom = _xlabel_room(categories, rotation)
+    legend = k > 1 or reference is not None
+    top = 0.35 if legend else 0.15
+    height = 2.4 + bottom + top
+    fig = _figure(width_in, height)
+    ax = _axes(fig, 0.7, bottom, width_in - 0.85, height - bottom - top)
+    x = np.arange(n)
+    width = 0.8 / k
+    for i, s in enumerate(series):
+        mean = _arr(s["mean"])
+        ax.bar(x + (i - (k - 1) / 2) * width, mean, width, yerr=_err(mean, _arr(s["lo"]), _arr(s["hi"])),
+               color=COLORS[i % len(COLORS)], label=s["name"], capsize=2, error_kw={"lw": 0.8})
+    if reference:
+        ax.axhline(reference["value"], ls="--", lw=1, color="0.25", label=reference["label"])
+        if all(map(math.isfinite, (reference["lo"], reference["hi"]))):
+            ax.axhspan(reference["lo"], reference["hi"], color="0.5", alpha=0.15, lw=0)
+    ax.set_xticks(x, categories, rotation=rotation, ha="right" if rotation else "center",
+                  rotation_mode="anchor" if rotation else "default")
+    ax.set_xlim(-0.6, n - 0.4)
+    ax.set_ylim(*ylim)
+    ax.set_ylabel(ylabel)
+    if legend:
+        _top_legend(fig, ax, min(4, k + (reference is not None)))
+    return fig
+
+
+def _draw_lines(ax, xlabels, series, ylim, rotation):
+    x = np.arange(len(xlabels))
+    for i, s in enumerate(series):
+        color = COLORS[s.get("color", i) % len(COLORS)]
+        mean = _arr(s["mean"])
+        ax.plot(x, mean, color=color, lw=s.get("lw", 1.4), ls=s.get("ls", "-"), marker=s.get("marker", "o"),
+                ms=3, label=s["name"])
+        if s.get("lo") is not None:
+            ax.fill_between(x, _arr(s["lo"]), _arr(s["hi"]), color=color, alpha=0.18, lw=0)
+    ax.set_xticks(x, xlabels, rotation=rotation, ha="right" if rotation else "center",
+                  rotation_mode="anchor" if rotation else "default")
+    ax.set_xlim(-0.3, len(xlabels) - 0.7)
+    if ylim:
+        ax.set_ylim(*ylim)
+
+
+def plot_lines(xlabels, series, ylabel, xlabel="", ylim=(0.0, 1.0)):
+    """Lines over categorical x (layers, k); series with lo/hi get a 95% band."""
+    width = min(6.4, 2.8 + 0.5 * len(xlabels))
+    rotation = _rotation(xlabels, (width - 0.9) / max(len(xlabels), 1))
+    bottom = _xlabel_room(xlabels, rotation) + (0.2 if xlabel else 0)
+    height = 2.4 + bottom
+    fig = _figure(width, height)
+    ax = _axes(fig, 0.7, bottom, width - 0.85, height - bottom - 0.12)
+    _draw_lines(ax, xlabels, series, ylim, rotation)
+    ax.set_ylabel(ylabel)
+    ax.set_xlabel(xlabel)
+    ax.legend(frameon=False, fontsize=6.5, loc="best")
+    return fig
+
+
+def plot_line_panels(panels, ylabel, xlabel="", ylim=(0.0, 1.0)):
+    """One small line plot per panel (e.g. per probe label), sharing a legend at the bottom."""
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    width, left, gap_x, panel_h = 6.6, 0.65, 0.35, 1.7
+    panel_w = (width - left - 0.1 - (cols - 1) * gap_x) / cols
+    all_labels = [l for p in panels for l in p["xlabels"]]
+    rotation = _rotation(all_labels, panel_w / max(max(len(p["xlabels"]) for p in panels), 1))
+    below = _xlabel_room(all_labels, rotation) + (0.2 if xlabel else 0)
+    gap_y, legend, top = below + 0.3, 0.35, 0.25
+    height = legend + rows * panel_h + (rows - 1) * gap_y + below + top
+    fig = _figure(width, height)
+    first = None
+    for i, p in enumerate(panels):
+        r, c = divmod(i, cols)
+        y = height - top - (r + 1) * panel_h - r * gap_y
+        ax = _axes(fig, left + c * (panel_w + gap_x), y, panel_w, panel_h)
+        _draw_lines(ax, p["xlabels"], p["series"], ylim, rotation)
+        ax.set_title(p["title"])
+        if c == 0:
+            ax.set_ylabel(ylabel)
+        else:
+            ax.tick_params(labelleft=False)
+        ax.set_xlabel(xlabel)
+        first = first or ax
+    fig.legend(*first.get_legend_handles_labels(), loc="lower center", bbox_to_anchor=(0.5, 0.0), frameon=False,
+               ncols=5)
+    return fig
+
+
+def plot_heatmaps(panels, vmin, vmax, cmap, cbar_label, annotate=False):
+    """Side-by-side heatmaps sharing one colour scale; NaN cells (no data) are grey."""
+    import matplotlib
+
+    cm = matplotlib.colormaps[cmap].with_extremes(bad="#d9d9d9")
+    n_rows = max(len(p["ylabels"]) for p in panels)
+    shared_y = all(p["ylabels"] == panels[0]["ylabels"] for p in panels)
+    ylabel_w = 0.12 + CHAR * _longest(l for p in panels for l in p["ylabels"])
+    all_x = [l for p in panels for l in p["xlabels"]]
+    rotation = 90 if _longest(all_x) > 2 else 0
+    bottom, top, right, gap = _xlabel_room(all_x, rotation), 0.3, 1.05, 0.2
+    cell_w = min(0.3, (6.8 - ylabel_w - right - len(panels) * (gap + (0 if shared_y else ylabel_w))) / len(all_x))
+    cell_h = min(max(0.3, 1.0 / n_rows), 3.6 / n_rows)  # at least an inch tall, at most 3.6
+    widths = [cell_w * len(p["xlabels"]) for p in panels]
+    inner = sum(widths) + (len(panels) - 1) * (gap + (0 if shared_y else ylabel_w))
+    width, height = ylabel_w + inner + right, bottom + cell_h * n_rows + top
+    fig = _figure(width, height)
+    x = ylabel_w
+    im = None
+    for i, (p, w) in enumerate(zip(panels, widths)):
+        m = np.asarray(p["matrix"], dtype=float)
+        ax = _axes(fig, x, bottom + cell_h * (n_rows - m.shape[0]), w, cell_h * m.shape[0])
+        im = ax.imshow(np.ma.masked_invalid(m), cmap=cm, vmin=vmin, vmax=vmax, aspect="auto")
+        ax.set_xticks(range(m.shape[1]), p["xlabels"], rotation=rotation)
+        ax.set_yticks(range(m.shape[0]), p["ylabels"] if (i == 0 or not shared_y) else [])
+        ax.tick_params(length=0)
+        ax.set_title(p["title"])
+        ax.spines[:].set_visible(False)
+        if annotate:
+            for (r, c), v in np.ndenumerate(m):
+                if math.isfinite(v):
+                    ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6,
+                            color="white" if (v - vmin) / (vmax - vmin) > 0.6 else "black")
+        x += w + gap + (0 if shared_y else ylabel_w)
+    cax = _axes(fig, width - right + 0.15, bottom, 0.12, cell_h * n_rows)
+    fig.colorbar(im, cax=cax, label=cbar_label)
+    return fig
+
+
+def plot_attention(tokens, weights, answer_positions, layer):
+    """All heads of one layer for one example. Token labels are drawn once, on the first panel of
+    each row (every panel has the same axes): text is most of the drawing time."""
+    import matplotlib
+
+    w = np.asarray(weights, dtype=float)
+    n_heads, n_pos = w.shape[0], w.shape[-1]
+    panel = min(0.11 * n_pos, 3.0)  # long inputs (written steps) get smaller cells and labels
+    fontsize = min(6.0, 0.85 * 72 * panel / n_pos)
+    cols = min(n_heads, 4 if panel <= 1.6 else 2)
+    rows = math.ceil(n_heads / cols)
+    label_w = 0.12 + CHAR * fontsize / 7 * _longest(tokens)
+    gap, top, right = 0.15, 0.25, 0.75
+    width = label_w + cols * panel + (cols - 1) * gap + right
+    height = rows * (panel + label_w + top)
+    fig = _figure(width, height)
+    future = np.triu(np.ones((n_pos, n_pos), bool), 1)
+    cm = matplotlib.colormaps["Blues"].with_extremes(bad="white")
+    answer = set(answer_positions)
+    im = None
+    for h in range(n_heads):
+        r, c = divmod(h, cols)
+        ax = _axes(fig, label_w + c * (panel + gap), height - (r + 1) * (panel + top) - r * label_w, panel, panel)
+        im = ax.imshow(np.ma.masked_array(w[h], future), cmap=cm, vmin=0, vmax=1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"L{layer}H{h}", fontsize=8, pad=3)
+        if c == 0:
+            xt, yt = ax.get_xaxis_transform(), ax.get_yaxis_transform()
+            for j, tok in enumerate(tokens):
+                strong = {"color": COLORS[3], "weight": "bold"} if j in answer else {}
+                ax.text(j, -0.02, tok, transform=xt, ha="center", va="top", rotation=90, fontsize=fontsize)
+                ax.text(-0.03, j, tok, transform=yt, ha="right", va="center", fontsize=fontsize, **strong)
+    cax = _axes(fig, width - right + 0.15, height - panel - top, 0.1, panel)
+    fig.colorbar(im, cax=cax, label="attention weight")
+    return fig
+
+
+def plot_lens_example(layer_labels, digit_labels, prob, top):
+    """P(correct digit) per layer (rows) and answer digit (columns), annotated with the top digit."""
+    import matplotlib
+
+    p = np.asarray(prob, dtype=float)
+    n_layers, n_digits = p.shape
+    cell_w, cell_h, left, right, bottom, top_m = 0.75, 0.36, 0.6, 1.0, 0.35, 0.1
+    width, height = left + n_digits * cell_w + right, bottom + n_layers * cell_h + top_m
+    fig = _figure(width, height)
+    ax = _axes(fig, left, bottom, n_digits * cell_w, n_layers * cell_h)
+    cm = matplotlib.colormaps["viridis"].with_extremes(bad="#d9d9d9")
+    im = ax.imshow(np.ma.masked_invalid(p), cmap=cm, vmin=0, vmax=1, aspect="auto")
+    for (i, j), v in np.ndenumerate(p):
+        text = f"{v:.2f}\ntop {int(top[i][j])}" if math.isfinite(v) else "n/a"
+        ax.text(j, i, text, ha="center", va="center", fontsize=6, color="black" if v > 0.6 else "white")
+    ax.set_xticks(range(n_digits), digit_labels)
+    ax.set_yticks(range(n_layers), layer_labels)
+    ax.tick_params(length=0)
+    cax = _axes(fig, left + n_digits * cell_w + 0.12, bottom, 0.1, n_layers * cell_h)
+    fig.colorbar(im, cax=cax, label="P(correct digit)")
+    return fig
+
+
+PLOTS = {
+    "training": plot_training,
+    "bars": plot_bars,
+    "lines": plot_lines,
+    "line_panels": plot_line_panels,
+    "heatmaps": plot_heatmaps,
+    "attention": plot_attention,
+    "lens_example": plot_lens_example,
+}
+
+
+# ---------------------------------------------------------------- data downloads
+def _clean(x):
+    """JSON-ready: numpy to lists, NaN to null, floats rounded to 6 significant digits."""
+    if isinstance(x, np.ndarray):
+        return _clean(x.tolist())
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (float, np.floating)):
+        return float(f"{x:.6g}") if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def to_json(data) -> str:
+    return json.dumps(_clean(data), sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n"
+
+
+def to_csv(header: list[str], rows: list[list]) -> str:
+    """CSV text; floats at full precision, NaN and None empty."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow(["" if v is None or (isinstance(v, float) and not math.isfinite(v))
+                         else repr(float(v)) if isinstance(v, (float, np.floating)) else v for v in row])
+    return buf.getvalue()
+
+
+def _est_cols(e: Optional[Estimate]) -> list:
+    return [e.mean, e.lo, e.hi, e.n] if e is not None else [None, None, None, None]
+
+
+def _ci_note(estimates) -> str:
+    missing = any(e is not None and math.isfinite(e.mean) and not (math.isfinite(e.lo) and math.isfinite(e.hi))
+                  for e in estimates)
+    return " Values without whiskers have no interval (too few examples)." if missing else ""
+
+
+def ordered_strata(keys) -> list[str]:
+    """Strata in difficulty order, unknown ones after them alphabetically."""
+    return [s for s in STRATA if s in keys] + sorted(set(keys) - set(STRATA))
+
+
+# ---------------------------------------------------------------- figures of one model
+def training_figure(key: str, training) -> Optional[ReportFigure]:
+    if not training.steps:
+        return None
+    rows = [[s, l, v] for s, l, v in zip(training.steps, training.train_loss, training.val_exact_match)]
+    return ReportFigure(
+        key, "training",
+        {"steps": list(training.steps), "train_loss": list(training.train_loss),
+         "val_exact_match": list(training.val_exact_match)},
+        "Training history saved in the checkpoint: training loss (cross-entropy per target token, left axis) and "
+        "exact-match accuracy on the validation set (whole answer correct, right axis) against optimisation step.",
+        "Line plot of training loss and validation exact match against training step.",
+        to_csv(["step", "train_loss", "val_exact_match"], rows),
+    )
+
+
+def accuracy_figure(key: str, accuracy) -> ReportFigure:
+    strata = ordered_strata(accuracy.by_stratum)
+    ests = [accuracy.by_stratum[s] for s in strata]
+    em = accuracy.exact_match
+    return ReportFigure(
+        key, "bars",
+        {"categories": strata, "series": [{"name": "exact match", "mean": [e.mean for e in ests],
+                                           "lo": [e.lo for e in ests], "hi": [e.hi for e in ests]}],
+         "ylabel": "exact match", "reference": {"value": em.mean, "lo": em.lo, "hi": em.hi, "label": "all strata"}},
+        f"Exact-match accuracy (greedy decoding; the whole final answer must be right) per difficulty stratum on a "
+        f"fresh stratified test set of {accuracy.n} problems (seed {accuracy.seed}); whiskers and the grey band are "
+        f"95% Wilson intervals; dashed line: all strata together.{_ci_note(ests)}",
+        "Bar chart of exact-match accuracy per difficulty stratum.",
+        to_csv(["stratum", "exact_match", "lo", "hi", "n"], [[s, *_est_cols(e)] for s, e in zip(strata, ests)]),
+    )
+
+
+def role_figure(key: str, attention) -> Optional[ReportFigure]:
+    if not attention.role_scores:
+        return None
+    roles = list(dict.fromkeys(r.role for r in attention.role_scores))
+    heads = sorted({(r.layer, r.head) for r in attention.role_scores})
+    trained = np.full((len(heads), len(roles)), np.nan)
+    untrained = np.full_like(trained, np.nan)
+    for r in attention.role_scores:
+        i, j = heads.index((r.layer, r.head)), roles.index(r.role)
+        trained[i, j], untrained[i, j] = r.score.mean, r.untrained.mean
+    ylabels = [f"L{l}H{h}" for l, h in heads]
+    rows = [[f"L{r.layer}H{r.head}", r.role, *_est_cols(r.score), r.expected, *_est_cols(r.untrained)]
+            for r in sorted(attention.role_scores, key=lambda r: (r.layer, r.head, roles.index(r.role)))]
+    described = "; ".join(f"'{r}': {ROLE_TEXT.get(r, r)}" for r in roles)
+    return ReportFigure(
+        key, "heatmaps",
+        {"panels": [{"title": "trained", "matrix": trained, "xlabels": roles, "ylabels": ylabels},
+                    {"title": "untrained (baseline)", "matrix": untrained, "xlabels": roles, "ylabels": ylabels}],
+         "vmin": 0.0, "vmax": 1.0, "cmap": "magma_r", "cbar_label": "role score (attention mass)",
+         "annotate": len(heads) <= 16},
+        f"Head role scores: mean attention mass from the position predicting answer digit n to a role's key tokens "
+        f"({described}), averaged over answer digits and examples. Left: the trained model; right: the same head in "
+        f"an untrained model of the same shape, the baseline a score must exceed. A head that followed the role's "
+        f"alignment mask exactly would score 1.",
+        "Heatmaps of attention role scores per head, trained and untrained.",
+        to_csv(["head", "role", "score", "score_lo", "score_hi", "score_n", "expected",
+                "untrained", "untrained_lo", "untrained_hi", "untrained_n"], rows),
+    )
+
+
+def patching_figures(key: str, patching) -> list[ReportFigure]:
+    """One figure per (pair kind, direction), a panel per patched site."""
+    groups: dict[tuple[str, str], list[PatchSweep]] = {}
+    for s in patching.sweeps:
+        groups.setdefault((s.pair_kind, s.direction), []).append(s)
+    site_order = ["resid_pre", "attn_out", "mlp_out", "head"]
+    out = []
+    for (kind, direction), sweeps in sorted(groups.items(), key=lambda kv: (pair_rank(kv[0][0]), kv[0][1])):
+        sweeps.sort(key=lambda s: site_order.index(s.site) if s.site in site_order else len(site_order))
+        panels = [{"title": s.site, "matrix": s.mean, "xlabels": list(s.position_labels),
+                   "ylabels": [f"L{l}" for l in range(np.asarray(s.mean).shape[0])]} for s in sweeps]
+        n_pairs, n_dropped = sweeps[0].n_pairs, sweeps[0].n_dropped
+        metric = "recovery" if direction == "denoise" else "damage"
+        out.append(ReportFigure(
+            f"{key}-{kind}-{direction}", "heatmaps",
+            {"panels": panels, "vmin": -1.0, "vmax": 1.0, "cmap": "RdBu_r", "cbar_label": metric},
+            patch_caption(kind, direction, sweeps),
+            f"Heatmaps of activation patching {metric} per layer and position for {kind} pairs.",
+            to_json({"pair_kind": kind, "direction": direction, "metric": metric, "n_pairs": n_pairs,
+                     "n_dropped": n_dropped,
+                     "sites": {s.site: {"position_labels": s.position_labels, "mean": s.mean, "lo": s.lo, "hi": s.hi}
+                               for s in sweeps}}),
+            "json",
+        ))
+    return out
+
+
+def pair_rank(kind: str) -> tuple[int, str]:
+    order = list(PAIR_TEXT)
+    return (order.index(kind) if kind in order else len(order), kind)
+
+
+def patch_caption(kind: str, direction: str, sweeps: list[PatchSweep]) -> str:
+    pairs = PAIR_TEXT.get(kind, f"{kind} pairs")
+    sites = ", ".join(f"{s.site}: {SITE_TEXT.get(s.site, s.site)}" for s in sweeps)
+    counts = "; ".join(sorted({f"{s.n_pairs} pairs used, {s.n_dropped} dropped" for s in sweeps}))
+    if direction == "denoise":
+        what = ("Denoising: the clean run's activation at one (layer, position) is patched into the corrupted run. "
+                "Recovery = (LD_patched − LD_corrupt)/(LD_clean − LD_corrupt); 1 = clean behaviour restored, "
+                "0 = no effect")
+    else:
+        what = ("Noising: the corrupted run's activation at one (layer, position) is patched into the clean run. "
+                "Damage = (LD_clean − LD_patched)/(LD_clean − LD_corrupt); 1 = the patch alone gives the corrupted "
+                "behaviour, 0 = no effect")
+    return (f"Activation patching on {pairs}. {what}; LD = logit(correct digit) − logit(counterfactual digit) at the "
+            f"position predicting the affected answer digit, mean over pairs. Panels: {sites}. {counts} (a pair is "
+            f"dropped when |LD_clean − LD_corrupt| is too small to normalise by); grey cells: no pair left.")
+
+
+def lens_figure(key: str, lens) -> ReportFigure:
+    series = [{"name": "all examples", "mean": [e.mean for e in lens.prob_correct],
+               "lo": [e.lo for e in lens.prob_correct], "hi": [e.hi for e in lens.prob_correct], "lw": 2.0}]
+    strata = ordered_strata(lens.by_stratum)
+    for i, s in enumerate(strata):
+        series.append({"name": s, "mean": [e.mean for e in lens.by_stratum[s]], "ls": "--", "marker": ".",
+                       "lw": 1.0, "color": i + 1})
+    header = ["layer", "prob_correct", "lo", "hi", "n"]
+    header += [f"{s}_{c}" for s in strata for c in ("mean", "lo", "hi", "n")]
+    rows = [[lab, *_est_cols(lens.prob_correct[i])] + [v for s in strata for v in _est_cols(lens.by_stratum[s][i])]
+            for i, lab in enumerate(lens.layer_labels)]
+    return ReportFigure(
+        key, "lines",
+        {"xlabels": list(lens.layer_labels), "series": series, "ylabel": "P(correct digit)", "xlabel": "decoded after"},
+        "Logit lens: probability of the correct digit (softmax over the ten digits) when the residual stream is "
+        "decoded early, logits_l = W_U · LN_final(x_l) + b_U with LN_final recomputing its statistics on x_l; "
+        "teacher forced at the positions predicting answer digits, averaged over answer digits and examples. "
+        "'embed' is the embedding (input to block 0), 'L0', 'L1', … the residual stream after block 0, 1, …; the "
+        "band is a 95% "
+        "bootstrap interval over examples (all examples); dashed lines: per difficulty stratum.",
+        "Line plot of the probability of the correct digit by layer.",
+        to_csv(header, rows),
+    )
+
+
+def probe_summary(probing) -> list[dict]:
+    """Probe results averaged over positions, per (label, hook), in layer then hook order."""
+    groups: dict[tuple[str, str], list] = {}
+    for p in probing.probes:
+        groups.setdefault((p.label, p.hook), []).append(p)
+    out = []
+    for (label, hook), ps in groups.items():
+        mean = {f: float(np.mean([getattr(p, f) for p in ps]))
+                for f in ("accuracy", "majority", "control", "selectivity", "untrained", "operand_baseline")}
+        out.append({"label": label, "hook": hook, "layer": ps[0].layer, "site": site_label(hook),
+                    "positions": len(ps), "balanced": any(p.balanced for p in ps), **mean})
+    return sorted(out, key=lambda r: (r["label"], r["layer"], _hook_rank(r["hook"]), r["hook"]))
+
+
+HOOK_ORDER = ["hook_embed", "hook_pos_embed", "hook_resid_pre", "hook_attn_out", "hook_resid_mid", "mlp.hook_post",
+              "hook_mlp_out", "hook_resid_post", "ln_final.hook_normalized"]
+
+
+def _hook_rank(hook: str) -> int:
+    return next((i for i, h in enumerate(HOOK_ORDER) if hook.endswith(h)), len(HOOK_ORDER))
+
+
+def site_label(hook: str) -> str:
+    """'blocks.1.hook_resid_post' -> 'L1 resid_post'."""
+    parts = hook.split(".")
+    if parts[0] == "blocks" and len(parts) > 2:
+        return f"L{parts[1]} " + ".".join(parts[2:]).replace("hook_", "")
+    return hook.replace("hook_", "")
+
+
+def probe_figure(key: str, probing) -> Optional[ReportFigure]:
+    summary = probe_summary(probing)
+    if not summary:
+        return None
+    labels = list(dict.fromkeys(r["label"] for r in summary))
+    panels = []
+    for label in labels:
+        rows = [r for r in summary if r["label"] == label]
+        panels.append({"title": label, "xlabels": [r["site"] for r in rows], "series": [
+            {"name": name, "mean": [r[field] for r in rows], "color": i, "ls": "-" if i == 0 else ":",
+             "lw": 1.6 if i == 0 else 1.0, "marker": "o" if i == 0 else "."}
+            for i, (field, name) in enumerate([("accuracy", "probe"), ("control", "control task"),
+                                               ("majority", "majority class"), ("untrained", "untrained model"),
+                                               ("operand_baseline", "operand digits only")])]})
+    fields = ["label", "hook", "layer", "position", "accuracy", "balanced", "majority", "control", "selectivity",
+              "untrained", "operand_baseline", "n_train", "n_test"]
+    probes = sorted(probing.probes, key=lambda p: (p.label, p.layer, _hook_rank(p.hook), p.hook, p.position))
+    rows = [[getattr(p, f) for f in fields] for p in probes]
+    return ReportFigure(
+        key, "line_panels",
+        {"panels": panels, "ylabel": "held-out accuracy", "xlabel": "site"},
+        f"Linear probes: held-out accuracy of logistic-regression probes on frozen activations (standardised "
+        f"features, split by example, seed {probing.seed}; balanced accuracy where classes are unbalanced), averaged "
+        f"over answer positions, per label and site. Baselines at the same site: majority class; the control task "
+        f"(random labels per input type with the same marginals; selectivity = accuracy − control); the same probe "
+        f"on an untrained model; and a probe on the operand digits alone — carry is decodable from operand identity, "
+        f"so a probe shows more than its inputs only above that line. The data download lists every probe.",
+        "Line plots of probe accuracy by site with baselines, one panel per label.",
+        to_csv(fields, rows),
+    )
+
+
+def component_rank(component: str) -> tuple:
+    """Natural order of ablated components: layer, then heads, attention, MLP; others after."""
+    import re
+
+    m = re.fullmatch(r"L(\d+)(?:H(\d+)|\.(attn|mlp))", component)
+    if not m:
+        return (1, 0, 0, 0, component)
+    layer, head, part = m.groups()
+    return (0, int(layer), 0 if head is not None else (1 if part == "attn" else 2), int(head or 0), component)
+
+
+def ablation_figure(key: str, interventions) -> Optional[ReportFigure]:
+    if not interventions.effects:
+        return None
+    methods = sorted({e.method for e in interventions.effects}, key=lambda m: (m != interventions.default_method, m))
+    components = sorted({e.component for e in interventions.effects}, key=component_rank)
+    by = {(e.component, e.method): e.metrics.exact_match for e in interventions.effects}
+    series = []
+    for m in methods:
+        ests = [by.get((c, m)) for c in components]
+        series.append({"name": f"{m} ablation", "mean": [e.mean if e else None for e in ests],
+                       "lo": [e.lo if e else None for e in ests], "hi": [e.hi if e else None for e in ests]})
+    clean = interventions.clean.exact_match
+    effects = sorted(interventions.effects, key=lambda e: (component_rank(e.component), e.method))
+    rows = [[e.component, e.method, *_est_cols(e.metrics.exact_match), *_est_cols(e.metrics.digit_accuracy),
+             *_est_cols(e.metrics.logprob)] for e in effects]
+    methods_text = "; ".join(METHOD_TEXT.get(m, f"{m} ablation") for m in methods)
+    return ReportFigure(
+        key, "bars",
+        {"categories": components, "series": series, "ylabel": "exact match after ablation",
+         "reference": {"value": clean.mean, "lo": clean.lo, "hi": clean.hi, "label": "no ablation"}},
+        f"Ablation effects: exact-match accuracy on the analysis examples with one component ablated at a time "
+        f"(a head such as 'L0H1' = layer 0, head 1; a layer's whole attention 'L0.attn' or MLP 'L0.mlp'); the lower "
+        f"the bar, the "
+        f"more the answer depends on it. Methods: {methods_text}. The default is {interventions.default_method} "
+        f"ablation. Whiskers: 95% bootstrap intervals over examples; dashed line and band: the unablated model."
+        f"{_ci_note(by.values())}",
+        "Bar chart of exact-match accuracy with each component ablated.",
+        to_csv(["component", "method", "exact_match", "em_lo", "em_hi", "n", "digit_accuracy", "da_lo", "da_hi",
+                "da_n", "logprob", "lp_lo", "lp_hi", "lp_n"], rows),
+    )
+
+
+def cumulative_figure(key: str, interventions) -> Optional[ReportFigure]:
+    if not interventions.cumulative:
+        return None
+    clean = interventions.clean.exact_match
+    steps = sorted(interventions.cumulative, key=lambda e: component_rank_k(e.component))
+    ests = [clean] + [e.metrics.exact_match for e in steps]
+    labels = ["0"] + [e.component.removeprefix("top-") for e in steps]
+    methods = sorted({e.method for e in steps})
+    return ReportFigure(
+        key, "lines",
+        {"xlabels": labels, "series": [{"name": "exact match", "mean": [e.mean for e in ests],
+                                        "lo": [e.lo for e in ests], "hi": [e.hi for e in ests]}],
+         "ylabel": "exact match", "xlabel": "heads ablated together (k most important)"},
+        f"Cumulative ablation: exact-match accuracy with the k most important heads ablated together, in order of "
+        f"importance (k = 0: no ablation); {'; '.join(METHOD_TEXT.get(m, m + ' ablation') for m in methods)}. "
+        f"Band: 95% bootstrap interval over examples.",
+        "Line plot of exact-match accuracy against the number of heads ablated.",
+        to_csv(["k", "method", "exact_match", "lo", "hi", "n"],
+               [[lab, steps[i - 1].method if i else "none", *_est_cols(e)]
+                for i, (lab, e) in enumerate(zip(labels, ests))]),
+    )
+
+
+def component_rank_k(component: str) -> tuple:
+    k = component.removeprefix("top-")
+    return (0, int(k), component) if k.isdigit() else (1, 0, component)
+
+
+# ---------------------------------------------------------------- figures of one example
+def attention_example_figure(key: str, ex: ExampleFindings, layer: int) -> ReportFigure:
+    weights = np.asarray(ex.attention)[layer]
+    answer = list(ex.answer_positions)
+    return ReportFigure(
+        key, "attention",
+        {"tokens": list(ex.tokens), "weights": weights, "answer_positions": answer, "layer": layer},
+        f"Attention patterns of layer {layer} on {ex.prompt}{ex.target} (teacher forced): A[h, q, k] = "
+        f"softmax(q·k/√d_head + causal mask), one panel per head; rows are query tokens, columns key tokens, the "
+        f"empty upper triangle is masked. Token labels on the first panel apply to every panel; red row labels mark "
+        f"the positions that predict answer digits.",
+        f"Attention heatmaps of layer {layer}, one per head.",
+        to_json({"tokens": ex.tokens, "layer": layer, "answer_positions": answer, "weights": np.round(weights, 4)}),
+        "json",
+    )
+
+
+def digit_labels(ex: ExampleFindings, answer_order: str = "plain") -> list[str]:
+    """'col n: d' for each written answer digit (n = 0 is the least significant column)."""
+    n = len(ex.answer_positions)
+    digits = list(ex.target.split("|")[-1])[:n]
+    cols = list(range(n)) if answer_order == "reversed" else list(range(n - 1, -1, -1))
+    return [f"col {c}: {d}" for c, d in zip(cols, digits)]
+
+
+def lens_example_figure(key: str, ex: ExampleFindings, layer_labels: list[str],
+                        answer_order: str = "plain") -> ReportFigure:
+    prob = np.asarray(ex.lens_prob, dtype=float)
+    top = np.asarray(ex.lens_top)
+    ent = np.asarray(ex.lens_entropy, dtype=float)
+    cols = digit_labels(ex, answer_order)
+    if len(cols) != prob.shape[1]:
+        cols = [f"digit {i}" for i in range(prob.shape[1])]
+    rows = [[layer_labels[i], cols[j], prob[i, j], int(top[i, j]), ent[i, j]]
+            for i in range(prob.shape[0]) for j in range(prob.shape[1])]
+    return ReportFigure(
+        key, "lens_example",
+        {"layer_labels": layer_labels, "digit_labels": cols, "prob": prob, "top": top},
+        f"Logit lens on {ex.prompt}{ex.target}: probability of the correct digit (softmax over the ten digits) when "
+        f"the residual stream after each layer is decoded with the final LayerNorm and unembedding, at the position "
+        f"predicting each answer digit (columns, 'col n' counted from the least significant digit); each cell also "
+        f"names the top digit at that layer.",
+        "Heatmap of the probability of the correct digit per layer and answer digit.",
+        to_csv(["layer", "answer_digit", "prob_correct", "top_digit", "entropy_nats"], rows),
+    )

@@ -1,0 +1,180 @@
+"""The PDF report: the site's sections placed in one document (report_pdf.html + print.css) and
+typeset by WeasyPrint, with the results attached.
+
+Deterministic: figures and tables are numbered through the document, the PDF dates come from
+`report.generated_at` (or a fixed 1980-01-01 when undated), the file identifier is a hash of
+the results, and WeasyPrint may read only local files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+from jinja2 import Environment
+
+from reportgen.render.site import Page, Section, SiteBuilder, number_blocks
+
+UNDATED = datetime(1980, 1, 1, tzinfo=timezone.utc)
+DEFAULT_MAX_EXAMPLES = 8
+
+
+class PdfLinks:
+    """Links inside the PDF: pages in the document become anchors; anything else is plain text."""
+
+    pdf = True
+    root = ""
+
+    def __init__(self, anchors: dict[str, str], page_path: str):
+        self.anchors = anchors
+        self.prefix = anchors[page_path]
+
+    def href(self, target: Optional[str]) -> Optional[str]:
+        if target is None:
+            return None
+        path, _, frag = target.partition("#")
+        anchor = self.anchors.get(path)
+        if anchor is None:
+            return None
+        return f"#{anchor}--{frag}" if frag else f"#{anchor}"
+
+    def asset(self, path: str) -> str:
+        return path
+
+    def anchor(self, section_id: str) -> str:
+        return f"{self.prefix}--{section_id}"
+
+
+@dataclass
+class ExampleEntry:
+    id: str
+    title: str
+    sections: list[Section]
+    links: PdfLinks
+
+
+@dataclass
+class Part:
+    id: str
+    title: str
+    sections: list[Section]
+    links: PdfLinks
+    intro: str = ""
+    examples: list[ExampleEntry] = field(default_factory=list)
+
+
+def max_examples(model) -> int:
+    value = (model.provenance.analysis_config or {}).get("max_pdf_examples", DEFAULT_MAX_EXAMPLES)
+    return max(0, int(value))
+
+
+def document_parts(builder: SiteBuilder, pages: list[Page]) -> list[Part]:
+    """Summary, comparison, each model and its (capped) examples, provenance: in that order."""
+    by_path = {p.path: p for p in pages}
+    report, paths = builder.report, builder.paths
+    anchors = {"index.html": "summary", "compare.html": "comparison", "provenance.html": "provenance"}
+    chosen = {}
+    for m in report.models:
+        slug = paths.models[m.name]
+        anchors[paths.model(m)] = f"model-{slug}"
+        chosen[m.name] = list(range(min(len(m.findings.examples), max_examples(m))))
+        for i in chosen[m.name]:
+            anchors[paths.example(m, i)] = f"example-{slug}-{paths.examples[m.name][i]}"
+
+    def part(path: str, title: str, drop: tuple[str, ...] = (), intro: str = "") -> Part:
+        sections = [s for s in by_path[path].sections if s.id not in drop]
+        return Part(anchors[path], title, sections, PdfLinks(anchors, path), intro)
+
+    parts = [part("index.html", "Summary", drop=("contents",)), part("compare.html", "Comparison")]
+    for m in report.models:
+        parts.append(part(paths.model(m), f"Model: {m.label}"))
+        exs = m.findings.examples
+        if exs:
+            n = len(chosen[m.name])
+            intro = (f"{n} of {len(exs)} analysed examples (the PDF shows at most {max_examples(m)} per model; "
+                     f"the site has them all).")
+            ex_part = Part(f"examples-{paths.models[m.name]}", f"Examples: {m.label}", [],
+                           PdfLinks(anchors, paths.model(m)), intro)
+            for i in chosen[m.name]:
+                page = by_path[paths.example(m, i)]
+                ex_part.examples.append(ExampleEntry(anchors[page.path], f"Example {page.title}", page.sections,
+                                                     PdfLinks(anchors, page.path)))
+            parts.append(ex_part)
+    parts.append(part("provenance.html", "Provenance"))
+    return _numbered(parts)
+
+
+def _numbered(parts: list[Part]) -> list[Part]:
+    """Number figures and tables through the whole document, in reading order."""
+    flat = [s for p in parts for s in p.sections + [s for e in p.examples for s in e.sections]]
+    numbered = iter(number_blocks(flat))
+    out = []
+    for p in parts:
+        sections = [next(numbered) for _ in p.sections]
+        examples = [dataclasses.replace(e, sections=[next(numbered) for _ in e.sections]) for e in p.examples]
+        out.append(dataclasses.replace(p, sections=sections, examples=examples))
+    return out
+
+
+def table_of_contents(parts: list[Part]) -> list[dict]:
+    toc = []
+    for p in parts:
+        toc.append({"level": 1, "title": p.title, "id": p.id})
+        toc += [{"level": 2, "title": s.title, "id": p.links.anchor(s.id)} for s in p.sections if s.level == 1]
+        toc += [{"level": 2, "title": e.title, "id": e.id} for e in p.examples]
+    return toc
+
+
+def _date(generated_at: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(generated_at.replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        return UNDATED
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def render_pdf(builder: SiteBuilder, pages: list[Page], out_dir: Path, env: Environment,
+               attachments: dict[str, bytes]) -> Path:
+    """Write `out_dir/report.pdf` from the site's pages (figures must already be on disk)."""
+    from weasyprint import HTML, Attachment
+    from weasyprint.urls import URLFetcher
+
+    report = builder.report
+    parts = document_parts(builder, pages)
+    hashes = [f"{m.name} sha256:{m.provenance.sha256}" for m in report.models]
+    html = env.get_template("report_pdf.html").render(
+        report=report, parts=parts, toc=table_of_contents(parts), pdf=True, attachment_names=sorted(attachments),
+        subject="Checkpoints: " + "; ".join(hashes),
+        keywords=", ".join(["reportgen", "mechanistic interpretability", *hashes]),
+    )
+    when = _date(report.generated_at)
+    files = [Attachment(file_obj=io.BytesIO(data), name=name, description=f"reportgen {name}", created=when,
+                        modified=when, relationship="Data")
+             for name, data in sorted(attachments.items())]
+    identifier = hashlib.sha256(b"".join(attachments[n] for n in sorted(attachments))).hexdigest()[:32].encode()
+    target = out_dir / "report.pdf"
+    # Only local files (and the data: images inside SVGs) may be read: reports are built offline.
+    fetcher = URLFetcher(allowed_protocols={"file", "data"}, fail_on_errors=True)
+    with _quiet("weasyprint"):
+        document = HTML(string=html, base_url=str(out_dir.resolve()) + "/", url_fetcher=fetcher).render()
+        document.write_pdf(target, attachments=files, pdf_identifier=identifier)
+    return target
+
+
+@contextmanager
+def _quiet(logger_name: str):
+    """Silence a library's warnings (WeasyPrint's notes on screen-only CSS) for the duration."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

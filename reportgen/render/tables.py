@@ -1,0 +1,185 @@
+"""Tables as data: one model rendered as HTML (through the table partial), CSV and LaTeX booktabs.
+
+A cell is a plain value (str, int, float, bool, None, Estimate) or a `Cell` that adds a link
+target or an emphasis (a highlighted difference). CSV keeps full precision and splits an
+Estimate into mean, lo, hi and n columns; HTML and LaTeX show the formatted text.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from reportgen.analysis.findings import Estimate
+
+MISSING = "n/a"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A value with an optional link target (a site path) and an emphasis flag."""
+
+    value: Any
+    href: Optional[str] = None
+    strong: bool = False
+
+
+@dataclass
+class Table:
+    """A numbered-in-place table; `key` is its download path stem relative to the site root."""
+
+    key: str
+    caption: str
+    columns: list[str]
+    rows: list[list[Any]]
+    note: str = ""
+    digits: int = 2
+    numeric: list[bool] = field(init=False)
+
+    def __post_init__(self):
+        self.numeric = [_is_numeric([_value(r[i]) for r in self.rows]) for i in range(len(self.columns))]
+
+    @property
+    def csv_path(self) -> str:
+        return f"{self.key}.csv"
+
+    @property
+    def tex_path(self) -> str:
+        return f"{self.key}.tex"
+
+    def html_rows(self) -> list[list[dict]]:
+        """Rows of {text, href, strong, numeric} for the table partial."""
+        return [
+            [
+                {
+                    "text": fmt_value(_value(c), self.digits),
+                    "href": c.href if isinstance(c, Cell) else None,
+                    "strong": isinstance(c, Cell) and c.strong,
+                    "numeric": self.numeric[i],
+                    "long": len(fmt_value(_value(c), self.digits)) > 40,
+                }
+                for i, c in enumerate(row)
+            ]
+            for row in self.rows
+        ]
+
+    def to_csv(self) -> str:
+        """CSV with full-precision numbers; an Estimate column becomes col, col_lo, col_hi, col_n."""
+        est_cols = [any(isinstance(_value(r[i]), Estimate) for r in self.rows) for i in range(len(self.columns))]
+        header = []
+        for name, is_est in zip(self.columns, est_cols):
+            header += [name, f"{name}_lo", f"{name}_hi", f"{name}_n"] if is_est else [name]
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(header)
+        for row in self.rows:
+            out = []
+            for c, is_est in zip(row, est_cols):
+                v = _value(c)
+                if is_est and isinstance(v, Estimate):
+                    out += [_csv_num(v.mean), _csv_num(v.lo), _csv_num(v.hi), str(v.n)]
+                elif is_est:
+                    out += [_csv_scalar(v), "", "", ""]
+                else:
+                    out.append(_csv_scalar(v))
+            writer.writerow(out)
+        return buf.getvalue()
+
+    def to_latex(self) -> str:
+        """A booktabs `table` environment; emphasised cells are bold."""
+        align = "".join("r" if n else "l" for n in self.numeric)
+        lines = [
+            "% Requires \\usepackage{booktabs}.",
+            "\\begin{table}[ht]",
+            "\\centering",
+            f"\\caption{{{latex_escape(self.caption)}}}",
+            f"\\label{{tab:{latex_label(self.key)}}}",
+            f"\\begin{{tabular}}{{{align}}}",
+            "\\toprule",
+            " & ".join(latex_escape(c) for c in self.columns) + " \\\\",
+            "\\midrule",
+        ]
+        for row in self.rows:
+            cells = []
+            for c in row:
+                text = latex_escape(fmt_value(_value(c), self.digits))
+                cells.append(f"\\textbf{{{text}}}" if isinstance(c, Cell) and c.strong else text)
+            lines.append(" & ".join(cells) + " \\\\")
+        lines += ["\\bottomrule", "\\end{tabular}"]
+        if self.note:
+            lines.append(f"\\par\\smallskip{{\\footnotesize {latex_escape(self.note)}}}")
+        lines.append("\\end{table}")
+        return "\n".join(lines) + "\n"
+
+
+def _is_numeric(values) -> bool:
+    """A column is right-aligned when every present value is a number or an Estimate."""
+    present = [v for v in values if v is not None and v != "—"]
+    return bool(present) and all(isinstance(v, (int, float, Estimate)) and not isinstance(v, bool) for v in present)
+
+
+def _value(c):
+    return c.value if isinstance(c, Cell) else c
+
+
+def _finite(x) -> bool:
+    return x is not None and not (isinstance(x, float) and math.isnan(x))
+
+
+def fmt_num(x, digits: int = 2) -> str:
+    """A number for display: ints as they are, floats with fixed decimals, NaN as 'n/a'."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return MISSING
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return str(x)
+    return f"{float(x):.{digits}f}"
+
+
+def fmt_est(e: Optional[Estimate], digits: int = 2) -> str:
+    """'0.93 [0.90, 0.96]'; the interval is left out where it is missing (NaN)."""
+    if e is None or not _finite(e.mean):
+        return MISSING
+    mean = f"{e.mean:.{digits}f}"
+    if not (_finite(e.lo) and _finite(e.hi)):
+        return f"{mean} [no CI]"
+    return f"{mean} [{e.lo:.{digits}f}, {e.hi:.{digits}f}]"
+
+
+def fmt_value(v, digits: int = 2) -> str:
+    if isinstance(v, Estimate):
+        return fmt_est(v, digits)
+    if isinstance(v, (int, float, bool)) or v is None:
+        return fmt_num(v, digits)
+    return str(v)
+
+
+def _csv_num(x) -> str:
+    return "" if not _finite(x) else repr(float(x))
+
+
+def _csv_scalar(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return _csv_num(v)
+    return str(v)
+
+
+_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+          "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+          "<": r"\textless{}", ">": r"\textgreater{}"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX.get(ch, ch) for ch in str(text))
+
+
+def latex_label(key: str) -> str:
+    return "".join(ch if ch.isalnum() else ":" for ch in key)

@@ -1,0 +1,113 @@
+"""The PDF report: pages, bookmarks, metadata, the attached results, extractable comparison
+tables, the per-model example cap, a page rendered to PNG, and byte-identical rebuilds."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+pypdf = pytest.importorskip("pypdf")
+pytestmark = pytest.mark.slow  # typesetting a PDF takes about ten seconds on two cores
+
+PDF_EXAMPLES = 1
+
+
+@pytest.fixture(scope="module")
+def report():
+    """Two examples per model (three in the second), of which the PDF may show one."""
+    from render_fixtures import make_report
+
+    report = make_report(2)
+    for m in report.models:
+        m.provenance.analysis_config["max_pdf_examples"] = PDF_EXAMPLES
+    return report
+
+
+@pytest.fixture(scope="module")
+def pdf_path(report, tmp_path_factory) -> Path:
+    from reportgen.render import render_site
+
+    out = tmp_path_factory.mktemp("pdf-site")
+    render_site(report, out, pdf=True)
+    return out / "report.pdf"
+
+
+def outline_titles(reader) -> list[tuple[int, str]]:
+    out = []
+
+    def walk(items, depth):
+        for item in items:
+            if isinstance(item, list):
+                walk(item, depth + 1)
+            else:
+                out.append((depth, item.title))
+
+    walk(reader.outline, 1)
+    return out
+
+
+def test_pages_and_bookmarks(pdf_path, report):
+    reader = pypdf.PdfReader(pdf_path)
+    assert len(reader.pages) > 12
+    titles = outline_titles(reader)
+    top = [t for d, t in titles if d == 1]
+    labels = [m.label for m in report.models]
+    assert top == ["Contents", "Summary", "Comparison", f"Model: {labels[0]}", f"Examples: {labels[0]}",
+                   f"Model: {labels[1]}", f"Examples: {labels[1]}", "Provenance"]
+    second = {t for d, t in titles if d == 2}
+    assert {"Accuracy per stratum", "Attention patterns", "Activation patching", "Logit lens", "Circuits",
+            "Linear probes", "Ablations", "Logit-lens convergence", "Top heads per role"} <= second
+    examples = [t for d, t in titles if d == 2 and t.startswith("Example ")]
+    assert len(examples) == 2 * PDF_EXAMPLES  # capped at max_pdf_examples per model
+    assert {t for d, t in titles if d == 3} >= {"Attention", "Logit lens"}
+
+
+def test_metadata_and_attachments(pdf_path, report):
+    from reportgen.results.store import parse_results
+
+    reader = pypdf.PdfReader(pdf_path)
+    meta = reader.metadata
+    assert meta.title == report.title
+    for m in report.models:
+        assert m.provenance.sha256 in meta["/Keywords"] and m.provenance.sha256 in meta.subject
+    assert meta["/CreationDate"] == "D:20260102030405Z"
+    attached = reader.attachments
+    assert sorted(attached) == ["arrays.npz", "results.json"]
+    loaded = parse_results(attached["results.json"][0], attached["arrays.npz"][0], "report.pdf")
+    assert [m.name for m in loaded.models] == [m.name for m in report.models]
+    shapes = [m.findings.examples[0].attention.shape for m in (loaded.models[1], report.models[1])]
+    assert shapes[0] == shapes[1]
+
+
+def test_text_is_extractable(pdf_path, report):
+    reader = pypdf.PdfReader(pdf_path)
+    text = "\n".join(page.extract_text() for page in reader.pages)
+    assert "Exact-match accuracy per difficulty stratum" in text
+    assert "multi_carry" in text and "cascade" in text
+    assert "Recovery = (LD_patched − LD_corrupt)/(LD_clean − LD_corrupt)" in " ".join(text.split())
+    assert "Page 3 of" in text
+    assert "<script>alert('x')</script>" in text  # escaped in HTML, shown literally in the PDF
+
+
+def test_page_renders_to_png(pdf_path):
+    pdftoppm = shutil.which("pdftoppm")
+    if pdftoppm is None:
+        pytest.skip("pdftoppm (poppler-utils) is not installed")
+    out_dir = Path(os.environ.get("REPORTGEN_SCREENSHOT_DIR") or tempfile.mkdtemp(prefix="reportgen-pdf-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for page in (1, 2, 10):
+        subprocess.run([pdftoppm, "-png", "-r", "60", "-f", str(page), "-l", str(page), "-singlefile", str(pdf_path),
+                        str(out_dir / f"pdf-page-{page}")], check=True, timeout=60)
+        assert (out_dir / f"pdf-page-{page}.png").stat().st_size > 5000
+
+
+def test_pdf_is_deterministic(pdf_path, report, tmp_path):
+    from reportgen.render import render_site
+
+    render_site(report, tmp_path, pdf=True)
+    assert (tmp_path / "report.pdf").read_bytes() == pdf_path.read_bytes()

@@ -1,0 +1,257 @@
+"""The static site rendered from a synthetic report: pages, escaping, offline links, downloads,
+determinism, and rendering without torch."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from reportgen.analysis.findings import Estimate
+from reportgen.render.site import safe_name
+from reportgen.render.tables import Cell, Table, fmt_est
+
+ROOT = Path(__file__).resolve().parents[1]
+HOSTILE = "<script>alert('x')</script>"
+N_EXAMPLES = 2
+ANALYSES = ("attention", "patching", "logit_lens", "circuits", "probing", "interventions")
+
+RENDER_WITHOUT_TORCH = """
+import sys
+sys.modules["torch"] = None  # any `import torch` now fails
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from render_fixtures import make_report
+from reportgen.render import render_site
+render_site(make_report({n}), Path({out!r}), pdf=False)
+assert "torch" not in [m for m in sys.modules if sys.modules[m] is not None]
+"""
+
+
+def render_in_subprocess(out: Path, n: int = N_EXAMPLES) -> None:
+    code = RENDER_WITHOUT_TORCH.format(tests=str(ROOT / "tests"), n=n, out=str(out))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """The site rendered once, in a process where importing torch is impossible."""
+    out = tmp_path_factory.mktemp("site")
+    render_in_subprocess(out)
+    return out
+
+
+def files(site: Path, *exts: str) -> list[Path]:
+    return sorted(p for p in site.rglob("*") if p.is_file() and p.suffix in exts)
+
+
+class Refs(HTMLParser):
+    """Collects href/src attributes and element ids of one HTML page."""
+
+    def __init__(self):
+        super().__init__()
+        self.refs: list[str] = []
+        self.ids: set[str] = set()
+
+    def handle_starttag(self, tag, attrs):
+        for name, value in attrs:
+            if name in ("href", "src") and value is not None:
+                self.refs.append(value)
+            if name == "id" and value:
+                self.ids.add(value)
+
+
+def parse(path: Path) -> Refs:
+    parser = Refs()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return parser
+
+
+# ---------------------------------------------------------------- formatting units
+def test_estimate_format():
+    assert fmt_est(Estimate(0.931, 0.902, 0.958, 100)) == "0.93 [0.90, 0.96]"
+    assert fmt_est(Estimate(0.93, math.nan, math.nan, 1)) == "0.93 [no CI]"
+    assert fmt_est(Estimate(math.nan, math.nan, math.nan, 0)) == "n/a"
+
+
+def test_table_downloads_unit():
+    t = Table("tables/x", "Caption with 50% & under_score", ["name", "acc"],
+              [[Cell("a&b", "x.html", strong=True), Estimate(0.5, 0.4, 0.6, 10)], ["c", None]])
+    rows = list(csv.reader(io.StringIO(t.to_csv())))
+    assert rows[0] == ["name", "acc", "acc_lo", "acc_hi", "acc_n"]
+    assert rows[1] == ["a&b", "0.5", "0.4", "0.6", "10"]
+    tex = t.to_latex()
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "50\\% \\& under\\_score" in tex
+    assert "\\textbf{a\\&b}" in tex
+
+
+def test_safe_name():
+    assert safe_name("59plus73") == "59plus73"
+    bad = safe_name(f"../{HOSTILE} key")
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", bad) and bad != safe_name(f"../{HOSTILE} kez")
+
+
+# ---------------------------------------------------------------- the rendered site
+def test_every_page_exists(site):
+    for name in ("index.html", "compare.html", "provenance.html", "search-index.js", "results.json", "arrays.npz",
+                 "static/report.css", "static/print.css", "static/viewer.js"):
+        assert (site / name).is_file(), name
+    assert {p.name for p in (site / "models").iterdir()} == {"tiny-1l.html", "tiny-2l.html"}
+    assert len(list((site / "examples" / "tiny-1l").glob("*.html"))) == N_EXAMPLES
+    assert len(list((site / "examples" / "tiny-2l").glob("*.html"))) == N_EXAMPLES + 1  # + the hostile key
+    assert (site / "examples" / "tiny-1l" / "59plus73.html").is_file()
+    assert (site / "examples" / "tiny-1l" / "59plus73.data.js").is_file()
+
+
+def test_paths_are_sanitised(site):
+    for p in site.rglob("*"):
+        assert re.fullmatch(r"[A-Za-z0-9_.-]+", p.name), p
+    assert not (site.parent / "script").exists()
+
+
+def test_text_is_escaped(site):
+    pages = files(site, ".html")
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        assert HOSTILE not in text, page
+        assert "<script>alert" not in text, page
+    index = (site / "index.html").read_text(encoding="utf-8")
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in index
+
+
+def test_no_external_urls(site):
+    for path in files(site, ".html", ".js", ".css", ".csv", ".tex", ".json"):
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"https?://", text), path
+    for path in files(site, ".svg"):
+        urls = set(re.findall(r"https?://[^\s\"'<>]+", path.read_text(encoding="utf-8")))
+        assert urls <= {"http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink",
+                        "http://www.w3.org/Graphics/SVG/1.1/DTD/svg11.dtd", "http://purl.org/dc/elements/1.1/",
+                        "http://creativecommons.org/ns#", "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
+                        "http://purl.org/dc/dcmitype/StillImage"}, (path, urls)
+
+
+def test_every_relative_link_resolves(site):
+    ids = {p: parse(p).ids for p in files(site, ".html")}
+    for page in files(site, ".html"):
+        for ref in parse(page).refs:
+            assert not ref.startswith("/"), (page, ref)
+            if ref.startswith(("#", "data:")):
+                target, frag = page, ref[1:] if ref.startswith("#") else ""
+            else:
+                path, _, frag = ref.partition("#")
+                target = (page.parent / path).resolve()
+                assert target.is_file(), (page, ref)
+            if frag and target.suffix == ".html":
+                assert frag in ids[target], (page, ref)
+
+
+def test_pages_show_not_run_and_numbers(site):
+    model = (site / "models" / "tiny-2l.html").read_text(encoding="utf-8")
+    probing = model.split('id="probing"')[1].split("</section>")[0]
+    assert "Not run" in probing
+    for page in files(site, ".html"):
+        text = page.read_text(encoding="utf-8")
+        n_fig = text.count('<figure class="figure"')
+        assert [int(n) for n in re.findall(r"Figure (\d+)\.</span>", text)] == list(range(1, n_fig + 1)), page
+        n_tab = text.count("<table>")
+        assert [int(n) for n in re.findall(r"Table (\d+)\.</span>", text)] == list(range(1, n_tab + 1)), page
+        assert text.count(">SVG</a>") == text.count(">PDF</a>") == n_fig
+        assert text.count(">CSV</a>") == text.count(">LaTeX</a>") == n_tab
+
+
+def test_captions_say_what_numbers_mean(site):
+    model = (site / "models" / "tiny-1l.html").read_text(encoding="utf-8")
+    assert "Recovery = (LD_patched − LD_corrupt)/(LD_clean − LD_corrupt)" in model
+    assert "48 pairs used, 3 dropped" in model
+    assert "mean ablation" in model and "zero ablation (activation set to zero" in model
+    assert "operand digits alone" in model
+    compare = (site / "compare.html").read_text(encoding="utf-8")
+    assert "Not directly comparable across groups" in compare
+
+
+def test_downloads_exist_and_parse(site):
+    csvs, texs = files(site, ".csv"), files(site, ".tex")
+    assert len(csvs) > 50 and len(texs) > 20
+    for path in csvs:
+        rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
+        assert rows and all(len(r) == len(rows[0]) for r in rows), path
+    for path in texs:
+        tex = path.read_text(encoding="utf-8")
+        spec = re.search(r"\\begin\{tabular\}\{([lr]+)\}", tex).group(1)
+        body = tex.split("\\midrule\n")[1].split("\\bottomrule")[0]
+        for line in body.strip().splitlines():
+            assert line.endswith("\\\\") and len(re.findall(r"(?<!\\)&", line)) == len(spec) - 1, (path, line)
+        assert tex.count("{") == tex.count("}") + tex.count("\\{") - tex.count("\\}"), path
+    for path in files(site, ".json"):
+        json.loads(path.read_text(encoding="utf-8"))
+    for page in files(site, ".html"):
+        for ref in parse(page).refs:
+            if ref.endswith((".svg", ".pdf")) and "figures/" in ref:
+                assert (page.parent / ref).resolve().stat().st_size > 500
+
+
+def test_search_index_and_viewer_data(site):
+    index = (site / "search-index.js").read_text(encoding="utf-8")
+    assert index.startswith("window.REPORTGEN_SEARCH = ")
+    entries = json.loads(index.removeprefix("window.REPORTGEN_SEARCH = ").rstrip().rstrip(";"))
+    kinds = {e["k"] for e in entries}
+    assert {"model", "example", "component", "head", "section"} <= kinds
+    for e in entries:
+        assert (site / e["u"].partition("#")[0]).is_file(), e
+    data = (site / "examples" / "tiny-2l" / "59plus73.data.js").read_text(encoding="utf-8")
+    payload = json.loads(data.split(" = ", 2)[-1].rstrip().rstrip(";"))
+    assert len(payload["weights"]) == 2 and len(payload["weights"][0]) == 4
+    assert len(payload["tokens"]) == len(payload["weights"][0][0])
+
+
+def test_render_is_deterministic(site, tmp_path):
+    """Same report, byte-identical site, even after a save/load round trip reorders its dicts."""
+    from render_fixtures import make_report
+
+    from reportgen.render import render_site
+    from reportgen.results.store import normalized
+
+    render_site(normalized(make_report(N_EXAMPLES)), tmp_path, pdf=False)
+    first = {p.relative_to(site): p.read_bytes() for p in site.rglob("*") if p.is_file()}
+    second = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert sorted(first) == sorted(second)
+    assert [k for k in first if first[k] != second[k]] == []
+
+
+def test_analyses_not_run(tmp_path):
+    """A model with no analyses and no per-example arrays still gets every page, saying 'not run'."""
+    import numpy as np
+    from render_fixtures import make_model
+
+    from reportgen.render import render_site
+    from reportgen.results.compare import compare_models
+    from reportgen.results.schema import Report
+
+    bare = make_model("bare", "bare model", 1, 1, seed=3, skip=ANALYSES)
+    for ex in bare.findings.examples:
+        ex.attention, ex.lens_prob = np.zeros((0,)), np.zeros((0, 0))
+    bare.training.steps, bare.training.train_loss, bare.training.val_exact_match = [], [], []
+    render_site(Report(1, "bare", "", [bare], compare_models([bare])), tmp_path, pdf=False)
+    model = (tmp_path / "models" / "bare.html").read_text(encoding="utf-8")
+    assert model.count("Not run") == len(ANALYSES)
+    assert "No training history" in model
+    example = (tmp_path / "examples" / "bare" / "59plus73.html").read_text(encoding="utf-8")
+    assert "No attention was recorded" in example and "data.js" not in example
+    compare = (tmp_path / "compare.html").read_text(encoding="utf-8")
+    assert compare.count("Not run") == 4
+    for page in files(tmp_path, ".html"):
+        for ref in parse(page).refs:
+            if not ref.startswith("#"):
+                assert (page.parent / ref.partition("#")[0]).resolve().is_file(), (page, ref)
