@@ -3,8 +3,14 @@ mechanisms whose analysis results are known exactly."""
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+
+# Tiny models run fastest on one thread, and tests spawn processes that would otherwise
+# oversubscribe the cores; set before torch is imported so subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from reportgen.analysis.examples import build_batch
 from reportgen.data.arithmetic import make_record
