@@ -25,6 +25,7 @@ from reportgen.data.arithmetic import (
 )
 from reportgen.data.dataset import (
     DataSpec,
+    count_of_lengths,
     count_questions,
     generate,
     load_dataset,
@@ -380,6 +381,18 @@ def test_operand_lengths_vary_independently():
     assert abs(same - 0.25) < 0.05  # not tied together
     first_digits = Counter(str(r["a"])[0] for r in train if r["a"] >= 10)
     assert "0" not in first_digits and len(first_digits) == 9
+
+
+@pytest.mark.parametrize("task", ["add", "sub"])
+def test_evaluation_splits_never_use_up_an_operand_length_pair(task):
+    """The stratified test split would otherwise take nearly all 100 one-digit additions (they
+    are 1/9 of uniform draws), leaving training without them."""
+    splits = generate(DataSpec(task=task, instances=20000, max_digits=3, seed=0))
+    by_pair = {name: Counter((len(str(r["a"])), len(str(r["b"]))) for r in recs) for name, recs in splits.items()}
+    for pair in by_pair["test"]:
+        total = count_of_lengths(task, *pair)
+        assert by_pair["val"][pair] + by_pair["test"][pair] <= -(-total // 5), pair
+    assert by_pair["train"][(1, 1)] >= {"add": 80, "sub": 44}[task]
 
 
 def test_test_split_is_stratified_with_cascades_enriched():

@@ -9,7 +9,10 @@ length (a one-digit operand is 0-9, a longer one has a non-zero leading digit). 
 subtraction the two drawn operands are swapped when ``a < b`` so that answers are
 non-negative. A question is the triple ``(a, op, b)``; no question appears twice within
 or across splits (test is drawn first, then val, then train, each excluding the ones
-before).
+before). Val and test together take at most their share of instances (val_fraction +
+test_fraction) of the distinct questions of any operand-length pair, so a small pair
+(there are only 100 one-digit additions) is never used up by evaluation and left out of
+training.
 
 Strata (``no_carry``, ``one_carry``, ``multi_carry``, ``cascade``; see
 ``arithmetic.stratum_of``): uniform operands rarely produce cascades, so the val and test
@@ -40,6 +43,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 from reportgen.data.arithmetic import (
     ANSWER_ORDERS,
@@ -263,6 +267,32 @@ def _stratum(q) -> str:
     return fast_stratum(q[0], q[2], q[1])
 
 
+def count_of_lengths(task: str, len_a: int, len_b: int) -> int:
+    """Distinct questions whose operands have ``len_a`` and ``len_b`` digits."""
+    ca, cb = count_of_length(len_a), count_of_length(len_b)
+    ordered = ca * cb
+    sub = ordered if len_a > len_b else (ca * (ca + 1) // 2 if len_a == len_b else 0)
+    return {"add": ordered, "mul": ordered, "sub": sub, "addsub": ordered + sub}[task]
+
+
+class _LengthRoom:
+    """Caps the questions of each operand-length pair that val and test may take, so that a small
+    pair (100 one-digit additions) is never used up by evaluation and left out of training."""
+
+    def __init__(self, space: _Space, share: float):
+        self.limit = {(la, lb): math.ceil(share * count_of_lengths(space.task, la, lb))
+                      for la in space.lengths for lb in space.lengths}
+        self.taken = dict.fromkeys(self.limit, 0)
+
+    def admit(self, q) -> bool:
+        """Count `q` in and return True if its length pair has room left."""
+        pair = (len(str(q[0])), len(str(q[2])))
+        if self.taken[pair] >= self.limit[pair]:
+            return False
+        self.taken[pair] += 1
+        return True
+
+
 class _RejectionPool:
     """Draws from the uniform distribution, rejecting used questions and unwanted strata."""
 
@@ -273,7 +303,7 @@ class _RejectionPool:
         self.dead = {s: r for s, r in possible_strata(
             space.task, space.min_digits, space.max_digits).items() if r}
 
-    def take(self, wanted: dict[str, int], used: set) -> dict[str, list]:
+    def take(self, wanted: dict[str, int], used: set, room: Optional[_LengthRoom] = None) -> dict[str, list]:
         found = {s: [] for s in wanted}
         need = {s: k for s, k in wanted.items() if k > 0 and s not in self.dead}
         budget = _BASE_DRAWS + _DRAWS_PER_ITEM * sum(need.values())
@@ -284,7 +314,7 @@ class _RejectionPool:
             q = draw(rng)
             draws += 1
             s = fast_stratum(q[0], q[2], q[1])
-            if s in need and q not in used:
+            if s in need and q not in used and (room is None or room.admit(q)):
                 hits[s] += 1
                 found[s].append(q)
                 used.add(q)
@@ -361,7 +391,7 @@ class _EnumeratedPool:
             if not self.by_stratum[s]:
                 self.dead[s] = reasons[s] or f"no question of task {space.task!r} falls in it"
 
-    def take(self, wanted: dict[str, int], used: set) -> dict[str, list]:
+    def take(self, wanted: dict[str, int], used: set, room: Optional[_LengthRoom] = None) -> dict[str, list]:
         found = {s: [] for s in wanted}
         for s in STRATA:
             k = wanted.get(s, 0)
@@ -371,7 +401,7 @@ class _EnumeratedPool:
             while len(found[s]) < k and i < len(items):
                 q = items[i]
                 i += 1
-                if q not in used:
+                if q not in used and (room is None or room.admit(q)):
                     used.add(q)
                     found[s].append(q)
             self.cursor[s] = i
@@ -419,14 +449,15 @@ def _too_few(what: str, got: int, n: int, space: _Space) -> ReportgenError:
     )
 
 
-def _take_stratified(pool, n: int, used: set, what: str) -> tuple[dict[str, list], dict]:
+def _take_stratified(pool, n: int, used: set, what: str,
+                     room: Optional[_LengthRoom] = None) -> tuple[dict[str, list], dict]:
     """n questions with equal quotas over the strata still available in the pool."""
     result = {s: [] for s in STRATA}
     active = [s for s in STRATA if s not in pool.dead]
     requested = _equal_quotas(n, active) if active else {}
     quotas = requested
     while True:
-        found = pool.take(quotas, used)
+        found = pool.take(quotas, used, room)
         deficit = 0
         for s, k in quotas.items():
             result[s].extend(found.get(s, []))
@@ -465,9 +496,10 @@ def _generate(spec: DataSpec) -> tuple[dict[str, list[dict]], dict]:
     questions: dict[str, list] = {}
     requested: dict[str, dict] = {}
 
-    by_s, requested["test"] = _take_stratified(pool, sizes["test"], used, "the test split")
+    room = _LengthRoom(space, spec.val_fraction + spec.test_fraction)
+    by_s, requested["test"] = _take_stratified(pool, sizes["test"], used, "the test split", room)
     questions["test"] = _round_robin(by_s)
-    by_s, requested["val"] = _take_stratified(pool, sizes["val"], used, "the val split")
+    by_s, requested["val"] = _take_stratified(pool, sizes["val"], used, "the val split", room)
     questions["val"] = _round_robin(by_s)
 
     n_strat = round(sizes["train"] * spec.stratified_fraction)
@@ -564,7 +596,9 @@ def build_manifest(spec: DataSpec, command: str, splits: dict, info: dict,
         f"quotas per stratum from the uniform distribution restricted to each stratum; "
         f"cascades make up {_percent(share['test']['cascade'])} of test against "
         f"{'' if pool.exact else '~'}{_percent(rate['cascade'])} under uniform sampling "
-        f"({info['rate_method']})."
+        f"({info['rate_method']}). Val and test take at most "
+        f"{_percent(spec.val_fraction + spec.test_fraction)} of the distinct questions of any "
+        f"operand-length pair, so that training sees the rest of every pair."
     )
     if impossible:
         note += " " + "; ".join(f"{s} {r}" for s, r in impossible.items()) + \
