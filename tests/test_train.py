@@ -142,6 +142,22 @@ def test_loss_mask_covers_exactly_the_target_and_eos():
         assert predicted[-1] == tok.eos_id
 
 
+def test_balanced_lengths_give_every_operand_length_pair_equal_mass(tmp_path):
+    cfg = dataclasses.replace(tiny_config(max_steps=1), data=DataConfig(task="add", instances=2000, max_digits=2,
+                                                                       balance_lengths=True))
+    trainer = Trainer(cfg, tmp_path / "run")
+    train = trainer.data.splits["train"]
+    pairs = [(len(str(r["a"])), len(str(r["b"]))) for r in train]
+    assert pairs.count((1, 1)) < len(train) / 10  # only 100 one-digit questions exist
+    mass = {}
+    for pair, w in zip(pairs, trainer.data.length_weights.tolist()):
+        mass[pair] = mass.get(pair, 0.0) + w
+    assert sorted(mass) == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert all(m == pytest.approx(1.0) for m in mass.values())
+    drawn = [pairs[i] for i in torch.multinomial(trainer.data.length_weights, 4000, replacement=True).tolist()]
+    assert drawn.count((1, 1)) == pytest.approx(1000, rel=0.15)
+
+
 def test_learning_rate_warms_up_then_decays_to_min_lr():
     cfg = tiny_config(max_steps=300)
     o = cfg.optim

@@ -22,6 +22,9 @@ class DataConfig:
     with_steps: bool = False
     answer_order: Literal["plain", "reversed"] = "plain"
     stratified_fraction: float = 0.5
+    # Draw training batches with equal weight per (len(a), len(b)) pair: short operands have few
+    # distinct questions, so under uniform draws a model rarely sees them and fails on them.
+    balance_lengths: bool = False
 
 
 @dataclass

@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
@@ -39,6 +40,7 @@ class TrainData:
     splits: dict[str, list[dict]]
     spec: dict  # task, digits, steps, answer order: what every later stage needs to know
     manifest_hash: str
+    length_weights: torch.Tensor  # [N] sampling weight giving every (len(a), len(b)) pair equal mass
 
 
 def load_data(cfg: TrainConfig, out_dir: Path) -> TrainData:
@@ -64,7 +66,14 @@ def load_data(cfg: TrainConfig, out_dir: Path) -> TrainData:
     s = manifest["spec"]
     spec = {k: s[k] for k in ("task", "max_digits", "min_digits", "with_steps", "answer_order")}
     tokens, mask = tokenize_records(splits["train"], Tokenizer())
-    return TrainData(tokens, mask, splits, spec, manifest["content_hash"])
+    return TrainData(tokens, mask, splits, spec, manifest["content_hash"], length_weights(splits["train"]))
+
+
+def length_weights(records: list[dict]) -> torch.Tensor:
+    """1 / (number of records with the same operand lengths), per record."""
+    keys = [(len(str(r["a"])), len(str(r["b"]))) for r in records]
+    counts = Counter(keys)
+    return torch.tensor([1.0 / counts[k] for k in keys], dtype=torch.double)
 
 
 def _require_every_split(sizes: dict[str, int], fix: str) -> None:
@@ -165,7 +174,11 @@ class Trainer:
         )
 
     def _train_step(self) -> float:
-        idx = torch.randint(0, len(self.data.tokens), (self.cfg.optim.batch_size,), generator=self.gen)
+        n = self.cfg.optim.batch_size
+        if self.cfg.data.balance_lengths:
+            idx = torch.multinomial(self.data.length_weights, n, replacement=True, generator=self.gen)
+        else:
+            idx = torch.randint(0, len(self.data.tokens), (n,), generator=self.gen)
         tokens = self.data.tokens[idx].to(self.device)
         mask = self.data.loss_mask[idx].to(self.device)
         width = int(mask.any(0).nonzero().max()) + 2  # trim shared right padding
