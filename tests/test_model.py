@@ -101,6 +101,19 @@ def test_start_and_stop_at_layer_reproduce_the_full_forward(model):
     assert torch.equal(model(tokens, stop_at_layer=0), cache["hook_embed"] + cache["hook_pos_embed"])
 
 
+def test_resuming_from_resid_mid_and_query_positions_reproduce_the_full_forward(model):
+    tokens = tokens_for(model)
+    logits, cache = model.run_with_cache(tokens)
+    pos = torch.tensor([[4, 5, 6], [2, 3, 3], [0, 4, 5], [1, 5, 6]])
+    at = logits.gather(1, pos[..., None].expand(-1, -1, logits.shape[-1]))
+    for l in range(model.cfg.n_layers):
+        mid = cache[f"blocks.{l}.hook_resid_mid"]
+        torch.testing.assert_close(model(resid=mid, start_at_layer=l, from_mid=True), logits, rtol=0, atol=1e-5)
+        torch.testing.assert_close(model(resid=mid, start_at_layer=l, from_mid=True, query_pos=pos), at,
+                                   rtol=0, atol=1e-5)
+    torch.testing.assert_close(model(tokens, query_pos=pos), at, rtol=0, atol=1e-5)
+
+
 def test_hooks_apply_when_resuming_from_a_layer():
     model = random_model(seed=3, n_layers=2)
     tokens = tokens_for(model)

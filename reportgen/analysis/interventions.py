@@ -150,7 +150,8 @@ def _tokens(records: list[dict], tokenizer: Tokenizer, P: int) -> torch.Tensor:
 
 
 def _ablatable(name: str) -> bool:
-    return name.endswith(("hook_resid_pre", "attn.hook_z", "hook_attn_out", "hook_mlp_out", "mlp.hook_post"))
+    return name.endswith(("hook_resid_pre", "hook_resid_mid", "attn.hook_z", "hook_attn_out", "hook_mlp_out",
+                          "mlp.hook_post"))
 
 
 class Ablator:
@@ -273,6 +274,8 @@ class Ablator:
 
     @torch.no_grad()
     def _run(self, start: int, specs: list[Spec], method: str) -> torch.Tensor:
+        if all(len(spec) == 1 and next(iter(spec)) == f"blocks.{start}.attn.hook_z" for spec in specs):
+            return self._run_heads(start, specs, method)
         k, B = len(specs), self.tokens.shape[0]
         hooks = {}
         for name in sorted({n for spec in specs for n in spec}):
@@ -284,8 +287,28 @@ class Ablator:
             mask = mask.view(k, 1, 1, act.shape[2], *([1] * (act.dim() - 3)))
             hooks[name] = self._replacer(mask, self.values(method, name)[None], k, B)
         x = self.cache[f"blocks.{start}.hook_resid_pre"].repeat(k, 1, 1)
+        last = self.model.cfg.n_layers - 1
+        if all(_layer_of(name) < last for name in hooks):  # the last block's hooks need every position
+            logits = self.model(resid=x, start_at_layer=start, hooks=hooks, query_pos=self.batch.pred_pos.repeat(k, 1))
+            return digit_log_probs(logits.view(k, B, *logits.shape[1:]), self.tokenizer)
         logits = self.model(resid=x, start_at_layer=start, hooks=hooks)
         return self._answer_logprobs(logits.view(k, B, *logits.shape[1:]))
+
+    def _run_heads(self, layer: int, specs: list[Spec], method: str) -> torch.Tensor:
+        """Head ablations of one layer, resumed from its resid_mid: replacing z of heads only
+        changes attn_out by (z_new - z_clean) @ W_O over those heads, so the layer's attention is
+        not recomputed."""
+        name = f"blocks.{layer}.attn.hook_z"
+        k, B = len(specs), self.tokens.shape[0]
+        diff = self.values(method, name) - self.cache[name]  # [B, P, H, dh]
+        select = torch.zeros(k, diff.shape[2], dtype=diff.dtype, device=diff.device)
+        for j, spec in enumerate(specs):
+            select[j, slice(None) if spec[name] is None else spec[name]] = 1.0
+        W_O = self.model.blocks[layer].attn.W_O.detach()
+        delta = torch.einsum("bphe,hed,kh->kbpd", diff, W_O, select)
+        x = (self.cache[f"blocks.{layer}.hook_resid_mid"][None] + delta).flatten(0, 1)
+        logits = self.model(resid=x, start_at_layer=layer, from_mid=True, query_pos=self.batch.pred_pos.repeat(k, 1))
+        return digit_log_probs(logits.view(k, B, *logits.shape[1:]), self.tokenizer)
 
     @staticmethod
     def _replacer(mask: torch.Tensor, values: torch.Tensor, k: int, B: int):

@@ -66,6 +66,11 @@ def hook_names(cfg: ModelConfig) -> list[str]:
     return names + ["ln_final.hook_normalized"]
 
 
+def _gather_pos(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """x[b, pos[b, a]] for x [batch, pos, d]: [batch, A, d]."""
+    return x.gather(1, pos[..., None].expand(-1, -1, x.shape[-1]))
+
+
 class _Run:
     """Applies the hooks of one forward pass by name."""
 
@@ -116,14 +121,18 @@ class Attention(nn.Module):
         mask = torch.tril(torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool))
         self.register_buffer("mask", mask, persistent=False)
 
-    def forward(self, x: torch.Tensor, run: _Run) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, run: _Run, query_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Attention output [batch, pos, d_model], or [batch, A, d_model] at `query_pos` [batch, A]
+        only (keys and values still cover every position)."""
         n = self.name
-        q = run(f"{n}.hook_q", torch.einsum("bpd,hde->bphe", x, self.W_Q) + self.b_Q)
+        xq = x if query_pos is None else _gather_pos(x, query_pos)
+        q = run(f"{n}.hook_q", torch.einsum("bpd,hde->bphe", xq, self.W_Q) + self.b_Q)
         k = run(f"{n}.hook_k", torch.einsum("bpd,hde->bphe", x, self.W_K) + self.b_K)
         v = run(f"{n}.hook_v", torch.einsum("bpd,hde->bphe", x, self.W_V) + self.b_V)
         p = x.shape[1]
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(q.shape[-1])
-        scores = scores.masked_fill(~self.mask[:p, :p], float("-inf"))
+        allowed = self.mask[:p, :p] if query_pos is None else self.mask[query_pos, :p][:, None]
+        scores = scores.masked_fill(~allowed, float("-inf"))
         scores = run(f"{n}.hook_attn_scores", scores)
         pattern = run(f"{n}.hook_pattern", scores.softmax(-1))
         z = run(f"{n}.hook_z", torch.einsum("bhqk,bkhe->bqhe", pattern, v))
@@ -154,11 +163,19 @@ class Block(nn.Module):
         self.ln2 = LayerNorm(cfg.d_model, cfg.ln_eps, f"{self.name}.ln2")
         self.mlp = MLP(cfg, f"{self.name}.mlp")
 
-    def forward(self, x: torch.Tensor, run: _Run) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, run: _Run, from_mid: bool = False,
+                query_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """resid_post from resid_pre `x` (or from resid_mid when `from_mid`); at `query_pos`
+        [batch, A] only when given."""
         n = self.name
-        x = run(f"{n}.hook_resid_pre", x)
-        attn_out = run(f"{n}.hook_attn_out", self.attn(self.ln1(x, run), run))
-        x = run(f"{n}.hook_resid_mid", x + attn_out)
+        if not from_mid:
+            x = run(f"{n}.hook_resid_pre", x)
+            attn_out = run(f"{n}.hook_attn_out", self.attn(self.ln1(x, run), run, query_pos))
+            x = x if query_pos is None else _gather_pos(x, query_pos)
+            x = x + attn_out
+        elif query_pos is not None:
+            x = _gather_pos(x, query_pos)
+        x = run(f"{n}.hook_resid_mid", x)
         mlp_out = run(f"{n}.hook_mlp_out", self.mlp(self.ln2(x, run), run))
         return run(f"{n}.hook_resid_post", x + mlp_out)
 
@@ -209,18 +226,24 @@ class Transformer(nn.Module):
         start_at_layer: int = 0,
         resid: Optional[torch.Tensor] = None,
         stop_at_layer: Optional[int] = None,
+        from_mid: bool = False,
+        query_pos: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Logits [batch, pos, vocab] for `tokens` [batch, pos].
 
-        To skip recomputing early layers, pass `resid` (the input to `blocks.{start_at_layer}`)
-        instead of tokens. With `stop_at_layer=l` the residual stream entering block l is
-        returned instead of logits.
+        To skip recomputing early layers, pass `resid` (the input to `blocks.{start_at_layer}`,
+        or its resid_mid with `from_mid`) instead of tokens. With `stop_at_layer=l` the residual
+        stream entering block l is returned instead of logits. With `query_pos` [batch, A] the
+        logits [batch, A, vocab] at those positions only: the last block then computes queries
+        and MLP there alone (its hooks see those positions), since nothing later reads the others.
         """
         run = _Run(hooks)
         x = self.embed(tokens, run) if resid is None else resid
         stop = self.cfg.n_layers if stop_at_layer is None else stop_at_layer
-        for block in self.blocks[start_at_layer:stop]:
-            x = block(x, run)
+        last = self.cfg.n_layers - 1 if stop_at_layer is None else None
+        for l in range(start_at_layer, stop):
+            x = self.blocks[l](x, run, from_mid=from_mid and l == start_at_layer,
+                               query_pos=query_pos if l == last else None)
         if stop_at_layer is not None:
             return x
         return self.ln_final(x, run) @ self.W_U + self.b_U
