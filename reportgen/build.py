@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import sys
 import tempfile
 from datetime import datetime, timezone
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
 from reportgen.analysis.findings import Estimate
+from reportgen.atomic import replace_dir
 from reportgen.configfile import to_dict
 from reportgen.errors import ReportgenError
 from reportgen.results.compare import compare_models
@@ -84,7 +84,7 @@ def build_report(checkpoints: list[str], compare: list[str], examples: Optional[
     cache = out.parent / CACHE_DIR if use_cache else None
     models = []
     for i, (path, ckpt, plan, name, label) in enumerate(zip(paths, ckpts, plans, names, labels), 1):
-        run = _Run(ckpt, plan, cfg, examples, _prefixed(say, f"[{i}/{len(paths)}] {name}: "), progress is not None)
+        run = ModelRun(ckpt, plan, cfg, examples, _prefixed(say, f"[{i}/{len(paths)}] {name}: "), progress is not None)
         models.append(_model_results(run, path, name, label, cache))
     report = make_report(models, title)
     write_site(report, out, pdf, say)
@@ -170,7 +170,7 @@ def cache_key(checkpoint_sha256: str, analysis_config: dict, examples: Optional[
 
 
 @dataclasses.dataclass
-class _Run:
+class ModelRun:
     """One model's validated inputs."""
 
     ckpt: Checkpoint
@@ -181,19 +181,28 @@ class _Run:
     bars: bool  # let the analyses draw progress bars
 
 
-def _model_results(run: _Run, path: str, name: str, label: str, cache: Optional[Path]) -> ModelResults:
+def _model_results(run: ModelRun, path: str, name: str, label: str, cache: Optional[Path]) -> ModelResults:
     """A model's results from the cache, or computed (and cached); named for this report."""
     key = cache_key(run.ckpt.sha256, to_dict(run.cfg), run.examples)
     result = _cache_get(cache, key, run.say) if cache else None
     if result is None:
-        result = _compute(run)
+        result = compute_model_results(run)
         if cache:
             _cache_put(cache, key, result)
+    return model_name(result, path, name, label)
+
+
+def model_name(result: ModelResults, path: str, name: Optional[str] = None, label: Optional[str] = None) -> ModelResults:
+    """`result` named for a report: by default after its run directory (runs/add3/... -> add3)."""
+    label = label or _run_name(path)
+    name = name or unique_names([label])[0]
     prov = dataclasses.replace(result.provenance, checkpoint=str(path), file_name=Path(path).name)
     return dataclasses.replace(result, name=name, label=label, provenance=prov)
 
 
-def _compute(run: _Run) -> ModelResults:
+def compute_model_results(run: ModelRun) -> ModelResults:
+    """Accuracy on a fresh stratified test set, the planned analyses and provenance of one model
+    (unnamed: the report names it)."""
     from reportgen.analysis.examples import generated_records
     from reportgen.analysis.run import run_plan
     from reportgen.train.evaluate import evaluate
@@ -251,14 +260,7 @@ def _cache_get(cache: Path, key: str, say: Progress) -> Optional[ModelResults]:
 
 def _cache_put(cache: Path, key: str, model: ModelResults) -> None:
     """Store one model's results atomically: a half-written entry is never visible."""
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache))
-    try:
-        save_results(make_report([model], title=""), tmp)
-        shutil.rmtree(cache / key, ignore_errors=True)
-        os.rename(tmp, cache / key)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    replace_dir(cache / key, lambda tmp: save_results(make_report([model], title=""), tmp))
 
 
 # ---------------------------------------------------------------- report and site (torch-free)
@@ -287,33 +289,15 @@ def reportgen_version() -> str:
         return "unknown"
 
 
-def write_site(report: Report, out: Path, pdf: bool, progress: Progress = _quiet) -> None:
+def write_site(report: Report, out: Path, pdf: bool, progress: Progress = _quiet, force: bool = False) -> None:
     """Render `report` (render_site also writes results.json and arrays.npz into the site) into a
-    temporary directory, then swap it in for `out`."""
-    from reportgen.render import render_site
+    temporary directory, then swap it in for `out`. A site already rendered from the same inputs
+    and untouched since is left as it is, unless `force`."""
+    from reportgen.render import render_site, site_is_current
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; a site is meant to be published
-        progress(f"rendering the site{' and PDF' if pdf else ''}")
-        render_site(report, tmp, pdf=pdf, log=progress)
-        _swap_in(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if not force and site_is_current(report, out, pdf):
+        progress(f"{out} is up to date (same results, templates and settings); nothing to render")
+        return
+    progress(f"rendering the site{' and PDF' if pdf else ''}")
+    replace_dir(out, lambda tmp: render_site(report, tmp, pdf=pdf, log=progress))
     progress(f"wrote {out}")
-
-
-def _swap_in(new: Path, out: Path) -> None:
-    """Replace `out` by `new` with two renames; on failure the old `out` is put back."""
-    old = new.with_name(new.name + ".old")
-    moved = False
-    try:
-        if out.exists():
-            os.rename(out, old)
-            moved = True
-        os.rename(new, out)
-    except BaseException:
-        if moved and not out.exists():
-            os.rename(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

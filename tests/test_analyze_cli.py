@@ -8,6 +8,7 @@ import json
 import pytest
 
 from reportgen.cli import main
+from reportgen.results.store import load_results
 
 FAST = """
 n_examples: 30
@@ -69,7 +70,7 @@ def test_run_writes_the_toolkit_files_and_replaces_the_output(checkpoint_path, p
     assert rc == 0, err
     names = {str(p.relative_to(previous_output)) for p in previous_output.rglob("*") if p.is_file()}
     expected = {"examples.json", "attention/findings.json", "logit_lens/findings.json", "probing/findings.json",
-                "probing/carry_out_results.png", "probing/digit_results.png"}
+                "probing/carry_out_results.png", "probing/digit_results.png", "results.json", "arrays.npz"}
     for i in range(2):
         expected |= {f"attention/example_{i}_stats.json", f"logit_lens/example_{i}_evolution.png",
                      f"logit_lens/example_{i}_predictions.png", f"logit_lens/example_{i}_entropy.json"}
@@ -82,6 +83,10 @@ def test_run_writes_the_toolkit_files_and_replaces_the_output(checkpoint_path, p
     stats = json.loads((previous_output / "attention" / "example_0_stats.json").read_text())
     assert stats["answer_positions"] == [6, 7, 8] and len(stats["heads"]) == 4
     assert sorted(p.name for p in previous_output.parent.iterdir()) == ["interpretability"]
+    (model,) = load_results(previous_output).models
+    assert model.findings.patching is None and model.findings.probing is not None
+    assert [e.prompt for e in model.findings.examples] == ["59+73=", "12+34="]
+    assert model.provenance.checkpoint == checkpoint_path and model.accuracy.n > 0
 
 
 @pytest.mark.slow
@@ -94,6 +99,8 @@ def test_all_analyses_write_every_file(checkpoint_path, tmp_path, fast_config, c
                  "circuits/head_specialization.png", "interventions/layer_importance.png",
                  "patching/findings.json", "attention/example_0_layer_1_all_heads.png"):
         assert (out / name).is_file(), name
+    rc = main(["render", str(out), "--out", str(tmp_path / "site"), "--no-pdf"])
+    assert rc == 0 and (tmp_path / "site" / "index.html").is_file()
 
 
 def test_failure_while_writing_keeps_the_previous_output(checkpoint_path, previous_output, fast_config, capsys,

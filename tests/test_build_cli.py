@@ -128,7 +128,8 @@ def test_out_dir_holding_other_files_is_refused(work, capsys):
 
 # ---------------------------------------------------------------- atomic swap (renderer failure injected)
 def _renderer(monkeypatch, render_site) -> None:
-    monkeypatch.setitem(sys.modules, "reportgen.render", types.SimpleNamespace(render_site=render_site))
+    fake = types.SimpleNamespace(render_site=render_site, site_is_current=lambda *a: False)
+    monkeypatch.setitem(sys.modules, "reportgen.render", fake)
 
 
 @pytest.mark.parametrize("error", [RuntimeError("renderer broke"), KeyboardInterrupt()])
@@ -246,6 +247,28 @@ def test_cached_rebuild_does_no_torch_work_and_gives_the_same_files(built, monke
     assert rc == 0 and err.count("using cached results") == 2, err
     assert snapshot(built / "site") == before
     assert leftovers(built) == []
+
+
+@pytest.mark.slow
+def test_unchanged_site_is_not_rendered_again_unless_damaged(built, monkeypatch, capsys):
+    import reportgen.render as render
+
+    monkeypatch.chdir(built)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    real = render.render_site
+    monkeypatch.setattr(render, "render_site", lambda *a, **k: pytest.fail("an up-to-date site was rendered"))
+    before = snapshot(built / "site")
+    rc, err = run_cli(capsys, *BUILD)
+    assert rc == 0 and "is up to date" in err, err
+    assert snapshot(built / "site") == before
+
+    calls = []
+    monkeypatch.setattr(render, "render_site", lambda *a, **k: (calls.append(1), real(*a, **k)))
+    page = next(p for p in sorted(before) if p.endswith(".html") and p != "index.html")
+    (built / "site" / page).write_text("edited by hand")
+    rc, err = run_cli(capsys, *BUILD)
+    assert rc == 0 and calls == [1] and "is up to date" not in err, err
+    assert snapshot(built / "site") == before
 
 
 @pytest.mark.slow

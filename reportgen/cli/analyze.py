@@ -1,7 +1,9 @@
 """`reportgen analyze`: run the six analyses on one checkpoint and write the original toolkit's files.
 
-Everything is written into a temporary directory beside --output-dir and swapped in at the end,
-so bad input or an interruption leaves the previous output untouched.
+Besides the per-analysis files it writes results.json and arrays.npz, the same results object
+`reportgen build` makes, so `reportgen render DIR` turns an analysis into a report. Everything is
+written into a temporary directory beside --output-dir and swapped in at the end, so bad input or
+an interruption leaves the previous output untouched.
 """
 
 from __future__ import annotations
@@ -10,9 +12,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 ANALYSES = ("attention", "patching", "logit_lens", "circuits", "probing", "interventions")  # = config.ANALYSES
@@ -41,7 +40,9 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from reportgen.analysis.config import load_analysis_config
-    from reportgen.analysis.run import prepare, run_plan
+    from reportgen.analysis.run import prepare
+    from reportgen.atomic import replace_dir
+    from reportgen.build import ModelRun, compute_model_results, model_name, print_progress
     from reportgen.model.checkpoint import load_checkpoint
     from reportgen.train.trainer import resolve_device
 
@@ -55,12 +56,16 @@ def run(args: argparse.Namespace) -> int:
     _check_output(out)
     ckpt = load_checkpoint(args.checkpoint, device=str(resolve_device(args.device)))
     plan = prepare(ckpt, cfg, args.examples, enabled)
-    findings = run_plan(ckpt, cfg, plan, progress=not args.quiet)
-    _write_atomically(out, lambda d: write_outputs(d, findings, plan, cfg))
+    say = (lambda message: None) if args.quiet else print_progress
+    run_ = ModelRun(ckpt, plan, cfg, args.examples, say, bars=not args.quiet)
+    model = model_name(compute_model_results(run_), args.checkpoint)
+    replace_dir(out, lambda d: write_outputs(d, model, plan, cfg))
+    findings = model.findings
     n = len(findings.examples)
     correct = sum(e.correct for e in findings.examples)
     print(f"analysed {args.checkpoint}: {', '.join(a for a in ANALYSES if a in plan.enabled)}; "
-          f"{len(plan.batch)} examples, {n} shown ({correct} answered correctly)")
+          f"{len(plan.batch)} examples, {n} shown ({correct} answered correctly); "
+          f"exact match {model.accuracy.exact_match.mean:.3f} on {model.accuracy.n} fresh examples")
     print(f"wrote {out}")
     return 0
 
@@ -72,31 +77,16 @@ def _check_output(out: Path) -> None:
         raise ReportgenError(f"--output-dir {out} exists and is not a directory; choose another path")
 
 
-def _write_atomically(out: Path, write) -> None:
-    """Call write(tmp_dir), then swap tmp_dir in for `out`; on any failure `out` is as it was."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    old = tmp.with_name(tmp.name + ".old")
-    try:
-        write(tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it private
-        if out.exists():
-            os.rename(out, old)
-        try:
-            os.rename(tmp, out)
-        except BaseException:
-            if old.exists():
-                os.rename(old, out)
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-
-
 # ---------------------------------------------------------------- files
-def write_outputs(root: Path, findings, plan, cfg) -> None:
-    """The original toolkit's files (figures and JSON) for every analysis that ran."""
+def write_outputs(root: Path, model, plan, cfg) -> None:
+    """results.json and arrays.npz (readable by `reportgen render`), and the original toolkit's
+    files (figures and JSON) for every analysis that ran."""
+    from reportgen.build import make_report
+    from reportgen.results.store import save_results
+
     root.mkdir(parents=True, exist_ok=True)
+    save_results(make_report([model], title=None), root)
+    findings = model.findings
     records = plan.batch.records[: plan.n_shown]
     _dump(root / "examples.json", [
         {"index": i, "key": e.key, "prompt": e.prompt, "target": e.target, "prediction": e.prediction,

@@ -11,9 +11,10 @@ from typing import Callable, Optional
 from reportgen.render.figures import render_figures
 from reportgen.render.pdf import render_pdf
 from reportgen.render.site import SiteBuilder, environment, write_site
+from reportgen.render.stamp import fingerprint, is_current, write_stamp
 from reportgen.results.store import ARRAYS_FILE, RESULTS_FILE, dump_results
 
-__all__ = ["render_site"]
+__all__ = ["render_site", "site_is_current"]
 
 
 def render_site(report, out_dir: Path, pdf: bool = True, log: Optional[Callable[[str], None]] = None) -> None:
@@ -39,3 +40,9 @@ def render_site(report, out_dir: Path, pdf: bool = True, log: Optional[Callable[
     if pdf:
         say("typesetting report.pdf")
         render_pdf(builder, pages, out_dir, env, {RESULTS_FILE: json_bytes, ARRAYS_FILE: npz_bytes})
+    write_stamp(out_dir, fingerprint(json_bytes, npz_bytes, pdf))
+
+
+def site_is_current(report, out_dir: Path, pdf: bool) -> bool:
+    """True when `out_dir` already holds exactly what render_site would write for `report`."""
+    return is_current(Path(out_dir), fingerprint(*dump_results(report), pdf))
