@@ -48,6 +48,45 @@ def test_batched_head_ablation_equals_one_forward_per_head(method):
     assert torch.allclose(batched, loop_head_ablation(ab, method), atol=1e-5)
 
 
+def loop_ablation(ab: Ablator, spec: dict, method: str) -> torch.Tensor:
+    """One full forward pass with plain replacement hooks: [B, A, 10] digit log-probs."""
+    def hook_for(name, idx):
+        values = ab.values(method, name)
+
+        def hook(act, _n):
+            act = act.clone()
+            if idx is None:
+                act[:] = values
+            else:
+                act[:, :, idx] = values[:, :, idx]
+            return act
+        return hook
+    with torch.no_grad():
+        logits = ab.model(ab.tokens, hooks={name: hook_for(name, idx) for name, idx in spec.items()})
+    return ab._answer_logprobs(logits[None])[0]
+
+
+@pytest.mark.parametrize("method", ["zero", "mean", "resample"])
+def test_every_kind_of_batched_ablation_equals_a_plain_forward_with_hooks(method):
+    """Specs resumed after resid_mid or resid_post, across layers, in the last block (which then
+    runs at the answer positions only) and from resid_pre all give the plain forward's numbers."""
+    model = strong_model(0)
+    ab = Ablator(model, TOKENIZER, add_batch(model), seed=0, reference_size=8)
+    specs = [
+        {"blocks.0.hook_attn_out": None}, {"blocks.1.hook_mlp_out": None}, {"blocks.0.hook_mlp_out": None},
+        {"blocks.0.mlp.hook_post": [1, 5, 9]}, {"blocks.1.mlp.hook_post": [0, 3]},
+        {"blocks.0.mlp.hook_post": [2], "blocks.1.mlp.hook_post": [4, 7]},
+        {"blocks.0.attn.hook_z": [0], "blocks.0.mlp.hook_post": [3], "blocks.1.attn.hook_z": [1]},
+        {"blocks.1.attn.hook_z": None}, {"blocks.1.hook_resid_pre": None},
+        {"blocks.0.hook_resid_pre": None, "blocks.1.hook_attn_out": None},
+    ]
+    together = ab.ablated(specs, method)  # grouped by first layer, so resumed from the earliest point any needs
+    for spec, got in zip(specs, together):
+        want = loop_ablation(ab, spec, method)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4, msg=str(spec))
+        torch.testing.assert_close(ab.ablated([spec], method)[0], want, rtol=1e-5, atol=1e-4, msg=str(spec))
+
+
 def test_dead_head_and_dead_mlp_ablations_change_nothing():
     model = strong_model(1)
     with torch.no_grad():

@@ -150,8 +150,14 @@ def _tokens(records: list[dict], tokenizer: Tokenizer, P: int) -> torch.Tensor:
 
 
 def _ablatable(name: str) -> bool:
-    return name.endswith(("hook_resid_pre", "hook_resid_mid", "attn.hook_z", "hook_attn_out", "hook_mlp_out",
-                          "mlp.hook_post"))
+    return name.endswith(("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "attn.hook_z", "hook_attn_out",
+                          "hook_mlp_out", "mlp.hook_post"))
+
+
+# Hook points of a block (after "blocks.{l}.") by where a replacement there enters the residual stream.
+_AFTER_ATTN = {"attn.hook_z", "hook_attn_out"}  # written into resid_mid, linearly
+_AFTER_MLP = {"mlp.hook_post", "hook_mlp_out"}  # written into resid_post, linearly
+_MLP_SIDE = {"hook_resid_mid", "ln2.hook_normalized", "mlp.hook_pre"} | _AFTER_MLP  # computed from resid_mid
 
 
 class Ablator:
@@ -274,41 +280,76 @@ class Ablator:
 
     @torch.no_grad()
     def _run(self, start: int, specs: list[Spec], method: str) -> torch.Tensor:
-        if all(len(spec) == 1 and next(iter(spec)) == f"blocks.{start}.attn.hook_z" for spec in specs):
-            return self._run_heads(start, specs, method)
-        k, B = len(specs), self.tokens.shape[0]
-        hooks = {}
-        for name in sorted({n for spec in specs for n in spec}):
-            act = self.cache[name]
-            mask = torch.zeros(k, act.shape[2], dtype=torch.bool, device=act.device)
-            for j, spec in enumerate(specs):
-                if name in spec:
-                    mask[j, slice(None) if spec[name] is None else spec[name]] = True
-            mask = mask.view(k, 1, 1, act.shape[2], *([1] * (act.dim() - 3)))
-            hooks[name] = self._replacer(mask, self.values(method, name)[None], k, B)
-        x = self.cache[f"blocks.{start}.hook_resid_pre"].repeat(k, 1, 1)
-        last = self.model.cfg.n_layers - 1
-        if all(_layer_of(name) < last for name in hooks):  # the last block's hooks need every position
-            logits = self.model(resid=x, start_at_layer=start, hooks=hooks, query_pos=self.batch.pred_pos.repeat(k, 1))
-            return digit_log_probs(logits.view(k, B, *logits.shape[1:]), self.tokenizer)
-        logits = self.model(resid=x, start_at_layer=start, hooks=hooks)
-        return self._answer_logprobs(logits.view(k, B, *logits.shape[1:]))
+        """Digit log-probs [k, B, A, 10] of specs whose first hook points are in layer `start`.
 
-    def _run_heads(self, layer: int, specs: list[Spec], method: str) -> torch.Tensor:
-        """Head ablations of one layer, resumed from its resid_mid: replacing z of heads only
-        changes attn_out by (z_new - z_clean) @ W_O over those heads, so the layer's attention is
-        not recomputed."""
-        name = f"blocks.{layer}.attn.hook_z"
+        Replacements in that layer that write linearly into the residual stream (heads' z,
+        attn_out; neurons' post, mlp_out) are added as their change to resid_mid or resid_post,
+        so the run resumes after them; later ones are applied by hooks. When no hook is in the
+        last block, that block runs only at the answer-predicting positions.
+        """
         k, B = len(specs), self.tokens.shape[0]
-        diff = self.values(method, name) - self.cache[name]  # [B, P, H, dh]
-        select = torch.zeros(k, diff.shape[2], dtype=diff.dtype, device=diff.device)
+        names = {n for spec in specs for n in spec}
+        here = {n.split(".", 2)[2] for n in names if _layer_of(n) == start}
+        if here <= _AFTER_MLP:
+            resume, skip = "post", {f"blocks.{start}.{n}" for n in here}
+        elif here <= _AFTER_ATTN | _MLP_SIDE:
+            resume, skip = "mid", {f"blocks.{start}.{n}" for n in here & _AFTER_ATTN}
+        else:
+            resume, skip = "pre", set()
+        if resume == "post":
+            x = self.cache[f"blocks.{start}.hook_resid_post"][None] + self._delta(specs, skip, method)
+            first, from_mid = start + 1, False
+        elif resume == "mid":
+            x = self.cache[f"blocks.{start}.hook_resid_mid"][None] + self._delta(specs, skip, method)
+            first, from_mid = start, True
+        else:
+            x = self.cache[f"blocks.{start}.hook_resid_pre"][None]
+            first, from_mid = start, False
+        x = x.expand(k, -1, -1, -1)
+        last = self.model.cfg.n_layers - 1
+        narrow = first <= last  # the last block runs: restrict it to the answer-predicting positions
+        hooks = {name: self._hook(name, specs, method, narrow and _layer_of(name) == last and
+                                  not name.endswith("hook_resid_pre"))
+                 for name in sorted(names - skip)}
+        query_pos = self.batch.pred_pos.repeat(k, 1) if narrow else None
+        logits = self.model(resid=x.flatten(0, 1), start_at_layer=first, from_mid=from_mid, hooks=hooks,
+                            query_pos=query_pos)
+        logits = logits.view(k, B, *logits.shape[1:])
+        return digit_log_probs(logits, self.tokenizer) if narrow else self._answer_logprobs(logits)
+
+    def _selection(self, name: str, specs: list[Spec], width: int) -> torch.Tensor:
+        """[k, width] 1.0 where spec j replaces index i along the hook's third axis (all when None)."""
+        sel = torch.zeros(len(specs), width, device=self.tokens.device)
         for j, spec in enumerate(specs):
-            select[j, slice(None) if spec[name] is None else spec[name]] = 1.0
-        W_O = self.model.blocks[layer].attn.W_O.detach()
-        delta = torch.einsum("bphe,hed,kh->kbpd", diff, W_O, select)
-        x = (self.cache[f"blocks.{layer}.hook_resid_mid"][None] + delta).flatten(0, 1)
-        logits = self.model(resid=x, start_at_layer=layer, from_mid=True, query_pos=self.batch.pred_pos.repeat(k, 1))
-        return digit_log_probs(logits.view(k, B, *logits.shape[1:]), self.tokenizer)
+            if name in spec:
+                sel[j, slice(None) if spec[name] is None else spec[name]] = 1.0
+        return sel
+
+    def _delta(self, specs: list[Spec], names: set[str], method: str) -> torch.Tensor:
+        """[k, B, P, d_model]: how each spec's replacements at `names` change the residual stream."""
+        out = 0
+        for name in sorted(names):
+            block = self.model.blocks[_layer_of(name)]
+            diff = self.values(method, name) - self.cache[name]
+            sel = self._selection(name, specs, diff.shape[2])
+            if name.endswith("attn.hook_z"):
+                out = out + torch.einsum("bphe,kh,hed->kbpd", diff, sel, block.attn.W_O.detach())
+            elif name.endswith("mlp.hook_post"):
+                out = out + torch.einsum("bpn,kn,nd->kbpd", diff, sel, block.mlp.W_out.detach())
+            else:  # attn_out or mlp_out, replaced whole
+                out = out + sel[:, None, None, :] * diff[None]
+        return out
+
+    def _hook(self, name: str, specs: list[Spec], method: str, at_answers: bool):
+        """The hook replacing `name` per spec; `at_answers`: the activation only covers the
+        answer-predicting positions (last block run narrow)."""
+        k, B = len(specs), self.tokens.shape[0]
+        values = self.values(method, name)
+        if at_answers:
+            values = values[torch.arange(B, device=values.device)[:, None], self.batch.pred_pos]
+        mask = self._selection(name, specs, values.shape[2]).bool()
+        mask = mask.view(k, 1, 1, values.shape[2], *([1] * (values.dim() - 3)))
+        return self._replacer(mask, values[None], k, B)
 
     @staticmethod
     def _replacer(mask: torch.Tensor, values: torch.Tensor, k: int, B: int):
