@@ -248,6 +248,48 @@ class Transformer(nn.Module):
             return x
         return self.ln_final(x, run) @ self.W_U + self.b_U
 
+    def prefill(self, tokens: torch.Tensor) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Logits for `tokens` [batch, pos] and per-layer key/value buffers [batch, n_ctx, heads,
+        d_head] holding their keys and values, for `decode_step`."""
+        names = {f"blocks.{l}.attn.hook_{kv}" for l in range(self.cfg.n_layers) for kv in "kv"}
+        logits, cache = self.run_with_cache(tokens, names=names.__contains__)
+        B, P = tokens.shape
+        kv = []
+        for l in range(self.cfg.n_layers):
+            pair = []
+            for name in (f"blocks.{l}.attn.hook_k", f"blocks.{l}.attn.hook_v"):
+                buf = cache[name].new_zeros(B, self.cfg.n_ctx, self.cfg.n_heads, self.cfg.d_head)
+                buf[:, :P] = cache[name]
+                pair.append(buf)
+            kv.append((pair[0], pair[1]))
+        return logits, kv
+
+    def decode_step(self, tokens: torch.Tensor, pos: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Logits [batch, vocab] of one new token per row, `tokens` [batch] at positions `pos`
+        [batch], attending to the keys/values at positions <= pos (which it writes into `kv`).
+
+        The same arithmetic as `forward` for the last position, without hooks; rows may be at
+        different positions. Keys written beyond a row's position are never read before that
+        row overwrites them.
+        """
+        run = _Run(None)
+        rows = torch.arange(tokens.shape[0], device=tokens.device)
+        x = self.W_E[tokens] + self.W_pos[pos]
+        m = int(pos.max()) + 1
+        hidden = torch.arange(m, device=tokens.device)[None, None, :] > pos[:, None, None]
+        for block, (K, V) in zip(self.blocks, kv):
+            a = block.attn
+            h = block.ln1(x, run)
+            q = torch.einsum("bd,hde->bhe", h, a.W_Q) + a.b_Q
+            K[rows, pos] = torch.einsum("bd,hde->bhe", h, a.W_K) + a.b_K
+            V[rows, pos] = torch.einsum("bd,hde->bhe", h, a.W_V) + a.b_V
+            scores = torch.einsum("bhe,bkhe->bhk", q, K[:, :m]) / math.sqrt(q.shape[-1])
+            pattern = scores.masked_fill(hidden, float("-inf")).softmax(-1)
+            z = torch.einsum("bhk,bkhe->bhe", pattern, V[:, :m])
+            x = x + torch.einsum("bhe,hed->bd", z, a.W_O) + a.b_O
+            x = x + block.mlp(block.ln2(x, run), run)
+        return self.ln_final(x, run) @ self.W_U + self.b_U
+
     def run_with_cache(
         self,
         tokens: torch.Tensor,

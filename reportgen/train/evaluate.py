@@ -57,6 +57,7 @@ def greedy_decode(model: Transformer, tokenizer: Tokenizer, prompts: list[str], 
     return out
 
 
+@torch.no_grad()
 def _decode_batch(model, tokenizer, prompts, max_new_tokens):
     seqs = [tokenizer.encode(p, bos=True) for p in prompts]
     n_ctx = model.cfg.n_ctx
@@ -72,15 +73,22 @@ def _decode_batch(model, tokenizer, prompts, max_new_tokens):
         tokens[i, : len(s)] = torch.tensor(s)
     cur = lengths.clone()
     done = cur >= limit
+    if done.all():
+        return ["" for _ in prompts]
+    # Shorter prompts are followed by padding in the prefill; each row overwrites those keys and
+    # values at its own position before it can attend to them.
+    logits, kv = model.prefill(tokens[:, : int(lengths.max())])
     rows = torch.arange(len(seqs), device=model.device)
-    while not done.all():
-        idx = rows[~done]  # only unfinished rows are run
-        at = cur[idx]
-        logits = model(tokens[idx, : int(at.max())])
-        nxt = logits[torch.arange(len(idx), device=model.device), at - 1].argmax(-1)
-        tokens[idx, at] = nxt
-        cur[idx] = at + 1
-        done[idx] = (nxt == tokenizer.eos_id) | (at + 1 >= limit[idx])
+    nxt = logits[rows, cur - 1].argmax(-1)
+    while True:
+        live = ~done
+        tokens[rows[live], cur[live]] = nxt[live]
+        done = done | (nxt == tokenizer.eos_id) | (cur + 1 >= limit)
+        cur = torch.where(live, cur + 1, cur)
+        if done.all():
+            break
+        at = (cur - 1).clamp(max=n_ctx - 1)  # finished rows repeat a harmless step
+        nxt = model.decode_step(tokens[rows, at], at, kv).argmax(-1)
     return [tokenizer.decode(tokens[i, lengths[i] : cur[i]].tolist()) for i in range(len(seqs))]
 
 
