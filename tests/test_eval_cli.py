@@ -210,3 +210,16 @@ def test_eval_subprocess_missing_checkpoint_has_no_traceback(tmp_path):
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("reportgen: error: checkpoint not found")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", ["add3_rev", "add3_steps"])
+def test_shipped_demo_checkpoints_reach_99_percent_on_fresh_stratified_questions(run, capsys):
+    """The demo models the README builds its report from: at least 99% exact match overall and
+    in every stratum (cascades included) on 800 freshly generated stratified questions."""
+    assert main(["eval", "--checkpoint", str(ROOT / "runs" / run / "checkpoint_best.pt"), "--instances", "800",
+                 "--seed", "7", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["n"] == 800 and result["exact_match"] >= 0.99
+    assert set(result["by_stratum"]) == set(STRATA)
+    assert all(s["exact_match"] >= 0.99 for s in result["by_stratum"].values()), result["by_stratum"]

@@ -79,7 +79,7 @@ class CircuitConfig:
     neuron_random_sets: int = 39  # random neuron sets the selected set is compared with
     max_listed_neurons: int = 20  # selected neurons listed as components (most selective first)
     reference_size: int = 32  # reference examples per template for mean/resample ablation
-    max_rows: int = 4096
+    max_rows: int = 512
 
     def __post_init__(self):
         if not 0 < self.fdr < 1:

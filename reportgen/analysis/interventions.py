@@ -62,7 +62,7 @@ class InterventionConfig:
     cumulative: bool = True  # ablate the top-1, top-2, ... heads together
     cumulative_max_k: int = 0  # 0: up to every head
     reference_size: int = 32  # reference examples per template (mean and resample)
-    max_rows: int = 4096  # examples x components in one forward pass
+    max_rows: int = 512  # examples x components in one forward pass
 
     def __post_init__(self):
         if not self.methods:
@@ -166,7 +166,7 @@ class Ablator:
     values."""
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, batch: ExampleBatch, seed: int,
-                 reference_size: int = 32, max_rows: int = 4096):
+                 reference_size: int = 32, max_rows: int = 512):
         self.model, self.tokenizer, self.batch, self.seed = model, tokenizer, batch, seed
         self.reference_size, self.max_rows = reference_size, max_rows
         self.P = int(batch.pred_pos[batch.answer_mask].max()) + 1

@@ -59,7 +59,7 @@ class PatchingConfig:
     min_denominator: float = 0.5  # |LD_clean - LD_corrupt| below this (in logits) drops the pair
     attribution_top_k: int = 10  # attribution candidates confirmed by exact patching
     attribution_kind: PairKind = "carry_flip"  # the pair kind attribution patching ranks
-    max_rows: int = 4096  # rows of one patched forward pass (expanded batch is chunked)
+    max_rows: int = 512  # rows of one patched forward pass (expanded batch is chunked)
 
     def __post_init__(self):
         for name in ("n_pairs", "max_rows"):
@@ -129,7 +129,7 @@ def logit_diff(logits: torch.Tensor, pred_pos: torch.Tensor, correct: torch.Tens
 class PairRun:
     """The clean and corrupt runs of a PairBatch, cached once; dropped pairs are removed here."""
 
-    def __init__(self, model: Transformer, pb: PairBatch, sites, min_denominator: float, max_rows: int = 4096):
+    def __init__(self, model: Transformer, pb: PairBatch, sites, min_denominator: float, max_rows: int = 512):
         self.model, self.max_rows = model, max_rows
         L = model.cfg.n_layers
         names = {hook_name("resid_pre", l) for l in range(L)} | {hook_name(s, l) for s in sites for l in range(L)}
