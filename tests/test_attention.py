@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -120,3 +121,34 @@ def test_analyzer_plots_and_writes_stats(tmp_path):
     assert data["answer_positions"] == [6, 7, 8] and len(data["heads"]) == 4
     findings = an.head_statistics(["59 + 73", "12 + 34"], layers=[1])
     assert {(s.layer, s.head) for s in findings.head_stats} == {(1, 0), (1, 1)}
+
+
+@pytest.mark.parametrize("kind", ["head", "layer"])
+def test_figures_redrawn_over_a_saved_background_match_a_full_redraw(tmp_path, kind):
+    """ExampleFigures draws tick labels once per example and then only the images and titles;
+    what it saves must be what a full redraw of the same figure shows, cropped as savefig would."""
+    from PIL import Image
+
+    from reportgen.analysis.attention import ExampleFigures
+
+    tokens = ["BOS", "5", "9", "+", "7", "3", "=", "1", "3", "2", "EOS"]
+    att = np.random.default_rng(0).random((2, 4, len(tokens), len(tokens)))
+    with ExampleFigures(tokens, 4) as figs:
+        if kind == "head":
+            figs.save_head(att[0, 0], 0, 0, tmp_path / "first.png")
+            figs.save_head(att[1, 2], 1, 2, tmp_path / "blit.png")
+            blitter = figs.head
+        else:
+            figs.save_layer(att[0], 0, tmp_path / "first.png", "59+73=132 layer 0")
+            figs.save_layer(att[1], 1, tmp_path / "blit.png", "59+73=132 layer 1")
+            blitter = figs.layer
+        canvas = blitter.fig.canvas
+        blitted = np.asarray(canvas.buffer_rgba()).astype(int)
+        canvas.draw()
+        redrawn = np.asarray(canvas.buffer_rgba()).astype(int)
+        blitter.fig.savefig(tmp_path / "full.png", dpi=blitter.DPI, bbox_inches=blitter.box)
+    assert np.abs(blitted - redrawn).max() <= 1
+    saved = [np.asarray(Image.open(tmp_path / f"{n}.png").convert("RGB")).astype(int) for n in ("blit", "full", "first")]
+    assert saved[0].shape == saved[1].shape
+    assert np.abs(saved[0] - saved[1]).mean() < 3  # savefig places the box at sub-pixel offsets
+    assert np.abs(saved[0] - saved[2]).max() > 50  # the second save shows the new data

@@ -208,27 +208,117 @@ def write_example_stats(path, attention: np.ndarray, record: dict, tokens: list[
 
 def plot_layer_heads(attention: np.ndarray, tokens: list[str], layer: int, save_path=None, title: str = "") -> None:
     """All heads of one layer side by side; `attention` is [H, n, n] (query rows, key columns)."""
-    plt = pyplot()
-    H = attention.shape[0]
-    cols = min(H, 4)
-    rows = -(-H // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.4 * rows), squeeze=False)
-    for h, ax in enumerate(axes.flat):
-        if h < H:
-            _draw(ax, attention[h], tokens, f"L{layer}H{h}")
-        else:
-            ax.axis("off")
-    fig.suptitle(title or f"Layer {layer}: all heads")
-    save_figure(fig, save_path)
+    with ExampleFigures(tokens, attention.shape[0]) as figs:
+        figs.save_layer(attention, layer, save_path, title)
 
 
 def plot_head(attention: np.ndarray, tokens: list[str], layer: int, head: int, save_path=None) -> None:
     """One head's pattern [n, n] with token labels on both axes."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5, 5))
-    im = _draw(ax, attention, tokens, f"Layer {layer}, head {head}")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    save_figure(fig, save_path)
+    with ExampleFigures(tokens, 1) as figs:
+        figs.save_head(attention, layer, head, save_path)
+
+
+class ExampleFigures:
+    """The attention figures of one example: a per-layer figure (all heads) and a per-head figure.
+
+    Each is laid out and drawn once; every save then redraws only what changes (images and
+    titles) over the saved background, since the token tick labels are most of the drawing cost.
+    """
+
+    def __init__(self, tokens: list[str], n_heads: int):
+        plt = pyplot()
+        blank = np.zeros((len(tokens), len(tokens)))
+        side = max(3.4, 0.13 * len(tokens))  # room for a 7 pt tick label per token
+        cols = min(n_heads, 4)
+        rows = -(-n_heads // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(side * cols, side * rows), squeeze=False)
+        self.layer_images = []
+        for h, ax in enumerate(axes.flat):
+            if h < n_heads:
+                self.layer_images.append((ax, _draw(ax, blank, tokens, "")))
+                if h % cols:  # the first panel of the row labels the queries for all of them
+                    ax.set_ylabel("")
+                    ax.tick_params(labelleft=False)
+            else:
+                ax.axis("off")
+        title = fig.suptitle("")
+        self.layer = _Blitter(fig, [a for ax, im in self.layer_images for a in _changing(ax, im)] + [title])
+        fig, ax = plt.subplots(figsize=(side + 1.6, side + 1.6))
+        self.head_image = (ax, _draw(ax, blank, tokens, ""))
+        fig.colorbar(self.head_image[1], ax=ax, fraction=0.046)
+        self.head = _Blitter(fig, _changing(ax, self.head_image[1]))
+
+    def save_layer(self, attention: np.ndarray, layer: int, save_path, title: str = "") -> None:
+        """All heads of `layer`: `attention` [H, n, n]."""
+        for h, (ax, im) in enumerate(self.layer_images):
+            im.set_data(attention[h])
+            ax.set_title(f"L{layer}H{h}", fontsize=9)
+        self.layer.fig.suptitle(title or f"Layer {layer}: all heads")
+        self.layer.save(save_path)
+
+    def save_head(self, pattern: np.ndarray, layer: int, head: int, save_path) -> None:
+        ax, im = self.head_image
+        im.set_data(pattern)
+        ax.set_title(f"Layer {layer}, head {head}", fontsize=9)
+        self.head.save(save_path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        save_figure(self.layer.fig, None)
+        save_figure(self.head.fig, None)
+
+
+def _changing(ax, im) -> list:
+    """What a save redraws in one panel, in drawing order: the image, the frame over it, the title."""
+    return [im, *ax.spines.values(), ax.title]
+
+
+class _Blitter:
+    """Saves one figure as PNG again and again, redrawing only the `changing` artists over a
+    background drawn once, cropped to the tight bounding box of the first save."""
+
+    DPI = 110
+
+    def __init__(self, fig, changing: list):
+        self.fig, self.changing = fig, changing
+        self.background = None
+        self.box = None
+
+    def save(self, path) -> None:
+        if path is None:
+            return
+        fig, canvas = self.fig, self.fig.canvas
+        if self.background is None:
+            fig.set_dpi(self.DPI)
+            for artist in self.changing:
+                artist.set_visible(False)
+            canvas.draw()
+            self.background = canvas.copy_from_bbox(fig.bbox)
+            for artist in self.changing:
+                artist.set_visible(True)
+            self.box = fig.get_tightbbox(canvas.get_renderer()).padded(0.1)  # titles included
+        canvas.restore_region(self.background)
+        for artist in self.changing:
+            fig.draw_artist(artist)
+        _write_png(np.asarray(canvas.buffer_rgba()), self.box, self.DPI, path)
+
+
+def _write_png(rgba: np.ndarray, box, dpi: float, path) -> None:
+    """The pixels of `rgba` (rows from the top) inside `box` (inches from the bottom left), white
+    where the box reaches past the canvas, sized as matplotlib's savefig(bbox_inches=box) is."""
+    from PIL import Image
+
+    height, width = rgba.shape[:2]
+    x0, y0 = round(box.x0 * dpi), round(box.y0 * dpi)
+    w, h = int(box.width * dpi), int(box.height * dpi)
+    out = np.full((h, w, 4), 255, dtype=np.uint8)
+    top = height - (y0 + h)  # canvas row shown in the first output row
+    r0, r1 = max(0, -top), min(h, height - top)
+    c0, c1 = max(0, -x0), min(w, width - x0)
+    out[r0:r1, c0:c1] = rgba[top + r0 : top + r1, x0 + c0 : x0 + c1]
+    Image.fromarray(out).save(path)
 
 
 def _draw(ax, pattern: np.ndarray, tokens: list[str], title: str):

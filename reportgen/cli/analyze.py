@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 from pathlib import Path
+
+from reportgen.parallel import run_jobs
 
 ANALYSES = ("attention", "patching", "logit_lens", "circuits", "probing", "interventions")  # = config.ANALYSES
 DEFAULT_CONFIG = Path("configs/interpretability.yaml")
@@ -93,13 +96,14 @@ def write_outputs(root: Path, model, plan, cfg) -> None:
          "correct": e.correct, "stratum": e.stratum}
         for i, e in enumerate(findings.examples)
     ])
-    writers = {
-        "attention": lambda d: _write_attention(d, findings, records, plan.attention_layers, cfg),
-        "logit_lens": lambda d: _write_logit_lens(d, findings),
-        "circuits": lambda d: _write_circuits(d, findings.circuits),
-        "probing": lambda d: _write_probing(d, findings.probing),
-        "interventions": lambda d: _write_interventions(d, findings.interventions),
+    writers = {  # each returns its figure jobs (matplotlib and numpy only), run in parallel at the end
+        "attention": lambda d: _attention_jobs(d, findings, records, plan.attention_layers, cfg),
+        "logit_lens": lambda d: _logit_lens_jobs(d, findings),
+        "circuits": lambda d: [lambda: _write_circuits(d, findings.circuits)],
+        "probing": lambda d: _probing_jobs(d, findings.probing),
+        "interventions": lambda d: [lambda: _write_interventions(d, findings.interventions)],
     }
+    jobs = []
     for name in ANALYSES:
         part = getattr(findings, name)
         if part is None:
@@ -108,29 +112,38 @@ def write_outputs(root: Path, model, plan, cfg) -> None:
         d.mkdir()
         _dump(d / "findings.json", part)
         if name in writers:
-            writers[name](d)
+            jobs += writers[name](d)
+    run_jobs(jobs)
 
 
-def _write_attention(d: Path, findings, records, layers, cfg) -> None:
-    from reportgen.analysis.attention import plot_head, plot_layer_heads, write_example_stats
+def _attention_jobs(d: Path, findings, records, layers, cfg) -> list:
+    """Writes each example's statistics (torch, so here) and returns one job per example for its
+    layer and head figures (laid out once)."""
+    from reportgen.analysis.attention import ExampleFigures, write_example_stats
+
+    def job(i, ex):
+        with ExampleFigures(ex.tokens, ex.attention.shape[1]) as figs:
+            for l in layers:
+                figs.save_layer(ex.attention[l], l, d / f"example_{i}_layer_{l}_all_heads.png",
+                                title=f"{ex.prompt}{ex.target}  layer {l}")
+                if cfg.attention.per_head_figures:
+                    for h in range(ex.attention.shape[1]):
+                        figs.save_head(ex.attention[l, h], l, h, d / f"example_{i}_layer_{l}_head_{h}.png")
 
     for i, (ex, record) in enumerate(zip(findings.examples, records)):
-        for l in layers:
-            plot_layer_heads(ex.attention[l], ex.tokens, l, d / f"example_{i}_layer_{l}_all_heads.png",
-                             title=f"{ex.prompt}{ex.target}  layer {l}")
-            if cfg.attention.per_head_figures:
-                for h in range(ex.attention.shape[1]):
-                    plot_head(ex.attention[l, h], ex.tokens, l, h, d / f"example_{i}_layer_{l}_head_{h}.png")
         write_example_stats(d / f"example_{i}_stats.json", ex.attention, record, ex.tokens, layers)
+    return [functools.partial(job, i, ex) for i, ex in enumerate(findings.examples)]
 
 
-def _write_logit_lens(d: Path, findings) -> None:
+def _logit_lens_jobs(d: Path, findings) -> list:
     from reportgen.analysis.logit_lens import plot_evolution, plot_predictions, write_entropy_json
 
-    for i, ex in enumerate(findings.examples):
+    def job(i, ex):
         plot_evolution(ex, d / f"example_{i}_evolution.png")
         plot_predictions(ex, d / f"example_{i}_predictions.png")
         write_entropy_json(d / f"example_{i}_entropy.json", ex)
+
+    return [functools.partial(job, i, ex) for i, ex in enumerate(findings.examples)]
 
 
 def _write_circuits(d: Path, circuits) -> None:
@@ -155,11 +168,11 @@ def _write_circuits(d: Path, circuits) -> None:
     save_figure(fig, d / "head_specialization.png")
 
 
-def _write_probing(d: Path, probing) -> None:
+def _probing_jobs(d: Path, probing) -> list:
     from reportgen.analysis.probing import plot_probe
 
-    for label in sorted({p.label for p in probing.probes}):
-        plot_probe(probing, label, d / f"{label}_results.png")
+    return [functools.partial(plot_probe, probing, label, d / f"{label}_results.png")
+            for label in sorted({p.label for p in probing.probes})]
 
 
 def _write_interventions(d: Path, interventions) -> None:

@@ -12,12 +12,10 @@ are independent, so they are drawn in parallel worker processes.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -26,6 +24,7 @@ import numpy as np
 
 from reportgen.analysis.findings import Estimate, ExampleFindings, PatchSweep
 from reportgen.data.arithmetic import STRATA
+from reportgen.parallel import run_jobs
 
 RC = {
     "svg.hashsalt": "reportgen",
@@ -98,26 +97,10 @@ def render_figures(figures: list[ReportFigure], out_dir: Path, workers: Optional
         path = out_dir / f.data_path
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f.data, encoding="utf-8")
-    jobs = [(f.plot, f.args, str(out_dir / f.key)) for f in figures]
-    workers = workers or min(4, _cpus())
-    if workers > 1 and len(jobs) >= 8 and "fork" in multiprocessing.get_all_start_methods():
-        import matplotlib.backends.backend_pdf  # noqa: F401  imported once here, not in every worker
-        import matplotlib.backends.backend_svg  # noqa: F401
-        import matplotlib.figure  # noqa: F401
+    import matplotlib.backends.backend_pdf  # noqa: F401  imported once here, not in every worker
+    import matplotlib.backends.backend_svg  # noqa: F401
 
-        ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            list(pool.map(_draw, jobs, chunksize=max(1, len(jobs) // (workers * 4))))
-    else:
-        for job in jobs:
-            _draw(job)
-
-
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    run_jobs([functools.partial(_draw, (f.plot, f.args, str(out_dir / f.key))) for f in figures], workers, min_jobs=8)
 
 
 def _draw(job: tuple[str, dict, str]) -> None:

@@ -1,0 +1,46 @@
+"""Independent jobs (drawing and saving figures) in forked worker processes.
+
+Jobs are plain callables: the workers are forked after the list is set, so they inherit the jobs
+and their data instead of receiving them pickled. Where fork is unavailable, or there is one CPU
+or few jobs, they run in turn in this process. Jobs must not use torch: its thread pool does
+not survive a fork, and a forked torch operation can hang.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from typing import Callable, Optional
+
+_JOBS: list[Callable[[], None]] = []
+
+
+def run_jobs(jobs: list[Callable[[], None]], workers: Optional[int] = None, min_jobs: int = 4) -> None:
+    """Run every job once; exceptions propagate. `workers` defaults to the usable CPUs (at most 4)."""
+    global _JOBS
+    workers = min(workers or min(4, cpus()), len(jobs))
+    if workers < 2 or len(jobs) < min_jobs or "fork" not in multiprocessing.get_all_start_methods():
+        for job in jobs:
+            job()
+        return
+    import matplotlib.figure  # noqa: F401  imported once here, not in every worker
+
+    _JOBS = jobs
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            list(pool.map(_run, range(len(jobs)), chunksize=max(1, len(jobs) // (workers * 4))))
+    finally:
+        _JOBS = []
+
+
+def _run(i: int) -> None:
+    _JOBS[i]()
+
+
+def cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
