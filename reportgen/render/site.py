@@ -16,6 +16,7 @@ import math
 import posixpath
 import re
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -24,11 +25,20 @@ import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from reportgen.data.arithmetic import STRATUM_DESCRIPTIONS
+from reportgen.errors import ReportgenError
 from reportgen.render import figures as F
 from reportgen.render.search import search_index_js
 from reportgen.render.tables import Cell, Table, fmt_est, fmt_num
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+def _templates_dir() -> Path:
+    """templates/ of the source tree (editable install), else the copy a wheel installs."""
+    for d in (Path(__file__).resolve().parents[2] / "templates", Path(sys.prefix) / "share" / "reportgen" / "templates"):
+        if (d / "base.html").is_file():
+            return d
+    raise ReportgenError("reportgen's templates are missing; reinstall it (pip install -e . from the repository)")
+
+
+TEMPLATES = _templates_dir()
 ANALYSES = [  # (findings attribute, section id, title)
     ("attention", "attention", "Attention patterns"),
     ("patching", "patching", "Activation patching"),

@@ -15,9 +15,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Optional
 
+from reportgen.render.site import TEMPLATES
+
 STAMP_FILE = ".reportgen-site.json"
 _PACKAGE = Path(__file__).resolve().parents[1]
-_TEMPLATES = _PACKAGE.parent / "templates"
 _LIBRARIES = ("jinja2", "matplotlib", "seaborn", "weasyprint", "numpy")
 
 
@@ -26,11 +27,11 @@ def fingerprint(json_bytes: bytes, npz_bytes: bytes, pdf: bool) -> str:
     h = hashlib.sha256()
     for part in (json_bytes, npz_bytes, b"pdf" if pdf else b"no-pdf"):
         _feed(h, part)
-    sources = sorted(_TEMPLATES.rglob("*")) + sorted((_PACKAGE / "render").glob("*.py")) \
-        + sorted((_PACKAGE / "results").glob("*.py"))
-    for path in sources:
+    sources = [(TEMPLATES, p) for p in sorted(TEMPLATES.rglob("*"))]
+    sources += [(_PACKAGE, p) for part in ("render", "results") for p in sorted((_PACKAGE / part).glob("*.py"))]
+    for root, path in sources:
         if path.is_file():
-            _feed(h, str(path.relative_to(_PACKAGE.parent)).encode())
+            _feed(h, str(path.relative_to(root)).encode())
             _feed(h, path.read_bytes())
     for lib in _LIBRARIES:
         _feed(h, f"{lib}={_version(lib)}".encode())
