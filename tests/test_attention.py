@@ -123,10 +123,10 @@ def test_analyzer_plots_and_writes_stats(tmp_path):
     assert {(s.layer, s.head) for s in findings.head_stats} == {(1, 0), (1, 1)}
 
 
-@pytest.mark.parametrize("kind", ["head", "layer"])
-def test_figures_redrawn_over_a_saved_background_match_a_full_redraw(tmp_path, kind):
-    """ExampleFigures draws tick labels once per example and then only the images and titles;
-    what it saves must be what a full redraw of the same figure shows, cropped as savefig would."""
+def test_attention_figures_redrawn_over_a_saved_background_match_a_full_redraw(tmp_path):
+    """ExampleFigures draws the token labels once per example and then only each head's image,
+    frame and title; what it writes must be what a full redraw shows, and a layer's figure must
+    tile its heads' figures under the title."""
     from PIL import Image
 
     from reportgen.analysis.attention import ExampleFigures
@@ -134,21 +134,22 @@ def test_figures_redrawn_over_a_saved_background_match_a_full_redraw(tmp_path, k
     tokens = ["BOS", "5", "9", "+", "7", "3", "=", "1", "3", "2", "EOS"]
     att = np.random.default_rng(0).random((2, 4, len(tokens), len(tokens)))
     with ExampleFigures(tokens, 4) as figs:
-        if kind == "head":
-            figs.save_head(att[0, 0], 0, 0, tmp_path / "first.png")
-            figs.save_head(att[1, 2], 1, 2, tmp_path / "blit.png")
-            blitter = figs.head
-        else:
-            figs.save_layer(att[0], 0, tmp_path / "first.png", "59+73=132 layer 0")
-            figs.save_layer(att[1], 1, tmp_path / "blit.png", "59+73=132 layer 1")
-            blitter = figs.layer
-        canvas = blitter.fig.canvas
-        blitted = np.asarray(canvas.buffer_rgba()).astype(int)
-        canvas.draw()
-        redrawn = np.asarray(canvas.buffer_rgba()).astype(int)
-        blitter.fig.savefig(tmp_path / "full.png", dpi=blitter.DPI, bbox_inches=blitter.box)
+        figs.save(att[0], 0, tmp_path / "layer0.png", [tmp_path / f"l0h{h}.png" for h in range(4)])
+        figs.save(att[1], 1, tmp_path / "layer1.png", [tmp_path / f"l1h{h}.png" for h in range(4)], "59+73=132")
+        blitted = figs.head.draw().astype(int)  # state after the last head: layer 1, head 3
+        figs.head.fig.canvas.draw()
+        redrawn = np.asarray(figs.head.fig.canvas.buffer_rgba()).astype(int)
+        assert figs.ax.get_title() == "Layer 1, head 3"
     assert np.abs(blitted - redrawn).max() <= 1
-    saved = [np.asarray(Image.open(tmp_path / f"{n}.png").convert("RGB")).astype(int) for n in ("blit", "full", "first")]
-    assert saved[0].shape == saved[1].shape
-    assert np.abs(saved[0] - saved[1]).mean() < 3  # savefig places the box at sub-pixel offsets
-    assert np.abs(saved[0] - saved[2]).max() > 50  # the second save shows the new data
+
+    def png(name):
+        return np.asarray(Image.open(tmp_path / name)).astype(int)
+
+    assert np.array_equal(png("l1h3.png"), redrawn[..., :3])
+    heads = [png(f"l1h{h}.png") for h in range(4)]
+    assert np.abs(heads[0] - png("l0h0.png")).max() > 50  # each layer shows its own data
+    layer = png("layer1.png")
+    th, tw = heads[0].shape[:2]
+    assert layer.shape[1] == 4 * tw and layer.shape[0] > th
+    assert all(np.array_equal(layer[-th:, h * tw : (h + 1) * tw], heads[h]) for h in range(4))
+    assert (layer[: layer.shape[0] - th] < 128).any()  # the title band has text

@@ -209,120 +209,117 @@ def write_example_stats(path, attention: np.ndarray, record: dict, tokens: list[
 def plot_layer_heads(attention: np.ndarray, tokens: list[str], layer: int, save_path=None, title: str = "") -> None:
     """All heads of one layer side by side; `attention` is [H, n, n] (query rows, key columns)."""
     with ExampleFigures(tokens, attention.shape[0]) as figs:
-        figs.save_layer(attention, layer, save_path, title)
+        figs.save(attention, layer, save_path, title=title)
 
 
 def plot_head(attention: np.ndarray, tokens: list[str], layer: int, head: int, save_path=None) -> None:
     """One head's pattern [n, n] with token labels on both axes."""
     with ExampleFigures(tokens, 1) as figs:
-        figs.save_head(attention, layer, head, save_path)
+        figs.save(attention[None], layer, None, [save_path], heads=[head])
 
 
 class ExampleFigures:
-    """The attention figures of one example: a per-layer figure (all heads) and a per-head figure.
+    """The attention figures of one example, for every layer: each head alone, and all heads of a
+    layer side by side under a title.
 
-    Each is laid out and drawn once; every save then redraws only what changes (images and
-    titles) over the saved background, since the token tick labels are most of the drawing cost.
+    One head figure (pattern, token labels, colour bar, title) is drawn once per example; each
+    head then redraws only its image, frame and title over that saved background, since the
+    token labels are most of the drawing cost. A layer's figure tiles its heads' figures.
     """
+
+    DPI = 110
+    LEFT, RIGHT, BOTTOM, TOP, BAND = 0.75, 0.8, 0.75, 0.4, 0.45  # inches around a pattern; title band
 
     def __init__(self, tokens: list[str], n_heads: int):
         plt = pyplot()
-        blank = np.zeros((len(tokens), len(tokens)))
-        side = max(3.4, 0.13 * len(tokens))  # room for a 7 pt tick label per token
-        cols = min(n_heads, 4)
-        rows = -(-n_heads // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(side * cols, side * rows), squeeze=False)
-        self.layer_images = []
-        for h, ax in enumerate(axes.flat):
-            if h < n_heads:
-                self.layer_images.append((ax, _draw(ax, blank, tokens, "")))
-                if h % cols:  # the first panel of the row labels the queries for all of them
-                    ax.set_ylabel("")
-                    ax.tick_params(labelleft=False)
-            else:
-                ax.axis("off")
-        title = fig.suptitle("")
-        self.layer = _Blitter(fig, [a for ax, im in self.layer_images for a in _changing(ax, im)] + [title])
-        fig, ax = plt.subplots(figsize=(side + 1.6, side + 1.6))
-        self.head_image = (ax, _draw(ax, blank, tokens, ""))
-        fig.colorbar(self.head_image[1], ax=ax, fraction=0.046)
-        self.head = _Blitter(fig, _changing(ax, self.head_image[1]))
+        side = max(2.6, 0.13 * len(tokens))  # room for a 7 pt tick label per token
+        width, height = self.LEFT + side + self.RIGHT, self.BOTTOM + side + self.TOP
+        fig = plt.figure(figsize=(width, height), dpi=self.DPI)
+        self.ax = fig.add_axes((self.LEFT / width, self.BOTTOM / height, side / width, side / height))
+        self.im = _draw(self.ax, np.zeros((len(tokens), len(tokens))), tokens, "")
+        cax = fig.add_axes(((self.LEFT + side + 0.12) / width, self.BOTTOM / height, 0.12 / width, side / height))
+        fig.colorbar(self.im, cax=cax)
+        self.head = _Blitter(fig, [self.im, *self.ax.spines.values(), self.ax.title], self.DPI)
+        self.cols = min(n_heads, 4)
+        self.band = None  # the layer title's figure, made at the first layer figure
 
-    def save_layer(self, attention: np.ndarray, layer: int, save_path, title: str = "") -> None:
-        """All heads of `layer`: `attention` [H, n, n]."""
-        for h, (ax, im) in enumerate(self.layer_images):
-            im.set_data(attention[h])
-            ax.set_title(f"L{layer}H{h}", fontsize=9)
-        self.layer.fig.suptitle(title or f"Layer {layer}: all heads")
-        self.layer.save(save_path)
+    def save(self, attention: np.ndarray, layer: int, layer_path=None, head_paths=None, title: str = "",
+             heads=None) -> None:
+        """Patterns `attention` [H, n, n] of `layer`: each head's figure to `head_paths[h]` and
+        all of them to `layer_path` (None skips a file)."""
+        heads = list(range(len(attention))) if heads is None else heads
+        head_paths = head_paths or [None] * len(attention)
+        tiles = []
+        for pattern, h, path in zip(attention, heads, head_paths):
+            self.im.set_data(pattern)
+            self.ax.set_title(f"Layer {layer}, head {h}", fontsize=9)
+            tile = self.head.draw().copy()
+            tiles.append(tile)
+            if path is not None:
+                _write_png(tile, path)
+        if layer_path is not None:
+            _write_png(self._layer_pixels(tiles, title or f"Layer {layer}: all heads"), layer_path)
 
-    def save_head(self, pattern: np.ndarray, layer: int, head: int, save_path) -> None:
-        ax, im = self.head_image
-        im.set_data(pattern)
-        ax.set_title(f"Layer {layer}, head {head}", fontsize=9)
-        self.head.save(save_path)
+    def _layer_pixels(self, tiles: list[np.ndarray], title: str) -> np.ndarray:
+        th, tw = tiles[0].shape[:2]
+        rows = -(-len(tiles) // self.cols)
+        grid = np.full((rows * th, self.cols * tw, 4), 255, dtype=np.uint8)
+        for i, tile in enumerate(tiles):
+            r, c = divmod(i, self.cols)
+            grid[r * th : (r + 1) * th, c * tw : (c + 1) * tw] = tile
+        if self.band is None:
+            fig = pyplot().figure(figsize=(self.cols * tw / self.DPI, self.BAND), dpi=self.DPI)
+            text = fig.text(0.5, 0.5, "", ha="center", va="center", fontsize=12)
+            self.band = (_Blitter(fig, [text], self.DPI), text)
+        blitter, text = self.band
+        text.set_text(title)
+        band = blitter.draw()[:, : grid.shape[1]]
+        return np.concatenate([band, grid])
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        save_figure(self.layer.fig, None)
         save_figure(self.head.fig, None)
-
-
-def _changing(ax, im) -> list:
-    """What a save redraws in one panel, in drawing order: the image, the frame over it, the title."""
-    return [im, *ax.spines.values(), ax.title]
+        if self.band is not None:
+            save_figure(self.band[0].fig, None)
 
 
 class _Blitter:
-    """Saves one figure as PNG again and again, redrawing only the `changing` artists over a
-    background drawn once, cropped to the tight bounding box of the first save."""
+    """Draws a figure once with the `changing` artists hidden, keeps that background, and from
+    then on redraws only those artists over it."""
 
-    DPI = 110
-
-    def __init__(self, fig, changing: list):
-        self.fig, self.changing = fig, changing
+    def __init__(self, fig, changing: list, dpi: float):
+        self.fig, self.changing, self.dpi = fig, changing, dpi
         self.background = None
-        self.box = None
 
-    def save(self, path) -> None:
-        if path is None:
-            return
+    def draw(self) -> np.ndarray:
+        """The figure's pixels [rows from the top, columns, RGBA] with the artists' current state
+        (a view of the canvas, valid until the next draw)."""
         fig, canvas = self.fig, self.fig.canvas
         if self.background is None:
-            fig.set_dpi(self.DPI)
+            fig.set_dpi(self.dpi)
             for artist in self.changing:
                 artist.set_visible(False)
             canvas.draw()
             self.background = canvas.copy_from_bbox(fig.bbox)
             for artist in self.changing:
                 artist.set_visible(True)
-            self.box = fig.get_tightbbox(canvas.get_renderer()).padded(0.1)  # titles included
         canvas.restore_region(self.background)
         for artist in self.changing:
             fig.draw_artist(artist)
-        _write_png(np.asarray(canvas.buffer_rgba()), self.box, self.DPI, path)
+        return np.asarray(canvas.buffer_rgba())
 
 
-def _write_png(rgba: np.ndarray, box, dpi: float, path) -> None:
-    """The pixels of `rgba` (rows from the top) inside `box` (inches from the bottom left), white
-    where the box reaches past the canvas, sized as matplotlib's savefig(bbox_inches=box) is."""
+def _write_png(rgba: np.ndarray, path) -> None:
+    """An opaque figure's pixels as an RGB PNG."""
     from PIL import Image
 
-    height, width = rgba.shape[:2]
-    x0, y0 = round(box.x0 * dpi), round(box.y0 * dpi)
-    w, h = int(box.width * dpi), int(box.height * dpi)
-    out = np.full((h, w, 4), 255, dtype=np.uint8)
-    top = height - (y0 + h)  # canvas row shown in the first output row
-    r0, r1 = max(0, -top), min(h, height - top)
-    c0, c1 = max(0, -x0), min(w, width - x0)
-    out[r0:r1, c0:c1] = rgba[top + r0 : top + r1, x0 + c0 : x0 + c1]
-    Image.fromarray(out).save(path)
+    Image.fromarray(np.ascontiguousarray(rgba[..., :3])).save(path, compress_level=1)  # encoding was the cost
 
 
 def _draw(ax, pattern: np.ndarray, tokens: list[str], title: str):
-    im = ax.imshow(pattern, vmin=0.0, vmax=1.0, cmap="viridis")
+    im = ax.imshow(pattern, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(tokens)), tokens, fontsize=7, rotation=90)
     ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
     ax.set_xlabel("key")

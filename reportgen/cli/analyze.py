@@ -122,13 +122,12 @@ def _attention_jobs(d: Path, findings, records, layers, cfg) -> list:
     from reportgen.analysis.attention import ExampleFigures, write_example_stats
 
     def job(i, ex):
-        with ExampleFigures(ex.tokens, ex.attention.shape[1]) as figs:
+        H = ex.attention.shape[1]
+        with ExampleFigures(ex.tokens, H) as figs:
             for l in layers:
-                figs.save_layer(ex.attention[l], l, d / f"example_{i}_layer_{l}_all_heads.png",
-                                title=f"{ex.prompt}{ex.target}  layer {l}")
-                if cfg.attention.per_head_figures:
-                    for h in range(ex.attention.shape[1]):
-                        figs.save_head(ex.attention[l, h], l, h, d / f"example_{i}_layer_{l}_head_{h}.png")
+                heads = [d / f"example_{i}_layer_{l}_head_{h}.png" for h in range(H)]
+                figs.save(ex.attention[l], l, d / f"example_{i}_layer_{l}_all_heads.png",
+                          heads if cfg.attention.per_head_figures else None, title=f"{ex.prompt}{ex.target}  layer {l}")
 
     for i, (ex, record) in enumerate(zip(findings.examples, records)):
         write_example_stats(d / f"example_{i}_stats.json", ex.attention, record, ex.tokens, layers)
