@@ -289,13 +289,13 @@ def reportgen_version() -> str:
         return "unknown"
 
 
-def write_site(report: Report, out: Path, pdf: bool, progress: Progress = _quiet, force: bool = False) -> None:
+def write_site(report: Report, out: Path, pdf: bool, progress: Progress = _quiet) -> None:
     """Render `report` (render_site also writes results.json and arrays.npz into the site) into a
     temporary directory, then swap it in for `out`. A site already rendered from the same inputs
-    and untouched since is left as it is, unless `force`."""
+    and untouched since is left as it is."""
     from reportgen.render import render_site, site_is_current
 
-    if not force and site_is_current(report, out, pdf):
+    if site_is_current(report, out, pdf):
         progress(f"{out} is up to date (same results, templates and settings); nothing to render")
         return
     progress(f"rendering the site{' and PDF' if pdf else ''}")
