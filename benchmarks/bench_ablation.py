@@ -18,15 +18,18 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from pathlib import Path
 
 import torch
 
-from reportgen.analysis.examples import build_batch
+from reportgen.analysis.examples import build_batch, generated_records
 from reportgen.analysis.interventions import Ablator, head_spec
 from reportgen.data.arithmetic import make_record
 from reportgen.data.tokenizer import Tokenizer
+from reportgen.model.checkpoint import load_checkpoint
 from reportgen.model.transformer import ModelConfig, Transformer
 
+ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = Tokenizer()
 METHOD = "mean"
 
@@ -89,18 +92,28 @@ def main() -> None:
     for L, d, n, (la, lb) in [(2, 64, 8, (3, 3)), (4, 128, 64, (6, 7))]:
         model = model_of(L, d)
         batch = build_batch(problems(la, lb, n, seed=1), TOKENIZER, model.cfg.n_ctx)
-        ab = Ablator(model, TOKENIZER, batch, seed=0, reference_size=16)
-        specs = [head_spec(l, h) for l in range(L) for h in range(model.cfg.n_heads)]
-        for l in range(L):  # both methods use the same cached replacement values
-            ab.values(METHOD, f"blocks.{l}.attn.hook_z")
-        t_fast, fast = timed(lambda: ab.ablated(specs, METHOD), args.repeats)
-        t_full, slow = timed(lambda: naive(ab, batch.tokens), args.repeats)
-        t_cut, cut = timed(lambda: naive(ab, ab.tokens), args.repeats)
-        diff = max((fast - slow).abs().max().item(), (fast - cut).abs().max().item())
-        print(f"{L} layers, d_model {d}, {n} examples of {batch.tokens.shape[1]} tokens, {len(specs)} heads: "
-              f"batched {t_fast * 1e3:.1f} ms; loop over whole inputs {t_full * 1e3:.1f} ms ({t_full / t_fast:.1f}x); "
-              f"loop over inputs cut after the last predicting position ({ab.tokens.shape[1]} tokens) "
-              f"{t_cut * 1e3:.1f} ms ({t_cut / t_fast:.1f}x); max abs diff {diff:.2e}")
+        compare(f"{L} layers, d_model {d}, {n} examples", model, batch, args.repeats)
+    for run in ("add3_rev", "add3_steps"):  # the shipped demo models on their own analysis examples
+        ckpt = load_checkpoint(ROOT / "runs" / run / "checkpoint_best.pt")
+        batch = build_batch(generated_records(ckpt, 300, seed=0), ckpt.tokenizer, ckpt.model.cfg.n_ctx)
+        compare(f"demo {run}, 300 examples", ckpt.model, batch, args.repeats)
+
+
+def compare(what: str, model: Transformer, batch, repeats: int) -> None:
+    ab = Ablator(model, TOKENIZER, batch, seed=0, reference_size=16)
+    L = model.cfg.n_layers
+    specs = [head_spec(l, h) for l in range(L) for h in range(model.cfg.n_heads)]
+    for l in range(L):  # both methods use the same cached replacement values
+        ab.values(METHOD, f"blocks.{l}.attn.hook_z")
+    t_fast, fast = timed(lambda: ab.ablated(specs, METHOD), repeats)
+    t_full, slow = timed(lambda: naive(ab, batch.tokens), repeats)
+    t_cut, cut = timed(lambda: naive(ab, ab.tokens), repeats)
+    diff = max((fast - slow).abs().max().item(), (fast - cut).abs().max().item())
+    print(f"{what} of {batch.tokens.shape[1]} tokens, {len(specs)} heads: "
+          f"batched {t_fast * 1e3:.1f} ms; loop over whole inputs {t_full * 1e3:.1f} ms ({t_full / t_fast:.1f}x); "
+          f"loop over inputs cut after the last predicting position ({ab.tokens.shape[1]} tokens) "
+          f"{t_cut * 1e3:.1f} ms ({t_cut / t_fast:.1f}x); max abs diff {diff:.2e}")
+
 
 if __name__ == "__main__":
     main()
