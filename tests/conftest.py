@@ -12,6 +12,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+torch.set_num_threads(1)  # also where OMP_NUM_THREADS was set otherwise
+
 from reportgen.analysis.examples import build_batch
 from reportgen.data.arithmetic import make_record
 from reportgen.data.tokenizer import Tokenizer

@@ -14,15 +14,6 @@ from reportgen.model import checkpoint as checkpoint_module
 from reportgen.model.checkpoint import load_checkpoint, save_checkpoint
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest (and least disturbed by other work) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def saved(tmp_path):
     model = random_model(seed=11)

@@ -22,15 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["1+2=", "99+1=", "123+4567=", "5=", "12*34=", "0+0=", "9999+9999=", "7-3=", "", "314+15="]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest (and least disturbed by other work) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @torch.no_grad()
 def reference_decode(model, prompt: str, max_new_tokens: int) -> str:
     """One prompt, one token per forward pass, no padding: slow but obviously right."""

@@ -60,15 +60,6 @@ def without_times(history: dict) -> dict:
     return {k: v for k, v in history.items() if k != "elapsed_s"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train fastest (and least disturbed by other work) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One uninterrupted 300-step run: (output dir, metrics)."""
