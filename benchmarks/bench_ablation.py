@@ -16,43 +16,18 @@ with one thread, so other load on the machine does not count.
 from __future__ import annotations
 
 import argparse
-import random
-import time
 from pathlib import Path
 
 import torch
 
 from reportgen.analysis.examples import build_batch, generated_records
 from reportgen.analysis.interventions import Ablator, head_spec
-from reportgen.data.arithmetic import make_record
-from reportgen.data.tokenizer import Tokenizer
 from reportgen.model.checkpoint import load_checkpoint
-from reportgen.model.transformer import ModelConfig, Transformer
+from reportgen.model.transformer import Transformer
+from workloads import TOKENIZER, model_of, problems, timed
 
 ROOT = Path(__file__).resolve().parents[1]
-TOKENIZER = Tokenizer()
 METHOD = "mean"
-
-
-def model_of(n_layers: int, d_model: int, seed: int = 0) -> Transformer:
-    torch.manual_seed(seed)
-    model = Transformer(ModelConfig(n_layers=n_layers, n_heads=4, d_model=d_model, d_mlp=4 * d_model, n_ctx=32,
-                                    d_vocab=len(TOKENIZER))).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.split(".")[-1].startswith("W_"):
-                p.normal_(0, 0.3)
-    return model
-
-
-def problems(len_a: int, len_b: int, n: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    out = []
-    while len(out) < n:
-        a, b = rng.randrange(10 ** (len_a - 1), 10**len_a), rng.randrange(10 ** (len_b - 1), 10**len_b)
-        if len(str(a + b)) == max(len_a, len_b):
-            out.append(make_record(a, b, "+"))
-    return out
 
 
 def naive(ab: Ablator, tokens: torch.Tensor) -> torch.Tensor:
@@ -71,15 +46,6 @@ def naive(ab: Ablator, tokens: torch.Tensor) -> torch.Tensor:
                     return z
                 out.append(ab._answer_logprobs(model(tokens, hooks={name: hook})[None])[0])
     return torch.stack(out)
-
-
-def timed(fn, repeats: int):
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        t = time.process_time()
-        result = fn()
-        best = min(best, time.process_time() - t)
-    return best, result
 
 
 def main() -> None:

@@ -12,41 +12,14 @@ of this process with one thread, so other load on the machine does not count.
 from __future__ import annotations
 
 import argparse
-import random
-import time
 
 import torch
 
 from reportgen.analysis.pairs import make_pairs
 from reportgen.analysis.patching import PairRun, hook_name, logit_diff, pair_batch
-from reportgen.data.arithmetic import make_record
-from reportgen.data.tokenizer import Tokenizer
-from reportgen.model.transformer import ModelConfig, Transformer
+from workloads import TOKENIZER, model_of, problems, timed
 
-TOKENIZER = Tokenizer()
 MIN_DENOMINATOR = 1.0
-
-
-def model_of(n_layers: int, d_model: int, seed: int = 0) -> Transformer:
-    """A random model with weights large enough that its logit differences are far from zero."""
-    torch.manual_seed(seed)
-    model = Transformer(ModelConfig(n_layers=n_layers, n_heads=4, d_model=d_model, d_mlp=4 * d_model, n_ctx=32,
-                                    d_vocab=len(TOKENIZER))).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.split(".")[-1].startswith("W_"):
-                p.normal_(0, 0.5 if d_model <= 64 else 0.3)
-    return model
-
-
-def problems(len_a: int, len_b: int, n: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    out = []
-    while len(out) < n:
-        a, b = rng.randrange(10 ** (len_a - 1), 10**len_a), rng.randrange(10 ** (len_b - 1), 10**len_b)
-        if len(str(a + b)) == max(len_a, len_b):
-            out.append(make_record(a, b, "+"))
-    return out
 
 
 def usable_pairs(model, recs, n: int):
@@ -89,17 +62,6 @@ def naive(model, pb, clean_tokens, corrupt_tokens) -> torch.Tensor:
     return out
 
 
-def timed(fn, repeats: int):
-    """Best CPU time of this process over `repeats` runs (with one thread, other load on the
-    machine does not count against either method) and the last result."""
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        t = time.process_time()
-        result = fn()
-        best = min(best, time.process_time() - t)
-    return best, result
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
@@ -112,7 +74,7 @@ def main() -> None:
     ]
     print(f"torch threads: {args.threads}; CPU time, best of {args.repeats}")
     for L, d, n, (la, lb) in cases:
-        model = model_of(L, d)
+        model = model_of(L, d, std=0.5 if d <= 64 else 0.3)  # logit differences far from zero
         pb = pair_batch(usable_pairs(model, problems(la, lb, 4 * n, seed=1), n), TOKENIZER)
         full = full_inputs(pb)
         P = pb.clean.shape[1]
@@ -125,6 +87,7 @@ def main() -> None:
               f"loop over whole inputs {t_full * 1e3:.1f} ms ({t_full / t_fast:.1f}x); loop over inputs cut after "
               f"the last predicting position ({P} tokens) {t_cut * 1e3:.1f} ms ({t_cut / t_fast:.1f}x); "
               f"max abs diff {diff:.2e}")
+
 
 if __name__ == "__main__":
     main()
