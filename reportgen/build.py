@@ -138,20 +138,22 @@ def _load_config(config_path: Optional[str]) -> AnalysisConfig:
     return load_analysis_config(config_path)
 
 
-def check_out_dir(out: Path) -> None:
-    """Refuse an output that is not a directory we may replace, or whose parent is not writable."""
+def check_out_dir(out: Path, flag: str = "--out", what: str = "the site",
+                  markers: tuple[str, ...] = (RESULTS_FILE,)) -> None:
+    """Refuse an output that is not a directory we may replace (empty, or holding one of `markers`:
+    written by reportgen), or whose parent is not writable. `flag` and `what` name it in errors."""
     if out.exists() and not out.is_dir():
-        raise ReportgenError(f"--out {out} is a file; give a directory for the site")
-    if out.is_dir() and any(out.iterdir()) and not (out / RESULTS_FILE).is_file():
+        raise ReportgenError(f"{flag} {out} is a file; give a directory for {what}")
+    if out.is_dir() and any(out.iterdir()) and not any((out / m).is_file() for m in markers):
         raise ReportgenError(
-            f"--out {out} holds files that are not a reportgen site; choose another --out or empty it"
+            f"{flag} {out} holds files that are not a reportgen site or analysis; choose another {flag} or empty it"
         )
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         Path(tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=out.parent)).rmdir()
     except OSError as e:
         raise ReportgenError(
-            f"cannot write the site to {out}: {e.strerror or e} ({e.filename}); choose a writable --out"
+            f"cannot write {what} to {out}: {e.strerror or e} ({e.filename}); choose a writable {flag}"
         ) from None
 
 

@@ -27,9 +27,10 @@ def fast_config(tmp_path):
 
 @pytest.fixture
 def previous_output(tmp_path):
+    """The output of an earlier analyze run (it holds examples.json)."""
     out = tmp_path / "reports" / "interpretability"
     out.mkdir(parents=True)
-    (out / "keep.txt").write_text("previous run")
+    (out / "examples.json").write_text("previous run")
     return out
 
 
@@ -58,9 +59,19 @@ def test_bad_input_is_one_line_and_keeps_the_previous_output(checkpoint_path, pr
     rc, out, err = _run(argv + [swap.get(a, a) for a in extra], capsys)
     assert rc == 2
     assert err.startswith("reportgen: error:") and err.count("\n") == 1 and message in err
-    assert [p.name for p in previous_output.iterdir()] == ["keep.txt"]
-    assert (previous_output / "keep.txt").read_text() == "previous run"
+    assert [p.name for p in previous_output.iterdir()] == ["examples.json"]
+    assert (previous_output / "examples.json").read_text() == "previous run"
     assert sorted(p.name for p in previous_output.parent.iterdir()) == ["interpretability"]
+
+
+def test_a_directory_of_other_files_is_never_replaced(checkpoint_path, tmp_path, capsys):
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "chapter1.tex").write_text("precious")
+    rc, _, err = _run(["--checkpoint", checkpoint_path, "--logit-lens", "--output-dir", str(thesis)], capsys)
+    assert rc == 2 and "not a reportgen site or analysis" in err and err.count("\n") == 1
+    assert [p.name for p in thesis.iterdir()] == ["chapter1.tex"]
+    assert (thesis / "chapter1.tex").read_text() == "precious"
 
 
 def test_run_writes_the_toolkit_files_and_replaces_the_output(checkpoint_path, previous_output, fast_config, capsys):
@@ -115,5 +126,5 @@ def test_failure_while_writing_keeps_the_previous_output(checkpoint_path, previo
     rc, _, err = _run(["--checkpoint", checkpoint_path, "--logit-lens", "--config", fast_config,
                        "--output-dir", str(previous_output)], capsys)
     assert rc == 130 and "interrupted" in err
-    assert [p.name for p in previous_output.iterdir()] == ["keep.txt"]
+    assert [p.name for p in previous_output.iterdir()] == ["examples.json"]
     assert sorted(p.name for p in previous_output.parent.iterdir()) == ["interpretability"]

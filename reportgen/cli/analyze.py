@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     from reportgen.analysis.config import load_analysis_config
     from reportgen.analysis.run import prepare
     from reportgen.atomic import replace_dir
-    from reportgen.build import ModelRun, compute_model_results, model_name, print_progress
+    from reportgen.build import ModelRun, check_out_dir, compute_model_results, model_name, print_progress
+    from reportgen.results.store import RESULTS_FILE
     from reportgen.model.checkpoint import load_checkpoint
     from reportgen.train.trainer import resolve_device
 
@@ -55,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, seed=args.seed)
     chosen = [name for name in ANALYSES if getattr(args, name)]
     enabled = list(ANALYSES) if args.all else (chosen or None)
-    out = Path(args.output_dir)
-    _check_output(out)
+    out = Path(args.output_dir).resolve()
+    check_out_dir(out, "--output-dir", "the analysis", (RESULTS_FILE, "examples.json"))  # examples.json: older runs
     ckpt = load_checkpoint(args.checkpoint, device=str(resolve_device(args.device)))
     plan = prepare(ckpt, cfg, args.examples, enabled)
     say = (lambda message: None) if args.quiet else print_progress
@@ -71,13 +72,6 @@ def run(args: argparse.Namespace) -> int:
           f"exact match {model.accuracy.exact_match.mean:.3f} on {model.accuracy.n} fresh examples")
     print(f"wrote {out}")
     return 0
-
-
-def _check_output(out: Path) -> None:
-    from reportgen.errors import ReportgenError
-
-    if out.exists() and not out.is_dir():
-        raise ReportgenError(f"--output-dir {out} exists and is not a directory; choose another path")
 
 
 # ---------------------------------------------------------------- files
