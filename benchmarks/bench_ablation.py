@@ -15,7 +15,6 @@ with one thread, so other load on the machine does not count.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ from reportgen.analysis.examples import build_batch, generated_records
 from reportgen.analysis.interventions import Ablator, head_spec
 from reportgen.model.checkpoint import load_checkpoint
 from reportgen.model.transformer import Transformer
-from workloads import TOKENIZER, model_of, problems, timed
+from workloads import TOKENIZER, model_of, problems, timed, timing_args
 
 ROOT = Path(__file__).resolve().parents[1]
 METHOD = "mean"
@@ -49,11 +48,7 @@ def naive(ab: Ablator, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = timing_args(__doc__)
     print(f"torch threads: {args.threads}; CPU time, best of {args.repeats}; {METHOD} ablation")
     for L, d, n, (la, lb) in [(2, 64, 8, (3, 3)), (4, 128, 64, (6, 7))]:
         model = model_of(L, d)

@@ -11,13 +11,12 @@ of this process with one thread, so other load on the machine does not count.
 
 from __future__ import annotations
 
-import argparse
 
 import torch
 
 from reportgen.analysis.pairs import make_pairs
 from reportgen.analysis.patching import PairRun, hook_name, logit_diff, pair_batch
-from workloads import TOKENIZER, model_of, problems, timed
+from workloads import TOKENIZER, model_of, problems, timed, timing_args
 
 MIN_DENOMINATOR = 1.0
 
@@ -63,11 +62,7 @@ def naive(model, pb, clean_tokens, corrupt_tokens) -> torch.Tensor:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = timing_args(__doc__)
     cases = [  # (layers, d_model, pairs, operand digits): 3+3 digits, and 6+7 digits = 24 tokens
         (2, 64, 8, (3, 3)),
         (4, 128, 64, (6, 7)),

@@ -3,6 +3,7 @@ operand lengths, and CPU timing."""
 
 from __future__ import annotations
 
+import argparse
 import random
 import time
 
@@ -47,3 +48,13 @@ def timed(fn, repeats: int):
         result = fn()
         best = min(best, time.process_time() - t)
     return best, result
+
+
+def timing_args(doc: str) -> argparse.Namespace:
+    """--threads (set for torch here) and --repeats of a timing benchmark whose docstring is `doc`."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    return args
