@@ -195,7 +195,7 @@ def _model_results(run: ModelRun, path: str, name: str, label: str, cache: Optio
 
 
 def model_name(result: ModelResults, path: str, name: Optional[str] = None, label: Optional[str] = None) -> ModelResults:
-    """`result` named for a report: by default after its run directory (runs/add3/... -> add3)."""
+    """`result` named for a report: by default after its run directory (runs/add3_rev/... -> add3_rev)."""
     label = label or _run_name(path)
     name = name or unique_names([label])[0]
     prov = dataclasses.replace(result.provenance, checkpoint=str(path), file_name=Path(path).name)

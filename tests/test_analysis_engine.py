@@ -97,7 +97,7 @@ def test_analyze_fills_findings_and_one_example_per_distinct_problem(ckpt):
 @pytest.mark.parametrize("examples, cfg_kw, message", [
     (["59 # 73"], {}, "unknown character '#'"),
     (["59 - 73"], {}, "operator '-'"),
-    (["999999999999 + 9999999999"], {}, "context"),
+    (["9999999 + 9999999"], {}, "needs 26 tokens with its answer, more than the model.s context of 24"),
     ([], {}, "empty"),
     (None, {"attention": {"layers_to_analyze": [5]}}, "attention layer 5 is out of range"),
     (None, {"probing": {"layers": [-3]}}, "probing layer -3 is out of range"),

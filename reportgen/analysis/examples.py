@@ -48,11 +48,12 @@ def build_batch(records: list[dict], tokenizer: Tokenizer, n_ctx: int, device="c
     if not records:
         raise ReportgenError("no examples to analyse; give at least one with --examples or set n_examples > 0")
     seqs = [tokenizer.encode(r["prompt"] + r["target"], bos=True, eos=True) for r in records]
-    too_long = [r["prompt"] for r, s in zip(records, seqs) if len(s) > n_ctx]
+    too_long = [(r["prompt"], len(s)) for r, s in zip(records, seqs) if len(s) > n_ctx]
     if too_long:
+        prompt, n = too_long[0]
         raise ReportgenError(
-            f"example {too_long[0]!r} needs {len(tokenizer.encode(too_long[0]))}+ tokens, more than the "
-            f"model's context of {n_ctx}; use fewer digits"
+            f"example {prompt!r} needs {n} tokens with its answer, more than the model's context of "
+            f"{n_ctx}; use fewer digits"
         )
     P = max(map(len, seqs))
     A = max(r["answer_span"][1] - r["answer_span"][0] for r in records)

@@ -25,7 +25,7 @@ def register(sub) -> None:
     p = sub.add_parser("analyze", help="run the interpretability analyses on one checkpoint",
                        description="Run attention, activation patching, logit lens, circuit discovery, "
                                    "probing and ablation analyses; write figures and JSON per analysis.")
-    p.add_argument("--checkpoint", required=True, help="checkpoint file, e.g. runs/seed42/checkpoint_best.pt")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file, e.g. runs/add3_rev/checkpoint_best.pt")
     p.add_argument("--all", action="store_true", help="run all six analyses")
     for name in ANALYSES:
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, action="store_true", help=f"run {name.replace('_', ' ')}")

@@ -12,7 +12,7 @@ def register(sub) -> None:
                     "with results.json, arrays.npz and report.pdf. Results are cached per model in "
                     ".reportgen-cache beside the output, so an unchanged rebuild only re-renders.")
     p.add_argument("--checkpoint", action="append", required=True,
-                   help="checkpoint of the primary model, e.g. runs/seed42/checkpoint_best.pt")
+                   help="checkpoint of the primary model, e.g. runs/add3_rev/checkpoint_best.pt")
     p.add_argument("--compare", nargs="+", action="extend", default=[], metavar="CHECKPOINT",
                    help="checkpoints to compare with the primary model")
     p.add_argument("--examples", nargs="+", action="extend", metavar="PROBLEM",
