@@ -20,6 +20,7 @@ from reportgen.analysis import (
     ProbingClassifier,
     load_model_and_tokenizer,
 )
+from reportgen.analysis.api import text_records
 from reportgen.analysis.examples import generated_records
 from reportgen.errors import ReportgenError
 
@@ -46,6 +47,13 @@ def main() -> int:
     return 0
 
 
+def units_digit_pos(text: str, task: dict) -> int:
+    """Token index of the answer's units digit in BOS + prompt + answer + EOS, in the task's format
+    (last answer token for plain answers, first for reversed ones)."""
+    record = text_records([text], task)[0]
+    return 1 + record["answer_span"][0] + record["answer_columns"].index(0)
+
+
 def tour(checkpoint: str, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model, tokenizer, ckpt = load_model_and_tokenizer(checkpoint)
@@ -66,8 +74,8 @@ def tour(checkpoint: str, out: Path) -> None:
     print("\n2. Activation patching")
     patcher = ActivationPatcher(model, tokenizer, task)
     try:
-        effects = patcher.compute_patching_effect(clean_text="12 + 34", corrupted_text="12 + 35", target_token_pos=-2)
-        print("   recovery by layer (12+34 -> 12+35, last digit):",
+        effects = patcher.compute_patching_effect("12 + 34", "12 + 35", target_token_pos=units_digit_pos("12 + 34", task))
+        print("   recovery by layer (12+34 -> 12+35, units digit of the answer):",
               ", ".join(f"L{l} {v:.2f}" for l, v in effects.items()))
     except ReportgenError as e:
         print(f"   skipped: {e}")
