@@ -121,7 +121,7 @@ def _lens(rng, n_layers) -> LogitLensFindings:
         rank_correct=[Estimate(4 * (1 - p), 4 * (1 - p) - 0.3, 4 * (1 - p) + 0.3, 200) for p in map(float, probs)],
         entropy=[Estimate(float(2.3 * (1 - p)), float(2.2 * (1 - p)), float(2.4 * (1 - p)), 200) for p in probs],
         kl_to_final=[Estimate(float(3 * (1 - p)), float(2.8 * (1 - p)), float(3.2 * (1 - p)), 200) for p in probs],
-        convergence_hist={**{lab: int(rng.integers(0, 40)) for lab in labels}, "never": 7},
+        convergence_hist={lab: int(rng.integers(0, 40)) for lab in labels},
         by_stratum={s: [_est(rng, p - 0.1 * i, missing_ci=(s == "cascade" and j == 0)) for j, p in enumerate(probs)]
                     for i, s in enumerate(STRATA)},
     )

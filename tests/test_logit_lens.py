@@ -46,7 +46,7 @@ def test_planted_writer_converges_exactly_at_its_layer(write_layer):
     assert (arrays.top[: write_layer + 1][:, m] == 3).all() and (arrays.top[write_layer + 1 :][:, m] == 7).all()
     n_digits = int(m.sum())
     label = findings.layer_labels[write_layer + 1]
-    assert findings.convergence_hist[label] == n_digits and findings.convergence_hist["never"] == 0
+    assert findings.convergence_hist[label] == n_digits
     assert sum(findings.convergence_hist.values()) == n_digits
     # LN_final recomputes its statistics on each layer's residual: exact values are known.
     a = 1.0 / math.sqrt(2 / 32 + 1e-5)  # LN(e1 - e2) along e1
@@ -59,6 +59,19 @@ def test_planted_writer_converges_exactly_at_its_layer(write_layer):
     # '3+4=7': the correct digit is 7, so its probability jumps at the writer and its rank goes 1 -> 0
     assert float(arrays.prob[-1, 1, 0]) == pytest.approx(p_late, rel=1e-4)
     assert arrays.rank[:, 1, 0].tolist() == [1] * (write_layer + 1) + [0] * (3 - write_layer)
+
+
+def test_convergence_is_the_first_layer_at_which_the_final_top1_is_top1():
+    """DESIGN §4.3 literally: a layer that agrees with the final answer counts even when a later
+    layer changes its mind before the last one."""
+    tops = torch.tensor([[1, 4, 1], [4, 1, 1], [1, 1, 1], [2, 3, 1]])  # [digit, lens index]
+    logp = torch.full((3, 4, 1, 10), -10.0)
+    logp.scatter_(-1, tops.T[:, :, None, None], 0.0)
+    arrays = logit_lens.lens_arrays(logp.log_softmax(-1), torch.ones(4, 1, dtype=torch.long),
+                                    torch.ones(4, 1, dtype=torch.bool))
+    assert arrays.convergence[:, 0].tolist() == [0, 1, 0, 2]
+    findings = logit_lens.summarize(arrays, ["no_carry"] * 4, seed=0)
+    assert findings.convergence_hist == {"embed": 2, "L0": 1, "L1": 1}
 
 
 def test_by_stratum_and_intervals():
@@ -97,7 +110,9 @@ def test_api_convergence_and_evolution(tmp_path):
     lens = logit_lens.LogitLens(model, TOKENIZER)
     res = lens.analyze_convergence("12 + 34", target_token_pos=-1, target_token="7")
     assert res["convergence_layer"] == 2 and res["convergence_label"] == "L1" and res["top"] == [3, 3, 7, 7]
-    never = lens.analyze_convergence("12 + 34", target_token_pos=-1, target_token="3")
+    early = lens.analyze_convergence("12 + 34", target_token_pos=-1, target_token="3")
+    assert early["convergence_layer"] == 0 and early["convergence_label"] == "embed"  # top-1 there, lost later
+    never = lens.analyze_convergence("12 + 34", target_token_pos=-1, target_token="5")
     assert never["convergence_layer"] is None and never["convergence_label"] == "never"
     default = lens.analyze_convergence("12 + 34")  # target: the correct digit '6', never top-1 here
     assert default["target"] == 6 and default["convergence_layer"] is None and default["token_index"] == 7

@@ -267,7 +267,7 @@ def test_comparison_of_logit_lens_convergence_shows_the_known_shares():
     from reportgen.render.site import SiteBuilder
 
     report = make_report(N_EXAMPLES)
-    hists = [{"embed": 1, "L0": 3, "never": 4}, {"embed": 0, "L0": 2, "L1": 6, "never": 0}]
+    hists = [{"embed": 1, "L0": 7}, {"embed": 0, "L0": 2, "L1": 6}]
     for m, hist in zip(report.models, hists):
         m.findings.logit_lens = dataclasses.replace(m.findings.logit_lens, convergence_hist=hist)
     builder = SiteBuilder(report, pdf=False)
@@ -275,7 +275,7 @@ def test_comparison_of_logit_lens_convergence_shows_the_known_shares():
     (table,) = [t for t in builder.tables if t.key == "tables/compare-logit-lens"]
     rows = {r[0]: [c.value if isinstance(c, Cell) else c for c in r[1:]] for r in table.rows}
     assert rows["share converging at embed"] == [1 / 8, 0.0]
-    assert rows["share converging at L0"] == [3 / 8, 2 / 8]
+    assert rows["share converging at L0"] == [7 / 8, 2 / 8]
     assert rows["share converging at L1"] == [None, 6 / 8]
-    assert rows["share converging at never"] == [4 / 8, 0.0]
+    assert not any("never" in key for key in rows)
     assert rows["final layer P(correct)"] == [m.findings.logit_lens.prob_correct[-1] for m in report.models]

@@ -102,7 +102,7 @@ class LogitLensFindings:
     rank_correct: list[Estimate]  # 0 = top-1 among digits
     entropy: list[Estimate]  # over the digit distribution, nats
     kl_to_final: list[Estimate]  # KL(final || layer), nats
-    convergence_hist: dict[str, int]  # layer label -> number of answer digits first top-1 there ("never" too)
+    convergence_hist: dict[str, int]  # layer label -> answer digits whose final top-1 is first top-1 there
     by_stratum: dict[str, list[Estimate]]  # stratum -> prob_correct per layer
 
 

@@ -5,11 +5,9 @@ logits_l = W_U · LN_final(x_l) + b_U, where `model.ln_final` recomputes its mea
 x_l itself. Index 0 is the embedding (`blocks.0.hook_resid_pre`), index l+1 is
 `blocks.{l}.hook_resid_post`; the last index therefore equals the model's own logits.
 
-Convergence layer (per answer digit): the first lens index from which the final model's top-1
-digit is the top-1 digit at that index *and at every later index* ("converges and stays"), so a
-layer that briefly agrees and then changes its mind does not count. Because the last index is
-the model itself, every digit converges somewhere; "never" is kept in the histogram (always 0)
-for readers that compare with `analyze_convergence`, where a target digit may never be top-1.
+Convergence layer (per answer digit, DESIGN §4.3): the first lens index at which the final
+model's top-1 digit is top-1, whether or not a later layer changes its mind before the last
+one. Because the last index is the model itself, every answer digit converges somewhere.
 """
 
 from __future__ import annotations
@@ -59,7 +57,7 @@ class LensArrays:
     entropy: torch.Tensor  # nats, over the digit distribution
     kl: torch.Tensor  # KL(final || layer), nats
     top: torch.Tensor  # top-1 digit
-    convergence: torch.Tensor  # [B, A] first lens index from which the final top-1 stays top-1
+    convergence: torch.Tensor  # [B, A] first lens index at which the final top-1 digit is top-1
     mask: torch.Tensor  # [B, A]
 
 
@@ -70,14 +68,13 @@ def lens_arrays(logp: torch.Tensor, correct: torch.Tensor, mask: torch.Tensor) -
     p = logp.exp()
     final = logp[-1:]
     top = logp.argmax(-1)
-    stays = (top == top[-1:]).flip(0).cumprod(0).flip(0)
     return LensArrays(
         prob=lp_correct.squeeze(-1).exp(),
         rank=(logp > lp_correct).sum(-1),
         entropy=-(p * logp).sum(-1),
         kl=(final.exp() * (final - logp)).sum(-1),
         top=top,
-        convergence=logp.shape[0] - stays.sum(0),
+        convergence=(top == top[-1:]).int().argmax(0),  # argmax: the first of equal maxima
         mask=mask,
     )
 
@@ -100,7 +97,6 @@ def summarize(arrays: LensArrays, strata: list[str], seed: int) -> LogitLensFind
     series = {k: [stats.estimate(v[:, i], seed) for i in range(n_idx)] for k, v in per.items()}
     conv = arrays.convergence[arrays.mask].cpu().numpy()
     hist = {label: int((conv == i).sum()) for i, label in enumerate(labels)}
-    hist["never"] = 0
     strata_arr = np.array(strata)
     by_stratum = {
         s: [stats.estimate(per["prob"][strata_arr == s, i], seed) for i in range(n_idx)]
@@ -172,7 +168,7 @@ def write_entropy_json(path, ex: ExampleFindings) -> None:
         "prob_correct": ex.lens_prob.T.tolist(),
         "top_digit": ex.lens_top.T.astype(int).tolist(),
         "convergence": ex.convergence,
-        "convergence_definition": "first lens index from which the final top-1 digit stays top-1",
+        "convergence_definition": "first lens index at which the final top-1 digit is top-1",
     }
     Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
@@ -220,19 +216,19 @@ class LogitLens:
         return {"layer_labels": labels, "token_index": q, "correct_digit": correct, "probs": probs.tolist()}
 
     def analyze_convergence(self, text: str, target_token_pos: int = -1, target_token: Optional[str] = None) -> dict:
-        """When does `target_token` (default: the correct digit) become top-1 among digits and stay so?
+        """At which layer is `target_token` (default: the correct digit) first top-1 among digits?
 
         Returns per lens index its probability, rank and the top-1 digit, and "convergence_layer":
-        the first lens index from which the target is top-1 at every later index (None if the
-        model's final top-1 is another digit).
+        the first lens index at which the target is top-1 (None if it is top-1 at none; "top"
+        shows whether it stays so).
         """
         if target_token is not None and (len(str(target_token)) != 1 or not str(target_token).isdigit()):
             raise ReportgenError(f"target_token must be one digit '0'..'9', got {target_token!r}")
         logp, q, correct = self._lens(text, target_token_pos)
         target = correct if target_token is None else int(target_token)
         top = logp.argmax(-1)
-        stays = (top == target).flip(0).cumprod(0).flip(0)
-        k = int(stays.sum())
+        hits = (top == target).nonzero()
+        first = int(hits[0]) if len(hits) else None
         labels = layer_labels(self.model.cfg.n_layers)
         return {
             "layer_labels": labels,
@@ -241,6 +237,6 @@ class LogitLens:
             "prob": logp[:, target].exp().tolist(),
             "rank": (logp > logp[:, target : target + 1]).sum(-1).tolist(),
             "top": top.tolist(),
-            "convergence_layer": len(labels) - k if k else None,
-            "convergence_label": labels[len(labels) - k] if k else "never",
+            "convergence_layer": first,
+            "convergence_label": "never" if first is None else labels[first],
         }

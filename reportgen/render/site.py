@@ -415,8 +415,8 @@ class SiteBuilder:
                              "and KL(final ‖ layer) (nats).",
                              ["layer", "P(correct)", "rank", "entropy", "KL to final"], rows)),
             self.table(Table(self.paths.table(m, "convergence"), "Convergence layer: the first layer at which the "
-                             "final answer digit is already top-1 among digits, counted over answer digits "
-                             "('never': not even at the last layer).", ["layer", "answer digits", "share"], hist)),
+                             "model's final answer digit is top-1 among digits (later layers may still change "
+                             "their top-1 before the last), counted over answer digits.", ["layer", "answer digits", "share"], hist)),
         ]
 
     def circuits_section(self, m, circ) -> list[Block]:
@@ -615,7 +615,7 @@ class SiteBuilder:
             return Section("logit-lens", "Logit-lens convergence", [not_run("logit lens")])
         final = [m.findings.logit_lens.prob_correct[-1] for m in models]
         rows = [["final layer P(correct)", *self._highlighted(final, models, "layers")]]
-        labels = list(dict.fromkeys([lab for m in models for lab in m.findings.logit_lens.layer_labels] + ["never"]))
+        labels = list(dict.fromkeys(lab for m in models for lab in m.findings.logit_lens.layer_labels))
         for lab in labels:
             row = [f"share converging at {lab}"]
             for m in models:
@@ -626,7 +626,7 @@ class SiteBuilder:
         return Section("logit-lens", "Logit-lens convergence", [*self._group_note("layers"), self.table(Table(
             "tables/compare-logit-lens", "Logit lens per model: probability of the correct digit after the last "
             "layer (95% bootstrap interval), and the share of answer digits whose final answer first becomes top-1 "
-            "among digits at each layer ('never': not even at the last layer). Layer labels mean the same depth "
+            "among digits at each layer. Layer labels mean the same depth "
             "only between models with the same number of layers. Bold: higher than every model with the same number "
             "of layers, beyond the 95% intervals.", ["quantity", *[m.label for m in models]], rows))])
 
