@@ -19,7 +19,6 @@ import re
 import sys
 import tempfile
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
@@ -27,6 +26,7 @@ from reportgen.analysis.findings import Estimate
 from reportgen.atomic import replace_dir
 from reportgen.configfile import to_dict
 from reportgen.errors import ReportgenError
+from reportgen.fingerprint import code_digest, library_version
 from reportgen.results.compare import compare_models
 from reportgen.results.schema import SCHEMA_VERSION, UNDATED, Accuracy, ModelResults, Provenance, Report, TrainingCurve
 from reportgen.results.store import RESULTS_FILE, load_results, normalized, save_results
@@ -42,6 +42,7 @@ DEFAULT_CONFIG = Path("configs/interpretability.yaml")
 EVAL_EXAMPLES = 512  # fresh stratified test set per model (128 per stratum)
 EVAL_SEED = 1234  # the same seed `reportgen eval` uses by default
 CACHE_DIR = ".reportgen-cache"
+_RESULT_CODE = ("data", "model", "analysis", "results", "build.py")  # code that determines results
 
 
 def _quiet(message: str) -> None:
@@ -159,8 +160,10 @@ def check_out_dir(out: Path, flag: str = "--out", what: str = "the site",
 
 # ---------------------------------------------------------------- one model
 def cache_key(checkpoint_sha256: str, analysis_config: dict, examples: Optional[list[str]]) -> str:
-    """sha256 of everything that determines a model's results except the checkpoint's path."""
+    """sha256 of everything that determines a model's results except the checkpoint's path,
+    including the code of every stage up to the results and the numeric libraries' versions."""
     payload = {
+        "code": code_digest(_RESULT_CODE, ("torch", "numpy", "scikit-learn")),
         "checkpoint_sha256": checkpoint_sha256,
         "analysis_config": analysis_config,
         "examples": examples,
@@ -285,10 +288,7 @@ def generated_at() -> str:
 
 
 def reportgen_version() -> str:
-    try:
-        return metadata.version("reportgen")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    return library_version("reportgen") or "unknown"
 
 
 def write_site(report: Report, out: Path, pdf: bool, progress: Progress = _quiet) -> None:

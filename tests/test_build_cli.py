@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import types
@@ -183,6 +184,22 @@ def test_cache_key_covers_config_and_examples():
     assert len({key, build.cache_key("cd" * 32, {"seed": 0}, ["59 + 73"]),
                 build.cache_key("ab" * 32, {"seed": 1}, ["59 + 73"]),
                 build.cache_key("ab" * 32, {"seed": 0}, None)}) == 4
+
+
+def test_cache_key_changes_with_the_analysis_code(tmp_path, monkeypatch):
+    """A cached result made by other analysis code is not reused (the package version does not
+    move between development commits)."""
+    from reportgen import fingerprint
+
+    copy = tmp_path / "reportgen"
+    shutil.copytree(fingerprint.PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(fingerprint, "PACKAGE", copy)
+    key = build.cache_key("ab" * 32, {"seed": 0}, None)
+    (copy / "render" / "site.py").write_text("# render code does not change results\n")
+    assert build.cache_key("ab" * 32, {"seed": 0}, None) == key
+    lens = copy / "analysis" / "logit_lens.py"
+    lens.write_text(lens.read_text() + "\n# changed\n")
+    assert build.cache_key("ab" * 32, {"seed": 0}, None) != key
 
 
 # ---------------------------------------------------------------- end to end (real analyses and renderer)

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from importlib import metadata
 from pathlib import Path
-from typing import Optional
 
+from reportgen.fingerprint import code_digest, feed, feed_files
 from reportgen.render.site import TEMPLATES
 
 STAMP_FILE = ".reportgen-site.json"
-_PACKAGE = Path(__file__).resolve().parents[1]
 _LIBRARIES = ("jinja2", "matplotlib", "seaborn", "weasyprint", "numpy")
 
 
@@ -26,15 +24,9 @@ def fingerprint(json_bytes: bytes, npz_bytes: bytes, pdf: bool) -> str:
     """sha256 over the results, the PDF switch, the templates, render code and library versions."""
     h = hashlib.sha256()
     for part in (json_bytes, npz_bytes, b"pdf" if pdf else b"no-pdf"):
-        _feed(h, part)
-    sources = [(TEMPLATES, p) for p in sorted(TEMPLATES.rglob("*"))]
-    sources += [(_PACKAGE, p) for part in ("render", "results") for p in sorted((_PACKAGE / part).glob("*.py"))]
-    for root, path in sources:
-        if path.is_file():
-            _feed(h, str(path.relative_to(root)).encode())
-            _feed(h, path.read_bytes())
-    for lib in _LIBRARIES:
-        _feed(h, f"{lib}={_version(lib)}".encode())
+        feed(h, part)
+    feed_files(h, TEMPLATES, sorted(TEMPLATES.rglob("*")))
+    feed(h, code_digest(("render", "results"), _LIBRARIES).encode())
     return h.hexdigest()
 
 
@@ -62,15 +54,3 @@ def _file_hashes(site: Path) -> dict[str, str]:
     return {p.relative_to(site).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(site.rglob("*")) if p.is_file() and p.name != STAMP_FILE}
 
-
-def _feed(h, data: bytes) -> None:
-    """Length-prefixed, so that different splits of the same bytes hash differently."""
-    h.update(len(data).to_bytes(8, "little"))
-    h.update(data)
-
-
-def _version(lib: str) -> Optional[str]:
-    try:
-        return metadata.version(lib)
-    except metadata.PackageNotFoundError:
-        return None
