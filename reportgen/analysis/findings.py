@@ -47,7 +47,7 @@ class RoleScore:
     head: int
     role: str  # "column" (operand digits of column n), "carry_source" (column n-1), "operator"
     score: Estimate
-    expected: float  # mass a head following the alignment mask exactly would put there (1.0) or chance level
+    expected: float  # mass a head following the alignment mask exactly would put there (always 1.0)
     untrained: Estimate  # the same head in an untrained model of the same shape
     chance: float = float("nan")  # mass a uniform head (1/visible keys each) would put there
 

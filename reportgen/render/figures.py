@@ -476,7 +476,7 @@ def role_figure(key: str, attention) -> Optional[ReportFigure]:
         i, j = heads.index((r.layer, r.head)), roles.index(r.role)
         trained[i, j], untrained[i, j] = r.score.mean, r.untrained.mean
     ylabels = [f"L{l}H{h}" for l, h in heads]
-    rows = [[f"L{r.layer}H{r.head}", r.role, *_est_cols(r.score), r.expected, *_est_cols(r.untrained)]
+    rows = [[f"L{r.layer}H{r.head}", r.role, *_est_cols(r.score), r.expected, r.chance, *_est_cols(r.untrained)]
             for r in sorted(attention.role_scores, key=lambda r: (r.layer, r.head, roles.index(r.role)))]
     described = "; ".join(f"'{r}': {ROLE_TEXT.get(r, r)}" for r in roles)
     return ReportFigure(
@@ -490,7 +490,7 @@ def role_figure(key: str, attention) -> Optional[ReportFigure]:
         f"an untrained model of the same shape, the baseline a score must exceed. A head that followed the role's "
         f"alignment mask exactly would score 1.",
         "Heatmaps of attention role scores per head, trained and untrained.",
-        to_csv(["head", "role", "score", "score_lo", "score_hi", "score_n", "expected",
+        to_csv(["head", "role", "score", "score_lo", "score_hi", "score_n", "expected", "uniform",
                 "untrained", "untrained_lo", "untrained_hi", "untrained_n"], rows),
     )
 

@@ -369,15 +369,16 @@ class SiteBuilder:
         for role in dict.fromkeys(r.role for r in att.role_scores):
             best = sorted((r for r in att.role_scores if r.role == role),
                           key=lambda r: (-_finite_or(r.score.mean), r.layer, r.head))[:3]
-            role_rows += [[role, f"L{r.layer}H{r.head}", r.score, r.untrained, r.expected] for r in best]
+            role_rows += [[role, f"L{r.layer}H{r.head}", r.score, r.untrained, r.chance] for r in best]
         return [
             text("Attention at the positions that predict answer digits, teacher forced on the model's own input "
                  "format. The interactive per-example viewer is on each example's page."),
             self.fig(F.role_figure(self.paths.figure(m, "role-scores"), att)),
-            self.table(Table(self.paths.table(m, "role-top"), "The three heads with the highest score per role, "
-                             "against the same head in an untrained model and the score of a head that followed the "
-                             "alignment mask exactly ('expected'); 95% bootstrap intervals over examples.",
-                             ["role", "head", "score", "untrained", "expected"], role_rows)),
+            self.table(Table(self.paths.table(m, "role-top"), "The three heads with the highest score per role "
+                             "(attention mass on the role's alignment mask; a head that followed the mask exactly "
+                             "scores 1), against the same head in an untrained model and the mass a uniform head "
+                             "would put there ('uniform': 1/visible keys per key); 95% bootstrap intervals over "
+                             "examples.", ["role", "head", "score", "untrained", "uniform"], role_rows)),
             self.table(Table(self.paths.table(m, "head-stats"), "Per-head statistics at the answer-predicting "
                              "positions, mean over examples with 95% bootstrap intervals: attention entropy "
                              "normalised by log(number of visible keys) (1 = uniform), and the attention mass on the "
