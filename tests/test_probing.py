@@ -20,17 +20,52 @@ def _types_and_labels(n=400, seed=0):
     return a, b, types, (a + b >= 13).astype(int)  # p = 0.21: unbalanced classes
 
 
+def split(n, fraction, seed):
+    return probing.holdout_split(list(range(n)), fraction, seed)
+
+
 def test_split_is_by_example_seeded_and_disjoint():
-    s1, s2 = probing.holdout_split(100, 0.3, 7), probing.holdout_split(100, 0.3, 7)
+    s1, s2 = split(100, 0.3, 7), split(100, 0.3, 7)
     assert (s1 == s2).all() and s1.sum() == 30
-    assert not (s1 == probing.holdout_split(100, 0.3, 8)).all()
-    assert probing.holdout_split(2, 0.01, 0).sum() == 1  # at least one example on each side
+    assert not (s1 == split(100, 0.3, 8)).all()
+    assert split(2, 0.01, 0).sum() == 1  # at least one example on each side
+
+
+def test_copies_of_a_problem_are_on_the_same_side_of_the_split():
+    keys = [k for k in range(50) for _ in range(3)]  # every problem three times
+    is_test = probing.holdout_split(keys, 0.3, 0)
+    assert is_test.sum() == 3 * 15
+    for k in range(50):
+        assert len(set(is_test[3 * k : 3 * k + 3])) == 1
+
+
+def test_repeated_problems_do_not_let_a_probe_memorise_random_labels():
+    """One random label per problem: nothing to decode. With copies split apart, a probe would
+    memorise them; split by problem, it stays near chance."""
+    model = random_model(seed=6)
+    recs = stratified_examples("add", 50, 3, 1, seed=4)
+    texts = [r["prompt"] for r in recs] * 4
+    labels = list(np.random.default_rng(0).integers(0, 2, 50)) * 4
+    res = probing.ProbingClassifier(model, TOKENIZER).probe_across_layers(texts, labels, "noise")
+    assert max(res["accuracy"]) < 0.75
+    with pytest.raises(ReportgenError, match="two distinct problems"):
+        probing.ProbingClassifier(model, TOKENIZER).probe_across_layers(texts[:1] * 4, [0, 1, 0, 1], "x")
+
+
+def test_operand_baseline_decodes_carries_that_depend_on_every_lower_column():
+    """The carry out of the hundreds column is a + b >= 1000: linear in the one-hot digits of all
+    columns (weights d * 10^c), not in those of columns 2 and 1 alone."""
+    recs = stratified_examples("add", 600, 3, 3, seed=0)
+    y = np.array([r["labels"]["columns"][2]["carry_out"] for r in recs])
+    is_test = split(len(recs), 0.3, 0)
+    acc = probing.fit_score(probing.operand_features(recs), y, is_test, probing.is_unbalanced(y), 500, 100.0)
+    assert acc > 0.99  # columns 2 and 1 alone: 0.97 on these problems
 
 
 def test_features_without_information_give_chance_and_zero_selectivity():
     _, _, types, y = _types_and_labels()
     X = RNG.normal(size=(len(y), 32))
-    is_test = probing.holdout_split(len(y), 0.3, 0)
+    is_test = split(len(y), 0.3, 0)
     bal = probing.is_unbalanced(y)
     acc = probing.fit_score(X, y, is_test, bal, 200, 1.0)
     control = probing.fit_score(X, probing.control_labels(types, y, 0), is_test, bal, 200, 1.0)
@@ -45,7 +80,7 @@ def test_input_identity_features_make_control_as_learnable_as_the_label():
     a, b, types, y = _types_and_labels(n=2000)
     X = np.zeros((len(y), 100))
     X[np.arange(len(y)), 10 * a + b] = 1.0
-    is_test = probing.holdout_split(len(y), 0.3, 0)
+    is_test = split(len(y), 0.3, 0)
     bal = probing.is_unbalanced(y)
     acc = probing.fit_score(X, y, is_test, bal, 500, 10.0)
     control = probing.fit_score(X, probing.control_labels(types, y, 1), is_test, bal, 500, 10.0)
@@ -87,6 +122,8 @@ def test_probes_on_a_random_model_report_every_baseline():
         assert p.n_train + p.n_test <= 150
         if p.label == "a_digit":  # a's digit is exactly one of the one-hot operand features
             assert p.operand_baseline == 1.0
+    for label in ("carry_out", "a_digit"):  # one metric per label, at every column
+        assert len({p.balanced for p in f.probes if p.label == label}) == 1
 
 
 def test_blank_model_carries_no_information():

@@ -176,7 +176,7 @@ def test_captions_say_what_numbers_mean(site):
     assert "Recovery = (LD_patched − LD_corrupt)/(LD_clean − LD_corrupt)" in model
     assert "48 pairs used, 3 dropped" in model
     assert "mean ablation" in model and "zero ablation (activation set to zero" in model
-    assert "operand digits alone" in model
+    assert "operand identity alone" in model and "balanced accuracy" in model
     compare = (site / "compare.html").read_text(encoding="utf-8")
     assert "Not directly comparable across groups" in compare
 

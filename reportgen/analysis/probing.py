@@ -6,14 +6,15 @@ are probed separately (a probe never mixes positions). Labels come from the grou
 column n: carry_in, carry_out, digit (the answer digit), a_digit (a's digit), operator (only
 where the data mix operators), cascade (the column belongs to a carry chain of length >= 2).
 
-Protocol, shared by every probe: one shuffled split of the examples with a fixed seed (no
-example is in both train and test, whatever the column), StandardScaler fitted on train only,
-held-out accuracy, balanced accuracy when the label's classes are unbalanced (largest class
-more than 1.5 times the smallest), and the baselines
+Protocol, shared by every probe: one shuffled split of the problems with a fixed seed (no
+problem is in both train and test, whatever the column, even when it is given twice),
+StandardScaler fitted on train only, held-out accuracy, balanced accuracy for a label whose
+classes are unbalanced (largest class more than 1.5 times the smallest) in any column, so that
+one label is scored the same way at every column, and the baselines
 - majority: always predicting the training majority class (same metric);
 - untrained: the same probe on an untrained twin's activations at the same site;
-- operand: the same probe on one-hot operand digits of columns n and n-1 (and the operator),
-  since carry is decodable from operand identity alone;
+- operand: the same probe on the one-hot digits of both operands in every column (and the
+  operator), i.e. operand identity alone, from which carries are linearly decodable;
 - control (Hewitt & Liang): each input type (operator, a_n, b_n, carry_in of column n) gets a
   random label drawn from the real label's marginal; selectivity = accuracy - control accuracy.
 """
@@ -29,7 +30,7 @@ import torch
 
 from reportgen.analysis.api import check_layers, pyplot, save_figure, text_batch
 from reportgen.analysis.engine import run_with_cache, untrained_twin
-from reportgen.analysis.examples import ExampleBatch
+from reportgen.analysis.examples import ExampleBatch, example_key
 from reportgen.analysis.findings import ProbeResult, ProbingFindings
 from reportgen.errors import ReportgenError
 from reportgen.model.transformer import Transformer
@@ -63,12 +64,14 @@ class ProbingConfig:
 
 
 # ---------------------------------------------------------------- the probe core (numpy)
-def holdout_split(n: int, test_fraction: float, seed: int) -> np.ndarray:
-    """Boolean [n]: which examples are held out; a seeded shuffle, at least one on each side."""
+def holdout_split(keys: list, test_fraction: float, seed: int) -> np.ndarray:
+    """Boolean per row: which rows are held out. A seeded shuffle of the distinct keys (problems),
+    at least one on each side where there are two, so copies of a problem share a side."""
+    distinct = list(dict.fromkeys(keys))
+    n = len(distinct)
     n_test = min(max(1, round(n * test_fraction)), n - 1)
-    is_test = np.zeros(n, dtype=bool)
-    is_test[np.random.default_rng(seed).permutation(n)[:n_test]] = True
-    return is_test
+    held = {distinct[i] for i in np.random.default_rng(seed).permutation(n)[:n_test]}
+    return np.array([k in held for k in keys], dtype=bool)
 
 
 def is_unbalanced(y: np.ndarray) -> bool:
@@ -131,15 +134,15 @@ def input_type(record: dict, n: int) -> tuple:
     return (record["op"], col["a"], col["b"], col["carry_in"])
 
 
-def operand_features(records: list[dict], n: int) -> np.ndarray:
-    """One-hot operand digits of columns n and n-1 (all zeros where absent) and the operator."""
-    X = np.zeros((len(records), 4 * 10 + len(OPS)))
+def operand_features(records: list[dict]) -> np.ndarray:
+    """One-hot digits of both operands in every answer column (all zeros where a record has no
+    such column) and the operator: everything the problem is, none of what the model computes."""
+    width = max(len(r["labels"]["columns"]) for r in records)
+    X = np.zeros((len(records), 20 * width + len(OPS)))
     for i, r in enumerate(records):
-        cols = r["labels"]["columns"]
-        for k, (c, side) in enumerate(((n, "a"), (n, "b"), (n - 1, "a"), (n - 1, "b"))):
-            if 0 <= c < len(cols):
-                X[i, 10 * k + cols[c][side]] = 1.0
-        X[i, 40 + OPS.index(r["op"])] = 1.0
+        for c, col in enumerate(r["labels"]["columns"]):
+            X[i, 20 * c + col["a"]] = X[i, 20 * c + 10 + col["b"]] = 1.0
+        X[i, 20 * width + OPS.index(r["op"])] = 1.0
     return X
 
 
@@ -185,22 +188,25 @@ def _analyze_probing(
     batch: ExampleBatch, cache: dict, twin_cache: dict, cfg: ProbingConfig, layers: list[int], seed: int
 ) -> ProbingFindings:
     n_use = min(len(batch), cfg.n_examples)
-    is_test = holdout_split(n_use, cfg.test_fraction, seed)
+    is_test = holdout_split([example_key(r) for r in batch.records[:n_use]], cfg.test_fraction, seed)
+    columns = _columns(batch, n_use, is_test)
+    targets = [_targets(col, cfg.labels, seed) for col in columns]
+    balanced = {label for t in targets for label, (y, _) in t.items() if is_unbalanced(y)}
     probes = []
-    for col in _columns(batch, n_use, is_test):
-        targets = _targets(col, cfg.labels, seed)
-        operand_X = operand_features(col.records, col.n)
+    for col, col_targets in zip(columns, targets):
+        operand_X = operand_features(col.records)
         baselines = {
-            label: (majority_score(y, col.is_test, bal),
-                    fit_score(operand_X, y, col.is_test, bal, cfg.max_iter, cfg.C))
-            for label, (y, bal, _) in targets.items()
+            label: (majority_score(y, col.is_test, label in balanced),
+                    fit_score(operand_X, y, col.is_test, label in balanced, cfg.max_iter, cfg.C))
+            for label, (y, _) in col_targets.items()
         }
         for l in layers:
             for hook in cfg.hooks:
                 name = f"blocks.{l}.{hook}"
                 X = cache[name][col.rows, col.pos].double().cpu().numpy()
                 X_twin = twin_cache[name][col.rows, col.pos].double().cpu().numpy()
-                for label, (y, bal, y_control) in targets.items():
+                for label, (y, y_control) in col_targets.items():
+                    bal = label in balanced
                     fit = lambda X_, y_: fit_score(X_, y_, col.is_test, bal, cfg.max_iter, cfg.C)  # noqa: E731
                     acc, control = fit(X, y), fit(X, y_control)
                     majority, operand = baselines[label]
@@ -213,15 +219,15 @@ def _analyze_probing(
     return ProbingFindings(probes=probes, seed=seed)
 
 
-def _targets(col: _Column, labels: list[str], seed: int) -> dict[str, tuple[np.ndarray, bool, np.ndarray]]:
-    """Per probe-able label: (labels, balanced?, control labels). Labels constant in train are skipped."""
+def _targets(col: _Column, labels: list[str], seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per probe-able label: (labels, control labels). Labels constant in train are skipped."""
     types = [input_type(r, col.n) for r in col.records]
     out = {}
     for label in labels:
         y = np.array([column_label(r, col.n, label) for r in col.records])
         if np.unique(y[~col.is_test]).size < 2 or not col.is_test.any():
             continue
-        out[label] = (y, is_unbalanced(y), control_labels(types, y, [seed, col.n, LABELS.index(label)]))
+        out[label] = (y, control_labels(types, y, [seed, col.n, LABELS.index(label)]))
     return out
 
 
@@ -266,7 +272,9 @@ class ProbingClassifier:
             raise ReportgenError(f"probe {name!r}: {len(examples)} examples but {len(labels)} labels")
         batch = text_batch(self.model, self.tokenizer, examples, self.task)
         y = np.array(labels)
-        is_test = holdout_split(len(y), self.test_fraction, self.seed)
+        is_test = holdout_split([example_key(r) for r in batch.records], self.test_fraction, self.seed)
+        if not is_test.any():
+            raise ReportgenError(f"probe {name!r}: needs at least two distinct problems (copies share a split side)")
         if np.unique(y[~is_test]).size < 2:
             raise ReportgenError(f"probe {name!r}: the training split has one class; give more examples")
         n_layers = self.model.cfg.n_layers

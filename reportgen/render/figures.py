@@ -621,10 +621,10 @@ def probe_figure(key: str, probing) -> Optional[ReportFigure]:
         key, "line_panels",
         {"panels": panels, "ylabel": "held-out accuracy", "xlabel": "site"},
         f"Linear probes: held-out accuracy of logistic-regression probes on frozen activations (standardised "
-        f"features, split by example, seed {probing.seed}; balanced accuracy where classes are unbalanced), averaged "
+        f"features, split by problem, seed {probing.seed}; balanced accuracy for labels with unbalanced classes), averaged "
         f"over answer positions, per label and site. Baselines at the same site: majority class; the control task "
         f"(random labels per input type with the same marginals; selectivity = accuracy − control); the same probe "
-        f"on an untrained model; and a probe on the operand digits alone — carry is decodable from operand identity, "
+        f"on an untrained model; and a probe on the digits of both operands in every column alone — carry is decodable from operand identity, "
         f"so a probe shows more than its inputs only above that line. The data download lists every probe.",
         "Line plots of probe accuracy by site with baselines, one panel per label.",
         to_csv(fields, rows),

@@ -445,14 +445,15 @@ class SiteBuilder:
 
     def probing_section(self, m, probing) -> list[Block]:
         summary = F.probe_summary(probing)
-        rows = [[r["label"], r["site"], r["positions"], r["accuracy"], r["control"], r["selectivity"], r["majority"],
-                 r["untrained"], r["operand_baseline"]] for r in summary]
+        rows = [[r["label"] + (" (balanced)" if r["balanced"] else ""), r["site"], r["positions"], r["accuracy"],
+                 r["control"], r["selectivity"], r["majority"], r["untrained"], r["operand_baseline"]] for r in summary]
         return [
             self.fig(F.probe_figure(self.paths.figure(m, "probes"), probing)),
             self.table(Table(self.paths.table(m, "probes"), "Linear probes per label and site, averaged over answer "
-                             "positions: held-out accuracy, control-task accuracy, selectivity (accuracy − control), "
-                             "majority-class baseline, the same probe on an untrained model, and a probe on the "
-                             "operand digits alone.", ["label", "site", "positions", "accuracy", "control",
+                             "positions: held-out accuracy ('balanced': balanced accuracy, for labels with unbalanced "
+                             "classes, in every column and baseline), control-task accuracy, selectivity (accuracy − "
+                             "control), majority-class baseline, the same probe on an untrained model, and a probe on "
+                             "the digits of both operands in every column (operand identity alone).", ["label", "site", "positions", "accuracy", "control",
                                                        "selectivity", "majority", "untrained", "operands only"], rows)),
         ]
 
