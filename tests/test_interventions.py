@@ -133,6 +133,24 @@ def test_resample_takes_another_example_of_the_same_layout():
     assert groups and all(src[i] < B for i in groups)
 
 
+def test_copies_of_a_problem_never_resample_from_each_other():
+    """'59+73' given twice with '68+74' (same layout): each copy takes another problem's
+    activations (or a reference example's), so a resampled example is always really ablated."""
+    model = strong_model(3)
+    batch = batch_for(model, records((59, "+", 73), (59, "+", 73), (68, "+", 74), (12, "+", 34), (12, "+", 34)))
+    ab = Ablator(model, TOKENIZER, batch, seed=0, reference_size=4)
+    src = ab.resample_sources().tolist()
+    assert src[:3] == [2, 2, 0]  # the other problem's first copy
+    assert src[3] == src[4] >= len(batch)  # '12+34' is its layout's only problem: a reference example
+
+
+def test_ablation_keeps_the_model_dtype():
+    model = strong_model(3).double()
+    ab = Ablator(model, TOKENIZER, add_batch(model, n=8), seed=0, reference_size=4)
+    out = ab.ablated([head_spec(0, 0), {"blocks.1.hook_mlp_out": None}], "mean")
+    assert out.dtype == torch.float64 and torch.isfinite(out).all()
+
+
 def test_reference_records_cover_rare_layouts():
     rare = records((100, "-", 99), (999, "+", 1))
     found = reference_records(rare, 4, seed=0)

@@ -38,7 +38,7 @@ import torch
 from reportgen.analysis import stats
 from reportgen.analysis.api import text_batch
 from reportgen.analysis.engine import answer_digits, digit_log_probs
-from reportgen.analysis.examples import ExampleBatch
+from reportgen.analysis.examples import ExampleBatch, example_key
 from reportgen.analysis.findings import AblationEffect, InterventionFindings, Metrics
 from reportgen.analysis.pairs import remake
 from reportgen.analysis.patching import head_can_write
@@ -218,23 +218,27 @@ class Ablator:
         return self._values[key]
 
     def resample_sources(self) -> torch.Tensor:
-        """For each example, the row of [batch; reference] whose activations replace its own."""
-        records, _, ref_templates = self.reference()
+        """For each example, the row of [batch; reference] whose activations replace its own: another
+        problem of its template (copies of one problem, e.g. '59+73' given twice, never source
+        each other), or a reference example where its template has no other problem."""
+        _, _, ref_templates = self.reference()
         rng = random.Random(f"reportgen-resample:{self.seed}")
-        groups: dict[str, list[int]] = {}
-        for i, t in enumerate(self.templates):
-            groups.setdefault(t, []).append(i)
-        src = list(range(len(self.templates)))
+        first_row: dict[str, int] = {}  # problem -> its first row
+        groups: dict[str, list[str]] = {}  # template -> its distinct problems
+        for i, (r, t) in enumerate(zip(self.batch.records, self.templates)):
+            key = example_key(r)
+            if key not in first_row:
+                first_row[key] = i
+                groups.setdefault(t, []).append(key)
+        source: dict[str, int] = {}
         for t in sorted(groups):
-            members = groups[t]
-            if len(members) > 1:
-                src_map = _cycle(members, rng)
-                for i in members:
-                    src[i] = src_map[i]
+            problems = groups[t]
+            if len(problems) > 1:
+                source.update({k: first_row[v] for k, v in _cycle(problems, rng).items()})
             else:
                 refs = [j for j, rt in enumerate(ref_templates) if rt == t]
-                src[members[0]] = len(self.templates) + rng.choice(refs)
-        return torch.tensor(src, device=self.tokens.device)
+                source[problems[0]] = len(self.templates) + rng.choice(refs)
+        return torch.tensor([source[example_key(r)] for r in self.batch.records], device=self.tokens.device)
 
     def ablated(self, specs: list[Spec], method: str) -> torch.Tensor:
         """Digit log-probs [S, B, A, 10] with each spec's hook points replaced by `method` values.
@@ -242,7 +246,7 @@ class Ablator:
         Specs are grouped by their first layer and each group runs resumed from that layer's input.
         """
         B = self.tokens.shape[0]
-        out = torch.empty(len(specs), *self.clean_logprobs.shape, device=self.tokens.device)
+        out = self.clean_logprobs.new_empty(len(specs), *self.clean_logprobs.shape)
         starts: dict[int, list[int]] = {}
         for i, spec in enumerate(specs):
             starts.setdefault(min(map(_layer_of, spec)), []).append(i)
@@ -319,7 +323,7 @@ class Ablator:
 
     def _selection(self, name: str, specs: list[Spec], width: int) -> torch.Tensor:
         """[k, width] 1.0 where spec j replaces index i along the hook's third axis (all when None)."""
-        sel = torch.zeros(len(specs), width, device=self.tokens.device)
+        sel = torch.zeros(len(specs), width, device=self.tokens.device, dtype=self.model.W_E.dtype)
         for j, spec in enumerate(specs):
             if name in spec:
                 sel[j, slice(None) if spec[name] is None else spec[name]] = 1.0
