@@ -206,6 +206,15 @@ def test_layer_importance_api():
         InterventionAnalyzer(model, TOKENIZER).measure_layer_importance(["12 + 34"], component="resid")
 
 
+def test_api_counts_each_problem_once():
+    """'59 + 73' and '59+73=' are one problem: giving it twice changes no number."""
+    model = strong_model(7)
+    texts = ["12 + 34", "59 + 73", "68 + 74"]
+    once = InterventionAnalyzer(model, TOKENIZER, method="resample").measure_layer_importance(texts)
+    twice = InterventionAnalyzer(model, TOKENIZER, method="resample").measure_layer_importance(texts + ["59+73=", "12 + 34 = 46"])
+    assert once == twice
+
+
 def test_config_validation():
     with pytest.raises(ReportgenError, match="default_method"):
         InterventionConfig(methods=["zero"], default_method="mean")

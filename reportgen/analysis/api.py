@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Optional
 
-from reportgen.analysis.examples import ExampleBatch, build_batch, records_from_texts
+from reportgen.analysis.examples import ExampleBatch, build_batch, distinct, records_from_texts
 from reportgen.data.tokenizer import Tokenizer
 from reportgen.errors import ReportgenError
 from reportgen.model.checkpoint import Checkpoint, load_checkpoint
@@ -27,9 +27,12 @@ def text_records(texts: list[str], task: Optional[dict] = None) -> list[dict]:
     return records_from_texts(list(texts), SimpleNamespace(task=task or DEFAULT_TASK))
 
 
-def text_batch(model: Transformer, tokenizer: Tokenizer, texts: list[str], task: Optional[dict] = None) -> ExampleBatch:
-    """The model's own teacher-forced input for each problem text, as one batch on the model's device."""
-    return build_batch(text_records(texts, task), tokenizer, model.cfg.n_ctx, device=model.device)
+def text_batch(model: Transformer, tokenizer: Tokenizer, texts: list[str], task: Optional[dict] = None,
+               copies: bool = False) -> ExampleBatch:
+    """The model's own teacher-forced input for the problem texts, as one batch on the model's
+    device: each problem once unless `copies` (one row per text, e.g. for per-text labels)."""
+    records = text_records(texts, task)
+    return build_batch(records if copies else distinct(records), tokenizer, model.cfg.n_ctx, device=model.device)
 
 
 def check_layers(layers, n_layers: int, what: str = "layer") -> list[int]:

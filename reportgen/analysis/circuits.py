@@ -48,7 +48,7 @@ from scipy.stats import norm, rankdata
 
 from reportgen.analysis import stats
 from reportgen.analysis.api import text_batch, text_records
-from reportgen.analysis.examples import ExampleBatch, build_batch
+from reportgen.analysis.examples import ExampleBatch, build_batch, distinct
 from reportgen.analysis.findings import AttentionFindings, CircuitComponent, CircuitFindings
 from reportgen.analysis.interventions import Ablator, head_spec, template
 from reportgen.analysis.pairs import make_pairs
@@ -430,7 +430,7 @@ class CircuitDiscovery:
         """Per head: mean attention from the answer-predicting positions to the operator token,
         for examples of each operator, and (when the examples mix '+' and '-') the operator-flip
         recovery of patching the head's output. Most operator-attending heads first."""
-        records = text_records(examples, self.task)
+        records = distinct(text_records(examples, self.task))
         batch = build_batch(records, self.tokenizer, self.model.cfg.n_ctx, device=self.model.device)
         L, H = self.model.cfg.n_layers, self.model.cfg.n_heads
         with torch.no_grad():

@@ -75,6 +75,15 @@ def build_batch(records: list[dict], tokenizer: Tokenizer, n_ctx: int, device="c
     return ExampleBatch(records, tokens, lengths, pred_pos, answer_ids, columns, mask).to(device)
 
 
+def distinct(records: list[dict]) -> list[dict]:
+    """Each problem once, in first-seen order: a copy ('59+73' and '59 + 73') adds no evidence, and
+    would narrow bootstrap intervals over examples as if it did."""
+    first: dict[str, dict] = {}
+    for r in records:
+        first.setdefault(example_key(r), r)
+    return list(first.values())
+
+
 def records_from_texts(texts: list[str], ckpt: Checkpoint) -> list[dict]:
     """User examples ('59 + 73', '59+73=', '59 + 73 = 132') in the checkpoint's own format."""
     task = ckpt.task

@@ -270,7 +270,7 @@ class ProbingClassifier:
         majority-class and untrained-model baselines at the same sites."""
         if len(examples) != len(labels):
             raise ReportgenError(f"probe {name!r}: {len(examples)} examples but {len(labels)} labels")
-        batch = text_batch(self.model, self.tokenizer, examples, self.task)
+        batch = text_batch(self.model, self.tokenizer, examples, self.task, copies=True)
         y = np.array(labels)
         is_test = holdout_split([example_key(r) for r in batch.records], self.test_fraction, self.seed)
         if not is_test.any():

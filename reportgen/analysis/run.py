@@ -22,7 +22,9 @@ from reportgen.analysis.attention import analyze_attention, stacked_patterns
 from reportgen.analysis.circuits import run_circuits
 from reportgen.analysis.config import ANALYSES, AnalysisConfig
 from reportgen.analysis.engine import greedy_predictions, is_correct, run_with_cache, untrained_twin
-from reportgen.analysis.examples import ExampleBatch, build_batch, example_key, generated_records, records_from_texts
+from reportgen.analysis.examples import (
+    ExampleBatch, build_batch, distinct, example_key, generated_records, records_from_texts,
+)
 from reportgen.analysis.findings import AnalysisFindings, AttentionFindings, ExampleFindings
 from reportgen.analysis.interventions import run_interventions
 from reportgen.analysis.logit_lens import LensArrays, compute_lens, example_lens
@@ -62,25 +64,16 @@ def select_records(ckpt: Checkpoint, cfg: AnalysisConfig, examples: Optional[lis
     texts = cfg.examples if examples is None else examples
     if examples is not None and not examples:
         raise ReportgenError("the example list is empty; give problems like --examples '59 + 73' or leave it out")
-    shown = _unique(records_from_texts(list(texts), ckpt))
+    shown = distinct(records_from_texts(list(texts), ckpt))
     t = ckpt.task
     n_gen = min(cfg.n_examples, count_questions(t["task"], t["min_digits"], t["max_digits"]))
     generated = generated_records(ckpt, n_gen, cfg.seed) if n_gen else []
     if not shown:
         shown = generated[: cfg.n_example_pages]
-    records = _unique(shown + generated)
+    records = distinct(shown + generated)
     if not records:
         raise ReportgenError("no examples to analyse; give --examples or set n_examples > 0 in the config")
     return records, len(shown)
-
-
-def _unique(records: list[dict]) -> list[dict]:
-    seen, out = set(), []
-    for r in records:
-        if example_key(r) not in seen:
-            seen.add(example_key(r))
-            out.append(r)
-    return out
 
 
 def prepare(ckpt: Checkpoint, cfg: AnalysisConfig, examples: Optional[list[str]] = None,
