@@ -4,6 +4,7 @@ the statistics (AUROC, Benjamini-Hochberg, permutation null) give their known an
 from __future__ import annotations
 
 import random
+import types
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ from sklearn.metrics import roc_auc_score
 from conftest import TOKENIZER, batch_for, operator_head_model, random_model, records, zero_model
 from reportgen.analysis import engine
 from reportgen.analysis.circuits import (
-    CircuitConfig, CircuitDiscovery, auroc_test, benjamini_hochberg, offset_consistency, run_circuits,
+    CircuitConfig, CircuitDiscovery, auroc_test, benjamini_hochberg, carry_head_tests, offset_consistency,
+    run_circuits,
 )
 from reportgen.analysis.findings import AttentionFindings, Estimate, RoleScore
 from reportgen.configfile import from_dict
@@ -95,6 +97,45 @@ def test_untrained_model_has_no_carry_head():
         ops = [c for c in f.components if c.kind == "operator_head"]
         assert ops and all(c.note == "not applicable: model trained on one operator" for c in ops)
         assert f.head_specialization.shape == (2, 2, 2) and f.roles == ["carry_source", "operator"]
+
+
+class KnownDropAblator:
+    """An Ablator stand-in whose every ablation makes exactly the given answer digits wrong.
+
+    Answer slot 0 is column 1 of the first 12 examples (6 with a carry in, 6 without), slot 1 is
+    column 2 of all 400 (200 with a carry in)."""
+
+    def __init__(self, wrong: torch.Tensor):
+        B = wrong.shape[0]
+        self.mask = torch.zeros(B, 2, dtype=torch.bool)
+        self.mask[:12, 0] = True
+        self.mask[:, 1] = True
+        c1, c2 = [1] * 6 + [0] * (B - 6), [1] * 200 + [0] * (B - 200)
+        self.batch = types.SimpleNamespace(columns=torch.tensor([[1, 2]] * B), records=[
+            {"answer_columns": [1, 2], "labels": {"columns": [{"carry_in": 0}, {"carry_in": c1[i]}, {"carry_in": c2[i]}]}}
+            for i in range(B)])
+        self.digits = torch.zeros(B, 2, dtype=torch.long)
+        self.clean_logprobs = torch.full((B, 2, 10), -5.0)
+        self.clean_logprobs[..., 0] = 0.0  # every digit right when nothing is ablated
+        self.ablated_logprobs = self.clean_logprobs.clone()
+        self.ablated_logprobs[wrong, 0] = -9.0
+
+    def ablated(self, specs, method):
+        return self.ablated_logprobs[None].expand(len(specs), -1, -1, -1)
+
+
+def test_a_carry_head_passing_at_one_column_is_confirmed_whatever_another_column_shows():
+    """Column 1 (6 + 6 digits): a larger but uncertain difference (4/6 vs 1/6 wrong); column 2
+    (200 + 200): 80/200 vs 0/200 wrong, a clean pass. The head is confirmed at column 2."""
+    wrong = torch.zeros(400, 2, dtype=torch.bool)
+    wrong[[0, 1, 2, 3, 11], 0] = True
+    wrong[:80, 1] = True
+    (t,) = carry_head_tests(KnownDropAblator(wrong), [(0, 0)], CircuitConfig(), seed=0)
+    assert t["confirmed"] and t["column"] == 2 and t["difference"] == pytest.approx(0.4)
+    assert t["n_carry"] == t["n_no_carry"] == 200 and t["tests"] == 2
+    wrong[:, 1] = False  # column 2 now shows nothing: column 1's larger, unconfirmed difference is reported
+    (t,) = carry_head_tests(KnownDropAblator(wrong), [(0, 0)], CircuitConfig(), seed=0)
+    assert not t["confirmed"] and t["column"] == 1 and t["difference"] == pytest.approx(4 / 6 - 1 / 6)
 
 
 def test_operator_head_is_confirmed_only_where_the_operator_flows():

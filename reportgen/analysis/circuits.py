@@ -177,7 +177,9 @@ def specialization(attention: Optional[AttentionFindings], n_layers: int, n_head
 
 # ---------------------------------------------------------------- carry heads
 def carry_head_tests(ab: Ablator, heads: list[tuple[int, int]], cfg: CircuitConfig, seed: int) -> list[dict]:
-    """Per head: the carry-vs-no-carry accuracy drop under ablation at its best column."""
+    """Per head: the carry-vs-no-carry accuracy drop under ablation at its best column: the
+    passing column with the largest difference if any column passes (every head-column test is
+    Bonferroni-corrected), else the column with the largest difference."""
     batch = ab.batch
     mask, cols, carry = ab.mask, batch.columns, carry_in(batch)
     right_clean = ((ab.clean_logprobs.argmax(-1) == ab.digits) & mask).double()
@@ -203,7 +205,7 @@ def carry_head_tests(ab: Ablator, heads: list[tuple[int, int]], cfg: CircuitConf
                    "effect_no_carry": float(x0.mean()), "difference": diff, "ci": [lo, hi],
                    "n_carry": int(x1.size), "n_no_carry": int(x0.size), "tests": len(heads) * len(testable)}
             row["confirmed"] = diff >= cfg.carry_threshold and lo > 0
-            if best is None or diff > best["difference"]:
+            if best is None or (row["confirmed"], diff) > (best["confirmed"], best["difference"]):
                 best = row
         out.append(best or {"layer": l, "head": h, "column": None, "effect_carry": None, "effect_no_carry": None,
                             "difference": None, "ci": None, "confirmed": False, "tests": 0})
