@@ -30,7 +30,7 @@ from reportgen.analysis.findings import (
 )
 from reportgen.data.arithmetic import STRATA, make_record
 from reportgen.results.compare import compare_models
-from reportgen.results.schema import Accuracy, ModelResults, Provenance, Report, TrainingCurve
+from reportgen.results.schema import SCHEMA_VERSION, Accuracy, ModelResults, Provenance, Report, TrainingCurve
 
 HOSTILE = "<script>alert('x')</script>"
 PROBLEMS = [(59, 73), (12, 34), (88, 99), (999, 1), (405, 95), (7, 5), (123, 456), (650, 350),
@@ -107,9 +107,9 @@ def _patching(rng, n_layers, n_heads, positions) -> PatchingFindings:
                 mean[0, 0] = np.nan  # every pair dropped at this cell
                 lo, hi = mean - 0.1, mean + 0.1
                 sweeps.append(PatchSweep(kind, direction, site, mean, lo, hi, labels, 48, 3))
-    attribution = [AttributionScore("head", l, h, float(rng.normal()), float(rng.normal()) if h % 2 else None)
+    attribution = [AttributionScore("head", l, h, f"H{h}", float(rng.normal()), float(rng.normal()) if h % 2 else None)
                    for l in range(n_layers) for h in range(n_heads)]
-    return PatchingFindings(sweeps, attribution, {"carry_flip": 51, "sum_flip": 51})
+    return PatchingFindings(sweeps, attribution, {"carry_flip": 51, "sum_flip": 51}, {"carry_flip": 3, "sum_flip": 3})
 
 
 def _lens(rng, n_layers) -> LogitLensFindings:
@@ -221,4 +221,4 @@ def make_report(n_examples: int = 6) -> Report:
         make_model("tiny-1l", f"tiny 1-layer {HOSTILE}", 1, n_examples, seed=1),
         make_model("tiny-2l", "tiny 2-layer", 2, n_examples, seed=2, hostile_key=True, skip=("probing",)),
     ]
-    return Report(1, f"Synthetic report {HOSTILE}", "2026-01-02T03:04:05Z", models, compare_models(models))
+    return Report(SCHEMA_VERSION, f"Synthetic report {HOSTILE}", "2026-01-02T03:04:05Z", models, compare_models(models))

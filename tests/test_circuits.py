@@ -207,3 +207,6 @@ def test_config_loads_from_yaml_dict():
     assert cfg.method == "resample" and cfg.fdr == 0.1
     with pytest.raises(ReportgenError):
         from_dict(CircuitConfig, {"method": "zero"}, "test")
+    assert CircuitConfig(neuron_random_sets=19).neuron_random_sets == 19  # p can reach 1/20 = 0.05
+    with pytest.raises(ReportgenError, match="neuron_random_sets must be >= 19"):
+        CircuitConfig(neuron_random_sets=18)

@@ -9,8 +9,9 @@ import torch
 
 from conftest import TOKENIZER, batch_for, records
 from reportgen.analysis.interventions import (
-    Ablator, InterventionAnalyzer, InterventionConfig, head_spec, reference_records, run_interventions, template,
+    Ablator, InterventionAnalyzer, InterventionConfig, head_spec, reference_records, run_interventions,
 )
+from reportgen.analysis.examples import template
 from reportgen.configfile import from_dict
 from reportgen.data.dataset import stratified_examples
 from reportgen.errors import ReportgenError

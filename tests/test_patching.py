@@ -10,9 +10,11 @@ import torch
 from conftest import TOKENIZER, batch_for, random_model, records
 from reportgen.analysis.pairs import MinimalPair, digit_at, make_pairs, token_roles
 from reportgen.analysis.patching import (
-    ActivationPatcher, PairRun, PatchingConfig, hook_name, logit_diff, pair_batch, patch_pairs, run_patching,
+    ActivationPatcher, PairRun, PatchingConfig, answer_order, hook_name, logit_diff, pair_batch, patch_pairs,
+    run_patching,
 )
 from reportgen.configfile import from_dict
+from reportgen.data.arithmetic import make_record
 from reportgen.data.dataset import stratified_examples
 from reportgen.errors import ReportgenError
 
@@ -162,10 +164,10 @@ def test_identical_inputs_are_dropped_and_counted_never_nan():
     real = _run(model, ("resid_pre",))[0].pairs[:3]
     same = [MinimalPair("carry_flip", p.clean, p.clean, p.column, p.pred_pos, p.correct, p.counterfactual) for p in real]
     cfg = PatchingConfig()
-    sweeps, _ = patch_pairs(model, TOKENIZER, real + same[:2], cfg, 0)
-    assert sweeps and all(s.n_dropped >= 2 and s.n_pairs + s.n_dropped == 5 for s in sweeps)
+    sweeps, _, dropped = patch_pairs(model, TOKENIZER, real + same[:2], cfg, 0)
+    assert sweeps and all(s.n_dropped == dropped >= 2 and s.n_pairs + s.n_dropped == 5 for s in sweeps)
     assert all(not np.isnan(s.mean).any() for s in sweeps)
-    assert patch_pairs(model, TOKENIZER, same, cfg, 0) == ([], [])
+    assert patch_pairs(model, TOKENIZER, same, cfg, 0) == ([], [], 3)  # all dropped: still counted
 
 
 def test_run_patching_end_to_end():
@@ -181,10 +183,24 @@ def test_run_patching_end_to_end():
         assert s.mean.shape == (2, 2 if s.site == "head" else len(s.position_labels))
     exact = {s.site: s.mean for s in f.sweeps if s.pair_kind == "carry_flip" and s.direction == "denoise"}
     assert [a.exact is not None for a in f.attribution].count(True) == 5
+    labels = {s.site: s.position_labels for s in f.sweeps}
+    for a in f.attribution:
+        assert a.label == labels[a.site][a.index]  # a token role or head, never a raw token position
     for a in f.attribution[:5]:
         assert a.exact == pytest.approx(exact[a.site][a.layer, a.index])
+    assert f.pair_dropped == {k: (s.n_dropped if (s := next((s for s in f.sweeps if s.pair_kind == k), None)) else 0)
+                              for k in f.pair_counts}
     assert abs(f.attribution[0].estimate) >= abs(f.attribution[-1].estimate)
     assert from_dict(PatchingConfig, {"pair_kinds": ["sum_flip"], "n_pairs": 8}, "test").pair_kinds == ["sum_flip"]
+
+
+def test_answer_order_is_read_off_a_pair_with_two_answer_digits():
+    """A one-digit answer looks 'plain'; the sweep's axis still follows the reversed format."""
+    one = make_record(3, 4, "+", False, "reversed")  # '3+4=7'
+    two = make_record(59, 73, "+", False, "reversed")  # '59+73=231'
+    pair = lambda r: MinimalPair("sum_flip", r, r, 0, 0, 0, 1)  # noqa: E731
+    assert answer_order([pair(one), pair(two)]) == "reversed"
+    assert answer_order([pair(make_record(3, 4, "+", False, "plain")), pair(make_record(59, 73, "+"))]) == "plain"
 
 
 def test_attribution_is_zero_where_nothing_differs():
@@ -200,8 +216,10 @@ def test_activation_patcher_api():
     patcher = ActivationPatcher(model, TOKENIZER)
     effects = patcher.compute_patching_effect("12 + 34", "12 + 35", target_token_pos=-2)
     assert set(effects) == {0, 1} and all(np.isfinite(v) for v in effects.values())
-    with pytest.raises(ReportgenError, match="same length"):
-        patcher.compute_patching_effect("12 + 34", "12 + 94", -2)
+    with pytest.raises(ReportgenError, match="laid out differently"):
+        patcher.compute_patching_effect("12 + 34", "12 + 94", -2)  # answers of 2 and 3 digits
+    with pytest.raises(ReportgenError, match="laid out differently"):
+        patcher.compute_patching_effect("12 + 345", "123 + 45", -2)  # same length, '+' at another position
     with pytest.raises(ReportgenError, match="same digit"):
         patcher.compute_patching_effect("12 + 34", "12 + 35", -3)
 

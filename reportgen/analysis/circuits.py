@@ -48,9 +48,9 @@ from scipy.stats import norm, rankdata
 
 from reportgen.analysis import stats
 from reportgen.analysis.api import text_batch, text_records
-from reportgen.analysis.examples import ExampleBatch, build_batch, distinct
+from reportgen.analysis.examples import ExampleBatch, build_batch, distinct, template
 from reportgen.analysis.findings import AttentionFindings, CircuitComponent, CircuitFindings
-from reportgen.analysis.interventions import Ablator, head_spec, template
+from reportgen.analysis.interventions import Ablator, head_spec
 from reportgen.analysis.pairs import make_pairs
 from reportgen.analysis.patching import PairRun, pair_batch
 from reportgen.data.tokenizer import Tokenizer
@@ -87,6 +87,9 @@ class CircuitConfig:
         for name in ("min_group", "reference_size", "max_rows", "neuron_random_sets", "neuron_permutations"):
             if getattr(self, name) < 1:
                 raise ReportgenError(f"circuits {name} must be >= 1, got {getattr(self, name)}")
+        if 1 / (self.neuron_random_sets + 1) > ALPHA:  # the smallest p-value the comparison can give
+            raise ReportgenError(f"circuits neuron_random_sets must be >= {round(1 / ALPHA) - 1} so that a neuron set "
+                                 f"can be confirmed at p <= {ALPHA}, got {self.neuron_random_sets}")
 
 
 # ---------------------------------------------------------------- helpers

@@ -43,6 +43,11 @@ def example_key(record: dict) -> str:
     return f"{record['a']}{names[record['op']]}{record['b']}"
 
 
+def template(record: dict) -> str:
+    """The text layout of a record's input: digits as 'd', operators as 'o', others as themselves."""
+    return "".join("d" if ch.isdigit() else "o" if ch in "+-*" else ch for ch in record["prompt"] + record["target"])
+
+
 def build_batch(records: list[dict], tokenizer: Tokenizer, n_ctx: int, device="cpu") -> ExampleBatch:
     """Tokenise records into one right-padded batch, checking they fit the context."""
     if not records:

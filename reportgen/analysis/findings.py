@@ -80,7 +80,8 @@ class AttributionScore:
 
     site: str
     layer: int
-    index: int  # position or head
+    index: int  # along the sweep's axis: token role (position_labels) or head
+    label: str  # what index names: a token role ('ans0', 'a1', '=') or a head ('H2')
     estimate: float
     exact: Optional[float]  # exact patching result where it was confirmed
 
@@ -90,6 +91,7 @@ class PatchingFindings:
     sweeps: list[PatchSweep]
     attribution: list[AttributionScore]
     pair_counts: dict[str, int]  # generated pairs per kind
+    pair_dropped: dict[str, int]  # of those, pairs whose |LD_clean - LD_corrupt| was too small to use
 
 
 # ---------------------------------------------------------------- 3. logit lens

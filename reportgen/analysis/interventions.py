@@ -38,7 +38,7 @@ import torch
 from reportgen.analysis import stats
 from reportgen.analysis.api import text_batch
 from reportgen.analysis.engine import answer_digits, digit_log_probs
-from reportgen.analysis.examples import ExampleBatch, example_key
+from reportgen.analysis.examples import ExampleBatch, example_key, template
 from reportgen.analysis.findings import AblationEffect, InterventionFindings, Metrics
 from reportgen.analysis.pairs import remake
 from reportgen.analysis.patching import head_can_write
@@ -74,11 +74,6 @@ class InterventionConfig:
                 raise ReportgenError(f"interventions {name} must be >= 1, got {getattr(self, name)}")
         if self.cumulative_max_k < 0:
             raise ReportgenError("interventions cumulative_max_k must be >= 0")
-
-
-def template(record: dict) -> str:
-    """The text layout of a record's input: digits as 'd', operators as 'o', others as themselves."""
-    return "".join("d" if ch.isdigit() else "o" if ch in "+-*" else ch for ch in record["prompt"] + record["target"])
 
 
 def _number(rng: random.Random, digits: int) -> int:

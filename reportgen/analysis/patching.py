@@ -35,7 +35,7 @@ import torch
 
 from reportgen.analysis import stats
 from reportgen.analysis.api import text_records
-from reportgen.analysis.examples import ExampleBatch
+from reportgen.analysis.examples import ExampleBatch, template
 from reportgen.analysis.findings import AttributionScore, PatchingFindings, PatchSweep
 from reportgen.analysis.pairs import PAIR_KINDS, MinimalPair, make_pairs, record_format, role_order, token_roles
 from reportgen.data.tokenizer import Tokenizer
@@ -281,16 +281,14 @@ def by_role(values: np.ndarray, roles: list[list[str]], axis: list[str]) -> np.n
 
 
 def patch_pairs(model: Transformer, tokenizer: Tokenizer, pairs: list[MinimalPair], cfg: PatchingConfig,
-                seed: int) -> tuple[list[PatchSweep], list[AttributionScore]]:
-    """Sweeps (and, for cfg.attribution_kind, attribution scores) of one kind's pairs.
-
-    A kind whose pairs are all dropped yields no sweep (its pair count says how many there were).
-    """
+                seed: int) -> tuple[list[PatchSweep], list[AttributionScore], int]:
+    """Sweeps (and, for cfg.attribution_kind, attribution scores) of one kind's pairs, and how
+    many pairs were dropped. A kind whose pairs are all dropped yields no sweep."""
     kind = pairs[0].kind
     run = PairRun(model, pair_batch(pairs, tokenizer, model.device), cfg.sites, cfg.min_denominator, cfg.max_rows)
     if run.n_kept == 0:
-        return [], []
-    axis = role_order([r for roles in run.roles for r in roles], record_format(run.pairs[0].clean)[1])
+        return [], [], run.n_dropped
+    axis = role_order([r for roles in run.roles for r in roles], answer_order(run.pairs))
     heads = [f"H{h}" for h in range(model.cfg.n_heads)]
     sweeps, exact = [], {}
     for site in cfg.sites:
@@ -305,20 +303,28 @@ def patch_pairs(model: Transformer, tokenizer: Tokenizer, pairs: list[MinimalPai
                 exact[site] = mean
     attribution = []
     if kind == cfg.attribution_kind:
-        attribution = _attribution_scores(run, cfg, axis, exact)
-    return sweeps, attribution
+        attribution = _attribution_scores(run, cfg, axis, exact, heads)
+    return sweeps, attribution, run.n_dropped
 
 
-def _attribution_scores(run: PairRun, cfg: PatchingConfig, axis: list[str], exact: dict) -> list[AttributionScore]:
+def answer_order(pairs: list[MinimalPair]) -> str:
+    """The pairs' answer order, read off a record with two answer digits or more (a one-digit
+    answer reads the same either way)."""
+    return next((record_format(p.clean)[1] for p in pairs if len(p.clean["answer_columns"]) > 1), "plain")
+
+
+def _attribution_scores(run: PairRun, cfg: PatchingConfig, axis: list[str], exact: dict,
+                        heads: list[str]) -> list[AttributionScore]:
     """Every (site, layer, index) ranked by |attribution estimate|; the top_k carry the exact value."""
     scores = []
     for site, est in run.attribution(cfg.sites).items():
         values = est.cpu().numpy().astype(np.float64)
         if site != "head":
             values = by_role(values, run.roles, axis)
+        labels = heads if site == "head" else axis
         mean = np.nanmean(values, axis=0)
         for l, i in np.ndindex(mean.shape):
-            scores.append(AttributionScore(site, l, i, float(mean[l, i]), None))
+            scores.append(AttributionScore(site, l, i, labels[i], float(mean[l, i]), None))
     scores.sort(key=lambda s: -abs(s.estimate))
     for s in scores[: cfg.attribution_top_k]:
         if s.site in exact:
@@ -334,15 +340,15 @@ def run_patching(model: Transformer, tokenizer: Tokenizer, batch: ExampleBatch, 
     otherwise its pair count is 0 and it has no sweep.
     """
     mixed = {"+", "-"} <= {r["op"] for r in batch.records}
-    sweeps, attribution, counts = [], [], {}
+    sweeps, attribution, counts, dropped = [], [], {}, {}
     for kind in cfg.pair_kinds:
         pairs = make_pairs(batch.records, kind, cfg.n_pairs, seed) if kind != "operator_flip" or mixed else []
-        counts[kind] = len(pairs)
+        counts[kind], dropped[kind] = len(pairs), 0
         if pairs:
-            s, a = patch_pairs(model, tokenizer, pairs, cfg, seed)
+            s, a, dropped[kind] = patch_pairs(model, tokenizer, pairs, cfg, seed)
             sweeps += s
             attribution += a
-    return PatchingFindings(sweeps=sweeps, attribution=attribution, pair_counts=counts)
+    return PatchingFindings(sweeps=sweeps, attribution=attribution, pair_counts=counts, pair_dropped=dropped)
 
 
 class ActivationPatcher:
@@ -367,10 +373,11 @@ class ActivationPatcher:
         clean, corrupt = text_records([clean_text, corrupted_text], self.task)
         tokens = [self.tokenizer.encode(r["prompt"] + r["target"], bos=True, eos=True) for r in (clean, corrupt)]
         n = len(tokens[0])
-        if len(tokens[1]) != n:
+        if template(clean) != template(corrupt):
             raise ReportgenError(
-                f"{clean_text!r} and {corrupted_text!r} give inputs of {n} and {len(tokens[1])} tokens; "
-                "patching needs a pair of the same length (same digit counts, same answer length)"
+                f"{clean_text!r} and {corrupted_text!r} are laid out differently ({clean['prompt'] + clean['target']!r} "
+                f"vs {corrupt['prompt'] + corrupt['target']!r}); patching needs a pair whose every position plays "
+                "the same role (same digit counts, same answer length)"
             )
         t = target_token_pos + n if target_token_pos < 0 else target_token_pos
         digits = self.tokenizer.digit_ids

@@ -389,16 +389,19 @@ class SiteBuilder:
     def patching_section(self, m, pat) -> list[Block]:
         counts = sorted(pat.pair_counts.items(), key=lambda kv: F.pair_rank(kv[0]))
         blocks = [self.table(Table(self.paths.table(m, "patch-pairs"), "Minimal pairs generated from the ground "
-                                   "truth, per kind.", ["pair kind", "pairs", "meaning"],
-                                   [[k, n, F.PAIR_TEXT.get(k, "")] for k, n in counts]))]
+                                   "truth, per kind, and how many were dropped because the clean and corrupted "
+                                   "logit differences were too close to normalise by.",
+                                   ["pair kind", "pairs", "dropped", "meaning"],
+                                   [[k, n, pat.pair_dropped.get(k, 0), F.PAIR_TEXT.get(k, "")] for k, n in counts]))]
         blocks += [self.fig(f) for f in F.patching_figures(self.paths.figure(m, "patching"), pat)]
         if pat.attribution:
             top = sorted(pat.attribution, key=lambda a: (-abs(a.estimate), a.site, a.layer, a.index))[:12]
             blocks.append(self.table(Table(
                 self.paths.table(m, "attribution"), "Attribution patching: first-order (gradient) estimates of a "
-                "patch's effect, used only to rank candidates (largest |estimate| first); 'exact' is the exact "
-                "patching result where it was run to confirm.", ["site", "layer", "index", "estimate", "exact"],
-                [[a.site, a.layer, a.index, a.estimate, a.exact] for a in top])))
+                "patch's effect, used only to rank candidates (largest |estimate| first), per site, layer and token "
+                "role or head; 'exact' is the exact patching result where it was run to confirm.",
+                ["site", "layer", "role / head", "estimate", "exact"],
+                [[a.site, a.layer, a.label, a.estimate, a.exact] for a in top])))
         return blocks
 
     def lens_section(self, m, lens) -> list[Block]:
