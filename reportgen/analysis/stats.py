@@ -14,7 +14,9 @@ N_BOOT = 1000
 def bootstrap(values, seed: int = 0, n_boot: int = N_BOOT, axis: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean and 95% percentile-bootstrap interval of `values` resampled over `axis` (examples).
 
-    Returns arrays shaped like `values` without `axis`. NaNs (e.g. dropped pairs) are ignored.
+    Returns arrays shaped like `values` without `axis`. NaNs (e.g. dropped pairs) are ignored; an
+    entry with fewer than two values has no interval (NaN), since resampling one value always
+    gives it back and would show a zero-width interval.
     """
     v = np.moveaxis(np.asarray(values, dtype=np.float64), axis, 0)
     n = v.shape[0]
@@ -28,7 +30,8 @@ def bootstrap(values, seed: int = 0, n_boot: int = N_BOOT, axis: int = 0) -> tup
         warnings.simplefilter("ignore", category=RuntimeWarning)
         means = np.nanmean(v[idx], axis=1)
         lo, hi = np.nanpercentile(means, [2.5, 97.5], axis=0)
-        return np.nanmean(v, axis=0), lo, hi
+        few = (~np.isnan(v)).sum(0) < 2
+        return np.nanmean(v, axis=0), np.where(few, np.nan, lo), np.where(few, np.nan, hi)
 
 
 def estimate(values, seed: int = 0) -> Estimate:

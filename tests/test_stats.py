@@ -1,0 +1,23 @@
+"""Bootstrap intervals over examples: known answers for tiny samples."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from reportgen.analysis import stats
+
+
+def test_constant_sample_has_a_point_interval_and_nans_are_ignored():
+    mean, lo, hi = stats.bootstrap(np.array([[2.0, np.nan], [2.0, 1.0], [2.0, 3.0]]))
+    assert mean.tolist() == [2.0, 2.0] and lo[0] == hi[0] == 2.0
+    assert 1.0 <= lo[1] <= 2.0 <= hi[1] <= 3.0
+
+
+def test_an_entry_with_one_value_has_no_interval():
+    """One pair at a position: resampling gives the value back, which is no evidence of precision."""
+    mean, lo, hi = stats.bootstrap(np.array([[1.0, 0.5], [np.nan, 0.7], [np.nan, 0.9]]))
+    assert mean[0] == 1.0 and np.isnan(lo[0]) and np.isnan(hi[0])
+    assert lo[1] < mean[1] < hi[1]
+    e = stats.estimate([np.nan, 0.25])
+    assert e.mean == 0.25 and e.n == 1 and np.isnan(e.lo) and np.isnan(e.hi)
+    assert stats.estimate([]).n == 0
