@@ -155,7 +155,9 @@ def _probing(rng, n_layers) -> ProbingFindings:
 def _metrics(rng, em) -> Metrics:
     return Metrics(_est(rng, em), _est(rng, min(1.0, em + 0.05)),
                    Estimate(float(-3 * (1 - em)), float(-3 * (1 - em) - 0.2), float(-3 * (1 - em) + 0.2), 200),
-                   {s: _est(rng, em - 0.1 * i) for i, s in enumerate(STRATA)})
+                   {s: _est(rng, em - 0.1 * i) for i, s in enumerate(STRATA)},
+                   {s: _est(rng, min(1.0, em + 0.05) - 0.1 * i) for i, s in enumerate(STRATA)},
+                   {s: Estimate(-0.5 * i, -0.5 * i - 0.2, -0.5 * i + 0.2, 50) for i, s in enumerate(STRATA)})
 
 
 def _interventions(rng, n_layers, n_heads) -> InterventionFindings:

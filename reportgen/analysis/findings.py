@@ -168,6 +168,8 @@ class Metrics:
     digit_accuracy: Estimate
     logprob: Estimate  # answer log-probability (teacher forced, summed over answer digits)
     by_stratum: dict[str, Estimate]  # exact match per stratum
+    digit_accuracy_by_stratum: dict[str, Estimate]
+    logprob_by_stratum: dict[str, Estimate]
 
 
 @dataclass

@@ -370,8 +370,10 @@ class Ablator:
         """Metrics (with bootstrap intervals over examples) of digit log-probs [B, A, 10]."""
         s = {k: v.cpu().numpy() for k, v in self.scores(logprobs).items()}
         strata = np.array([r["labels"]["stratum"] for r in self.batch.records])
-        by = {st: stats.estimate(s["exact_match"][strata == st], self.seed) for st in STRATA if (strata == st).any()}
-        return Metrics(*(stats.estimate(s[k], self.seed) for k in ("exact_match", "digit_accuracy", "logprob")), by)
+        present = [st for st in STRATA if (strata == st).any()]
+        by = {k: {st: stats.estimate(v[strata == st], self.seed) for st in present} for k, v in s.items()}
+        overall = (stats.estimate(s[k], self.seed) for k in ("exact_match", "digit_accuracy", "logprob"))
+        return Metrics(*overall, by["exact_match"], by["digit_accuracy"], by["logprob"])
 
 
 def head_spec(layer: int, head: int) -> Spec:

@@ -468,9 +468,12 @@ class SiteBuilder:
                 for e in sorted(default, key=lambda e: F.component_rank(e.component))]
         method = F.METHOD_TEXT.get(iv.default_method, f"{iv.default_method} ablation")
         strata = F.ordered_strata({s for e in default for s in e.metrics.by_stratum} | set(clean.by_stratum))
-        stratum_rows = [["none (clean)", *[clean.by_stratum.get(s) for s in strata]]]
-        stratum_rows += [[e.component, *[e.metrics.by_stratum.get(s) for s in strata]]
-                         for e in sorted(default, key=lambda e: F.component_rank(e.component))]
+        stratum_rows = []
+        for name, metrics in [("none (clean)", clean)] + [(e.component, e.metrics) for e in
+                                                          sorted(default, key=lambda e: F.component_rank(e.component))]:
+            for measure, by in (("exact match", metrics.by_stratum), ("digit accuracy", metrics.digit_accuracy_by_stratum),
+                                ("log-prob", metrics.logprob_by_stratum)):
+                stratum_rows.append([name, measure, *[by.get(s) for s in strata]])
         return [
             text(f"Unablated model on the analysis examples: exact match {fmt_est(clean.exact_match)}, per-digit "
                  f"accuracy {fmt_est(clean.digit_accuracy)}, answer log-probability {fmt_est(clean.logprob)}. "
@@ -482,10 +485,11 @@ class SiteBuilder:
                              f"accuracy and answer log-probability (teacher forced, summed over answer digits); 95% "
                              f"bootstrap intervals over examples.",
                              ["component", "exact match", "Δ exact match", "digit accuracy", "log-prob"], rows)),
-            self.table(Table(self.paths.table(m, "ablations-by-stratum"), f"Exact match per difficulty stratum with "
-                             f"each component ablated ({method}); a carry-handling component hurts the carry strata "
-                             f"far more than no_carry. 95% bootstrap intervals over examples; 'n/a': no example of "
-                             f"that stratum.", ["component", *strata], stratum_rows)),
+            self.table(Table(self.paths.table(m, "ablations-by-stratum"), f"Exact match, per-digit accuracy and "
+                             f"answer log-probability per difficulty stratum with each component ablated ({method}); "
+                             f"a carry-handling component hurts the carry strata far more than no_carry. 95% "
+                             f"bootstrap intervals over examples; 'n/a': no example of that stratum.",
+                             ["component", "measure", *strata], stratum_rows)),
         ]
 
     def examples_section(self, m) -> Section:
