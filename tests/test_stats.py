@@ -21,3 +21,10 @@ def test_an_entry_with_one_value_has_no_interval():
     e = stats.estimate([np.nan, 0.25])
     assert e.mean == 0.25 and e.n == 1 and np.isnan(e.lo) and np.isnan(e.hi)
     assert stats.estimate([]).n == 0
+
+
+def test_smaller_alpha_widens_the_interval_with_enough_resamples():
+    v = np.random.default_rng(0).normal(size=60)
+    wide, narrow = stats.estimate(v, alpha=0.05 / 8), stats.estimate(v)
+    assert wide.lo < narrow.lo < narrow.mean < narrow.hi < wide.hi
+    assert stats.resamples(0.05) == stats.N_BOOT and stats.resamples(0.05 / 16) * 0.05 / 32 >= 10

@@ -57,7 +57,6 @@ from reportgen.data.tokenizer import Tokenizer
 from reportgen.errors import ReportgenError
 from reportgen.model.transformer import Transformer
 
-N_BOOT = 2000
 ALPHA = 0.05
 
 
@@ -106,9 +105,9 @@ def carry_in(batch: ExampleBatch) -> torch.Tensor:
 def diff_interval(x1: np.ndarray, x0: np.ndarray, seed: int, alpha: float) -> tuple[float, float, float]:
     """mean(x1) - mean(x0) and its (1 - alpha) percentile-bootstrap interval, each group
     resampled separately (they hold different examples)."""
-    rng = np.random.default_rng(seed)
-    b1 = x1[rng.integers(0, len(x1), (N_BOOT, len(x1)))].mean(1)
-    b0 = x0[rng.integers(0, len(x0), (N_BOOT, len(x0)))].mean(1)
+    rng, n_boot = np.random.default_rng(seed), stats.resamples(alpha)
+    b1 = x1[rng.integers(0, len(x1), (n_boot, len(x1)))].mean(1)
+    b0 = x0[rng.integers(0, len(x0), (n_boot, len(x0)))].mean(1)
     lo, hi = np.percentile(b1 - b0, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return float(x1.mean() - x0.mean()), float(lo), float(hi)
 
@@ -255,9 +254,10 @@ def _operator_components(model, tokenizer, batch, attention, cfg, seed) -> list[
     control = float(np.mean(others)) if others else None
     out = []
     for l, h, score, null in cands:
-        est = stats.estimate(rec[:, l, h], seed)
+        est = stats.estimate(rec[:, l, h], seed, alpha=ALPHA / len(cands))
         note = (f"operator-flip recovery {est.mean:.3f} [{est.lo:.3f}, {est.hi:.3f}] over {est.n} pairs "
-                f"({dropped} dropped); control = mean recovery of the other heads")
+                f"({dropped} dropped; interval Bonferroni-corrected over {len(cands)} candidate heads); "
+                f"control = mean recovery of the other heads")
         out.append(CircuitComponent("operator_head", l, h, None, score, null, est.mean, control,
                                     est.lo > cfg.operator_min_recovery, note))
     return out
