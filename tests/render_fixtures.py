@@ -124,6 +124,7 @@ def _lens(rng, n_layers) -> LogitLensFindings:
         convergence_hist={lab: int(rng.integers(0, 40)) for lab in labels},
         by_stratum={s: [_est(rng, p - 0.1 * i, missing_ci=(s == "cascade" and j == 0)) for j, p in enumerate(probs)]
                     for i, s in enumerate(STRATA)},
+        untrained_prob_correct=[_est(rng, 0.1) for _ in probs],
     )
 
 

@@ -19,7 +19,10 @@ def _lens(model, recs, seed=0):
     batch = batch_for(model, recs)
     logits, cache = engine.run_with_cache(model, batch)
     arrays = logit_lens.compute_lens(model, TOKENIZER, cache, batch)
-    findings = logit_lens.summarize(arrays, [r["labels"]["stratum"] for r in recs], seed)
+    twin = engine.untrained_twin(model, seed)
+    _, twin_cache = engine.run_with_cache(twin, batch)
+    untrained = logit_lens.compute_lens(twin, TOKENIZER, twin_cache, batch)
+    findings = logit_lens.summarize(arrays, untrained, [r["labels"]["stratum"] for r in recs], seed)
     return batch, logits, cache, findings, arrays
 
 
@@ -34,6 +37,8 @@ def test_last_index_equals_the_models_own_digit_distribution():
     assert torch.allclose(arrays.kl[-1][m], torch.zeros(int(m.sum())), atol=1e-6)
     assert findings.kl_to_final[-1].mean == pytest.approx(0.0, abs=1e-6)
     assert findings.layer_labels == ["embed", "L0", "L1"]
+    # an untrained twin (GPT-2 init) decodes to nearly uniform digits at every layer
+    assert all(abs(e.mean - 0.1) < 0.02 for e in findings.untrained_prob_correct)
 
 
 @pytest.mark.parametrize("write_layer", [0, 1, 2])
@@ -70,7 +75,7 @@ def test_convergence_is_the_first_layer_at_which_the_final_top1_is_top1():
     arrays = logit_lens.lens_arrays(logp.log_softmax(-1), torch.ones(4, 1, dtype=torch.long),
                                     torch.ones(4, 1, dtype=torch.bool))
     assert arrays.convergence[:, 0].tolist() == [0, 1, 0, 2]
-    findings = logit_lens.summarize(arrays, ["no_carry"] * 4, seed=0)
+    findings = logit_lens.summarize(arrays, arrays, ["no_carry"] * 4, seed=0)
     assert findings.convergence_hist == {"embed": 2, "L0": 1, "L1": 1}
 
 

@@ -106,6 +106,7 @@ class LogitLensFindings:
     kl_to_final: list[Estimate]  # KL(final || layer), nats
     convergence_hist: dict[str, int]  # layer label -> answer digits whose final top-1 is first top-1 there
     by_stratum: dict[str, list[Estimate]]  # stratum -> prob_correct per layer
+    untrained_prob_correct: list[Estimate]  # the same lens on an untrained twin (baseline)
 
 
 # ---------------------------------------------------------------- 4. circuits

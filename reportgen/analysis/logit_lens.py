@@ -89,8 +89,10 @@ def _per_example(x: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
     return torch.nanmean(x, dim=2).T.cpu().numpy()
 
 
-def summarize(arrays: LensArrays, strata: list[str], seed: int) -> LogitLensFindings:
-    """LogitLensFindings: per-layer estimates over examples, convergence histogram, strata."""
+def summarize(arrays: LensArrays, untrained: LensArrays, strata: list[str], seed: int) -> LogitLensFindings:
+    """LogitLensFindings: per-layer estimates over examples, convergence histogram, strata, and
+    P(correct) of the same lens on an untrained twin (the baseline that shows a layer's
+    probability to be noise: about 0.1 for ten digits)."""
     n_idx = arrays.prob.shape[0]
     labels = layer_labels(n_idx - 1)
     per = {k: _per_example(getattr(arrays, k), arrays.mask) for k in ("prob", "rank", "entropy", "kl")}
@@ -102,9 +104,11 @@ def summarize(arrays: LensArrays, strata: list[str], seed: int) -> LogitLensFind
         s: [stats.estimate(per["prob"][strata_arr == s, i], seed) for i in range(n_idx)]
         for s in STRATA if (strata_arr == s).any()
     }
+    untrained_prob = _per_example(untrained.prob, untrained.mask)
     return LogitLensFindings(
         layer_labels=labels, prob_correct=series["prob"], rank_correct=series["rank"],
         entropy=series["entropy"], kl_to_final=series["kl"], convergence_hist=hist, by_stratum=by_stratum,
+        untrained_prob_correct=[stats.estimate(untrained_prob[:, i], seed) for i in range(n_idx)],
     )
 
 

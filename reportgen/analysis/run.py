@@ -107,7 +107,7 @@ def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool =
     bar.set_postfix_str("forward pass")
     _, cache = run_with_cache(model, batch)
     twin = twin_cache = attention_all = None
-    if on & {"attention", "probing", "circuits"}:
+    if on & {"attention", "probing", "circuits", "logit_lens"}:
         twin = untrained_twin(model, seed)
         _, twin_cache = run_with_cache(twin, batch)
     if on & {"attention", "circuits"}:  # circuits picks its candidates from every layer's role scores
@@ -118,7 +118,8 @@ def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool =
     runners = {
         "attention": lambda: _keep_layers(attention_all, plan.attention_layers),
         "patching": lambda: run_patching(model, tok, batch, cfg.patching, seed),
-        "logit_lens": lambda: summarize_lens(lens, [r["labels"]["stratum"] for r in batch.records], seed),
+        "logit_lens": lambda: summarize_lens(lens, compute_lens(twin, tok, twin_cache, batch),
+                                             [r["labels"]["stratum"] for r in batch.records], seed),
         "circuits": lambda: run_circuits(model, tok, batch, cache, attention_all, twin, cfg.circuits, seed),
         "probing": lambda: analyze_probing(batch, cache, twin_cache, cfg.probing, plan.probe_layers, seed),
         "interventions": lambda: run_interventions(model, tok, batch, cfg.interventions, seed),

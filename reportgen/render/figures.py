@@ -551,10 +551,13 @@ def lens_figure(key: str, lens) -> ReportFigure:
     for i, s in enumerate(strata):
         series.append({"name": s, "mean": [e.mean for e in lens.by_stratum[s]], "ls": "--", "marker": ".",
                        "lw": 1.0, "color": i + 1})
+    series.append({"name": "untrained model", "mean": [e.mean for e in lens.untrained_prob_correct], "ls": ":",
+                   "lw": 1.2, "color": COLORS.index("#7f7f7f"), "marker": ""})
     header = ["layer", "prob_correct", "lo", "hi", "n"]
     header += [f"{s}_{c}" for s in strata for c in ("mean", "lo", "hi", "n")]
+    header += [f"untrained_{c}" for c in ("mean", "lo", "hi", "n")]
     rows = [[lab, *_est_cols(lens.prob_correct[i])] + [v for s in strata for v in _est_cols(lens.by_stratum[s][i])]
-            for i, lab in enumerate(lens.layer_labels)]
+            + _est_cols(lens.untrained_prob_correct[i]) for i, lab in enumerate(lens.layer_labels)]
     return ReportFigure(
         key, "lines",
         {"xlabels": list(lens.layer_labels), "series": series, "ylabel": "P(correct digit)", "xlabel": "decoded after"},
@@ -563,7 +566,8 @@ def lens_figure(key: str, lens) -> ReportFigure:
         "teacher forced at the positions predicting answer digits, averaged over answer digits and examples. "
         "'embed' is the embedding (input to block 0), 'L0', 'L1', … the residual stream after block 0, 1, …; the "
         "band is a 95% "
-        "bootstrap interval over examples (all examples); dashed lines: per difficulty stratum.",
+        "bootstrap interval over examples (all examples); dashed lines: per difficulty stratum; dotted grey: the "
+        "same lens on an untrained model of the same shape (the baseline; 0.1 is uniform over the digits).",
         "Line plot of the probability of the correct digit by layer.",
         to_csv(header, rows),
     )

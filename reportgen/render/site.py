@@ -405,8 +405,8 @@ class SiteBuilder:
         return blocks
 
     def lens_section(self, m, lens) -> list[Block]:
-        rows = [[lab, lens.prob_correct[i], lens.rank_correct[i], lens.entropy[i], lens.kl_to_final[i]]
-                for i, lab in enumerate(lens.layer_labels)]
+        rows = [[lab, lens.prob_correct[i], lens.untrained_prob_correct[i], lens.rank_correct[i], lens.entropy[i],
+                 lens.kl_to_final[i]] for i, lab in enumerate(lens.layer_labels)]
         total = sum(lens.convergence_hist.values())
         order = list(lens.layer_labels) + sorted(set(lens.convergence_hist) - set(lens.layer_labels))
         hist = [[lab, lens.convergence_hist[lab], lens.convergence_hist[lab] / total if total else None]
@@ -415,9 +415,9 @@ class SiteBuilder:
             self.fig(F.lens_figure(self.paths.figure(m, "logit-lens"), lens)),
             self.table(Table(self.paths.table(m, "logit-lens"), "Logit lens per layer, means over answer digits "
                              "and examples with 95% bootstrap intervals: probability of the correct digit among "
-                             "digits, its rank among digits (0 = top-1), entropy of the digit distribution (nats) "
-                             "and KL(final ‖ layer) (nats).",
-                             ["layer", "P(correct)", "rank", "entropy", "KL to final"], rows)),
+                             "digits, the same on an untrained model of the same shape (baseline), its rank among "
+                             "digits (0 = top-1), entropy of the digit distribution (nats) and KL(final ‖ layer) "
+                             "(nats).", ["layer", "P(correct)", "untrained", "rank", "entropy", "KL to final"], rows)),
             self.table(Table(self.paths.table(m, "convergence"), "Convergence layer: the first layer at which the "
                              "model's final answer digit is top-1 among digits (later layers may still change "
                              "their top-1 before the last), counted over answer digits.", ["layer", "answer digits", "share"], hist)),
