@@ -42,7 +42,7 @@ DEFAULT_CONFIG = Path("configs/interpretability.yaml")
 EVAL_EXAMPLES = 512  # fresh stratified test set per model (128 per stratum)
 EVAL_SEED = 1234  # the same seed `reportgen eval` uses by default
 CACHE_DIR = ".reportgen-cache"
-_RESULT_CODE = ("data", "model", "analysis", "results", "build.py")  # code that determines results
+_RESULT_CODE = ("data", "model", "train", "analysis", "results", "build.py")  # code that determines results
 
 
 def _quiet(message: str) -> None:
@@ -208,19 +208,22 @@ def model_name(result: ModelResults, path: str, name: Optional[str] = None, labe
 def compute_model_results(run: ModelRun) -> ModelResults:
     """Accuracy on a fresh stratified test set, the planned analyses and provenance of one model
     (unnamed: the report names it)."""
-    from reportgen.analysis.examples import generated_records
+    from reportgen.analysis.examples import unseen_records
     from reportgen.analysis.run import run_plan
     from reportgen.train.evaluate import evaluate
 
     ckpt, say = run.ckpt, run.say
-    say(f"evaluating on {EVAL_EXAMPLES} fresh stratified examples")
-    ev = evaluate(ckpt.model, ckpt.tokenizer, generated_records(ckpt, EVAL_EXAMPLES, EVAL_SEED))
+    records, unseen = unseen_records(ckpt, EVAL_EXAMPLES, EVAL_SEED)
+    say(f"evaluating on {len(records)} fresh stratified examples"
+        + ("" if unseen else " (the training data could not be recovered: some may be training questions)"))
+    ev = evaluate(ckpt.model, ckpt.tokenizer, records)
     accuracy = Accuracy(
         exact_match=_estimate(ev.exact_match, ev.lo, ev.hi, ev.n),
         digit_accuracy=float(ev.digit_accuracy),
         by_stratum={s: _estimate(v["exact_match"], v["lo"], v["hi"], v["n"]) for s, v in ev.by_stratum.items()},
         n=ev.n,
         seed=EVAL_SEED,
+        unseen=unseen,
     )
     say("running the analyses")
     findings = run_plan(ckpt, run.cfg, run.plan, progress=run.bars)

@@ -214,7 +214,7 @@ def make_model(name: str, label: str, n_layers: int, n_examples: int = 6, seed: 
     drop = 0.12 if n_layers == 1 else 0.04  # the deeper model copes better with carries
     by_stratum = {s: _est(rng, 0.98 - drop * i, 0.02, missing_ci=(i == 3 and n_layers == 1))
                   for i, s in enumerate(STRATA)}
-    accuracy = Accuracy(_est(rng, 0.98 - drop * 1.5, 0.02), 0.95, by_stratum, 1000, 0)
+    accuracy = Accuracy(_est(rng, 0.98 - drop * 1.5, 0.02), 0.95, by_stratum, 1000, 0, True)
     return ModelResults(name, label, provenance, accuracy, training, findings)
 
 

@@ -11,12 +11,16 @@ import pytest
 import torch
 
 from conftest import TOKENIZER, random_model, records, save_model
+from reportgen.analysis import examples as examples_module
+from reportgen.analysis.examples import generated_records, unseen_records
 from reportgen.cli import main
 from reportgen.data.arithmetic import STRATA
 from reportgen.data.dataset import stratified_examples
 from reportgen.errors import ReportgenError
+from reportgen.model.checkpoint import load_checkpoint
 from reportgen.train import evaluate as evaluate_module
 from reportgen.train.evaluate import evaluate, final_answer, greedy_decode, wilson_interval
+from reportgen.train.trainer import training_questions
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["1+2=", "99+1=", "123+4567=", "5=", "12*34=", "0+0=", "9999+9999=", "7-3=", "", "314+15="]
@@ -33,7 +37,7 @@ def reference_decode(model, prompt: str, max_new_tokens: int) -> str:
         if nxt == TOKENIZER.eos_id:
             break
         out.append(nxt)
-    return TOKENIZER.decode(out)
+    return TOKENIZER.decode(out, keep_specials=True)
 
 
 def eos_biased_model(seed: int, n_ctx: int):
@@ -211,6 +215,59 @@ def test_shipped_demo_checkpoints_reach_99_percent_on_fresh_stratified_questions
     assert main(["eval", "--checkpoint", str(ROOT / "runs" / run / "checkpoint_best.pt"), "--instances", "800",
                  "--seed", "7", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["unseen"] is True  # none of the questions is in the data the model was trained on
     assert result["n"] == 800 and result["exact_match"] >= 0.99
     assert set(result["by_stratum"]) == set(STRATA)
     assert all(s["exact_match"] >= 0.99 for s in result["by_stratum"].values()), result["by_stratum"]
+
+
+# ----------------------------------------------------------------------------- unseen test questions
+def test_test_questions_leave_out_the_models_training_data():
+    """The demo checkpoint's data set is regenerated from its training config (its hash checked)
+    and none of its train, val or test questions is used to test it."""
+    ckpt = load_checkpoint(ROOT / "runs" / "add3_rev" / "checkpoint_best.pt")
+    seen = training_questions(ckpt.meta)
+    assert seen is not None and len(seen) == ckpt.meta["train_config"]["data"]["instances"]
+    recs, unseen = unseen_records(ckpt, 512, 1234)
+    assert unseen and len(recs) == 512 and not {(r["a"], r["op"], r["b"]) for r in recs} & seen
+    assert len(seen & {(r["a"], r["op"], r["b"]) for r in generated_records(ckpt, 512, 1234)}) > 50  # what it was
+
+
+def test_training_data_that_cannot_be_recovered_is_said(checkpoint_path, capsys):
+    """A checkpoint without its training config (or whose data hash no longer matches) is tested
+    on generated questions, and eval says they may include training questions."""
+    ckpt = load_checkpoint(checkpoint_path)
+    assert training_questions(ckpt.meta) is None
+    assert training_questions({**ckpt.meta, "train_config": load_checkpoint(
+        ROOT / "runs" / "add3_rev" / "checkpoint_best.pt").meta["train_config"], "data_manifest_hash": "0" * 64}) is None
+    assert main(["eval", "--checkpoint", checkpoint_path, "--instances", "16", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "may be training questions" in out and json.loads(out.strip().splitlines()[-1])["unseen"] is False
+
+
+def test_a_task_the_training_data_nearly_exhausts(tmp_path, monkeypatch):
+    """One-digit addition has 100 questions: with 90 of them trained on, the test set is the other
+    10; with all 100, there is nothing to test on."""
+    task = {"task": "add", "max_digits": 1, "min_digits": 1, "with_steps": False, "answer_order": "plain"}
+    ckpt = load_checkpoint(save_model(tmp_path / "one.pt", random_model(), task))
+    every = [(a, "+", b) for a in range(10) for b in range(10)]
+    monkeypatch.setattr(examples_module, "training_questions", lambda meta: set(every[:90]))
+    recs, unseen = unseen_records(ckpt, 64, 0)
+    assert unseen and sorted((r["a"], r["op"], r["b"]) for r in recs) == every[90:]
+    monkeypatch.setattr(examples_module, "training_questions", lambda meta: set(every))
+    with pytest.raises(ReportgenError, match="no unseen question"):
+        unseen_records(ckpt, 64, 0)
+
+
+def test_an_answer_with_padding_or_bos_inside_is_not_a_clean_answer(monkeypatch):
+    """'1 3 <pad> <bos> 2' decodes to '13<pad><bos>2' in evaluation, never to the right '132'."""
+    ids = [TOKENIZER.vocab.index(t) for t in ("1", "3", "<pad>", "<bos>", "2", "<eos>", "7")]
+    assert TOKENIZER.decode(ids) == "132"  # display text of an input
+    assert TOKENIZER.decode(ids, keep_specials=True) == "13<pad><bos>2"
+    model = random_model(seed=3)
+    with torch.no_grad():  # writes only <pad>: the decoded answer shows it (it was an empty string)
+        model.b_U[:] = -100.0
+        model.b_U[TOKENIZER.pad_id] = 100.0
+    out = greedy_decode(model, TOKENIZER, ["1+2="], 2)
+    assert out == ["<pad><pad>"]
+    assert evaluate(model, TOKENIZER, records((1, "+", 2))).exact_match == 0.0

@@ -83,7 +83,7 @@ def model_results(name="m", task=TASK, shape=SHAPE, em=(0.9, 0.85, 0.94), strata
         analysis_config={"seed": 0, "enabled": ["attention"]}, examples=["59 + 73"], reportgen_version="0.1.0",
     )
     acc = Accuracy(exact_match=Estimate(*em, 512), digit_accuracy=0.97,
-                   by_stratum={s: Estimate(*v, 128) for s, v in strata.items()}, n=512, seed=1234)
+                   by_stratum={s: Estimate(*v, 128) for s, v in strata.items()}, n=512, seed=1234, unseen=True)
     curve = TrainingCurve(steps=[0, 100], train_loss=[2.3, 0.1], val_exact_match=[0.0, math.nan])
     return ModelResults(name=name, label=name, provenance=prov, accuracy=acc, training=curve,
                         findings=_Filler(adversarial)(AnalysisFindings))

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import torch
 
 from reportgen.data.arithmetic import make_record, parse_problem
-from reportgen.data.dataset import stratified_examples
+from reportgen.data.dataset import count_questions, stratified_examples
 from reportgen.data.tokenizer import Tokenizer
 from reportgen.errors import ReportgenError
 from reportgen.model.checkpoint import Checkpoint
+from reportgen.train.trainer import training_questions
 
 @dataclass
 class ExampleBatch:
@@ -99,9 +100,25 @@ def records_from_texts(texts: list[str], ckpt: Checkpoint) -> list[dict]:
     return out
 
 
-def generated_records(ckpt: Checkpoint, n: int, seed: int) -> list[dict]:
-    """n fresh examples of the checkpoint's own task and format, stratified by difficulty."""
+def generated_records(ckpt: Checkpoint, n: int, seed: int, exclude=None) -> list[dict]:
+    """n examples of the checkpoint's own task and format, stratified by difficulty, none of the
+    `exclude` (a, op, b) questions."""
     t = ckpt.task
     return stratified_examples(
-        t["task"], n, t["max_digits"], t["min_digits"], seed, t["with_steps"], t["answer_order"]
+        t["task"], n, t["max_digits"], t["min_digits"], seed, t["with_steps"], t["answer_order"], exclude
     )
+
+
+def unseen_records(ckpt: Checkpoint, n: int, seed: int) -> tuple[list[dict], bool]:
+    """Up to n stratified questions to test a checkpoint on that are not in the data set it was
+    trained on (nor that data set's val and test splits), and whether that data set could be
+    recovered to leave them out (if not, the n questions may include training questions)."""
+    seen = training_questions(ckpt.meta)
+    if seen is None:
+        return generated_records(ckpt, n, seed), False
+    t = ckpt.task
+    left = count_questions(t["task"], t["min_digits"], t["max_digits"]) - len(seen)
+    if left <= 0:
+        raise ReportgenError("every question of the model's task is in the data set it was trained on; "
+                             "there is no unseen question to test it on")
+    return generated_records(ckpt, min(n, left), seed, exclude=seen), True

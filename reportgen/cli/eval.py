@@ -23,22 +23,24 @@ def run(args: argparse.Namespace) -> int:
 
     if args.instances <= 0:
         raise ReportgenError(f"--instances must be positive, got {args.instances}")
-    from reportgen.analysis.examples import generated_records
+    from reportgen.analysis.examples import unseen_records
     from reportgen.model.checkpoint import load_checkpoint
     from reportgen.train.evaluate import evaluate
     from reportgen.train.trainer import resolve_device
 
     ckpt = load_checkpoint(args.checkpoint, device=str(resolve_device(args.device)))
-    records = generated_records(ckpt, args.instances, args.seed)
+    records, unseen = unseen_records(ckpt, args.instances, args.seed)
     res = evaluate(ckpt.model, ckpt.tokenizer, records)
     t = ckpt.task
     print(f"{args.checkpoint}: task {t['task']}, {t['min_digits']}-{t['max_digits']} digits, "
           f"{'with' if t['with_steps'] else 'without'} steps, {t['answer_order']} answers")
+    print("test questions: none from the model's training data (train, val and test splits)" if unseen else
+          "test questions: the model's training data could not be recovered, so some may be training questions")
     print(f"exact match {res.exact_match:.4f} [{res.lo:.4f}, {res.hi:.4f}] (n={res.n}); "
           f"per-digit accuracy {res.digit_accuracy:.4f}")
     for stratum, s in res.by_stratum.items():
         print(f"  {stratum:12s} {s['exact_match']:.4f} [{s['lo']:.4f}, {s['hi']:.4f}] (n={s['n']})")
     if args.json:
-        print(json.dumps({**res.to_dict(), "checkpoint": args.checkpoint, "sha256": ckpt.sha256, "task": t},
-                         sort_keys=True))
+        print(json.dumps({**res.to_dict(), "checkpoint": args.checkpoint, "sha256": ckpt.sha256, "task": t,
+                          "unseen": unseen}, sort_keys=True))
     return 0

@@ -564,6 +564,11 @@ def _split_bytes(records: list[dict]) -> bytes:
     return b"".join(_json_bytes(r) + b"\n" for r in records)
 
 
+def splits_hash(splits: dict[str, list[dict]]) -> str:
+    """The content hash a data set's manifest (and a checkpoint trained on it) records."""
+    return _content_hash({name: _split_bytes(splits[name]) for name in SPLITS})
+
+
 def _content_hash(blobs: dict[str, bytes]) -> str:
     h = hashlib.sha256()
     for name in SPLITS:

@@ -66,14 +66,15 @@ class Tokenizer:
             ids.append(self.eos_id)
         return ids
 
-    def decode(self, ids, stop_at_eos: bool = True) -> str:
-        """Text of the ids, skipping BOS/PAD and stopping at EOS."""
+    def decode(self, ids, stop_at_eos: bool = True, keep_specials: bool = False) -> str:
+        """Text of the ids, stopping at EOS; BOS/PAD are skipped, or written as '<bos>'/'<pad>'
+        with `keep_specials` (a model's output holding them is not a clean answer)."""
         out = []
         for i in ids:
             tok = self.vocab[int(i)]
             if tok == "<eos>" and stop_at_eos:
                 break
-            if tok not in SPECIALS:
+            if keep_specials or tok not in SPECIALS:
                 out.append(tok)
         return "".join(out)
 

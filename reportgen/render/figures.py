@@ -458,7 +458,9 @@ def accuracy_figure(key: str, accuracy) -> ReportFigure:
                                            "lo": [e.lo for e in ests], "hi": [e.hi for e in ests]}],
          "ylabel": "exact match", "reference": {"value": em.mean, "lo": em.lo, "hi": em.hi, "label": "all strata"}},
         f"Exact-match accuracy (greedy decoding; the whole final answer must be right) per difficulty stratum on a "
-        f"fresh stratified test set of {accuracy.n} problems (seed {accuracy.seed}); whiskers and the grey band are "
+        f"fresh stratified test set of {accuracy.n} problems (seed {accuracy.seed}; "
+        f"{'none from the model' + chr(39) + 's training data' if accuracy.unseen else 'may include training questions'}); "
+        f"whiskers and the grey band are "
         f"95% Wilson intervals; dashed line: all strata together.{_ci_note(ests)}",
         "Bar chart of exact-match accuracy per difficulty stratum.",
         to_csv(["stratum", "exact_match", "lo", "hi", "n"], [[s, *_est_cols(e)] for s, e in zip(strata, ests)]),

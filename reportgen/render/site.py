@@ -355,8 +355,10 @@ class SiteBuilder:
         rows = [["all", a.exact_match]] + [[s, a.by_stratum[s]] for s in strata]
         return Section("accuracy", "Accuracy", [
             text(f"Greedy decoding on a fresh stratified test set of {a.n} problems of the model's own task (seed "
-                 f"{a.seed}). Exact match: the whole final answer right. Mean per-digit accuracy: "
-                 f"{fmt_num(a.digit_accuracy)}."),
+                 f"{a.seed}), " + ("none of them in the data set the model was trained on (its train, val or test "
+                                   "split)" if a.unseen else "which may include training questions: the model's "
+                                   "training data could not be recovered to leave them out") +
+                 f". Exact match: the whole final answer right. Mean per-digit accuracy: {fmt_num(a.digit_accuracy)}."),
             self.table(Table(self.paths.table(m, "accuracy"), "Exact-match accuracy overall and per difficulty "
                              "stratum, with 95% Wilson intervals.", ["stratum", "exact match"], rows)),
             self.fig(F.accuracy_figure(self.paths.figure(m, "accuracy"), a)),

@@ -53,6 +53,7 @@ class Accuracy:
     by_stratum: dict[str, Estimate]  # exact match per difficulty stratum
     n: int
     seed: int  # seed of the test set
+    unseen: bool  # the test set holds none of the model's training data (its train, val and test splits)
 
 
 @dataclass

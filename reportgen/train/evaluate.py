@@ -89,7 +89,7 @@ def _decode_batch(model, tokenizer, prompts, max_new_tokens):
             break
         at = (cur - 1).clamp(max=n_ctx - 1)  # finished rows repeat a harmless step
         nxt = model.decode_step(tokens[rows, at], at, kv).argmax(-1)
-    return [tokenizer.decode(tokens[i, lengths[i] : cur[i]].tolist()) for i in range(len(seqs))]
+    return [tokenizer.decode(tokens[i, lengths[i] : cur[i]].tolist(), keep_specials=True) for i in range(len(seqs))]
 
 
 def final_answer(target: str) -> str:

@@ -15,14 +15,14 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from reportgen.configfile import to_dict
-from reportgen.data.dataset import DataSpec, load_dataset, write_dataset
+from reportgen.configfile import from_dict, to_dict
+from reportgen.data.dataset import DataSpec, generate, load_dataset, splits_hash, write_dataset
 from reportgen.data.tokenizer import Tokenizer
 from reportgen.errors import ReportgenError
 from reportgen.model.checkpoint import load_checkpoint, read_checkpoint_payload, save_checkpoint
@@ -50,9 +50,7 @@ def load_data(cfg: TrainConfig, out_dir: Path) -> TrainData:
         manifest, splits = load_dataset(d.dir)
         _require_every_split({k: len(v) for k, v in splits.items()}, f"regenerate {d.dir} with more --instances")
     else:
-        spec = DataSpec(task=d.task, instances=d.instances, max_digits=d.max_digits, min_digits=d.min_digits,
-                        with_steps=d.with_steps, answer_order=d.answer_order, seed=cfg.seed,
-                        stratified_fraction=d.stratified_fraction)
+        spec = data_spec(cfg)
         _require_every_split(spec.split_sizes(), "raise data.instances")
         data_dir = out_dir / "data"
         if not (data_dir / "manifest.json").is_file():
@@ -67,6 +65,28 @@ def load_data(cfg: TrainConfig, out_dir: Path) -> TrainData:
     spec = {k: s[k] for k in ("task", "max_digits", "min_digits", "with_steps", "answer_order")}
     tokens, mask = tokenize_records(splits["train"], Tokenizer())
     return TrainData(tokens, mask, splits, spec, manifest["content_hash"], length_weights(splits["train"]))
+
+
+def data_spec(cfg: TrainConfig) -> DataSpec:
+    """The data set a training config generates (when it names no data.dir)."""
+    d = cfg.data
+    return DataSpec(task=d.task, instances=d.instances, max_digits=d.max_digits, min_digits=d.min_digits,
+                    with_steps=d.with_steps, answer_order=d.answer_order, seed=cfg.seed,
+                    stratified_fraction=d.stratified_fraction)
+
+
+def training_questions(meta: dict) -> Optional[set[tuple[int, str, int]]]:
+    """Every (a, op, b) question of the data set a checkpoint was trained on (train, val and test
+    splits): regenerated from its training config, or read from its data directory, and checked
+    against the data hash it records. None where that data set cannot be recovered."""
+    try:
+        cfg = from_dict(TrainConfig, meta["train_config"], "the checkpoint's training config")
+        splits = load_dataset(cfg.data.dir)[1] if cfg.data.dir else generate(data_spec(cfg))
+    except (KeyError, TypeError, ReportgenError):
+        return None
+    if splits_hash(splits) != meta.get("data_manifest_hash"):
+        return None
+    return {(r["a"], r["op"], r["b"]) for records in splits.values() for r in records}
 
 
 def length_weights(records: list[dict]) -> torch.Tensor:
