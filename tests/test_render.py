@@ -279,3 +279,20 @@ def test_comparison_of_logit_lens_convergence_shows_the_known_shares():
     assert rows["share converging at L1"] == [None, 6 / 8]
     assert not any("never" in key for key in rows)
     assert rows["final layer P(correct)"] == [m.findings.logit_lens.prob_correct[-1] for m in report.models]
+
+
+def test_bold_only_where_the_shown_intervals_separate():
+    """0.99998 [0.99997, 0.99998] vs 0.99839 [0.99756, 0.99913]: both show as 1.00 [1.00, 1.00],
+    so neither is bold; 0.90 [0.85, 0.95] vs 0.50 [0.40, 0.60] is."""
+    from render_fixtures import make_report
+
+    from reportgen.render.site import SiteBuilder
+
+    report = make_report(N_EXAMPLES)
+    models = report.models[:2]
+    assert any(g.aspect == "accuracy" and {m.name for m in models} <= set(g.models) for g in report.comparison.groups)
+    builder = SiteBuilder(report, pdf=False)
+    close = builder._highlighted([Estimate(0.99998, 0.99997, 0.99998, 99), Estimate(0.99839, 0.99756, 0.99913, 99)],
+                                 models, "accuracy")
+    apart = builder._highlighted([Estimate(0.9, 0.85, 0.95, 99), Estimate(0.5, 0.4, 0.6, 99)], models, "accuracy")
+    assert [c.strong for c in close] == [False, False] and [c.strong for c in apart] == [True, False]

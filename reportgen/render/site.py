@@ -293,7 +293,8 @@ class SiteBuilder:
     def accuracy_comparison_table(self, key: str = "tables/accuracy-by-stratum") -> Block:
         r = self.report
         strata = F.ordered_strata({s for m in r.models for s in m.accuracy.by_stratum})
-        leaders = {(l.stratum, l.best) for l in r.comparison.leaders if not l.ci_overlap}
+        leaders = {(l.stratum, l.best) for l in r.comparison.leaders  # apart as the cells show them, too
+                   if not l.ci_overlap and _shown(l.exact_match.lo) > _shown(l.runner_up_exact_match.hi)}
         rows = []
         for s in ["all", *strata]:
             row = [s]
@@ -606,7 +607,8 @@ class SiteBuilder:
 
     def _highlighted(self, estimates: list, models: list, aspect: str) -> list:
         """Cells for one row of per-model estimates: bold where one model beats every other model it is
-        comparable with (on `aspect`) by more than the 95% intervals allow; '—' where it has none."""
+        comparable with (on `aspect`) by more than the 95% intervals allow, as the cells show them
+        (rounded to 2 decimals, so a reader can see it); '—' where it has none."""
         group_of = {n: i for i, g in enumerate(g for g in self.report.comparison.groups if g.aspect == aspect)
                     for n in g.models}
         cells = []
@@ -616,7 +618,7 @@ class SiteBuilder:
                 continue
             rivals = [o for j, (n, o) in enumerate(zip(models, estimates))
                       if j != i and o is not None and n.name in group_of and group_of.get(m.name) == group_of[n.name]]
-            best = bool(rivals) and all(_finite_or(e.lo) > _finite_or(o.hi, math.inf) for o in rivals)
+            best = bool(rivals) and all(_shown(_finite_or(e.lo)) > _shown(_finite_or(o.hi, math.inf)) for o in rivals)
             cells.append(Cell(e, strong=best))
         return cells
 
@@ -756,6 +758,11 @@ def _has_attention(ex) -> bool:
 
 def _finite_or(x, default: float = -math.inf) -> float:
     return x if x is not None and math.isfinite(x) else default
+
+
+def _shown(x: float) -> float:
+    """x as a table cell shows it (2 decimals)."""
+    return float(f"{x:.2f}") if math.isfinite(x) else x
 
 
 # ---------------------------------------------------------------- templates and writing
