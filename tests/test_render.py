@@ -296,3 +296,44 @@ def test_bold_only_where_the_shown_intervals_separate():
                                  models, "accuracy")
     apart = builder._highlighted([Estimate(0.9, 0.85, 0.95, 99), Estimate(0.5, 0.4, 0.6, 99)], models, "accuracy")
     assert [c.strong for c in close] == [False, False] and [c.strong for c in apart] == [True, False]
+
+
+def test_top_head_verdicts_come_from_the_circuit_test_of_that_role():
+    """A head's carry-head verdict is shown on its carry_source row only, never on another role's."""
+    import dataclasses
+
+    from render_fixtures import make_report
+
+    from reportgen.analysis.findings import Estimate as E, RoleScore
+    from reportgen.render.site import SiteBuilder
+
+    report = make_report(N_EXAMPLES)
+    m = report.models[0]
+    # L0H1 (the fixture's confirmed carry head) tops every role
+    scores = [RoleScore(0, 1, role, E(0.9, 0.85, 0.95, 10), 1.0, E(0.1, 0.05, 0.15, 10))
+              for role in ("column", "carry_source", "operator")]
+    m.findings.attention = dataclasses.replace(m.findings.attention, role_scores=scores)
+    builder = SiteBuilder(report, pdf=False)
+    builder.compare_page()
+    (table,) = [t for t in builder.tables if t.key == "tables/compare-heads"]
+    verdicts = {r[1]: r[-1] for r in table.rows if r[0] == m.label}
+    assert verdicts == {"column": "no causal test of this role", "carry_source": "carry_head: confirmed",
+                        "operator": "not a candidate"}
+
+
+def test_probe_comparison_csv_holds_numbers():
+    import csv
+    import io
+
+    from render_fixtures import make_report
+
+    from reportgen.render.site import SiteBuilder
+
+    builder = SiteBuilder(make_report(N_EXAMPLES), pdf=False)
+    builder.compare_page()
+    (table,) = [t for t in builder.tables if t.key == "tables/compare-probes"]
+    rows = list(csv.reader(io.StringIO(table.to_csv())))
+    assert rows[0][:3] == ["label", "site", "metric"] and rows[0][3].endswith(" accuracy")
+    for row in rows[1:]:
+        assert row[2] in ("accuracy", "balanced accuracy") or row[2].startswith("balanced accuracy for ")
+        assert all(v == "" or -1 <= float(v) <= 1 for v in row[3:])  # plain numbers, not display text

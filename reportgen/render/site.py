@@ -655,17 +655,20 @@ class SiteBuilder:
         keys = sorted(order, key=order.get)
         rows = []
         for label, site in keys:
-            row = [label, site]
-            for m in models:
-                r = summaries[m.name].get((label, site))
-                row.append(f"{fmt_num(r['accuracy'])} (sel. {fmt_num(r['selectivity'])})" if r else "—")
+            found = [summaries[m.name].get((label, site)) for m in models]
+            balanced = {r["balanced"] for r in found if r}
+            row = [label, site, "balanced accuracy" if balanced == {True} else "accuracy" if balanced == {False}
+                   else "balanced accuracy for " + ", ".join(m.label for m, r in zip(models, found) if r and r["balanced"])]
+            for r in found:
+                row += [r["accuracy"], r["selectivity"]] if r else [None, None]
             rows.append(row)
         missing = [m.label for m in self.report.models if m.findings.probing is None]
         extra = [notice(f"Probing not run for: {', '.join(missing)}.")] if missing else []
         table = self.table(Table(
-            "tables/compare-probes", "Held-out probe accuracy per label and site, averaged over answer positions, "
-            "with selectivity (accuracy − control-task accuracy) in brackets; '—': no such site in that model.",
-            ["label", "site", *[m.label for m in models]], rows))
+            "tables/compare-probes", "Held-out probe accuracy per label and site (balanced accuracy where the "
+            "label's classes are unbalanced), averaged over answer positions, and its selectivity (accuracy − "
+            "control-task accuracy) per model; 'n/a': no such site in that model.",
+            ["label", "site", "metric", *[f"{m.label} {q}" for m in models for q in ("accuracy", "selectivity")]], rows))
         return Section("probing", "Probe accuracy per layer and label", [*self._group_note("layers"), *extra, table])
 
     def compare_heads_section(self) -> Section:
@@ -679,20 +682,21 @@ class SiteBuilder:
                 clean = iv.clean.exact_match.mean
                 effects = {e.component: _delta(clean, e.metrics.exact_match.mean)
                            for e in iv.effects if e.method == iv.default_method}
-            causal = {(c.layer, c.index): c for c in (circ.components if circ else []) if c.kind.endswith("_head")}
+            causal = {(c.kind, c.layer, c.index): c for c in (circ.components if circ else [])}
             for role in dict.fromkeys(r.role for r in att.role_scores):
                 best = min((r for r in att.role_scores if r.role == role),
                            key=lambda r: (-_finite_or(r.score.mean), r.layer, r.head))
-                comp = causal.get((best.layer, best.head))
+                kind = ROLE_CIRCUIT.get(role)
+                verdict = _verdict(causal.get((kind, best.layer, best.head))) if kind else "no causal test of this role"
                 rows.append([m.label, role, f"L{best.layer}H{best.head}", best.score, best.untrained,
-                             effects.get(f"L{best.layer}H{best.head}"),
-                             _verdict(comp)])
+                             effects.get(f"L{best.layer}H{best.head}"), verdict])
         if not rows:
             return Section("heads", "Top heads per role", [not_run("attention")])
         return Section("heads", "Top heads per role", [*self._group_note("heads"), self.table(Table(
             "tables/compare-heads", "The head with the highest role score per role and model (95% bootstrap "
             "interval), the same head untrained, the drop in exact match when it is ablated with the model's "
-            "default method (clean − ablated; positive = the head matters), and the circuit verdict.",
+            "default method (clean − ablated; positive = the head matters), and the verdict of the circuit test of "
+            "that role (carry_source: carry head; operator: operator head).",
             ["model", "role", "head", "role score", "untrained", "ablation drop", "circuit"], rows))])
 
     def compare_ablation_section(self) -> Section:
@@ -743,6 +747,9 @@ class SiteBuilder:
                                                kv_rows(d or {}))))
             sections.append(Section(f"model-{slug}", m.label, blocks))
         return Page("provenance.html", "provenance.html", "Provenance", sections)
+
+
+ROLE_CIRCUIT = {"carry_source": "carry_head", "operator": "operator_head"}  # role score -> circuit test
 
 
 def _verdict(comp) -> str:
