@@ -337,3 +337,16 @@ def test_probe_comparison_csv_holds_numbers():
     for row in rows[1:]:
         assert row[2] in ("accuracy", "balanced accuracy") or row[2].startswith("balanced accuracy for ")
         assert all(v == "" or -1 <= float(v) <= 1 for v in row[3:])  # plain numbers, not display text
+
+
+def test_a_capped_neuron_list_says_so():
+    from render_fixtures import make_report
+
+    from reportgen.render.site import SiteBuilder
+
+    report = make_report(N_EXAMPLES)
+    m = report.models[0]
+    builder = SiteBuilder(report, pdf=False)
+    builder.circuits_section(m, m.findings.circuits)
+    (table,) = [t for t in builder.tables if t.key.endswith("/components")]
+    assert "the 1 most selective (largest |AUROC − 0.5|) of the 5 selected are listed" in table.caption

@@ -427,7 +427,12 @@ class SiteBuilder:
         ]
 
     def circuits_section(self, m, circ) -> list[Block]:
-        comps = sorted(circ.components, key=lambda c: (c.kind, c.layer, c.index))
+        comps = sorted(circ.components, key=lambda c: (c.kind, -abs(c.score - 0.5), c.layer, c.index)
+                       if c.kind == "neuron" else (c.kind, c.layer, c.index))
+        n_listed = sum(c.kind == "neuron" for c in comps)
+        n_selected = (circ.neuron_test or {}).get("n_selected", n_listed)
+        listed = (f" Neurons: the {n_listed} most selective (largest |AUROC − 0.5|) of the {n_selected} selected are "
+                  f"listed; the set test ablates all {n_selected}." if n_listed < n_selected else "")
         rows = [[c.kind, f"L{c.layer}", c.index, c.column, c.score, c.null, c.causal_effect, c.control_effect,
                  Cell("confirmed" if c.confirmed else "not confirmed", strong=c.confirmed), c.note] for c in comps]
         blocks = [
@@ -438,7 +443,7 @@ class SiteBuilder:
             self.table(Table(self.paths.table(m, "components"), "Circuit components: the selection score and its "
                              "null (untrained model, shuffled labels or random set), the causal effect (e.g. accuracy "
                              "drop on the carry-dependent stratum) and the control effect (e.g. drop on the "
-                             "carry-free stratum or for a random set of equal size).",
+                             "carry-free stratum or for a random set of equal size)." + listed,
                              ["kind", "layer", "index", "column", "score", "null", "causal effect", "control effect",
                               "verdict", "note"], rows)),
         ]
