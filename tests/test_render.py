@@ -350,3 +350,26 @@ def test_a_capped_neuron_list_says_so():
     builder.circuits_section(m, m.findings.circuits)
     (table,) = [t for t in builder.tables if t.key.endswith("/components")]
     assert "the 1 most selective (largest |AUROC − 0.5|) of the 5 selected are listed" in table.caption
+
+
+@pytest.mark.parametrize("n_pos", [12, 51])
+def test_heatmap_columns_stay_wide_enough_for_their_labels(n_pos):
+    """Three sites over 51 token positions (a scratchpad model) plus a head panel: side by side,
+    a column would be 0.04 in wide; the panels are stacked so every column holds its 7 pt label."""
+    import numpy as np
+
+    from reportgen.render import figures as F
+
+    xl = [f"s{i}" for i in range(n_pos)]
+    panels = [{"title": s, "matrix": np.zeros((2, n_pos)), "xlabels": xl, "ylabels": ["L0", "L1"]}
+              for s in ("resid_pre", "attn_out", "mlp_out")]
+    panels.append({"title": "head", "matrix": np.zeros((2, 4)), "xlabels": ["H0", "H1", "H2", "H3"],
+                   "ylabels": ["L0", "L1"]})
+    fig = F.plot_heatmaps(panels, -1, 1, "RdBu_r", "recovery")
+    W, _ = fig.get_size_inches()
+    heatmaps = [ax for ax in fig.axes if ax.images and ax.get_title()]
+    assert len(heatmaps) == 4
+    for ax in heatmaps:
+        cell = ax.get_position().width * W / ax.images[0].get_array().shape[1]
+        size = max(t.get_fontsize() for t in ax.get_xticklabels())
+        assert cell >= 0.1 and size <= 0.95 * 72 * cell + 1e-9, (ax.get_title(), cell, size)

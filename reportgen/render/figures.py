@@ -275,8 +275,12 @@ def plot_line_panels(panels, ylabel, xlabel="", ylim=(0.0, 1.0)):
     return fig
 
 
+MIN_CELL = 0.13  # inches: narrower heatmap columns cannot carry a 7 pt tick label each
+
+
 def plot_heatmaps(panels, vmin, vmax, cmap, cbar_label, annotate=False):
-    """Side-by-side heatmaps sharing one colour scale; NaN cells (no data) are grey."""
+    """Side-by-side heatmaps sharing one colour scale; NaN cells (no data) are grey. Panels too
+    wide to sit side by side with legible columns (e.g. 50 token positions) are stacked instead."""
     import matplotlib
 
     cm = matplotlib.colormaps[cmap].with_extremes(bad="#d9d9d9")
@@ -288,6 +292,8 @@ def plot_heatmaps(panels, vmin, vmax, cmap, cbar_label, annotate=False):
     bottom, top, right, gap = _xlabel_room(all_x, rotation), 0.3, 1.05, 0.2
     cell_w = min(0.3, (6.8 - ylabel_w - right - len(panels) * (gap + (0 if shared_y else ylabel_w))) / len(all_x))
     cell_h = min(max(0.3, 1.0 / n_rows), 3.6 / n_rows)  # at least an inch tall, at most 3.6
+    if cell_w < MIN_CELL and len(panels) > 1:
+        return _stacked_heatmaps(panels, vmin, vmax, cm, cbar_label, ylabel_w, cell_h, rotation)
     widths = [cell_w * len(p["xlabels"]) for p in panels]
     inner = sum(widths) + (len(panels) - 1) * (gap + (0 if shared_y else ylabel_w))
     width, height = ylabel_w + inner + right, bottom + cell_h * n_rows + top
@@ -310,6 +316,36 @@ def plot_heatmaps(panels, vmin, vmax, cmap, cbar_label, annotate=False):
                             color="white" if (v - vmin) / (vmax - vmin) > 0.6 else "black")
         x += w + gap + (0 if shared_y else ylabel_w)
     cax = _axes(fig, width - right + 0.15, bottom, 0.12, cell_h * n_rows)
+    fig.colorbar(im, cax=cax, label=cbar_label)
+    return fig
+
+
+def _stacked_heatmaps(panels, vmin, vmax, cm, cbar_label, ylabel_w, cell_h, rotation):
+    """plot_heatmaps with one panel per row, each as wide as the page allows (tick labels shrink
+    to fit their columns, down to 5 pt)."""
+    right, top, title = 1.05, 0.1, 0.3
+    span = 6.8 - ylabel_w - right
+    rows = []
+    for p in panels:
+        w = min(0.3, span / len(p["xlabels"]))
+        size = max(5.0, min(7.0, 0.9 * 72 * w))
+        room = 0.3 + CHAR * size / 7 * _longest(p["xlabels"]) * (1.0 if rotation == 90 else 0.0)
+        rows.append((p, w, size, room, cell_h * len(p["ylabels"])))
+    height = top + sum(title + h + room for _, _, _, room, h in rows)
+    fig = _figure(6.8, height)
+    y, im = height - top, None
+    for p, w, size, room, h in rows:
+        y -= title + h
+        m = np.asarray(p["matrix"], dtype=float)
+        ax = _axes(fig, ylabel_w, y, w * m.shape[1], h)
+        im = ax.imshow(np.ma.masked_invalid(m), cmap=cm, vmin=vmin, vmax=vmax, aspect="auto")
+        ax.set_xticks(range(m.shape[1]), p["xlabels"], rotation=rotation, fontsize=size)
+        ax.set_yticks(range(m.shape[0]), p["ylabels"])
+        ax.tick_params(length=0)
+        ax.set_title(p["title"])
+        ax.spines[:].set_visible(False)
+        y -= room
+    cax = _axes(fig, 6.8 - right + 0.15, y + rows[-1][3], 0.12, height - top - title - y - rows[-1][3])
     fig.colorbar(im, cax=cax, label=cbar_label)
     return fig
 
