@@ -373,3 +373,22 @@ def test_heatmap_columns_stay_wide_enough_for_their_labels(n_pos):
         cell = ax.get_position().width * W / ax.images[0].get_array().shape[1]
         size = max(t.get_fontsize() for t in ax.get_xticklabels())
         assert cell >= 0.1 and size <= 0.95 * 72 * cell + 1e-9, (ax.get_title(), cell, size)
+
+
+def test_examples_show_the_answer_as_a_number():
+    """A reversed-answer model reads '836+672=8051': the table also gives 1508."""
+    import dataclasses
+
+    from render_fixtures import make_report
+
+    from reportgen.render.site import SiteBuilder
+
+    report = make_report(N_EXAMPLES)
+    m = report.models[0]
+    m.findings.examples[0] = dataclasses.replace(m.findings.examples[0], prompt="836+672=", target="8051")
+    m.provenance = dataclasses.replace(m.provenance, task={**m.provenance.task, "answer_order": "reversed"})
+    builder = SiteBuilder(report, pdf=False)
+    builder.examples_section(m)
+    (table,) = [t for t in builder.tables if t.key.endswith("/examples")]
+    assert table.columns[:2] == ["example", "answer"] and table.rows[0][1] == "1508"
+    assert "reversed answer order" in table.caption

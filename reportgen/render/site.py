@@ -24,7 +24,7 @@ from typing import Any, Optional
 import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from reportgen.data.arithmetic import STRATUM_DESCRIPTIONS
+from reportgen.data.arithmetic import STRATUM_DESCRIPTIONS, apply_op, parse_problem
 from reportgen.errors import ReportgenError
 from reportgen.render import figures as F
 from reportgen.render.search import search_index_js
@@ -504,19 +504,21 @@ class SiteBuilder:
         exs = m.findings.examples
         if not exs:
             return Section("examples", "Examples", [notice("No examples were analysed for this model.")])
-        rows = [[Cell(ex.prompt + ex.target, self.paths.example(m, i)), ex.prediction,
+        rows = [[Cell(ex.prompt + ex.target, self.paths.example(m, i)), _answer(ex), ex.prediction,
                  Cell("yes" if ex.correct else "no", strong=not ex.correct), ex.stratum]
                 for i, ex in enumerate(exs)]
         return Section("examples", "Examples", [self.table(Table(
-            self.paths.table(m, "examples"), "The analysed examples (teacher forced), the model's greedy answer and "
-            "its difficulty stratum; each links to a page with its attention and logit lens.",
-            ["example", "greedy prediction", "correct", "stratum"], rows))])
+            self.paths.table(m, "examples"), "The analysed examples as the model reads them (teacher forced; in "
+            f"its format: {task_text(m.provenance.task)}), the answer as a number, the model's greedy "
+            "output and its difficulty stratum; each links to a page with its attention and logit lens.",
+            ["example", "answer", "greedy prediction", "correct", "stratum"], rows))])
 
     # ------------------------------------------------------------ example
     def example_page(self, m, i: int) -> Page:
         ex = m.findings.examples[i]
         labels = ex.labels if isinstance(ex.labels, dict) else {}
-        facts = [["prompt + target", ex.prompt + ex.target], ["greedy prediction", ex.prediction],
+        facts = [["prompt + target", ex.prompt + ex.target], ["answer", _answer(ex)],
+                 ["task and format", task_text(m.provenance.task)], ["greedy prediction", ex.prediction],
                  ["correct", Cell("yes" if ex.correct else "no", strong=not ex.correct)], ["stratum", ex.stratum]]
         facts += [[k, labels[k]] for k in ("n_carries", "longest_cascade") if k in labels]
         slug = self.paths.examples[m.name][i]
@@ -752,6 +754,12 @@ class SiteBuilder:
                                                kv_rows(d or {}))))
             sections.append(Section(f"model-{slug}", m.label, blocks))
         return Page("provenance.html", "provenance.html", "Provenance", sections)
+
+
+def _answer(ex) -> str:
+    """The example's answer as a number (its target may hold steps or reversed digits)."""
+    a, b, op = parse_problem(ex.prompt)
+    return str(apply_op(a, b, op))
 
 
 ROLE_CIRCUIT = {"carry_source": "carry_head", "operator": "operator_head"}  # role score -> circuit test
