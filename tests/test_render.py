@@ -392,3 +392,13 @@ def test_examples_show_the_answer_as_a_number():
     (table,) = [t for t in builder.tables if t.key.endswith("/examples")]
     assert table.columns[:2] == ["example", "answer"] and table.rows[0][1] == "1508"
     assert "reversed answer order" in table.caption
+
+
+def test_shown_text_rounds_but_the_csv_keeps_full_precision():
+    from reportgen.render.tables import Cell, Table, fmt_est, fmt_num
+
+    t = Table("tables/t", "c", ["quantity", "value"], [["p", Cell(0.132885, text="0.1329")], ["hash", Cell("ab" * 32, text="abab")]])
+    assert [c["text"] for c in t.html_rows()[0]] == ["p", "0.1329"] and t.html_rows()[1][1]["text"] == "abab"
+    assert t.to_csv().splitlines()[1:] == ["p,0.132885", "hash," + "ab" * 32]
+    assert fmt_num(-0.001) == "0.00" and fmt_num(-0.01) == "-0.01"  # no negative zero
+    assert fmt_est(Estimate(-0.001, -0.004, 0.002, 9)) == "0.00 [0.00, 0.00]"

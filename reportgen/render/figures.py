@@ -783,7 +783,8 @@ def lens_example_figure(key: str, ex: ExampleFindings, layer_labels: list[str],
         key, "lens_example",
         {"layer_labels": layer_labels, "digit_labels": cols, "prob": prob, "top": top},
         f"Logit lens on {ex.prompt}{ex.target}: probability of the correct digit (softmax over the ten digits) when "
-        f"the residual stream after each layer is decoded with the final LayerNorm and unembedding, at the position "
+        f"the residual stream ('embed': the embedding; 'L0', 'L1', …: after each block) is decoded with the final "
+        f"LayerNorm and unembedding, at the position "
         f"predicting each answer digit (columns, 'col n' counted from the least significant digit); each cell also "
         f"names the top digit at that layer.",
         "Heatmap of the probability of the correct digit per layer and answer digit.",

@@ -214,7 +214,7 @@ def kv_rows(d: dict) -> list[list]:
     p-value or learning rate must not round to 0.00), nested values as compact JSON."""
     def show(v):
         if isinstance(v, float):
-            return f"{v:.4g}"
+            return Cell(v, text=f"{v:.4g}")
         if isinstance(v, (str, int, bool)) or v is None:
             return v
         return json.dumps(v, sort_keys=True)
@@ -259,11 +259,12 @@ class SiteBuilder:
     def index_page(self) -> Page:
         r = self.report
         models = self.table(Table(
-            "tables/models", "The models in this report: task, shape, checkpoint (first 12 hex digits of its SHA-256) "
+            "tables/models", "The models in this report: task, shape, checkpoint (first 12 hex digits of its SHA-256; the CSV "
+            "has all 64) "
             "and exact-match accuracy on the model's own stratified test set with its 95% interval.",
             ["model", "task", "shape", "checkpoint", "exact match", "test problems", "examples"],
             [[Cell(m.label, self.paths.model(m)), task_text(m.provenance.task), model_shape(m),
-              short_hash(m.provenance.sha256), m.accuracy.exact_match, m.accuracy.n, len(m.findings.examples)]
+              Cell(m.provenance.sha256, text=short_hash(m.provenance.sha256)), m.accuracy.exact_match, m.accuracy.n, len(m.findings.examples)]
              for m in r.models]))
         contents = []
         for m in r.models:
@@ -395,7 +396,8 @@ class SiteBuilder:
                                    "truth, per kind, and how many were dropped because the clean and corrupted "
                                    "logit differences were too close to normalise by.",
                                    ["pair kind", "pairs", "dropped", "meaning"],
-                                   [[k, n, pat.pair_dropped.get(k, 0), F.PAIR_TEXT.get(k, "")] for k, n in counts]))]
+                                   [[k, _pair_count(k, n, m.provenance.task), pat.pair_dropped.get(k, 0),
+                                     F.PAIR_TEXT.get(k, "")] for k, n in counts]))]
         blocks += [self.fig(f) for f in F.patching_figures(self.paths.figure(m, "patching"), pat)]
         if pat.attribution:
             top = sorted(pat.attribution, key=lambda a: (-abs(a.estimate), a.site, a.layer, a.index))[:12]
@@ -754,6 +756,13 @@ class SiteBuilder:
                                                kv_rows(d or {}))))
             sections.append(Section(f"model-{slug}", m.label, blocks))
         return Page("provenance.html", "provenance.html", "Provenance", sections)
+
+
+def _pair_count(kind: str, n: int, task: Optional[dict]):
+    """A pair count, or why there are none (operator-flip pairs need a model of '+' and '-')."""
+    if kind == "operator_flip" and n == 0 and (task or {}).get("task") != "addsub":
+        return Cell(0, text="not applicable: one operator")
+    return n
 
 
 def _answer(ex) -> str:

@@ -20,11 +20,13 @@ MISSING = "n/a"
 
 @dataclass(frozen=True)
 class Cell:
-    """A value with an optional link target (a site path) and an emphasis flag."""
+    """A value with an optional link target (a site path), an emphasis flag, and optionally the
+    text to show for it (the CSV keeps the value at full precision)."""
 
     value: Any
     href: Optional[str] = None
     strong: bool = False
+    text: Optional[str] = None
 
 
 @dataclass
@@ -55,16 +57,19 @@ class Table:
         return [
             [
                 {
-                    "text": fmt_value(_value(c), self.digits),
+                    "text": self.cell_text(c),
                     "href": c.href if isinstance(c, Cell) else None,
                     "strong": isinstance(c, Cell) and c.strong,
                     "numeric": self.numeric[i],
-                    "long": len(fmt_value(_value(c), self.digits)) > 40,
+                    "long": len(self.cell_text(c)) > 40,
                 }
                 for i, c in enumerate(row)
             ]
             for row in self.rows
         ]
+
+    def cell_text(self, c) -> str:
+        return c.text if isinstance(c, Cell) and c.text is not None else fmt_value(_value(c), self.digits)
 
     def to_csv(self) -> str:
         """CSV with full-precision numbers; an Estimate column becomes col, col_lo, col_hi, col_n."""
@@ -105,7 +110,7 @@ class Table:
         for row in self.rows:
             cells = []
             for c in row:
-                text = latex_escape(fmt_value(_value(c), self.digits))
+                text = latex_escape(self.cell_text(c))
                 cells.append(f"\\textbf{{{text}}}" if isinstance(c, Cell) and c.strong else text)
             lines.append(" & ".join(cells) + " \\\\")
         lines += ["\\bottomrule", "\\end{tabular}"]
@@ -137,17 +142,23 @@ def fmt_num(x, digits: int = 2) -> str:
         return "yes" if x else "no"
     if isinstance(x, int):
         return str(x)
-    return f"{float(x):.{digits}f}"
+    return _fixed(x, digits)
 
 
 def fmt_est(e: Optional[Estimate], digits: int = 2) -> str:
     """'0.93 [0.90, 0.96]'; the interval is left out where it is missing (NaN)."""
     if e is None or not _finite(e.mean):
         return MISSING
-    mean = f"{e.mean:.{digits}f}"
+    mean = _fixed(e.mean, digits)
     if not (_finite(e.lo) and _finite(e.hi)):
         return f"{mean} [no CI]"
-    return f"{mean} [{e.lo:.{digits}f}, {e.hi:.{digits}f}]"
+    return f"{mean} [{_fixed(e.lo, digits)}, {_fixed(e.hi, digits)}]"
+
+
+def _fixed(x, digits: int) -> str:
+    """x with fixed decimals; a value that rounds to zero shows as 0.00, never -0.00."""
+    text = f"{float(x):.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
 def fmt_value(v, digits: int = 2) -> str:
