@@ -26,6 +26,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 
 from reportgen.data.arithmetic import STRATUM_DESCRIPTIONS, apply_op, parse_problem
 from reportgen.errors import ReportgenError
+from reportgen.fingerprint import library_version
 from reportgen.render import figures as F
 from reportgen.render.search import search_index_js
 from reportgen.render.tables import Cell, Table, fmt_est, fmt_num
@@ -728,10 +729,13 @@ class SiteBuilder:
     # ------------------------------------------------------------ provenance
     def provenance_page(self) -> Page:
         sections = [Section("data", "Results data", [
-            text("Everything in this report is rendered from these files; `reportgen render` re-renders them "
-                 "without a model or torch."),
+            text("Everything in this report is rendered from these files (the PDF carries them as attachments); "
+                 "`reportgen render` re-renders them without a model or torch."),
             links([("results.json (all results except arrays)", "results.json"),
-                   ("arrays.npz (the arrays results.json refers to)", "arrays.npz")])])]
+                   ("arrays.npz (the arrays results.json refers to)", "arrays.npz")]),
+            self.table(Table("tables/render-versions", "Versions of the libraries that drew the figures and "
+                             "typeset this report.", ["library", "version"],
+                             [[lib, library_version(lib) or "not installed"] for lib in RENDER_LIBRARIES]))])]
         for m in self.report.models:
             p = m.provenance
             slug = self.paths.models[m.name]
@@ -756,6 +760,9 @@ class SiteBuilder:
                                                kv_rows(d or {}))))
             sections.append(Section(f"model-{slug}", m.label, blocks))
         return Page("provenance.html", "provenance.html", "Provenance", sections)
+
+
+RENDER_LIBRARIES = ("jinja2", "matplotlib", "numpy", "weasyprint")  # what draws and typesets a report
 
 
 def _pair_count(kind: str, n: int, task: Optional[dict]):

@@ -14,10 +14,9 @@ import json
 from pathlib import Path
 
 from reportgen.fingerprint import code_digest, feed, feed_files
-from reportgen.render.site import TEMPLATES
+from reportgen.render.site import RENDER_LIBRARIES, TEMPLATES
 
 STAMP_FILE = ".reportgen-site.json"
-_LIBRARIES = ("jinja2", "matplotlib", "seaborn", "weasyprint", "numpy")
 
 
 def fingerprint(json_bytes: bytes, npz_bytes: bytes, pdf: bool) -> str:
@@ -26,7 +25,7 @@ def fingerprint(json_bytes: bytes, npz_bytes: bytes, pdf: bool) -> str:
     for part in (json_bytes, npz_bytes, b"pdf" if pdf else b"no-pdf"):
         feed(h, part)
     feed_files(h, TEMPLATES, sorted(TEMPLATES.rglob("*")))
-    feed(h, code_digest(("render", "results"), _LIBRARIES).encode())
+    feed(h, code_digest(("render", "results"), RENDER_LIBRARIES).encode())
     return h.hexdigest()
 
 
