@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
 from reportgen.analysis.findings import Estimate
-from reportgen.atomic import replace_dir
+from reportgen.atomic import check_replaceable, replace_dir
 from reportgen.configfile import to_dict
 from reportgen.errors import ReportgenError
 from reportgen.fingerprint import code_digest, library_version
 from reportgen.results.compare import compare_models
 from reportgen.results.schema import SCHEMA_VERSION, UNDATED, Accuracy, ModelResults, Provenance, Report, TrainingCurve
-from reportgen.results.store import RESULTS_FILE, load_results, normalized, save_results
+from reportgen.results.store import load_results, normalized, save_results
 
 if TYPE_CHECKING:
     from reportgen.analysis.config import AnalysisConfig
@@ -139,16 +139,12 @@ def _load_config(config_path: Optional[str]) -> AnalysisConfig:
     return load_analysis_config(config_path)
 
 
-def check_out_dir(out: Path, flag: str = "--out", what: str = "the site",
-                  markers: tuple[str, ...] = (RESULTS_FILE,)) -> None:
-    """Refuse an output that is not a directory we may replace (empty, or holding one of `markers`:
-    written by reportgen), or whose parent is not writable. `flag` and `what` name it in errors."""
+def check_out_dir(out: Path, flag: str = "--out", what: str = "the site") -> None:
+    """Refuse an output that is not a directory we may replace (empty, or holding exactly what a
+    reportgen run wrote there), or whose parent is not writable. `flag` and `what` name it in errors."""
     if out.exists() and not out.is_dir():
         raise ReportgenError(f"{flag} {out} is a file; give a directory for {what}")
-    if out.is_dir() and any(out.iterdir()) and not any((out / m).is_file() for m in markers):
-        raise ReportgenError(
-            f"{flag} {out} holds files that are not a reportgen site or analysis; choose another {flag} or empty it"
-        )
+    check_replaceable(out, flag, what)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         Path(tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=out.parent)).rmdir()

@@ -4,9 +4,11 @@ a good run writes the original toolkit's files."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
+from reportgen.atomic import MANIFEST, replace_dir
 from reportgen.cli import main
 from reportgen.results.store import load_results
 
@@ -27,10 +29,9 @@ def fast_config(tmp_path):
 
 @pytest.fixture
 def previous_output(tmp_path):
-    """The output of an earlier analyze run (it holds examples.json)."""
+    """The output of an earlier run (written by replace_dir, so it carries its file manifest)."""
     out = tmp_path / "reports" / "interpretability"
-    out.mkdir(parents=True)
-    (out / "examples.json").write_text("previous run")
+    replace_dir(out, lambda d: (d / "examples.json").write_text("previous run"))
     return out
 
 
@@ -59,7 +60,7 @@ def test_bad_input_is_one_line_and_keeps_the_previous_output(checkpoint_path, pr
     rc, out, err = _run(argv + [swap.get(a, a) for a in extra], capsys)
     assert rc == 2
     assert err.startswith("reportgen: error:") and err.count("\n") == 1 and message in err
-    assert [p.name for p in previous_output.iterdir()] == ["examples.json"]
+    assert sorted(p.name for p in previous_output.iterdir()) == [MANIFEST, "examples.json"]
     assert (previous_output / "examples.json").read_text() == "previous run"
     assert sorted(p.name for p in previous_output.parent.iterdir()) == ["interpretability"]
 
@@ -69,9 +70,40 @@ def test_a_directory_of_other_files_is_never_replaced(checkpoint_path, tmp_path,
     thesis.mkdir()
     (thesis / "chapter1.tex").write_text("precious")
     rc, _, err = _run(["--checkpoint", checkpoint_path, "--logit-lens", "--output-dir", str(thesis)], capsys)
-    assert rc == 2 and "not a reportgen site or analysis" in err and err.count("\n") == 1
+    assert rc == 2 and "holds files reportgen did not write" in err and err.count("\n") == 1
     assert [p.name for p in thesis.iterdir()] == ["chapter1.tex"]
     assert (thesis / "chapter1.tex").read_text() == "precious"
+
+
+@pytest.mark.parametrize("change", ["results.json only", "a note added", "a file edited", "a checkpoint copied in"])
+def test_an_output_with_anything_reportgen_did_not_write_is_never_replaced(checkpoint_path, previous_output,
+                                                                            tmp_path, capsys, change):
+    """A folder with a bare results.json (no manifest), or an earlier output holding a file the
+    user added or changed, e.g. the checkpoint being analysed, is refused and left as it is."""
+    if change == "results.json only":
+        previous_output = tmp_path / "mine"
+        previous_output.mkdir()
+        (previous_output / "results.json").write_text("{}")
+        (previous_output / "thesis.tex").write_text("precious")
+    elif change == "a note added":
+        (previous_output / "notes.md").write_text("precious")
+    elif change == "a file edited":
+        (previous_output / "examples.json").write_text("precious")
+    else:
+        shutil.copy(checkpoint_path, previous_output / "model.pt")
+        checkpoint_path = str(previous_output / "model.pt")
+    before = {p: p.read_bytes() for p in previous_output.rglob("*") if p.is_file()}
+    rc, _, err = _run(["--checkpoint", checkpoint_path, "--logit-lens", "--output-dir", str(previous_output)], capsys)
+    assert rc == 2 and err.count("\n") == 1 and "--output-dir" in err, err
+    assert {p: p.read_bytes() for p in previous_output.rglob("*") if p.is_file()} == before
+
+
+def test_an_output_missing_one_of_its_files_is_replaced(previous_output, checkpoint_path, fast_config, capsys):
+    (previous_output / "examples.json").unlink()  # nothing of the user's is lost by replacing it
+    rc, _, err = _run(["--checkpoint", checkpoint_path, "--logit-lens", "--config", fast_config,
+                       "--output-dir", str(previous_output)], capsys)
+    assert rc == 0, err
+    assert (previous_output / "results.json").is_file() and (previous_output / MANIFEST).is_file()
 
 
 def test_run_writes_the_toolkit_files_and_replaces_the_output(checkpoint_path, previous_output, fast_config, capsys):
@@ -80,7 +112,7 @@ def test_run_writes_the_toolkit_files_and_replaces_the_output(checkpoint_path, p
     rc, out, err = _run(argv, capsys)
     assert rc == 0, err
     names = {str(p.relative_to(previous_output)) for p in previous_output.rglob("*") if p.is_file()}
-    expected = {"examples.json", "attention/findings.json", "logit_lens/findings.json", "probing/findings.json",
+    expected = {MANIFEST, "examples.json", "attention/findings.json", "logit_lens/findings.json", "probing/findings.json",
                 "probing/carry_out_results.png", "probing/digit_results.png", "results.json", "arrays.npz"}
     for i in range(2):
         expected |= {f"attention/example_{i}_stats.json", f"logit_lens/example_{i}_evolution.png",
@@ -126,5 +158,5 @@ def test_failure_while_writing_keeps_the_previous_output(checkpoint_path, previo
     rc, _, err = _run(["--checkpoint", checkpoint_path, "--logit-lens", "--config", fast_config,
                        "--output-dir", str(previous_output)], capsys)
     assert rc == 130 and "interrupted" in err
-    assert [p.name for p in previous_output.iterdir()] == ["examples.json"]
+    assert sorted(p.name for p in previous_output.iterdir()) == [MANIFEST, "examples.json"]
     assert sorted(p.name for p in previous_output.parent.iterdir()) == ["interpretability"]

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from reportgen import build
+from reportgen.atomic import MANIFEST, replace_dir
 from reportgen.cli import main
 from reportgen.data.tokenizer import Tokenizer
 from reportgen.errors import ReportgenError
@@ -46,10 +47,11 @@ def work(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     make_checkpoint(tmp_path / "runs" / "add_tiny" / "checkpoint_best.pt")
     (tmp_path / "fast.yaml").write_text(FAST_CONFIG)
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "index.html").write_text("<p>the previous report</p>")
-    (site / RESULTS_FILE).write_text('{"sentinel": true}')
+    def previous(d: Path) -> None:
+        (d / "index.html").write_text("<p>the previous report</p>")
+        (d / RESULTS_FILE).write_text('{"sentinel": true}')
+
+    replace_dir(tmp_path / "site", previous)  # as a build writes it: with its file manifest
     return tmp_path
 
 
@@ -122,8 +124,22 @@ def test_out_dir_holding_other_files_is_refused(work, capsys):
     before = snapshot(work / "site")
     rc, err = run_cli(capsys, "build", "--checkpoint", "runs/add_tiny/checkpoint_best.pt",
                       "--config", "fast.yaml", "--out", "notes", "--no-pdf")
-    assert_refused(work, rc, err, before, "not a reportgen site")
+    assert_refused(work, rc, err, before, "reportgen did not write")
     assert (work / "notes" / "thesis.tex").read_text() == "precious"
+
+
+def test_a_site_with_a_file_added_or_edited_is_refused(work, capsys):
+    """The user's notes in an earlier site, or their edit of one of its pages, are never deleted."""
+    for change in ("add", "edit"):
+        if change == "add":
+            (work / "site" / "MY_NOTES.md").write_text("precious")
+        else:
+            (work / "site" / "MY_NOTES.md").unlink()
+            (work / "site" / "index.html").write_text("<p>my edit</p>")
+        before = snapshot(work / "site")
+        rc, err = run_cli(capsys, "build", "--checkpoint", "runs/add_tiny/checkpoint_best.pt",
+                          "--config", "fast.yaml", "--no-pdf")
+        assert_refused(work, rc, err, before, "added or changed", "MY_NOTES.md" if change == "add" else "index.html")
 
 
 # ---------------------------------------------------------------- atomic swap (renderer failure injected)
@@ -152,10 +168,9 @@ def test_swap_replaces_the_site_whole(work, monkeypatch):
         save_results(report, out_dir)  # render_site writes the results files into the site
 
     _renderer(monkeypatch, render_site)
-    (work / "site" / "stale.html").write_text("from an older build")
     report = sample_report()
     build.write_site(report, work / "site", pdf=False)
-    assert sorted(snapshot(work / "site")) == [ARRAYS_FILE, "index.html", RESULTS_FILE]
+    assert sorted(snapshot(work / "site")) == [MANIFEST, ARRAYS_FILE, "index.html", RESULTS_FILE]
     assert (work / "site" / "index.html").read_text() == report.title
     assert (work / "site").stat().st_mode & 0o777 == 0o755
     assert leftovers(work) == []
@@ -266,7 +281,7 @@ def test_cached_rebuild_does_no_torch_work_and_gives_the_same_files(built, monke
 
 
 @pytest.mark.slow
-def test_unchanged_site_is_not_rendered_again_unless_damaged(built, monkeypatch, capsys):
+def test_unchanged_site_is_not_rendered_again_and_an_edited_one_is_kept(built, monkeypatch, capsys):
     import reportgen.render as render
 
     monkeypatch.chdir(built)
@@ -281,10 +296,16 @@ def test_unchanged_site_is_not_rendered_again_unless_damaged(built, monkeypatch,
     calls = []
     monkeypatch.setattr(render, "render_site", lambda *a, **k: (calls.append(1), real(*a, **k)))
     page = next(p for p in sorted(before) if p.endswith(".html") and p != "index.html")
-    (built / "site" / page).write_text("edited by hand")
+    (built / "site" / page).unlink()  # a page deleted: nothing of the user's is lost by rendering again
     rc, err = run_cli(capsys, *BUILD)
     assert rc == 0 and calls == [1] and "is up to date" not in err, err
     assert snapshot(built / "site") == before
+
+    (built / "site" / page).write_text("edited by hand")  # refused: the edit is kept
+    rc, err = run_cli(capsys, *BUILD)
+    assert rc == 2 and calls == [1] and "added or changed" in err and page in err, err
+    assert (built / "site" / page).read_text() == "edited by hand"
+    (built / "site" / page).write_bytes(before[page])
 
 
 @pytest.mark.slow

@@ -46,7 +46,6 @@ def run(args: argparse.Namespace) -> int:
     from reportgen.analysis.run import prepare
     from reportgen.atomic import replace_dir
     from reportgen.build import ModelRun, check_out_dir, compute_model_results, model_name, print_progress
-    from reportgen.results.store import RESULTS_FILE
     from reportgen.model.checkpoint import load_checkpoint
     from reportgen.train.trainer import resolve_device
 
@@ -57,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     chosen = [name for name in ANALYSES if getattr(args, name)]
     enabled = list(ANALYSES) if args.all else (chosen or None)
     out = Path(args.output_dir).resolve()
-    check_out_dir(out, "--output-dir", "the analysis", (RESULTS_FILE, "examples.json"))  # examples.json: older runs
+    check_out_dir(out, "--output-dir", "the analysis")
     ckpt = load_checkpoint(args.checkpoint, device=str(resolve_device(args.device)))
     plan = prepare(ckpt, cfg, args.examples, enabled)
     say = (lambda message: None) if args.quiet else print_progress

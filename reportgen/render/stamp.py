@@ -2,9 +2,8 @@
 
 A site's stamp (`.reportgen-site.json` inside it) records a fingerprint of everything that
 determines its bytes (the results, the PDF switch, the templates, the render code and the
-versions of the libraries that draw and typeset) and the sha256 of every file written. A site is
-current only when the fingerprint matches and its files are exactly those recorded, so a site
-edited or damaged by hand is rendered again.
+versions of the libraries that draw and typeset). A site is current only when the fingerprint
+matches and its files are exactly those the directory's manifest records (`reportgen.atomic`).
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from reportgen.atomic import unchanged
 from reportgen.fingerprint import code_digest, feed, feed_files
 from reportgen.render.site import RENDER_LIBRARIES, TEMPLATES
 
@@ -30,9 +30,7 @@ def fingerprint(json_bytes: bytes, npz_bytes: bytes, pdf: bool) -> str:
 
 
 def write_stamp(site: Path, fingerprint_: str) -> None:
-    """Record the fingerprint and every file's sha256 (call last, after all files are written)."""
-    stamp = {"fingerprint": fingerprint_, "files": _file_hashes(site)}
-    (site / STAMP_FILE).write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n")
+    (site / STAMP_FILE).write_text(json.dumps({"fingerprint": fingerprint_}, indent=1) + "\n")
 
 
 def is_current(site: Path, fingerprint_: str) -> bool:
@@ -41,15 +39,4 @@ def is_current(site: Path, fingerprint_: str) -> bool:
         stamp = json.loads((site / STAMP_FILE).read_text())
     except (OSError, ValueError):
         return False
-    if not isinstance(stamp, dict) or stamp.get("fingerprint") != fingerprint_:
-        return False
-    try:
-        return stamp.get("files") == _file_hashes(site)
-    except OSError:
-        return False
-
-
-def _file_hashes(site: Path) -> dict[str, str]:
-    return {p.relative_to(site).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(site.rglob("*")) if p.is_file() and p.name != STAMP_FILE}
-
+    return isinstance(stamp, dict) and stamp.get("fingerprint") == fingerprint_ and unchanged(site)
