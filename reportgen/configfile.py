@@ -21,7 +21,10 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ReportgenError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, OSError) as e:
+        raise ReportgenError(f"cannot read {path} as a UTF-8 text file ({e.__class__.__name__}); "
+                             "give a YAML config file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -325,3 +325,23 @@ def test_render_merges_results_dirs(built, capsys, monkeypatch):
     assert merged.title == "Interpretability report: add_tiny vs add_tiny_2layer vs add_tiny vs add_tiny_2layer"
     heads = [g.models for g in merged.comparison.groups if g.aspect == "heads"]
     assert heads == [["add_tiny", "add_tiny-2"], ["add_tiny_2layer", "add_tiny_2layer-2"]]
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["build", "--examples"], "argument --examples: expected at least one argument"),
+    (["eval", "--checkpoint", "x.pt", "--instances", "abc"], "invalid int value: 'abc'"),
+    (["analyze", "--checkpoint", "x.pt", "--device", "nonsense"], "argument --device"),
+    (["nonsense"], "invalid choice"),
+])
+def test_usage_errors_are_one_line(argv, fragment, capsys):
+    with pytest.raises(SystemExit) as excinfo:
+        main(argv)
+    err = capsys.readouterr().err
+    assert excinfo.value.code == 2 and err.count("\n") == 1 and fragment in err and "--help" in err, err
+
+
+def test_a_config_that_is_not_text_is_one_line(work, capsys):
+    (work / "binary.yaml").write_bytes(b"\x00\xff\xfe")
+    before = snapshot(work / "site")
+    rc, err = run_cli(capsys, "build", "--checkpoint", "runs/add_tiny/checkpoint_best.pt", "--config", "binary.yaml")
+    assert_refused(work, rc, err, before, "binary.yaml", "UTF-8")

@@ -150,6 +150,34 @@ def test_marked_checkpoint_that_does_not_fit_the_model(tmp_path):
     assert_one_line_error(excinfo, "does not match")
 
 
+@pytest.mark.parametrize("change, fragment", [
+    (lambda p: p["state_dict"].update(W_E=torch.zeros(3, 5)), "size mismatch for W_E"),
+    (lambda p: p.pop("data"), "which task it was trained on"),
+    (lambda p: p.update(data="add"), "which task it was trained on"),
+    (lambda p: p.update(data={**ADD_TASK, "task": "div"}), "which task it was trained on"),
+    (lambda p: p.update(data={**ADD_TASK, "min_digits": 4}), "which task it was trained on"),
+    (lambda p: p.update(vocab="abc"), "damaged vocabulary"),
+    (lambda p: p.update(vocab=p["vocab"][:-1]), "damaged vocabulary"),
+])
+def test_marked_checkpoint_with_damaged_metadata_is_one_line(tmp_path, change, fragment):
+    """Everything later stages read from a checkpoint is checked when it is loaded, so none of
+    them fails with a traceback on it."""
+    path = tmp_path / "damaged.pt"
+    save_checkpoint(path, random_model(), TOKENIZER, data=dict(ADD_TASK))
+    payload = torch.load(path, weights_only=True)
+    change(payload)
+    torch.save(payload, path)
+    with pytest.raises(ReportgenError) as excinfo:
+        load_checkpoint(path)
+    assert_one_line_error(excinfo, fragment)
+
+
+def test_a_directory_given_as_checkpoint_says_so(tmp_path):
+    with pytest.raises(ReportgenError) as excinfo:
+        load_checkpoint(tmp_path)
+    assert_one_line_error(excinfo, "is a directory", "checkpoint_best.pt")
+
+
 def test_newer_format_version_is_refused(tmp_path):
     path = tmp_path / "future.pt"
     save_checkpoint(path, random_model(), TOKENIZER, data=dict(ADD_TASK))
@@ -159,6 +187,11 @@ def test_newer_format_version_is_refused(tmp_path):
     with pytest.raises(ReportgenError) as excinfo:
         load_checkpoint(path)
     assert_one_line_error(excinfo, "format version 99")
+    payload["format_version"] = "1"  # a string: shown as one, not as the 1 this reportgen reads
+    torch.save(payload, path)
+    with pytest.raises(ReportgenError) as excinfo:
+        load_checkpoint(path)
+    assert_one_line_error(excinfo, "format version '1'")
 
 
 def test_a_crash_mid_save_keeps_the_previous_checkpoint_and_leaves_no_temp_file(saved, monkeypatch):

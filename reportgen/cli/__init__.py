@@ -15,8 +15,16 @@ from reportgen.errors import ReportgenError
 COMMANDS = ("data", "train", "eval", "analyze", "build", "render")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (argparse prints the whole usage first);
+    subcommand parsers inherit it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="reportgen",
         description="Train small arithmetic transformers, analyse how they compute, and report it.",
     )

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from reportgen.data.tokenizer import Tokenizer
+from reportgen.data.arithmetic import ANSWER_ORDERS, TASKS
+from reportgen.data.tokenizer import SPECIALS, Tokenizer
 from reportgen.errors import ReportgenError
 from reportgen.model.transformer import ModelConfig, Transformer
 
@@ -88,6 +89,8 @@ def read_checkpoint_payload(path: str | Path) -> dict[str, Any]:
     """The raw checkpoint dict, refusing anything that is not a safe reportgen checkpoint."""
     path = Path(path)
     hint = "train one with `reportgen train --config configs/train.yaml --output-dir runs/NAME`"
+    if path.is_dir():
+        raise ReportgenError(f"checkpoint {path} is a directory; give the checkpoint file, e.g. {path / 'checkpoint_best.pt'}")
     if not path.is_file():
         raise ReportgenError(f"checkpoint not found: {path}; {hint}")
     _check_archive(path, hint)
@@ -108,8 +111,8 @@ def read_checkpoint_payload(path: str | Path) -> dict[str, Any]:
         raise ReportgenError(f"{path} is not a reportgen checkpoint (no '{FORMAT}' marker); {hint}")
     if payload.get("format_version") != FORMAT_VERSION:
         raise ReportgenError(
-            f"checkpoint {path} has format version {payload.get('format_version')}, "
-            f"this reportgen reads version {FORMAT_VERSION}"
+            f"checkpoint {path} has format version {payload.get('format_version')!r}, this reportgen reads "
+            f"version {FORMAT_VERSION}; use the reportgen that wrote it, or train the model again"
         )
     return payload
 
@@ -134,6 +137,33 @@ def _check_archive(path: Path, hint: str) -> None:
         raise ReportgenError(f"checkpoint {path} is corrupt or truncated ({problem}); re-create it")
 
 
+def _tokenizer(vocab, cfg: ModelConfig, path) -> Tokenizer:
+    """The checkpoint's tokenizer, refusing a vocabulary the model or reportgen cannot use."""
+    if (not isinstance(vocab, list) or not all(isinstance(t, str) for t in vocab) or len(set(vocab)) != len(vocab)
+            or not set(SPECIALS) | set("0123456789") <= set(vocab) or len(vocab) != cfg.d_vocab):
+        raise ReportgenError(f"checkpoint {path} has a damaged vocabulary (it needs {cfg.d_vocab} distinct tokens "
+                             "including <pad>, <bos>, <eos> and the digits); re-create it")
+    return Tokenizer.from_dict({"vocab": vocab})
+
+
+def _check_task(data, path) -> None:
+    """The data spec every later stage reads (task, digits, steps, answer order), checked once here."""
+    ok = (isinstance(data, dict) and data.get("task") in TASKS
+          and all(isinstance(data.get(k), int) and not isinstance(data.get(k), bool) and data.get(k) >= 1
+                  for k in ("min_digits", "max_digits"))
+          and isinstance(data.get("with_steps"), bool) and data.get("answer_order") in ANSWER_ORDERS)
+    if not ok or data["min_digits"] > data["max_digits"]:
+        raise ReportgenError(f"checkpoint {path} does not say which task it was trained on (its 'data' entry is "
+                             "missing or damaged); re-create it with `reportgen train`")
+
+
+def _state_error(e: Exception) -> str:
+    """The informative line of a load_state_dict error (the first names no tensor)."""
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    detail = [l for l in lines if l.startswith(("size mismatch", "Missing key", "Unexpected key"))]
+    return (detail[0] if detail else _first_line(e))[:200]
+
+
 def _first_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return text[0][:160] if text else type(e).__name__
@@ -146,9 +176,10 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
         cfg = ModelConfig(**payload["model_config"])
         model = Transformer(cfg)
         model.load_state_dict(payload["state_dict"])
-        tokenizer = Tokenizer.from_dict({"vocab": payload["vocab"]})
     except (KeyError, TypeError, RuntimeError) as e:
-        raise ReportgenError(f"checkpoint {path} does not match the reportgen model ({_first_line(e)})") from None
+        raise ReportgenError(f"checkpoint {path} does not match the reportgen model ({_state_error(e)})") from None
+    tokenizer = _tokenizer(payload.get("vocab"), cfg, path)
+    _check_task(payload.get("data"), path)
     meta = {k: v for k, v in payload.items() if k not in ("state_dict", "optimizer")}
     return Checkpoint(
         model=model.to(device).eval(),
