@@ -237,6 +237,29 @@ def test_resume_refuses_a_different_model_shape(trained, tmp_path):
         Trainer(tiny_config(d_model=64), out, resume=True)
 
 
+def test_resume_from_a_truncated_last_checkpoint_says_what_to_do(trained, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trained[0], out)
+    last = out / "checkpoint_last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    with pytest.raises(ReportgenError, match="cannot resume: .*truncated.*without --resume"):
+        Trainer(tiny_config(), out, resume=True)
+
+
+def test_output_dir_that_is_a_file_is_refused(tmp_path, capsys):
+    config = write_config(tmp_path / "tiny.yaml", tiny_config())
+    (tmp_path / "afile.txt").write_text("mine")
+    assert main(["train", "--config", config, "--output-dir", str(tmp_path / "afile.txt")]) == 2
+    assert "is a file" in capsys.readouterr().err and (tmp_path / "afile.txt").read_text() == "mine"
+
+
+def test_a_bad_set_override_is_blamed_on_the_override(tmp_path, capsys):
+    config = write_config(tmp_path / "tiny.yaml", tiny_config())
+    assert main(["train", "--config", config, "--output-dir", str(tmp_path / "run"), "--set", "model.n_layers=abc"]) == 2
+    err = capsys.readouterr().err
+    assert "with model.n_layers=abc" in err and "n_layers" in err and err.count("\n") == 1, err
+
+
 def test_existing_data_of_another_config_is_not_silently_reused(tmp_path):
     out = tmp_path / "run"
     write_dataset(DataSpec(task="add", instances=2000, max_digits=3), out / "data", "test")

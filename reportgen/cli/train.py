@@ -34,8 +34,11 @@ def run(args: argparse.Namespace) -> int:
                       (args.data, "data.dir")):
         if flag is not None:
             overrides.append(f"{key}={flag}")
-    cfg = from_dict(TrainConfig, apply_overrides(raw, overrides), args.config)
+    where = f"{args.config} with {' '.join(overrides)}" if overrides else args.config
+    cfg = from_dict(TrainConfig, apply_overrides(raw, overrides), where)
     out = Path(args.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ReportgenError(f"--output-dir {out} is a file; give a directory for the run")
     if not args.resume and any((out / name).exists() for name in ("checkpoint_best.pt", "checkpoint_last.pt")):
         raise ReportgenError(f"{out} already holds a trained model; use --resume or another --output-dir")
 

@@ -134,7 +134,7 @@ def make_optimizer(model: Transformer, cfg: TrainConfig) -> torch.optim.Optimize
 
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
-        raise ReportgenError("--device cuda was requested but no CUDA GPU is available; use --device cpu")
+        raise ReportgenError("device cuda was requested but no CUDA GPU is available; use --device cpu")
     if name not in ("cpu", "cuda"):
         raise ReportgenError(f"unknown device {name!r}; use cpu or cuda")
     return torch.device(name)
@@ -170,7 +170,11 @@ class Trainer:
 
     def _resume(self) -> None:
         path = self.out_dir / "checkpoint_last.pt"
-        payload = read_checkpoint_payload(path)
+        try:
+            payload = read_checkpoint_payload(path)
+        except ReportgenError as e:
+            raise ReportgenError(f"cannot resume: {str(e).removesuffix('; re-create it')}; start again without "
+                                 "--resume in a new --output-dir (checkpoint_best.pt holds the best model so far)") from None
         if payload["model_config"] != self.model.cfg.to_dict():
             raise ReportgenError(f"cannot resume from {path}: its model config differs from the current config")
         self.model.load_state_dict(payload["state_dict"])
