@@ -86,6 +86,8 @@ def build_report(checkpoints: list[str], compare: list[str], examples: Optional[
     models = []
     for i, (path, ckpt, plan, name, label) in enumerate(zip(paths, ckpts, plans, names, labels), 1):
         run = ModelRun(ckpt, plan, cfg, examples, _prefixed(say, f"[{i}/{len(paths)}] {name}: "), progress is not None)
+        for note in plan.notes:
+            run.say(f"note: {note}")
         models.append(_model_results(run, path, name, label, cache))
     report = make_report(models, title)
     write_site(report, out, pdf, say)

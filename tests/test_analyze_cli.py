@@ -160,3 +160,13 @@ def test_failure_while_writing_keeps_the_previous_output(checkpoint_path, previo
     assert rc == 130 and "interrupted" in err
     assert sorted(p.name for p in previous_output.iterdir()) == [MANIFEST, "examples.json"]
     assert sorted(p.name for p in previous_output.parent.iterdir()) == ["interpretability"]
+
+
+def test_an_example_longer_than_the_training_range_gets_a_note(checkpoint_path, fast_config, tmp_path, capsys):
+    """Allowed (a length-generalisation test), but said: the model saw 1-3 digit operands only."""
+    rc, _, err = _run(["--checkpoint", checkpoint_path, "--logit-lens", "--config", fast_config, "--examples",
+                       "1234 + 5678", "12 + 34", "--output-dir", str(tmp_path / "out")], capsys)
+    assert rc == 0, err
+    notes = [line for line in err.splitlines() if "note:" in line]
+    assert notes == ["reportgen: note: 1234 + 5678 has operands of 4 and 4 digits, outside the 1-3 digits the "
+                     "model was trained on"]

@@ -100,6 +100,19 @@ def records_from_texts(texts: list[str], ckpt: Checkpoint) -> list[dict]:
     return out
 
 
+def range_notes(records: list[dict], task: dict) -> list[str]:
+    """One note per example whose operands have digit counts the model was never trained on (it
+    may be a deliberate test of length generalisation, so it is not an error)."""
+    lo, hi = task["min_digits"], task["max_digits"]
+    out = []
+    for r in records:
+        la, lb = r["labels"]["len_a"], r["labels"]["len_b"]
+        if not (lo <= la <= hi and lo <= lb <= hi):
+            out.append(f"{r['a']} {r['op']} {r['b']} has operands of {la} and {lb} digits, outside the "
+                       f"{lo}-{hi} digits the model was trained on")
+    return out
+
+
 def generated_records(ckpt: Checkpoint, n: int, seed: int, exclude=None) -> list[dict]:
     """n examples of the checkpoint's own task and format, stratified by difficulty, none of the
     `exclude` (a, op, b) questions."""

@@ -23,7 +23,7 @@ from reportgen.analysis.circuits import run_circuits
 from reportgen.analysis.config import ANALYSES, AnalysisConfig
 from reportgen.analysis.engine import greedy_predictions, is_correct, run_with_cache, untrained_twin
 from reportgen.analysis.examples import (
-    ExampleBatch, build_batch, distinct, example_key, generated_records, records_from_texts,
+    ExampleBatch, build_batch, distinct, example_key, generated_records, range_notes, records_from_texts,
 )
 from reportgen.analysis.findings import AnalysisFindings, AttentionFindings, ExampleFindings
 from reportgen.analysis.interventions import run_interventions
@@ -46,6 +46,7 @@ class Plan:
     enabled: set[str]
     attention_layers: list[int]
     probe_layers: list[int]
+    notes: list[str]  # about the user's examples, e.g. longer than anything the model was trained on
 
 
 def parse_enabled(names: Optional[Iterable[str]], cfg: AnalysisConfig) -> set[str]:
@@ -87,7 +88,8 @@ def prepare(ckpt: Checkpoint, cfg: AnalysisConfig, examples: Optional[list[str]]
     probe_layers = check_probe_layers(cfg.probing, n_layers)
     records, n_shown = select_records(ckpt, cfg, examples)
     batch = build_batch(records, ckpt.tokenizer, ckpt.model.cfg.n_ctx, device=ckpt.model.device)
-    return Plan(batch, n_shown, chosen, attention_layers, probe_layers)
+    notes = range_notes(records[:n_shown], ckpt.task) if examples or cfg.examples else []
+    return Plan(batch, n_shown, chosen, attention_layers, probe_layers, notes)
 
 
 def analyze(ckpt: Checkpoint, cfg: AnalysisConfig, examples: Optional[list[str]] = None,

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import json
 import math
+import sys
 from pathlib import Path
 
 from reportgen.parallel import run_jobs
@@ -59,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     check_out_dir(out, "--output-dir", "the analysis")
     ckpt = load_checkpoint(args.checkpoint, device=str(resolve_device(args.device)))
     plan = prepare(ckpt, cfg, args.examples, enabled)
+    for note in plan.notes:
+        print(f"reportgen: note: {note}", file=sys.stderr)
     say = (lambda message: None) if args.quiet else print_progress
     run_ = ModelRun(ckpt, plan, cfg, args.examples, say, bars=not args.quiet)
     model = model_name(compute_model_results(run_), args.checkpoint)
