@@ -125,3 +125,12 @@ def test_cli_lists_the_same_analyses_as_the_config():
     from reportgen.cli import analyze
 
     assert analyze.ANALYSES == ANALYSES
+
+
+def test_config_refuses_more_examples_than_memory_allows():
+    from reportgen.analysis.config import MAX_EXAMPLES
+    from reportgen.configfile import from_dict
+
+    assert from_dict(AnalysisConfig, {"n_examples": MAX_EXAMPLES}, "test").n_examples == MAX_EXAMPLES
+    with pytest.raises(ReportgenError, match=f"n_examples must be at most {MAX_EXAMPLES}"):
+        from_dict(AnalysisConfig, {"n_examples": 100_000_000}, "test")

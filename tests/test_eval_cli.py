@@ -185,6 +185,7 @@ def test_eval_foreign_checkpoint(tmp_path, capsys):
 
 def test_eval_bad_instances(checkpoint_path, capsys):
     assert_eval_error(["--checkpoint", checkpoint_path, "--instances", "0"], capsys, "--instances")
+    assert_eval_error(["--checkpoint", checkpoint_path, "--instances", "100000000"], capsys, "between 1 and 100000")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -15,6 +15,7 @@ from reportgen.analysis.probing import ProbingConfig
 from reportgen.configfile import from_dict, load_yaml
 from reportgen.errors import ReportgenError
 
+MAX_EXAMPLES = 5000  # one cached forward pass holds every activation of every example in memory
 Analysis = Literal["attention", "patching", "logit_lens", "circuits", "probing", "interventions"]
 ANALYSES: tuple[str, ...] = get_args(Analysis)
 
@@ -45,6 +46,9 @@ class AnalysisConfig:
         for name in ("n_examples", "n_example_pages", "max_pdf_examples"):
             if getattr(self, name) < 0:
                 raise ReportgenError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.n_examples > MAX_EXAMPLES:
+            raise ReportgenError(f"n_examples must be at most {MAX_EXAMPLES} (the analyses hold every activation "
+                                 f"of every example in memory), got {self.n_examples}")
 
 
 def load_analysis_config(path: Optional[str | Path]) -> AnalysisConfig:

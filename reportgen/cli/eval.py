@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+MAX_INSTANCES = 100_000  # a 95% interval no wider than about 0.006; more only takes longer
+
 
 def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on a fresh stratified test set",
@@ -21,8 +23,8 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from reportgen.errors import ReportgenError
 
-    if args.instances <= 0:
-        raise ReportgenError(f"--instances must be positive, got {args.instances}")
+    if not 0 < args.instances <= MAX_INSTANCES:
+        raise ReportgenError(f"--instances must be between 1 and {MAX_INSTANCES}, got {args.instances}")
     from reportgen.analysis.examples import unseen_records
     from reportgen.model.checkpoint import load_checkpoint
     from reportgen.train.evaluate import evaluate
