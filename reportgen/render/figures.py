@@ -578,7 +578,10 @@ def patch_caption(kind: str, direction: str, sweeps: list[PatchSweep]) -> str:
                 "Damage = (LD_clean − LD_patched)/(LD_clean − LD_corrupt); 1 = the patch alone gives the corrupted "
                 "behaviour, 0 = no effect")
     return (f"Activation patching on {pairs}. {what}; LD = logit(correct digit) − logit(counterfactual digit) at the "
-            f"position predicting the affected answer digit, mean over pairs. Panels: {sites}. {counts} (a pair is "
+            f"position predicting the affected answer digit, mean over pairs. Positions are token roles (a1: a's tens "
+            f"digit, ans0: the answer's units digit, s…: scratchpad), so pairs aimed at different answer columns are "
+            f"averaged role by role; each run reads its own answer (teacher forced), so answer digits written before "
+            f"the affected one may differ between the runs too. Panels: {sites}. {counts} (a pair is "
             f"dropped when |LD_clean − LD_corrupt| is too small to normalise by); grey cells: no pair left.")
 
 
