@@ -19,6 +19,7 @@ from typing import Callable, Optional
 from reportgen.errors import ReportgenError
 
 MANIFEST = ".reportgen-files.json"
+LEGACY_MANIFEST = ".reportgen-site.json"  # sites written before MANIFEST recorded their files here
 OS_CLUTTER = {".DS_Store", "Thumbs.db", "desktop.ini"}  # written by file browsers, never by users
 
 
@@ -38,9 +39,9 @@ def replace_dir(out: Path, write: Callable[[Path], None]) -> None:
 
 
 def file_hashes(d: Path) -> dict[str, str]:
-    """sha256 of every file under `d` (but the manifest and file-browser clutter), by relative path."""
+    """sha256 of every file under `d` (but its manifest and file-browser clutter), by relative path."""
     return {p.relative_to(d).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(d.rglob("*")) if p.is_file() and p.name != MANIFEST and p.name not in OS_CLUTTER}
+            for p in sorted(d.rglob("*")) if p.is_file() and p != d / MANIFEST and p.name not in OS_CLUTTER}
 
 
 def unchanged(d: Path) -> bool:
@@ -55,16 +56,24 @@ def unchanged(d: Path) -> bool:
 def check_replaceable(out: Path, flag: str, what: str) -> None:
     """Refuse (one line naming the first few files) to replace a directory holding anything a
     reportgen run did not write there or that was changed since; an empty one is fine."""
-    if not out.is_dir() or not any(p.name not in OS_CLUTTER for p in out.iterdir()):
-        return
-    foreign = _foreign(out)
+    problem = _unreplaceable(out)
+    if problem:
+        raise ReportgenError(f"{flag} {out} {problem}; move them out or choose another {flag}")
+
+
+def _unreplaceable(d: Path) -> Optional[str]:
+    """Why `d` must not be replaced (it holds files no manifest records, or files added or changed
+    since), or None."""
+    if not d.is_dir() or not any(p.name not in OS_CLUTTER for p in d.iterdir()):
+        return None
+    foreign = _foreign(d)
     if foreign is None:
-        raise ReportgenError(f"{flag} {out} holds files reportgen did not write (no {MANIFEST}); "
-                             f"choose another {flag} or empty it")
+        return (f"holds files that no reportgen manifest ({MANIFEST}) records: not reportgen's output, or written "
+                "by a reportgen older than this check")
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise ReportgenError(f"{flag} {out} holds files added or changed since reportgen wrote {what} there "
-                             f"({shown}); move them out or choose another {flag}")
+        return f"holds files added or changed since reportgen wrote it ({shown})"
+    return None
 
 
 def _foreign(d: Path) -> Optional[list[str]]:
@@ -81,21 +90,31 @@ def _foreign(d: Path) -> Optional[list[str]]:
 
 
 def _recorded(d: Path) -> Optional[dict]:
-    try:
-        recorded = json.loads((d / MANIFEST).read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return recorded if isinstance(recorded, dict) else None
+    """The files `d`'s manifest records (or, for an older site, its stamp), or None."""
+    for name in (MANIFEST, LEGACY_MANIFEST):
+        try:
+            raw = (d / name).read_bytes()
+            recorded = json.loads(raw)["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(recorded, dict):  # an old stamp did not list itself
+            return recorded if name == MANIFEST else {**recorded, name: hashlib.sha256(raw).hexdigest()}
+    return None
 
 
 def _swap_in(new: Path, out: Path) -> None:
-    """Replace `out` by `new` with two renames; on failure the old `out` is put back."""
+    """Replace `out` by `new` with two renames; on failure the old `out` is put back. `out` is
+    checked again once moved aside: a file added to it while the new one was written is kept."""
     old = new.with_name(new.name + ".old")
     moved = False
     try:
         if out.exists():
             os.rename(out, old)
             moved = True
+            problem = _unreplaceable(old)
+            if problem:
+                raise ReportgenError(f"{out} {problem} while reportgen was writing it; nothing was replaced: "
+                                     "move those files out and run again")
         os.rename(new, out)
     except BaseException:
         if moved and not out.exists():

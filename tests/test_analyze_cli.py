@@ -70,7 +70,7 @@ def test_a_directory_of_other_files_is_never_replaced(checkpoint_path, tmp_path,
     thesis.mkdir()
     (thesis / "chapter1.tex").write_text("precious")
     rc, _, err = _run(["--checkpoint", checkpoint_path, "--logit-lens", "--output-dir", str(thesis)], capsys)
-    assert rc == 2 and "holds files reportgen did not write" in err and err.count("\n") == 1
+    assert rc == 2 and "no reportgen manifest" in err and err.count("\n") == 1
     assert [p.name for p in thesis.iterdir()] == ["chapter1.tex"]
     assert (thesis / "chapter1.tex").read_text() == "precious"
 

@@ -124,7 +124,7 @@ def test_out_dir_holding_other_files_is_refused(work, capsys):
     before = snapshot(work / "site")
     rc, err = run_cli(capsys, "build", "--checkpoint", "runs/add_tiny/checkpoint_best.pt",
                       "--config", "fast.yaml", "--out", "notes", "--no-pdf")
-    assert_refused(work, rc, err, before, "reportgen did not write")
+    assert_refused(work, rc, err, before, "no reportgen manifest")
     assert (work / "notes" / "thesis.tex").read_text() == "precious"
 
 

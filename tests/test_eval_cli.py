@@ -227,8 +227,9 @@ def test_test_questions_leave_out_the_models_training_data():
     """The demo checkpoint's data set is regenerated from its training config (its hash checked)
     and none of its train, val or test questions is used to test it."""
     ckpt = load_checkpoint(ROOT / "runs" / "add3_rev" / "checkpoint_best.pt")
-    seen = training_questions(ckpt.meta)
-    assert seen is not None and len(seen) == ckpt.meta["train_config"]["data"]["instances"]
+    splits = training_questions(ckpt.meta)
+    seen = splits["train"] | splits["val"] | splits["test"]
+    assert len(seen) == ckpt.meta["train_config"]["data"]["instances"]
     recs, unseen = unseen_records(ckpt, 512, 1234)
     assert unseen and len(recs) == 512 and not {(r["a"], r["op"], r["b"]) for r in recs} & seen
     assert len(seen & {(r["a"], r["op"], r["b"]) for r in generated_records(ckpt, 512, 1234)}) > 50  # what it was
@@ -246,18 +247,35 @@ def test_training_data_that_cannot_be_recovered_is_said(checkpoint_path, capsys)
     assert "may be training questions" in out and json.loads(out.strip().splitlines()[-1])["unseen"] is False
 
 
-def test_a_task_the_training_data_nearly_exhausts(tmp_path, monkeypatch):
-    """One-digit addition has 100 questions: with 90 of them trained on, the test set is the other
-    10; with all 100, there is nothing to test on."""
+def test_a_task_the_data_set_nearly_exhausts(tmp_path, monkeypatch):
+    """One-digit addition has 100 questions. Trained on 80, with 10 each for val and test: there
+    are not 64 questions outside all three splits, so the test set is the 20 outside the training
+    split; trained on all 100, it is 64 generated ones, which cannot be unseen."""
     task = {"task": "add", "max_digits": 1, "min_digits": 1, "with_steps": False, "answer_order": "plain"}
     ckpt = load_checkpoint(save_model(tmp_path / "one.pt", random_model(), task))
     every = [(a, "+", b) for a in range(10) for b in range(10)]
-    monkeypatch.setattr(examples_module, "training_questions", lambda meta: set(every[:90]))
+    split = {"train": set(every[:80]), "val": set(every[80:90]), "test": set(every[90:])}
+    monkeypatch.setattr(examples_module, "training_questions", lambda meta: split)
     recs, unseen = unseen_records(ckpt, 64, 0)
-    assert unseen and sorted((r["a"], r["op"], r["b"]) for r in recs) == every[90:]
-    monkeypatch.setattr(examples_module, "training_questions", lambda meta: set(every))
-    with pytest.raises(ReportgenError, match="no unseen question"):
-        unseen_records(ckpt, 64, 0)
+    assert unseen and sorted((r["a"], r["op"], r["b"]) for r in recs) == every[80:]
+    split["train"] = set(every[:70])  # now every[70:80] lie outside every split
+    recs, unseen = unseen_records(ckpt, 5, 0)
+    assert unseen and len(recs) == 5 and {(r["a"], r["op"], r["b"]) for r in recs} <= set(every[70:80])
+    split["train"] = set(every[:80])
+    monkeypatch.setattr(examples_module, "training_questions", lambda meta: {"train": set(every), "val": set(),
+                                                                             "test": set()})
+    recs, unseen = unseen_records(ckpt, 64, 0)
+    assert not unseen and len(recs) == 64
+
+
+def test_a_huge_training_set_is_not_regenerated(monkeypatch):
+    """A checkpoint's config decides the size; past MAX_REGENERATED the data set is not rebuilt."""
+    from reportgen.train import trainer
+
+    meta = load_checkpoint(ROOT / "runs" / "add3_rev" / "checkpoint_best.pt").meta
+    monkeypatch.setattr(trainer, "generate", lambda spec: pytest.fail("regenerated"))
+    huge = {**meta["train_config"], "data": {**meta["train_config"]["data"], "instances": trainer.MAX_REGENERATED + 1}}
+    assert training_questions({**meta, "train_config": huge}) is None
 
 
 def test_an_answer_with_padding_or_bos_inside_is_not_a_clean_answer(monkeypatch):

@@ -123,15 +123,19 @@ def generated_records(ckpt: Checkpoint, n: int, seed: int, exclude=None) -> list
 
 
 def unseen_records(ckpt: Checkpoint, n: int, seed: int) -> tuple[list[dict], bool]:
-    """Up to n stratified questions to test a checkpoint on that are not in the data set it was
-    trained on (nor that data set's val and test splits), and whether that data set could be
-    recovered to leave them out (if not, the n questions may include training questions)."""
-    seen = training_questions(ckpt.meta)
-    if seen is None:
+    """Stratified questions to test a checkpoint on, and whether none of them is in its training
+    split. n questions that are in none of its data set's splits (val and test were used to pick
+    and describe the model) where the task has that many; else up to n outside the training split;
+    n generated ones (unseen False) where the data set cannot be recovered or covers the task."""
+    splits = training_questions(ckpt.meta)
+    if splits is None:
         return generated_records(ckpt, n, seed), False
     t = ckpt.task
-    left = count_questions(t["task"], t["min_digits"], t["max_digits"]) - len(seen)
+    total = count_questions(t["task"], t["min_digits"], t["max_digits"])
+    every = splits["train"] | splits["val"] | splits["test"]
+    if total - len(every) >= n:
+        return generated_records(ckpt, n, seed, exclude=every), True
+    left = total - len(splits["train"])
     if left <= 0:
-        raise ReportgenError("every question of the model's task is in the data set it was trained on; "
-                             "there is no unseen question to test it on")
-    return generated_records(ckpt, min(n, left), seed, exclude=seen), True
+        return generated_records(ckpt, n, seed), False
+    return generated_records(ckpt, min(n, left), seed, exclude=splits["train"]), True

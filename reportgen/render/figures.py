@@ -280,7 +280,8 @@ MIN_CELL = 0.13  # inches: narrower heatmap columns cannot carry a 7 pt tick lab
 
 def plot_heatmaps(panels, vmin, vmax, cmap, cbar_label, annotate=False):
     """Side-by-side heatmaps sharing one colour scale; NaN cells (no data) are grey. Panels too
-    wide to sit side by side with legible columns (e.g. 50 token positions) are stacked instead."""
+    wide to sit side by side with legible columns (e.g. 50 token positions) are stacked instead,
+    each as wide as the page, with smaller labels where they need it."""
     import matplotlib
 
     cm = matplotlib.colormaps[cmap].with_extremes(bad="#d9d9d9")
@@ -292,7 +293,7 @@ def plot_heatmaps(panels, vmin, vmax, cmap, cbar_label, annotate=False):
     bottom, top, right, gap = _xlabel_room(all_x, rotation), 0.3, 1.05, 0.2
     cell_w = min(0.3, (6.8 - ylabel_w - right - len(panels) * (gap + (0 if shared_y else ylabel_w))) / len(all_x))
     cell_h = min(max(0.3, 1.0 / n_rows), 3.6 / n_rows)  # at least an inch tall, at most 3.6
-    if cell_w < MIN_CELL and len(panels) > 1:
+    if cell_w < MIN_CELL:
         return _stacked_heatmaps(panels, vmin, vmax, cm, cbar_label, ylabel_w, cell_h, rotation)
     widths = [cell_w * len(p["xlabels"]) for p in panels]
     inner = sum(widths) + (len(panels) - 1) * (gap + (0 if shared_y else ylabel_w))

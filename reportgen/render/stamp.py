@@ -17,6 +17,8 @@ from reportgen.fingerprint import code_digest, feed, feed_files
 from reportgen.render.site import RENDER_LIBRARIES, TEMPLATES
 
 STAMP_FILE = ".reportgen-site.json"
+# reportgen code a site's bytes depend on: the renderer, the results it reads, and what it uses of earlier stages
+RENDER_CODE = ("render", "results", "analysis/findings.py", "data/arithmetic.py", "data/tokenizer.py", "atomic.py")
 
 
 def fingerprint(json_bytes: bytes, npz_bytes: bytes, pdf: bool) -> str:
@@ -25,7 +27,7 @@ def fingerprint(json_bytes: bytes, npz_bytes: bytes, pdf: bool) -> str:
     for part in (json_bytes, npz_bytes, b"pdf" if pdf else b"no-pdf"):
         feed(h, part)
     feed_files(h, TEMPLATES, sorted(TEMPLATES.rglob("*")))
-    feed(h, code_digest(("render", "results"), RENDER_LIBRARIES).encode())
+    feed(h, code_digest(RENDER_CODE, RENDER_LIBRARIES).encode())
     return h.hexdigest()
 
 

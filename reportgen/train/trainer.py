@@ -75,18 +75,24 @@ def data_spec(cfg: TrainConfig) -> DataSpec:
                     stratified_fraction=d.stratified_fraction)
 
 
-def training_questions(meta: dict) -> Optional[set[tuple[int, str, int]]]:
-    """Every (a, op, b) question of the data set a checkpoint was trained on (train, val and test
-    splits): regenerated from its training config, or read from its data directory, and checked
-    against the data hash it records. None where that data set cannot be recovered."""
+MAX_REGENERATED = 100_000  # instances; regenerating a data set costs about 50 us and 4 KB per instance
+
+
+def training_questions(meta: dict) -> Optional[dict[str, set[tuple[int, str, int]]]]:
+    """The (a, op, b) questions of each split ("train", "val", "test") of the data set a checkpoint
+    was trained on: regenerated from its training config (up to MAX_REGENERATED instances), or
+    read from its data directory, and checked against the data hash it records. None where that
+    data set cannot be recovered."""
     try:
         cfg = from_dict(TrainConfig, meta["train_config"], "the checkpoint's training config")
+        if not cfg.data.dir and cfg.data.instances > MAX_REGENERATED:
+            return None
         splits = load_dataset(cfg.data.dir)[1] if cfg.data.dir else generate(data_spec(cfg))
     except (KeyError, TypeError, ReportgenError):
         return None
     if splits_hash(splits) != meta.get("data_manifest_hash"):
         return None
-    return {(r["a"], r["op"], r["b"]) for records in splits.values() for r in records}
+    return {name: {(r["a"], r["op"], r["b"]) for r in records} for name, records in splits.items()}
 
 
 def length_weights(records: list[dict]) -> torch.Tensor:
