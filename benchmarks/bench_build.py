@@ -29,6 +29,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from reportgen.atomic import check_replaceable  # noqa: E402
+from reportgen.errors import ReportgenError  # noqa: E402
 from reportgen.build import build_report  # noqa: E402
 
 DEMOS = [str(ROOT / "runs" / name / "checkpoint_best.pt") for name in ("add3_rev", "add3_steps")]
@@ -103,6 +105,10 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-build-"))
     out = args.out or work / "site"
+    try:  # a cold build starts from nothing, but never deletes a user's files
+        check_replaceable(out, "--out", "the site")
+    except ReportgenError as e:
+        parser.error(str(e))
     shutil.rmtree(out.parent / ".reportgen-cache", ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
     config = work / "config.yaml"

@@ -35,3 +35,15 @@ def test_tour_refuses_a_missing_checkpoint_in_one_line(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_classes_read_problems_in_the_loaded_checkpoints_format():
+    """The original toolkit's calls pass only (model, tokenizer): on add3_rev, which writes its
+    answers reversed, '12 + 34' must be read as '12+34=64', not '12+34=46'."""
+    from reportgen import InterventionAnalyzer, LogitLens, load_model_and_tokenizer
+
+    model, tokenizer, ckpt = load_model_and_tokenizer(str(ROOT / "runs" / "add3_rev" / "checkpoint_best.pt"))
+    conv = LogitLens(model, tokenizer).analyze_convergence("12 + 34", target_token_pos=0, target_token="6")
+    assert conv["target"] == 6 and conv["convergence_layer"] is not None and conv["prob"][-1] > 0.9
+    drop = InterventionAnalyzer(model, tokenizer).measure_layer_importance(["12 + 34", "59 + 73", "88 + 99"])
+    assert all(d["exact_match"] >= 0 for d in drop.values())  # the clean model gets them right

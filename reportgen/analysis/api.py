@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from types import SimpleNamespace
 from typing import Optional
 
@@ -12,12 +13,22 @@ from reportgen.model.checkpoint import Checkpoint, load_checkpoint
 from reportgen.model.transformer import Transformer
 
 DEFAULT_TASK = {"task": "add", "max_digits": 3, "min_digits": 1, "with_steps": False, "answer_order": "plain"}
+_LOADED_TASKS: "weakref.WeakKeyDictionary[Transformer, dict]" = weakref.WeakKeyDictionary()
 
 
 def load_model_and_tokenizer(path: str, device: str = "cpu") -> tuple[Transformer, Tokenizer, Checkpoint]:
-    """(model in eval mode, tokenizer, checkpoint with its metadata and `.task`) from a checkpoint file."""
+    """(model in eval mode, tokenizer, checkpoint with its metadata and `.task`) from a checkpoint file.
+
+    The analysis classes given this model read problems in its own task and format by default."""
     ckpt = load_checkpoint(path, device=device)
+    _LOADED_TASKS[ckpt.model] = ckpt.task
     return ckpt.model, ckpt.tokenizer, ckpt
+
+
+def task_of(model: Transformer, task: Optional[dict]) -> dict:
+    """The task an analysis class reads problems in: the one given, else that of the checkpoint
+    the model was loaded from (load_model_and_tokenizer), else plain 1-3 digit addition."""
+    return task or _LOADED_TASKS.get(model) or DEFAULT_TASK
 
 
 def text_records(texts: list[str], task: Optional[dict] = None) -> list[dict]:

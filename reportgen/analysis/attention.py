@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from reportgen.analysis import stats
-from reportgen.analysis.api import check_layers, pyplot, save_figure, text_batch, token_labels
+from reportgen.analysis.api import check_layers, pyplot, save_figure, task_of, text_batch, token_labels
 from reportgen.analysis.engine import run_with_cache, untrained_twin
 from reportgen.analysis.examples import ExampleBatch
 from reportgen.analysis.findings import AttentionFindings, HeadStats, RoleScore
@@ -331,11 +331,11 @@ def _draw(ax, pattern: np.ndarray, tokens: list[str], title: str):
 class AttentionAnalyzer:
     """Attention patterns of a model on problems given as text ('59 + 73').
 
-    `task` is the checkpoint's data spec (`Checkpoint.task`); without it, plain addition.
+    `task` is the checkpoint's data spec (`Checkpoint.task`); without it, `api.task_of` decides.
     """
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, task: Optional[dict] = None):
-        self.model, self.tokenizer, self.task = model, tokenizer, task
+        self.model, self.tokenizer, self.task = model, tokenizer, task_of(model, task)
 
     def patterns(self, text: str) -> tuple[list[str], np.ndarray]:
         """Token labels and attention [L, H, n, n] of the model's full input for one problem."""

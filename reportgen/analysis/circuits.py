@@ -47,7 +47,7 @@ import torch
 from scipy.stats import norm, rankdata
 
 from reportgen.analysis import stats
-from reportgen.analysis.api import text_batch, text_records
+from reportgen.analysis.api import task_of, text_batch, text_records
 from reportgen.analysis.examples import ExampleBatch, build_batch, distinct, template
 from reportgen.analysis.findings import AttentionFindings, CircuitComponent, CircuitFindings
 from reportgen.analysis.interventions import Ablator, head_spec
@@ -408,12 +408,12 @@ def run_circuits(model: Transformer, tokenizer: Tokenizer, batch: ExampleBatch, 
 class CircuitDiscovery:
     """Carry and operator heads of a model on problems given as text ('59 + 73').
 
-    `task` is the checkpoint's data spec (`Checkpoint.task`); without it, plain addition.
+    `task` is the checkpoint's data spec (`Checkpoint.task`); without it, `api.task_of` decides.
     """
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, task: Optional[dict] = None,
                  config: Optional[CircuitConfig] = None, seed: int = 0):
-        self.model, self.tokenizer, self.task = model, tokenizer, task
+        self.model, self.tokenizer, self.task = model, tokenizer, task_of(model, task)
         self.cfg, self.seed = config or CircuitConfig(), seed
 
     def find_carry_detection_heads(self, examples) -> list[dict]:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from reportgen.analysis import stats
-from reportgen.analysis.api import text_batch
+from reportgen.analysis.api import task_of, text_batch
 from reportgen.analysis.engine import answer_digits, digit_log_probs
 from reportgen.analysis.examples import ExampleBatch, example_key, template
 from reportgen.analysis.findings import AblationEffect, InterventionFindings, Metrics
@@ -424,14 +424,15 @@ def run_interventions(model: Transformer, tokenizer: Tokenizer, batch: ExampleBa
 class InterventionAnalyzer:
     """Ablations on problems given as text ('12 + 34'), in the model's own input format.
 
-    `task` is the checkpoint's data spec (`Checkpoint.task`); without it, plain addition.
+    `task` is the checkpoint's data spec (`Checkpoint.task`); without it, `api.task_of` decides.
     """
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, task: Optional[dict] = None,
                  method: Method = "mean", seed: int = 0):
         if method not in METHODS:
             raise ReportgenError(f"unknown ablation method {method!r}; use one of {', '.join(METHODS)}")
-        self.model, self.tokenizer, self.task, self.method, self.seed = model, tokenizer, task, method, seed
+        self.model, self.tokenizer, self.task = model, tokenizer, task_of(model, task)
+        self.method, self.seed = method, seed
 
     def measure_layer_importance(self, examples: list[str], component: str = "attn") -> dict[int, dict[str, float]]:
         """{layer: {"exact_match", "digit_accuracy", "logprob": clean minus ablated}} when that

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from reportgen.analysis import stats
-from reportgen.analysis.api import pyplot, save_figure, text_batch
+from reportgen.analysis.api import pyplot, save_figure, task_of, text_batch
 from reportgen.analysis.engine import answer_digits, digit_log_probs, gather_at_answers, run_with_cache
 from reportgen.analysis.examples import ExampleBatch
 from reportgen.analysis.findings import ExampleFindings, LogitLensFindings
@@ -182,11 +182,11 @@ class LogitLens:
 
     Positions are indices into the answer-predicting positions in written order (Python style:
     -1 is the position predicting the last written answer digit), on the model's own
-    teacher-forced input. `task` is the checkpoint's data spec; without it, plain addition.
+    teacher-forced input. `task` is the checkpoint's data spec; without it, `api.task_of` decides.
     """
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, task: Optional[dict] = None):
-        self.model, self.tokenizer, self.task = model, tokenizer, task
+        self.model, self.tokenizer, self.task = model, tokenizer, task_of(model, task)
 
     def _lens(self, text: str, position: int) -> tuple[torch.Tensor, int, int]:
         """Digit log-probs [L+1, 10] at one answer position, its token index and its correct digit."""

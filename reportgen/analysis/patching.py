@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from reportgen.analysis import stats
-from reportgen.analysis.api import text_records
+from reportgen.analysis.api import task_of, text_records
 from reportgen.analysis.examples import ExampleBatch, template
 from reportgen.analysis.findings import AttributionScore, PatchingFindings, PatchSweep
 from reportgen.analysis.pairs import PAIR_KINDS, MinimalPair, make_pairs, record_format, role_order, token_roles
@@ -354,12 +354,12 @@ def run_patching(model: Transformer, tokenizer: Tokenizer, batch: ExampleBatch, 
 class ActivationPatcher:
     """Patching on problems given as text ('12 + 34'), in the model's own input format.
 
-    `task` is the checkpoint's data spec (`Checkpoint.task`); without it, plain addition.
+    `task` is the checkpoint's data spec (`Checkpoint.task`); without it, `api.task_of` decides.
     """
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, task: Optional[dict] = None,
                  min_denominator: float = PatchingConfig.min_denominator):
-        self.model, self.tokenizer, self.task = model, tokenizer, task
+        self.model, self.tokenizer, self.task = model, tokenizer, task_of(model, task)
         self.min_denominator = min_denominator
 
     def compute_patching_effect(self, clean_text: str, corrupted_text: str, target_token_pos: int) -> dict[int, float]:

@@ -28,7 +28,7 @@ from typing import Literal, Optional, get_args
 import numpy as np
 import torch
 
-from reportgen.analysis.api import check_layers, pyplot, save_figure, text_batch
+from reportgen.analysis.api import check_layers, pyplot, save_figure, task_of, text_batch
 from reportgen.analysis.engine import run_with_cache, untrained_twin
 from reportgen.analysis.examples import ExampleBatch, example_key
 from reportgen.analysis.findings import ProbeResult, ProbingFindings
@@ -262,7 +262,7 @@ class ProbingClassifier:
 
     def __init__(self, model: Transformer, tokenizer, task: Optional[dict] = None, seed: int = 0,
                  test_fraction: float = 0.3, max_iter: int = 200):
-        self.model, self.tokenizer, self.task = model, tokenizer, task
+        self.model, self.tokenizer, self.task = model, tokenizer, task_of(model, task)
         self.seed, self.test_fraction, self.max_iter = seed, test_fraction, max_iter
 
     def probe_across_layers(self, examples: list[str], labels: list, name: str) -> dict:
