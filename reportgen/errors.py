@@ -3,3 +3,11 @@
 
 class ReportgenError(Exception):
     """Bad input or an impossible request; the CLI prints it as one line and exits 2."""
+
+    exit_code = 2
+
+
+class Interrupted(ReportgenError):
+    """Ctrl-C, with what was saved and how to go on; the CLI exits 130 (as for SIGINT)."""
+
+    exit_code = 130

@@ -236,3 +236,12 @@ def test_save_creates_missing_directories(tmp_path):
     save_checkpoint(path, random_model(), TOKENIZER, data=dict(ADD_TASK))
     assert load_checkpoint(path).task == ADD_TASK
     assert os.listdir(path.parent) == ["c.pt"]
+
+
+def test_checkpoints_are_readable_by_others_as_the_umask_allows(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = save_model(tmp_path / "shared.pt", random_model())
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == 0o644

@@ -21,7 +21,7 @@ from reportgen.configfile import to_dict
 from reportgen.data.arithmetic import STRATA
 from reportgen.data.dataset import DataSpec, load_dataset, write_dataset
 from reportgen.data.tokenizer import Tokenizer
-from reportgen.errors import ReportgenError
+from reportgen.errors import Interrupted, ReportgenError
 from reportgen.model.checkpoint import load_checkpoint, read_checkpoint_payload
 from reportgen.model.transformer import ModelConfig, Transformer
 from reportgen.train.config import DataConfig, OptimConfig, TrainConfig, load_train_config
@@ -177,7 +177,7 @@ def test_ctrl_c_then_resume_matches_an_uninterrupted_run(trained, tmp_path):
 
     trainer.opt.step = update_with_ctrl_c
     handler = signal.getsignal(signal.SIGINT)
-    with pytest.raises(ReportgenError, match="interrupted at step 150.*--resume"):
+    with pytest.raises(Interrupted, match="at step 150.*--resume"):
         trainer.run()
     assert signal.getsignal(signal.SIGINT) is handler
     assert read_checkpoint_payload(out / "checkpoint_last.pt")["step"] == 150
@@ -201,13 +201,14 @@ def test_keyboard_interrupt_saves_the_last_checkpoint(tmp_path, monkeypatch, cap
         return step(self)
 
     monkeypatch.setattr(Trainer, "_train_step", interrupted_at_5)
-    with pytest.raises(ReportgenError, match="interrupted at step 5"):
-        Trainer(tiny_config(), out).run()
+    config = write_config(tmp_path / "tiny.yaml", tiny_config())
+    assert main(["train", "--config", config, "--output-dir", str(out)]) == 130  # as every command on Ctrl-C
+    err = capsys.readouterr().err
+    assert err.startswith("reportgen: interrupted: at step 5") and "--resume" in err and err.count("\n") == 1
     last = read_checkpoint_payload(out / "checkpoint_last.pt")
     assert last["step"] == 5 and not (out / "checkpoint_best.pt").exists()
     # A fresh run must not overwrite it.
     before = snapshot(out)
-    config = write_config(tmp_path / "tiny.yaml", tiny_config())
     assert main(["train", "--config", config, "--output-dir", str(out)]) == 2
     assert "already holds a trained model" in capsys.readouterr().err
     assert snapshot(out) == before

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
-from reportgen.errors import ReportgenError
+from reportgen.errors import Interrupted, ReportgenError
 
 COMMANDS = ("data", "train", "eval", "analyze", "build", "render")
 
@@ -38,9 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except Interrupted as e:
+        print(f"reportgen: interrupted: {e}", file=sys.stderr)
+        return e.exit_code
     except ReportgenError as e:
         print(f"reportgen: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:
         print("reportgen: interrupted; finished work was kept", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `reportgen data ... | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

@@ -11,7 +11,7 @@ MAX_INSTANCES = 100_000  # a 95% interval no wider than about 0.006; more only t
 def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on a fresh stratified test set",
                        description="Greedy-decode a fresh test set of the checkpoint's own task and format, "
-                                   "stratified by difficulty; print exact match with 95%% Wilson intervals.")
+                                   "stratified by difficulty; print exact match with 95% Wilson intervals.")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--instances", type=int, default=2000, help="test examples (default: %(default)s)")
     p.add_argument("--seed", type=int, default=1234, help="seed of the fresh test set (default: %(default)s)")

@@ -71,6 +71,9 @@ def save_checkpoint(path: str | Path, model: Transformer, tokenizer: Tokenizer, 
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it private; checkpoints are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from reportgen.configfile import from_dict, to_dict
 from reportgen.data.dataset import DataSpec, generate, load_dataset, splits_hash, write_dataset
 from reportgen.data.tokenizer import Tokenizer
-from reportgen.errors import ReportgenError
+from reportgen.errors import Interrupted, ReportgenError
 from reportgen.model.checkpoint import load_checkpoint, read_checkpoint_payload, save_checkpoint
 from reportgen.model.transformer import Transformer
 from reportgen.train.config import TrainConfig
@@ -259,9 +259,8 @@ class Trainer:
         except KeyboardInterrupt:
             self._save_last()
             bar.close()
-            raise ReportgenError(
-                f"interrupted at step {self.step}; progress saved in {self.out_dir / 'checkpoint_last.pt'} "
-                "(continue with --resume)"
+            raise Interrupted(
+                f"at step {self.step}; progress saved in {self.out_dir / 'checkpoint_last.pt'} (continue with --resume)"
             ) from None
         bar.close()
         if not self.history["step"] or self.history["step"][-1] != self.step:
