@@ -25,7 +25,7 @@ from reportgen.errors import Interrupted, ReportgenError
 from reportgen.model.checkpoint import load_checkpoint, read_checkpoint_payload
 from reportgen.model.transformer import ModelConfig, Transformer
 from reportgen.train.config import DataConfig, OptimConfig, TrainConfig, load_train_config
-from reportgen.train.trainer import Trainer, lr_at, tokenize_records
+from reportgen.train.trainer import Trainer, lr_at, tokenize_records, training_questions
 
 ROOT = Path(__file__).resolve().parents[1]
 TWO_DIGIT_ADD = {"task": "add", "max_digits": 2, "min_digits": 1, "with_steps": False, "answer_order": "plain"}
@@ -276,8 +276,9 @@ def test_context_too_short_for_the_data(tmp_path):
 # ----------------------------------------------------------------------------- command line
 
 
-def test_train_on_a_reportgen_data_directory(tmp_path, capsys):
-    data = tmp_path / "D"
+def test_train_on_a_reportgen_data_directory(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = Path("D")  # relative, as a user types it
     assert main(["data", "--task", "add", "--instances", "2000", "--max-digits", "2", "--seed", "1",
                  "--out", str(data)]) == 0
     config = write_config(tmp_path / "tiny.yaml", tiny_config())
@@ -292,6 +293,9 @@ def test_train_on_a_reportgen_data_directory(tmp_path, capsys):
     assert ckpt.meta["data_manifest_hash"] == manifest["content_hash"]
     assert ckpt.task == TWO_DIGIT_ADD
     assert ckpt.meta["train_config"]["data"]["dir"] == str(data)
+    monkeypatch.chdir(tmp_path / "run")  # its data set is found from anywhere, to leave out of test questions
+    split = training_questions(ckpt.meta)
+    assert split is not None and len(split["train"]) == 1600
     assert ckpt.meta["seed"] == 3 and ckpt.meta["metrics"]["steps"] == 100
     assert not (out / "data").exists()
 

@@ -81,13 +81,14 @@ MAX_REGENERATED = 100_000  # instances; regenerating a data set costs about 50 u
 def training_questions(meta: dict) -> Optional[dict[str, set[tuple[int, str, int]]]]:
     """The (a, op, b) questions of each split ("train", "val", "test") of the data set a checkpoint
     was trained on: regenerated from its training config (up to MAX_REGENERATED instances), or
-    read from its data directory, and checked against the data hash it records. None where that
-    data set cannot be recovered."""
+    read from its data directory (by the absolute path recorded at training, so from any working
+    directory), and checked against the data hash it records. None where that data set cannot be
+    recovered."""
     try:
         cfg = from_dict(TrainConfig, meta["train_config"], "the checkpoint's training config")
         if not cfg.data.dir and cfg.data.instances > MAX_REGENERATED:
             return None
-        splits = load_dataset(cfg.data.dir)[1] if cfg.data.dir else generate(data_spec(cfg))
+        splits = load_dataset(meta.get("data_dir") or cfg.data.dir)[1] if cfg.data.dir else generate(data_spec(cfg))
     except (KeyError, TypeError, ReportgenError):
         return None
     if splits_hash(splits) != meta.get("data_manifest_hash"):
@@ -190,8 +191,9 @@ class Trainer:
         self.history, self.elapsed = payload["history"], payload["elapsed_s"]
 
     def _meta(self, metrics: dict) -> dict:
+        data_dir = str(Path(self.cfg.data.dir).resolve()) if self.cfg.data.dir else None
         return {
-            "data": self.data.spec, "data_manifest_hash": self.data.manifest_hash,
+            "data": self.data.spec, "data_manifest_hash": self.data.manifest_hash, "data_dir": data_dir,
             "train_config": to_dict(self.cfg), "seed": self.cfg.seed, "step": self.step,
             "metrics": metrics, "history": self.history,
         }
