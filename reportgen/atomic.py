@@ -30,12 +30,19 @@ def replace_dir(out: Path, write: Callable[[Path], None]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; outputs are meant to be shared
+        tmp.chmod(0o777 & ~umask())  # mkdtemp makes it private; outputs are as shared as the user's files
         write(tmp)
         (tmp / MANIFEST).write_text(json.dumps({"files": file_hashes(tmp)}, indent=1, sort_keys=True) + "\n")
         _swap_in(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def umask() -> int:
+    """The process's file-creation mask (os.umask can only be read by setting it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def file_hashes(d: Path) -> dict[str, str]:

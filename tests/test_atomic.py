@@ -55,3 +55,15 @@ def test_manifest_and_clutter(tmp_path):
     assert not unchanged(out)
     with pytest.raises(ReportgenError, match=f"sub/{MANIFEST}"):
         check_replaceable(out, "--out", "the site")
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o755), (0o077, 0o700)])
+def test_an_output_is_as_shared_as_the_users_umask_says(tmp_path, mask, mode):
+    import os
+
+    old = os.umask(mask)
+    try:
+        replace_dir(tmp_path / "site", write_site)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "site").stat().st_mode & 0o777 == mode

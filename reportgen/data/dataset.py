@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
+from reportgen.atomic import umask
 from reportgen.data.arithmetic import (
     ANSWER_ORDERS,
     STRATA,
@@ -672,7 +673,7 @@ def write_dataset(spec: DataSpec, out_dir, command: str) -> dict:
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a data dir is not
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it private; a data dir is not
         for name in SPLITS:
             _write_file(tmp / SPLIT_FILES[name], blobs[name])
         _write_file(tmp / MANIFEST, json.dumps(manifest, sort_keys=True, indent=2,
@@ -704,12 +705,6 @@ def _check_out_dir(out: Path, shown: str) -> None:
                 f"output directory {shown!r} already exists and is not empty; pick a new "
                 f"--out directory or delete it"
             )
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _write_file(path: Path, data: bytes) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from reportgen.atomic import umask
 from reportgen.data.arithmetic import ANSWER_ORDERS, TASKS
 from reportgen.data.tokenizer import SPECIALS, Tokenizer
 from reportgen.errors import ReportgenError
@@ -71,9 +72,7 @@ def save_checkpoint(path: str | Path, model: Transformer, tokenizer: Tokenizer, 
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it private; checkpoints are meant to be shared
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes it private; checkpoints are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
