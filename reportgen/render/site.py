@@ -797,8 +797,8 @@ def _finite_or(x, default: float = -math.inf) -> float:
 
 
 def _shown(x: float) -> float:
-    """x as a table cell shows it (2 decimals)."""
-    return float(f"{x:.2f}") if math.isfinite(x) else x
+    """x as a table cell shows it (fmt_num, the tables' default digits)."""
+    return float(fmt_num(x)) if math.isfinite(x) else x
 
 
 # ---------------------------------------------------------------- templates and writing
