@@ -402,3 +402,51 @@ def test_shown_text_rounds_but_the_csv_keeps_full_precision():
     assert t.to_csv().splitlines()[1:] == ["p,0.132885", "hash," + "ab" * 32]
     assert fmt_num(-0.001) == "0.00" and fmt_num(-0.01) == "-0.01"  # no negative zero
     assert fmt_est(Estimate(-0.001, -0.004, 0.002, 9)) == "0.00 [0.00, 0.00]"
+
+
+def test_tables_show_the_findings_numbers():
+    """Each new column carries its own finding, not a neighbour's: ablation effects per stratum on
+    all three measures, the uniform-attention mass, the untrained logit lens, and the probe
+    comparison's accuracy and selectivity per model."""
+    import csv
+    import io
+
+    from render_fixtures import make_report
+
+    from reportgen.render import figures as F
+    from reportgen.render.site import SiteBuilder
+
+    report = make_report(N_EXAMPLES)
+    m = report.models[0]
+    builder = SiteBuilder(report, pdf=False)
+    builder.ablation_section(m, m.findings.interventions)
+    builder.attention_section(m, m.findings.attention)
+    builder.lens_section(m, m.findings.logit_lens)
+    builder.compare_page()
+    table = {t.key.rsplit("/", 1)[-1]: t for t in builder.tables}
+
+    iv = m.findings.interventions
+    effect = next(e for e in iv.effects if e.method == iv.default_method)
+    rows = {(r[0], r[1]): r[2:] for r in table["ablations-by-stratum"].rows}
+    strata = table["ablations-by-stratum"].columns[2:]
+    for measure, by in (("exact match", effect.metrics.by_stratum),
+                        ("digit accuracy", effect.metrics.digit_accuracy_by_stratum),
+                        ("log-prob", effect.metrics.logprob_by_stratum)):
+        assert rows[(effect.component, measure)] == [by.get(s) for s in strata]
+    assert rows[("none (clean)", "log-prob")] == [iv.clean.logprob_by_stratum.get(s) for s in strata]
+
+    scores = {(r.role, f"L{r.layer}H{r.head}"): r for r in m.findings.attention.role_scores}
+    for role, head, score, untrained, uniform in table["role-top"].rows:
+        assert (score, untrained, uniform) == (scores[role, head].score, scores[role, head].untrained,
+                                               scores[role, head].chance)
+
+    lens = m.findings.logit_lens
+    assert [r[2] for r in table["logit-lens"].rows] == lens.untrained_prob_correct
+
+    probes = list(csv.DictReader(io.StringIO(table["compare-probes"].to_csv())))
+    for model in [m for m in report.models if m.findings.probing is not None]:
+        summary = {(r["label"], r["site"]): r for r in F.probe_summary(model.findings.probing)}
+        for row in probes:
+            r = summary.get((row["label"], row["site"]))
+            assert (row[f"{model.label} accuracy"], row[f"{model.label} selectivity"]) == (
+                ("", "") if r is None else (repr(r["accuracy"]), repr(r["selectivity"])))
