@@ -22,6 +22,7 @@ from reportgen.data.arithmetic import (
     make_record,
     parse_problem,
     predicting_positions,
+    target_tokens,
 )
 from reportgen.data.dataset import (
     DataSpec,
@@ -277,6 +278,25 @@ def test_answer_span_columns_and_predicting_positions(with_steps, order):
             assert TOK.vocab[ids[pos + 1]] == ch
             assert TOK.vocab[ids[pos]] in (CHARS + ("<bos>",))
         assert ids[end + 1] == TOK.eos_id
+
+
+@pytest.mark.parametrize("order", ["plain", "reversed"])
+def test_target_tokens_label_every_written_digit_with_its_ground_truth(order):
+    """Each scratchpad digit's role names the ground-truth value it must equal; the answer
+    digits come last, as predicting_positions gives them."""
+    recs = [make_record(a, b, op, True, order) for a, b, op in [(59, 73, "+"), (999, 1, "+"), (503, 7, "-")]]
+    recs += stratified_examples("addsub", 30, 3, seed=2, with_steps=True, answer_order=order)
+    for rec in recs:
+        full = rec["prompt"] + rec["target"]
+        targets = target_tokens(rec)
+        assert [q for q, ch in enumerate(full) if q >= len(rec["prompt"]) and ch.isdigit()] == [q for q, _, _ in targets]
+        assert targets[-len(rec["answer_columns"]):] == [(q, "answer", n) for q, n in predicting_positions(rec)]
+        truth = {"operand_a": "a", "operand_b": "b", "carry_in": "carry_in", "sum_digit": "digit", "carry_out": "carry_out"}
+        for q, role, n in targets[: -len(rec["answer_columns"])]:
+            assert int(full[q]) == rec["labels"]["columns"][n][truth[role]]
+    mul = make_record(12, 34, "*", True, order)
+    assert {role for _, role, _ in target_tokens(mul)} == {"step", "answer"}
+    assert target_tokens(make_record(59, 73, "+", False, order)) == [(q, "answer", n) for q, n in predicting_positions(make_record(59, 73, "+", False, order))]
 
 
 # ----------------------------------------------------------------- parsing

@@ -33,6 +33,7 @@ class AnalysisConfig:
     enabled: list[Analysis] = field(default_factory=lambda: list(ANALYSES))
     n_examples: int = 300  # generated stratified examples the aggregate analyses run on
     seed: int = 0
+    untrained_twins: int = 3  # freshly initialised models of the same shape every confirming test also runs on
     examples: list[str] = field(default_factory=list)  # shown one by one; --examples overrides
     n_example_pages: int = 8  # generated examples shown one by one when none are given
     max_pdf_examples: int = 8  # cap on the examples the PDF report shows
@@ -46,6 +47,9 @@ class AnalysisConfig:
         for name in ("n_examples", "n_example_pages", "max_pdf_examples"):
             if getattr(self, name) < 0:
                 raise ReportgenError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.untrained_twins < 2:
+            raise ReportgenError(f"untrained_twins must be at least 2 (each twin's null is judged against the "
+                                 f"others), got {self.untrained_twins}")
         if self.n_examples > MAX_EXAMPLES:
             raise ReportgenError(f"n_examples must be at most {MAX_EXAMPLES} (the analyses hold every activation "
                                  f"of every example in memory), got {self.n_examples}")

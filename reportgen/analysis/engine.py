@@ -59,6 +59,16 @@ def untrained_twin(model: Transformer, seed: int) -> Transformer:
     return twin.to(model.device).eval()
 
 
+def twin_seeds(seed: int, n: int) -> list[int]:
+    """Initialisation seeds of the n untrained twins of an analysis run with `seed`."""
+    return [1000 * seed + 1 + i for i in range(n)]
+
+
+def untrained_twins(model: Transformer, n: int, seed: int) -> list[Transformer]:
+    """n untrained twins (see `twin_seeds`): the null every confirming test also runs on."""
+    return [untrained_twin(model, s) for s in twin_seeds(seed, n)]
+
+
 def greedy_predictions(model: Transformer, tokenizer: Tokenizer, records: list[dict]) -> list[str]:
     """Batched greedy continuation of each record's prompt (the model's own answer attempt)."""
     max_new = max(len(r["target"]) for r in records) + 1

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from reportgen.data.arithmetic import make_record, parse_problem
+from reportgen.data.arithmetic import TARGET_ROLES, make_record, parse_problem, target_tokens
 from reportgen.data.dataset import count_questions, stratified_examples
 from reportgen.data.tokenizer import Tokenizer
 from reportgen.errors import ReportgenError
@@ -29,13 +29,23 @@ class ExampleBatch:
     answer_ids: torch.Tensor  # [B, A] token id of the correct answer digit
     columns: torch.Tensor  # [B, A] answer column n (0 = least significant) of each written digit
     answer_mask: torch.Tensor  # [B, A] bool
+    # Every digit the model writes (scratchpad steps, then the final answer; data.target_tokens):
+    target_pos: torch.Tensor  # [B, T] token index predicting each target digit; 0 where masked
+    target_ids: torch.Tensor  # [B, T] token id of that digit
+    target_roles: torch.Tensor  # [B, T] index into data.arithmetic.TARGET_ROLES
+    target_columns: torch.Tensor  # [B, T] column n of the digit's step or answer digit; -1 where none
+    target_mask: torch.Tensor  # [B, T] bool
 
     def __len__(self) -> int:
         return len(self.records)
 
     def to(self, device) -> "ExampleBatch":
-        moved = {k: getattr(self, k).to(device) for k in ("tokens", "lengths", "pred_pos", "answer_ids", "columns", "answer_mask")}
+        moved = {k: getattr(self, k).to(device) for k in TENSORS}
         return ExampleBatch(records=self.records, **moved)
+
+
+TENSORS = ("tokens", "lengths", "pred_pos", "answer_ids", "columns", "answer_mask",
+           "target_pos", "target_ids", "target_roles", "target_columns", "target_mask")
 
 
 def example_key(record: dict) -> str:
@@ -63,22 +73,30 @@ def build_batch(records: list[dict], tokenizer: Tokenizer, n_ctx: int, device="c
         )
     P = max(map(len, seqs))
     A = max(r["answer_span"][1] - r["answer_span"][0] for r in records)
+    targets = [target_tokens(r) for r in records]
+    T = max(map(len, targets))
     tokens = torch.full((len(seqs), P), tokenizer.pad_id, dtype=torch.long)
-    pred_pos = torch.zeros((len(seqs), A), dtype=torch.long)
-    answer_ids = torch.zeros((len(seqs), A), dtype=torch.long)
-    columns = torch.zeros((len(seqs), A), dtype=torch.long)
-    mask = torch.zeros((len(seqs), A), dtype=torch.bool)
-    for i, (r, s) in enumerate(zip(records, seqs)):
+    answer = {k: torch.zeros((len(seqs), A), dtype=torch.long) for k in ("pos", "ids", "columns")}
+    target = {k: torch.zeros((len(seqs), T), dtype=torch.long) for k in ("pos", "ids", "roles", "columns")}
+    for i, (r, s, tt) in enumerate(zip(records, seqs, targets)):
         tokens[i, : len(s)] = torch.tensor(s)
         start, end = r["answer_span"]
         n = end - start
         # Character c of prompt+target is token c+1 and is predicted at token c.
-        pred_pos[i, :n] = torch.arange(start, end)
-        answer_ids[i, :n] = tokens[i, start + 1 : end + 1]
-        columns[i, :n] = torch.tensor(r["answer_columns"])
-        mask[i, :n] = True
+        answer["pos"][i, :n] = torch.arange(start, end)
+        answer["ids"][i, :n] = tokens[i, start + 1 : end + 1]
+        answer["columns"][i, :n] = torch.tensor(r["answer_columns"])
+        pos = torch.tensor([q for q, _, _ in tt])
+        target["pos"][i, : len(tt)] = pos
+        target["ids"][i, : len(tt)] = tokens[i, pos + 1]
+        target["roles"][i, : len(tt)] = torch.tensor([TARGET_ROLES.index(role) for _, role, _ in tt])
+        target["columns"][i, : len(tt)] = torch.tensor([-1 if n is None else n for _, _, n in tt])
+    answer_mask = torch.arange(A)[None, :] < torch.tensor([r["answer_span"][1] - r["answer_span"][0] for r in records])[:, None]
+    target_mask = torch.arange(T)[None, :] < torch.tensor(list(map(len, targets)))[:, None]
     lengths = torch.tensor([len(s) for s in seqs])
-    return ExampleBatch(records, tokens, lengths, pred_pos, answer_ids, columns, mask).to(device)
+    return ExampleBatch(records, tokens, lengths, answer["pos"], answer["ids"], answer["columns"], answer_mask,
+                        target["pos"], target["ids"], target["roles"], target["columns"].masked_fill(~target_mask, -1),
+                        target_mask).to(device)
 
 
 def distinct(records: list[dict]) -> list[dict]:

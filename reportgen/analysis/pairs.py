@@ -20,7 +20,7 @@ import random
 from dataclasses import dataclass
 from typing import Optional
 
-from reportgen.data.arithmetic import make_record
+from reportgen.data.arithmetic import STEP_WIDTH, make_record
 from reportgen.errors import ReportgenError
 
 PAIR_KINDS = ("carry_flip", "sum_flip", "operator_flip")
@@ -64,11 +64,16 @@ def digit_at(record: dict, n: int) -> Optional[tuple[int, int]]:
     return start + i, int((record["prompt"] + record["target"])[start + i])
 
 
+STEP_TOKENS = ("a", "op1", "b", "op2", "cin", "eq", "d", "c", "cout", "sep")  # by offset in an add/sub step
+
+
 def token_roles(record: dict) -> list[str]:
     """Role of every token of BOS + prompt + target + EOS, used to align positions across pairs.
 
-    'BOS', operand digits by column ('a2', 'a1', 'a0', 'b0', ...), 'op', '=', scratchpad
-    characters by offset into the target ('s0', 's1', ...), final-answer digits by column
+    'BOS', operand digits by column ('a2', 'a1', 'a0', 'b0', ...), 'op', '=', scratchpad tokens
+    of an addition or subtraction by step (its column) and place in the step ('s1.a', 's1.op1',
+    's1.b', 's1.op2', 's1.cin', 's1.eq', 's1.d', 's1.c', 's1.cout', 's1.sep'; a multiplication
+    scratchpad by offset into the target, 's0', 's1', ...), final-answer digits by column
     ('ans2', ...), 'EOS'.
     """
     prompt = record["prompt"]
@@ -81,8 +86,15 @@ def token_roles(record: dict) -> list[str]:
     start, end = record["answer_span"]
     columns = record["answer_columns"]
     for c in range(len(prompt), end):
-        roles.append(f"ans{columns[c - start]}" if c >= start else f"s{c - len(prompt)}")
+        roles.append(f"ans{columns[c - start]}" if c >= start else _step_role(record, c - len(prompt)))
     return roles + ["EOS"]
+
+
+def _step_role(record: dict, offset: int) -> str:
+    if record["op"] == "*":
+        return f"s{offset}"
+    step, place = divmod(offset, STEP_WIDTH)
+    return f"s{step}.{STEP_TOKENS[place]}"
 
 
 def role_order(labels, answer_order: str) -> list[str]:
@@ -91,11 +103,14 @@ def role_order(labels, answer_order: str) -> list[str]:
 
     def key(r: str):
         if r in ("BOS", "op", "=", "EOS"):
-            return ({"BOS": 0, "op": 2, "=": 4, "EOS": 7}[r], 0)
+            return ({"BOS": 0, "op": 2, "=": 4, "EOS": 7}[r], 0, 0)
         if r.startswith("ans"):
-            return (6, sign * int(r[3:]))
-        group = {"a": (1, -1), "b": (3, -1), "s": (5, 1)}[r[0]]
-        return (group[0], group[1] * int(r[1:]))
+            return (6, sign * int(r[3:]), 0)
+        if r.startswith("s"):
+            step, _, place = r[1:].partition(".")
+            return (5, int(step), STEP_TOKENS.index(place) if place else 0)
+        group = {"a": (1, -1), "b": (3, -1)}[r[0]]
+        return (group[0], group[1] * int(r[1:]), 0)
 
     return sorted(set(labels), key=key)
 

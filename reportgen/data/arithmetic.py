@@ -350,6 +350,44 @@ def predicting_positions(record: dict) -> list[tuple[int, int]]:
     return list(zip(range(start, end), record["answer_columns"]))
 
 
+# What each digit of an addition/subtraction scratchpad step is, by its offset in the step:
+# 'a_n+b_n+carry_in=digit c carry_out' ('-' and 'b' for subtraction), then ';' or '|'.
+STEP_ROLES = {0: "operand_a", 2: "operand_b", 4: "carry_in", 6: "sum_digit", 8: "carry_out"}
+STEP_WIDTH = 10  # characters of one step including its separator
+TARGET_ROLES = ("answer", "operand_a", "operand_b", "carry_in", "sum_digit", "carry_out", "step")
+TARGET_ROLE_DESCRIPTIONS = {
+    "answer": "a digit of the final answer",
+    "operand_a": "a scratchpad copy of a's digit in the step's column",
+    "operand_b": "a scratchpad copy of b's digit in the step's column",
+    "carry_in": "the carry (borrow) written into a scratchpad step, copied from the previous step",
+    "sum_digit": "the column's result digit written in a scratchpad step",
+    "carry_out": "the carry (borrow) a scratchpad step writes out of its column",
+    "step": "a digit of a multiplication scratchpad (partial products and their sums)",
+}
+
+
+def target_tokens(record: dict) -> list[tuple[int, str, int | None]]:
+    """``(token_index, role, column_n)`` for every digit the model writes after the prompt,
+    in written order: scratchpad digits by their role in the step (see TARGET_ROLES; the
+    column is the step's column, None in multiplication scratchpads) and the final-answer
+    digits ("answer", their column). ``token_index`` predicts the digit, as in
+    :func:`predicting_positions`.
+    """
+    prompt, target = record["prompt"], record["target"]
+    start = record["answer_span"][0]
+    out = []
+    if "|" in target:
+        for c, ch in enumerate(target[: target.index("|")]):
+            if not ch.isdigit():
+                continue
+            if record["op"] == "*":
+                out.append((len(prompt) + c, "step", None))
+            else:
+                step, offset = divmod(c, STEP_WIDTH)
+                out.append((len(prompt) + c, STEP_ROLES[offset], step))
+    return out + [(q, "answer", n) for q, n in predicting_positions(record)]
+
+
 def task_of_ops(ops) -> str | None:
     """The task whose operators are exactly ``ops``, or None."""
     ops = tuple(sorted(set(ops)))
@@ -418,5 +456,6 @@ def parse_problem(text: str, ops_allowed=None) -> tuple[int, int, str]:
 __all__ = [
     "TASKS", "TASK_OPS", "OPS", "STRATA", "STRATUM_DESCRIPTIONS", "ANSWER_ORDERS", "CHARS",
     "apply_op", "stratum_of", "label_problem", "fast_stratum", "answer_text", "steps_text",
-    "make_record", "predicting_positions", "parse_problem", "task_of_ops",
+    "make_record", "predicting_positions", "target_tokens", "TARGET_ROLES", "TARGET_ROLE_DESCRIPTIONS",
+    "parse_problem", "task_of_ops",
 ]
