@@ -25,6 +25,24 @@ class Estimate:
     n: int
 
 
+@dataclass
+class NullCheck:
+    """One confirming test run on the model and, unchanged, on each untrained twin (a twin is
+    judged against the other twins where the test compares with twins). A test that confirms
+    components on the twins more often than its error rate allows is broken: `passed` is False
+    and the report states none of its findings (see stats.null_passed)."""
+
+    test: str  # "carry_head", "operator_head", "position_head", "delimiter_head", "neuron", "probe"
+    definition: str  # what confirms a component, in one sentence
+    n_tested: int  # components (or probes) tested on the model
+    confirmed: int  # of those, confirmed
+    twin_tested: list[int]  # per untrained twin
+    twin_confirmed: list[int]  # per untrained twin
+    error_rate: float  # the chance per model of confirming anything when nothing is there (family-wise)
+    passed: bool
+    note: str = ""
+
+
 # ---------------------------------------------------------------- 1. attention
 @dataclass
 class HeadStats:

@@ -6,6 +6,7 @@ import math
 import warnings
 
 import numpy as np
+from scipy.stats import binom
 
 from reportgen.analysis.findings import Estimate
 
@@ -50,3 +51,18 @@ def estimate(values, seed: int = 0, alpha: float = 0.05) -> Estimate:
     mean, lo, hi = bootstrap(v, seed=seed, alpha=alpha)
     return Estimate(float(mean), float(lo), float(hi), int(v.size))
 
+
+
+NULL_P = 0.01  # a test fails its null when this improbable under its stated error rate
+
+
+def null_passed(twin_confirmed: list[int], error_rate: float) -> bool:
+    """Whether untrained twins confirmed no more than a test's error rate allows.
+
+    A test controlling its family-wise error at `error_rate` confirms anything on an untrained
+    twin with probability at most `error_rate`; so the number of twins with a confirmation is at
+    most Binomial(twins, error_rate). The test fails its null when that many or more would occur
+    with probability below NULL_P (with 3 twins at 5%: two twins or more).
+    """
+    k = sum(1 for c in twin_confirmed if c > 0)
+    return k == 0 or float(binom.sf(k - 1, len(twin_confirmed), error_rate)) >= NULL_P
