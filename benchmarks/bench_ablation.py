@@ -43,7 +43,7 @@ def naive(ab: Ablator, tokens: torch.Tensor) -> torch.Tensor:
                     z = z.clone()
                     z[:, : values.shape[1], h] = values[:, :, h]
                     return z
-                out.append(ab._answer_logprobs(model(tokens, hooks={name: hook})[None])[0])
+                out.append(ab._target_logprobs(model(tokens, hooks={name: hook})[None])[0])
     return torch.stack(out)
 
 

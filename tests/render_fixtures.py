@@ -16,16 +16,19 @@ from reportgen.analysis.findings import (
     AttributionScore,
     CircuitComponent,
     CircuitFindings,
+    ComponentRecovery,
     Estimate,
     ExampleFindings,
     HeadStats,
     InterventionFindings,
     LogitLensFindings,
     Metrics,
+    NullCheck,
     PatchingFindings,
     PatchSweep,
     ProbeResult,
     ProbingFindings,
+    Population,
     RoleScore,
 )
 from reportgen.data.arithmetic import STRATA, make_record
@@ -136,8 +139,14 @@ def _circuits(rng, n_layers, n_heads) -> CircuitFindings:
         CircuitComponent("position_head", 0, 3, None, 0.91, 0.30, None, None, False, "not tested causally"),
         CircuitComponent("neuron", n_layers - 1, 17, 2, 0.88, 0.51, 0.12, 0.02, True),
     ]
+    recoveries = [ComponentRecovery(f"L{l}H{h}", l, h, n, "answer", "carry_flip", _est(rng, 0.4 if (l, h) == (0, 1) else 0.02),
+                                    _est(rng, 0.3), _est(rng, 0.01), _est(rng, 0.02), None, (l, h, n) == (0, 1, 1))
+                  for n in (1, 2) for l in range(n_layers) for h in range(n_heads)]
+    nulls = [NullCheck("carry_head", "patching recovers more on carry-flip than sum-flip pairs", 2 * n_layers * n_heads,
+                       1, [2 * n_layers * n_heads] * 3, [0, 0, 0], 0.05, True),
+             NullCheck("neuron", "patched alone, beats random neurons", 6, 1, [6, 4, 5], [0, 2, 1], 0.05, False)]
     return CircuitFindings(comps, rng.uniform(0, 0.8, (n_layers, n_heads, len(ROLES))), list(ROLES),
-                           {"method": "holm", "n_selected": 5, "set_effect": 0.18, "random_effect": 0.02})
+                           {"fdr": 0.05, "n_selected": 5, "n_tested": 512}, recoveries, nulls)
 
 
 def _probing(rng, n_layers) -> ProbingFindings:
@@ -158,7 +167,10 @@ def _metrics(rng, em) -> Metrics:
                    Estimate(float(-3 * (1 - em)), float(-3 * (1 - em) - 0.2), float(-3 * (1 - em) + 0.2), 200),
                    {s: _est(rng, em - 0.1 * i) for i, s in enumerate(STRATA)},
                    {s: _est(rng, min(1.0, em + 0.05) - 0.1 * i) for i, s in enumerate(STRATA)},
-                   {s: Estimate(-0.5 * i, -0.5 * i - 0.2, -0.5 * i + 0.2, 50) for i, s in enumerate(STRATA)})
+                   {s: Estimate(-0.5 * i, -0.5 * i - 0.2, -0.5 * i + 0.2, 50) for i, s in enumerate(STRATA)},
+                   Estimate(8 * em, 8 * em - 0.5, 8 * em + 0.5, 200),
+                   {s: Estimate(8 * em - i, 8 * em - i - 0.5, 8 * em - i + 0.5, 50) for i, s in enumerate(STRATA)},
+                   _est(rng, em - 0.1), {s: _est(rng, em - 0.1 * (i + 1)) for i, s in enumerate(STRATA)}, None)
 
 
 def _interventions(rng, n_layers, n_heads) -> InterventionFindings:
@@ -189,6 +201,7 @@ def make_model(name: str, label: str, n_layers: int, n_examples: int = 6, seed: 
         circuits=_circuits(rng, n_layers, n_heads),
         probing=_probing(rng, n_layers),
         interventions=_interventions(rng, n_layers, n_heads),
+        population=Population(300, "train, val and test"),
     )
     for analysis in skip:
         setattr(findings, analysis, None)

@@ -3,6 +3,8 @@ pass per head, reference sets and resampling follow their definitions, metrics a
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from reportgen.analysis.examples import template
 from reportgen.configfile import from_dict
 from reportgen.data.dataset import stratified_examples
 from reportgen.errors import ReportgenError
+from reportgen.model.checkpoint import load_checkpoint
 from test_patching import strong_model
 
 
@@ -36,7 +39,7 @@ def loop_head_ablation(ab: Ablator, method: str) -> torch.Tensor:
                 return z
             with torch.no_grad():
                 logits = model(ab.tokens, hooks={name: hook})
-            out.append(ab._answer_logprobs(logits[None])[0])
+            out.append(ab._target_logprobs(logits[None])[0])
     return torch.stack(out)
 
 
@@ -64,7 +67,7 @@ def loop_ablation(ab: Ablator, spec: dict, method: str) -> torch.Tensor:
         return hook
     with torch.no_grad():
         logits = ab.model(ab.tokens, hooks={name: hook_for(name, idx) for name, idx in spec.items()})
-    return ab._answer_logprobs(logits[None])[0]
+    return ab._target_logprobs(logits[None])[0]
 
 
 @pytest.mark.parametrize("method", ["zero", "mean", "resample"])
@@ -98,8 +101,10 @@ def test_dead_head_and_dead_mlp_ablations_change_nothing():
     f = run_interventions(model, TOKENIZER, add_batch(model), cfg, 0)
     dead = [e for e in f.effects if e.component in ("L0H1", "L1.mlp")]
     assert len(dead) == 6
-    for e in dead:
-        assert e.metrics == f.clean
+    for e in dead:  # free generation is measured for the default method only
+        free = {} if e.method == cfg.default_method else {"free_exact_match": f.clean.free_exact_match,
+                                                          "free_by_stratum": f.clean.free_by_stratum}
+        assert dataclasses.replace(e.metrics, **free) == f.clean
     live = [e for e in f.effects if e.component == "L0H0" and e.method == "zero"]
     assert live[0].metrics.logprob.mean != f.clean.logprob.mean
 
@@ -180,6 +185,45 @@ def test_metrics_count_exact_match_digits_and_logprob():
     assert m.by_stratum["multi_carry"].mean == 0.0 and m.by_stratum["no_carry"].mean == 1.0
     assert m.digit_accuracy_by_stratum["multi_carry"].mean == pytest.approx(2 / 3)
     assert m.logprob_by_stratum["multi_carry"].mean == -30.0 and m.logprob_by_stratum["no_carry"].mean == 0.0
+    # margin: 30 at a right digit (0 against -30), -30 at the wrong one (-30 against 0)
+    assert s["margin"].tolist() == [pytest.approx(10.0), 30.0]
+    assert m.margin_by_stratum["multi_carry"].mean == pytest.approx(10.0) and m.free_exact_match is None
+
+
+def loop_free_generation(ab: Ablator, spec: dict, method: str) -> list[bool]:
+    """Greedy decoding one token at a time, a full forward pass with the replacement at every step."""
+    right = []
+    for i, r in enumerate(ab.batch.records):
+        ids = TOKENIZER.encode(r["prompt"], bos=True)
+        start = len(ids)
+        for _ in range(len(r["target"]) + 1):
+            def hook(act, name):
+                values, out = ab.values(method, name)[i : i + 1], act.clone()
+                n = min(out.shape[1], values.shape[1])
+                if spec[name] is None:
+                    out[:, :n] = values[:, :n]
+                else:
+                    out[:, :n, spec[name]] = values[:, :n, spec[name]]
+                return out
+            with torch.no_grad():
+                nxt = int(ab.model(torch.tensor([ids]), hooks={n: hook for n in spec})[0, -1].argmax())
+            ids.append(nxt)
+            if nxt == TOKENIZER.eos_id:
+                break
+        text = TOKENIZER.decode(ids[start:], keep_specials=True)
+        right.append(text.rsplit("|", 1)[-1] == r["target"].rsplit("|", 1)[-1])
+    return right
+
+
+@pytest.mark.parametrize("with_steps", [False, True])
+def test_free_generation_with_the_ablation_in_place_equals_a_token_by_token_loop(with_steps):
+    model = strong_model(7, n_ctx=64)
+    ab = Ablator(model, TOKENIZER, add_batch(model, n=10, with_steps=with_steps), seed=0, reference_size=4)
+    specs = [head_spec(0, 1), {"blocks.1.hook_mlp_out": None}, {"blocks.0.mlp.hook_post": [1, 2, 3]}]
+    for method in ("mean", "zero"):
+        got = ab.free_exact_match(specs, method)
+        for spec, row in zip(specs, got):
+            assert row.tolist() == loop_free_generation(ab, spec, method)
 
 
 def test_run_interventions_shapes_and_labels():
@@ -197,6 +241,19 @@ def test_run_interventions_shapes_and_labels():
         assert not np.isnan(e.metrics.exact_match.mean) and e.metrics.exact_match.n == 24
 
 
+def test_a_broken_scratchpad_shows_in_free_generation_not_teacher_forcing():
+    """In runs/add3_steps, L0H0 moves the written carry from step to step: ablating it leaves the
+    teacher-forced answer right (copied from the correct scratchpad it is given) while greedy
+    decoding, which reads its own broken scratchpad, gets most answers wrong."""
+    ckpt = load_checkpoint("runs/add3_steps/checkpoint_best.pt")
+    batch = batch_for(ckpt.model, stratified_examples("add", 60, 3, 1, 5, True, "plain"))
+    f = run_interventions(ckpt.model, TOKENIZER, batch, InterventionConfig(methods=["mean"], cumulative=False,
+                                                                            layers=False, reference_size=8), 0)
+    l0h0 = next(e.metrics for e in f.effects if e.component == "L0H0")
+    assert l0h0.exact_match.mean > 0.95 and l0h0.free_exact_match.mean < 0.6
+    assert l0h0.scratchpad_accuracy.mean < 0.95 and f.clean.free_exact_match.mean > 0.95
+
+
 def test_steps_format_and_reversed_answers():
     model = strong_model(6, n_ctx=64)
     f = run_interventions(model, TOKENIZER, add_batch(model, n=12, with_steps=True, answer_order="reversed"),
@@ -207,7 +264,7 @@ def test_steps_format_and_reversed_answers():
 def test_layer_importance_api():
     model = strong_model(7)
     out = InterventionAnalyzer(model, TOKENIZER).measure_layer_importance(["12 + 34", "59 + 73"], component="mlp")
-    assert set(out) == {0, 1} and set(out[0]) == {"exact_match", "digit_accuracy", "logprob"}
+    assert set(out) == {0, 1} and set(out[0]) == {"exact_match", "digit_accuracy", "logprob", "margin"}
     with pytest.raises(ReportgenError, match="attn"):
         InterventionAnalyzer(model, TOKENIZER).measure_layer_importance(["12 + 34"], component="resid")
 

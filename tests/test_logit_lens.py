@@ -13,6 +13,8 @@ from conftest import TOKENIZER, answer_writer_model, batch_for, random_model, re
 from reportgen.analysis import engine, logit_lens
 from reportgen.analysis.findings import ExampleFindings
 from reportgen.data.dataset import stratified_examples
+from reportgen.data.arithmetic import TARGET_ROLES
+from test_patching import strong_model
 
 
 def _lens(model, recs, seed=0):
@@ -30,7 +32,7 @@ def test_last_index_equals_the_models_own_digit_distribution():
     model = random_model(seed=2)
     batch, logits, cache, findings, arrays = _lens(model, stratified_examples("add", 30, 3, 1, seed=1))
     own = engine.digit_log_probs(engine.gather_at_answers(logits, batch), TOKENIZER)
-    lens = logit_lens.lens_log_probs(model, TOKENIZER, cache, batch)
+    lens = logit_lens.lens_log_probs(model, TOKENIZER, cache, batch.pred_pos)
     assert lens.shape[0] == model.cfg.n_layers + 1
     assert torch.allclose(lens[-1], own, atol=1e-6)
     m = batch.answer_mask
@@ -58,7 +60,7 @@ def test_planted_writer_converges_exactly_at_its_layer(write_layer):
     s = math.sqrt(202 / 32 + 1e-5)  # after the write: e1 - e2 + 10 (e3 - e4)
     p_early = math.exp(a) / (math.exp(a) + 9)
     p_late = math.exp(10 / s) / (math.exp(10 / s) + math.exp(1 / s) + 8)
-    probs = logit_lens.lens_log_probs(model, TOKENIZER, cache, batch).exp()
+    probs = logit_lens.lens_log_probs(model, TOKENIZER, cache, batch.pred_pos).exp()
     assert float(probs[0, 0, 0, 3]) == pytest.approx(p_early, rel=1e-4)
     assert float(probs[-1, 0, 0, 7]) == pytest.approx(p_late, rel=1e-4)
     # '3+4=7': the correct digit is 7, so its probability jumps at the writer and its rank goes 1 -> 0
@@ -128,3 +130,19 @@ def test_api_convergence_and_evolution(tmp_path):
 
     with pytest.raises(ReportgenError, match="out of range"):
         lens.analyze_convergence("12 + 34", target_token_pos=5)
+
+
+def test_lens_at_every_scratchpad_digit_ends_at_the_models_own_prediction():
+    model = strong_model(3, n_ctx=48)
+    batch = batch_for(model, stratified_examples("add", 20, 2, 1, 0, True, "plain"))
+    logits, cache = engine.run_with_cache(model, batch)
+    arrays = logit_lens.target_lens(model, TOKENIZER, cache, batch)
+    own = engine.digit_log_probs(engine.gather_at(logits, batch.target_pos), TOKENIZER).exp()
+    right = own.gather(-1, engine.target_digits(batch, TOKENIZER)[..., None])[..., 0]
+    assert torch.allclose(arrays.prob[-1][batch.target_mask], right[batch.target_mask], atol=1e-6)
+    probs, hists = logit_lens.by_role(arrays, batch, 0)
+    assert set(probs) == {"operand_a", "operand_b", "carry_in", "sum_digit", "carry_out"}
+    for r, role in enumerate(TARGET_ROLES):
+        if role in hists:
+            assert sum(hists[role].values()) == int((batch.target_mask & (batch.target_roles == r)).sum())
+            assert probs[role][-1].n == len(batch)

@@ -349,7 +349,7 @@ def test_a_capped_neuron_list_says_so():
     builder = SiteBuilder(report, pdf=False)
     builder.circuits_section(m, m.findings.circuits)
     (table,) = [t for t in builder.tables if t.key.endswith("/components")]
-    assert "the 1 most selective (largest |AUROC − 0.5|) of the 5 selected are listed" in table.caption
+    assert "the 1 most selective (largest |AUROC − 0.5|) of the 5 selected by the screen are listed" in table.caption
 
 
 @pytest.mark.parametrize("n_pos", [12, 51])

@@ -1,46 +1,46 @@
-"""Circuit discovery (DESIGN §4.4): correlational candidates, each confirmed or rejected causally.
+"""Circuit discovery (DESIGN §4.4): components confirmed causally and specifically, each test run
+unchanged on untrained twins of the model (its null).
 
-* Carry heads: candidates are heads whose "carry_source" role score (attention from the position
-  predicting column n to the operand digits of column n-1) beats the same head of the untrained
-  twin by `role_margin`. A candidate is ablated (mean or resample); per answer column n >= 1 we
-  compare the drop in digit accuracy (teacher forced, argmax over digits) on answer digits that
-  receive a carry (borrow) with the drop on those that do not. Confirmed only if, at some column,
-  the difference is at least `carry_threshold` and its bootstrap interval (examples resampled
-  within each group, Bonferroni over all head-column tests) excludes 0. The column reported is the
-  one with the largest difference.
-* Operator heads: candidates by the "operator" role score the same way. In a model trained on
-  '+' and '-' together, a candidate is confirmed if patching its output (hook_z, every position)
-  from the clean run into the operator-flipped run recovers the logit difference: the lower
-  bound of the recovery interval must exceed `operator_min_recovery`. For a model trained on one
-  operator the test does not apply and says so.
-* Position-tracking heads: at each answer-predicting position, the offset (query - key) of the
-  head's most attended key. Within a group of examples with the same layout and answer digit,
-  only digit values differ, so a position-tracking head keeps one offset: consistency is the
-  share of answer digits whose offset equals their group's most common one. Confirmed when it
-  reaches `position_min_consistency`, beats the untrained twin's head by `position_margin`, and
-  the head does not mostly attend to BOS (a sink, not position tracking).
-* Carry neurons (blocks.l.mlp.hook_post at the answer-predicting positions of columns
-  1 <= n < longest operand, where a carry can go either way): AUROC for carry-in per neuron.
-  The null shuffles the labels within each answer column (so column identity alone cannot make
-  a neuron look selective); p-values use the exact mean and variance of that permutation
-  distribution with a normal tail, and Benjamini-Hochberg controls the false discovery rate
-  across all neurons. The selected set is confirmed if ablating it lowers accuracy on carry
-  digits more than ablating random sets of the same size in the same layers (one-sided
-  empirical p <= 0.05). Random sets avoid the selected neurons except in a layer where more
-  than half are selected (neuron_test["random_sets_disjoint"] says which).
+Every causal test here patches one component's output (a head's `hook_z`, a neuron's
+`mlp.hook_post`, at every position) from the clean run into the corrupt run of minimal pairs
+(pairs.py) and measures how much of the logit difference at the pair's target token comes back:
+the pooled recovery  sum_i s_i (LD_patched,i - LD_corrupt,i) / sum_i |LD_clean,i - LD_corrupt,i|
+with s_i the sign of pair i's denominator, i.e. per-pair recoveries weighted by how much each
+pair's logit difference moves. Untrained twins move logits by hundredths, so per-pair ratios are
+dominated by noise there; pooling keeps the statistic defined and comparable on both. Noising
+damage (corrupt into clean) is reported beside it. Intervals are percentile bootstraps over pairs.
 
-CircuitComponent fields per kind (score / null / causal_effect / control_effect):
-carry_head: carry_source role score / the untrained head's / accuracy drop on carry digits at
-its column / drop on carry-free digits there. operator_head: operator role score / untrained /
-mean operator-flip recovery / mean recovery of the other heads. position_head: offset
-consistency / the untrained head's / - / -. neuron: AUROC / mean AUROC under shuffled labels /
-accuracy drop on carry digits when the selected set is ablated / mean drop of the random sets.
+* Carry heads. Pairs: carry-flip pairs aimed at answer column n (column n-1 changed so the carry
+  into column n flips) read at each target token the flip changes: the answer digit of column n,
+  and in a scratchpad also step n's sum digit and written carry_in and step n-1's carry_out; the
+  control is sum-flip pairs aimed at the same column (a column-n digit changed, no carry changes)
+  read at the same kind of token. A head is a carry head for column n at a target when
+  (a) its recovery on carry-flip pairs is at least `min_recovery`,
+  (b) it exceeds its recovery on sum-flip pairs (where the target has them), and
+  (c) it exceeds the mean recovery of the same head in the untrained twins (paired: same pairs),
+  (b) and (c) each by a one-sided bootstrap lower bound above 0 at 5% family-wise, Bonferroni
+  over every (head, column, target) test of the model.
+* Operator heads (models trained on '+' and '-'): the same with operator-flip pairs ('+' <-> '-',
+  same operands), (a) and (c) only.
+* Carry neurons. Correlational candidates first: per neuron of `blocks.l.mlp.hook_post` at the
+  positions predicting the carry target (the answer digit; in a scratchpad the carry_out token,
+  where the carry is written) of columns 1 <= n < longest operand, AUROC for the carry into
+  column n with a within-column permutation null and Benjamini-Hochberg control. Candidates are
+  listed as correlational; each is then confirmed alone by carry-flip patching of that neuron:
+  (a) recovery at least `neuron_min_recovery`, (b) above its sum-flip recovery where the target
+  has sum-flip pairs, and (c) its Bonferroni lower bound above the largest recovery of
+  `null_neurons` random neurons of the same layer patched the same way. A neuron that merely
+  varies with operand digits but does not move the output recovers nothing and cannot pass.
+* Nulls. Each test runs unchanged with each untrained twin as the subject (the other twins as its
+  reference for (c); a twin's own random neurons for neurons): NullCheck records what it
+  confirmed on the model and on each twin; stats.null_passed calls a test broken when the twins
+  confirm more than its 5% family-wise error rate allows.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -48,47 +48,46 @@ from scipy.stats import norm, rankdata
 
 from reportgen.analysis import stats
 from reportgen.analysis.api import task_of, text_batch, text_records
+from reportgen.analysis.engine import untrained_twins
 from reportgen.analysis.examples import ExampleBatch, build_batch, distinct, template
-from reportgen.analysis.findings import AttentionFindings, CircuitComponent, CircuitFindings
-from reportgen.analysis.interventions import Ablator, head_spec
-from reportgen.analysis.pairs import make_pairs
-from reportgen.analysis.patching import PairRun, pair_batch
+from reportgen.analysis.findings import (
+    AttentionFindings, CircuitComponent, CircuitFindings, ComponentRecovery, Estimate, NullCheck,
+)
+from reportgen.analysis.pairs import TARGETS, MinimalPair, make_pairs, targets_of
+from reportgen.analysis.patching import PairBatch, PairRun, pair_batch
+from reportgen.data.arithmetic import TARGET_ROLES
 from reportgen.data.tokenizer import Tokenizer
 from reportgen.errors import ReportgenError
 from reportgen.model.transformer import Transformer
 
-ALPHA = 0.05
+ALPHA = 0.05  # family-wise error rate of every confirming test, per model
 
 
 @dataclass
 class CircuitConfig:
-    method: Literal["mean", "resample"] = "mean"  # ablation used by the causal tests
-    role_margin: float = 0.05  # candidate: role score minus the untrained head's >= this
-    max_candidates: int = 4  # per role, best margins first
-    carry_threshold: float = 0.1  # accuracy-drop difference (carry minus no carry) a carry head needs
-    min_group: int = 5  # answer digits needed on each side (carry / no carry) to test a column
+    n_pairs: int = 128  # carry-flip and sum-flip pairs per target token
+    min_pairs: int = 10  # pairs a column needs (of each kind compared) to be tested
+    min_recovery: float = 0.1  # pooled recovery a carry or operator head needs
     operator_pairs: int = 64
-    operator_min_recovery: float = 0.1  # lower bound of the operator-flip recovery interval
-    min_denominator: float = 0.5  # operator-flip pairs with a smaller |LD_clean - LD_corrupt| are dropped
+    neuron_min_recovery: float = 0.05  # pooled recovery a carry neuron needs
+    max_neuron_candidates: int = 16  # correlational candidates tested causally (most selective first)
+    null_neurons: int = 32  # random neurons per layer patched as the in-model null of the neuron test
+    neuron_min_selectivity: float = 0.1  # |AUROC - 0.5| a correlational candidate needs besides significance
+    fdr: float = 0.05  # Benjamini-Hochberg false discovery rate of the correlational screen
+    neuron_permutations: int = 200  # label shuffles for the reported null AUROC
+    max_listed_neurons: int = 20  # correlational candidates listed in the report
     position_min_consistency: float = 0.9
     position_margin: float = 0.2  # consistency above the untrained head's
-    neuron_min_selectivity: float = 0.1  # |AUROC - 0.5| a selected neuron needs besides significance
-    fdr: float = 0.05  # Benjamini-Hochberg false discovery rate across neurons
-    neuron_permutations: int = 200  # label shuffles for the reported null AUROC
-    neuron_random_sets: int = 39  # random neuron sets the selected set is compared with
-    max_listed_neurons: int = 20  # selected neurons listed as components (most selective first)
-    reference_size: int = 32  # reference examples per template for mean/resample ablation
     max_rows: int = 512
 
     def __post_init__(self):
         if not 0 < self.fdr < 1:
             raise ReportgenError(f"circuits fdr must be between 0 and 1, got {self.fdr}")
-        for name in ("min_group", "reference_size", "max_rows", "neuron_random_sets", "neuron_permutations"):
+        for name in ("n_pairs", "min_pairs", "operator_pairs", "max_rows", "neuron_permutations", "null_neurons"):
             if getattr(self, name) < 1:
                 raise ReportgenError(f"circuits {name} must be >= 1, got {getattr(self, name)}")
-        if 1 / (self.neuron_random_sets + 1) > ALPHA:  # the smallest p-value the comparison can give
-            raise ReportgenError(f"circuits neuron_random_sets must be >= {round(1 / ALPHA) - 1} so that a neuron set "
-                                 f"can be confirmed at p <= {ALPHA}, got {self.neuron_random_sets}")
+        if self.max_neuron_candidates < 0 or self.max_listed_neurons < 0:
+            raise ReportgenError("circuits max_neuron_candidates and max_listed_neurons must be >= 0")
 
 
 # ---------------------------------------------------------------- helpers
@@ -100,16 +99,6 @@ def carry_in(batch: ExampleBatch) -> torch.Tensor:
         for j, n in enumerate(r["answer_columns"]):
             out[i, j] = cols[n]["carry_in"]
     return out
-
-
-def diff_interval(x1: np.ndarray, x0: np.ndarray, seed: int, alpha: float) -> tuple[float, float, float]:
-    """mean(x1) - mean(x0) and its (1 - alpha) percentile-bootstrap interval, each group
-    resampled separately (they hold different examples)."""
-    rng, n_boot = np.random.default_rng(seed), stats.resamples(alpha)
-    b1 = x1[rng.integers(0, len(x1), (n_boot, len(x1)))].mean(1)
-    b0 = x0[rng.integers(0, len(x0), (n_boot, len(x0)))].mean(1)
-    lo, hi = np.percentile(b1 - b0, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return float(x1.mean() - x0.mean()), float(lo), float(hi)
 
 
 def benjamini_hochberg(p: np.ndarray, q: float) -> np.ndarray:
@@ -156,16 +145,6 @@ def auroc_test(x: np.ndarray, y: np.ndarray, groups: np.ndarray, n_perm: int, se
     return (T - shift) / (n1 * n0), 2 * norm.sf(np.abs(z)), null
 
 
-def _candidates(attention: Optional[AttentionFindings], role: str, cfg: CircuitConfig):
-    """(layer, head, score, untrained score) of the heads whose role score beats their untrained twin."""
-    if attention is None:
-        return []
-    rows = [(s.layer, s.head, s.score.mean, s.untrained.mean) for s in attention.role_scores
-            if s.role == role and s.score.mean - s.untrained.mean >= cfg.role_margin]
-    rows.sort(key=lambda r: (-(r[2] - r[3]), r[0], r[1]))
-    return rows[: cfg.max_candidates]
-
-
 def specialization(attention: Optional[AttentionFindings], n_layers: int, n_heads: int) -> tuple[np.ndarray, list[str]]:
     """Role scores as [layers, heads, roles] (NaN where a head was not scored) and the role names."""
     if attention is None:
@@ -177,90 +156,290 @@ def specialization(attention: Optional[AttentionFindings], n_layers: int, n_head
     return out, roles
 
 
-# ---------------------------------------------------------------- carry heads
-def carry_head_tests(ab: Ablator, heads: list[tuple[int, int]], cfg: CircuitConfig, seed: int) -> list[dict]:
-    """Per head: the carry-vs-no-carry accuracy drop under ablation at its best column: the
-    passing column with the largest difference if any column passes (every head-column test is
-    Bonferroni-corrected), else the column with the largest difference."""
-    batch = ab.batch
-    mask, cols, carry = ab.mask, batch.columns, carry_in(batch)
-    right_clean = ((ab.clean_logprobs.argmax(-1) == ab.digits) & mask).double()
-    testable = []
-    for n in sorted(set(cols[mask].tolist())):
-        at = mask & (cols == n)
-        if n >= 1 and int((at & (carry > 0)).sum()) >= cfg.min_group and int((at & (carry == 0)).sum()) >= cfg.min_group:
-            testable.append(n)
-    if not heads:
-        return []
-    lps = ab.ablated([head_spec(l, h) for l, h in heads], cfg.method)
-    drops = (right_clean - ((lps.argmax(-1) == ab.digits) & mask).double()).cpu().numpy()
-    c = (carry > 0).cpu().numpy()
-    at = {n: (mask & (cols == n)).cpu().numpy() for n in testable}
-    alpha = ALPHA / max(1, len(heads) * len(testable))
-    out = []
-    for (l, h), drop in zip(heads, drops):
-        best = None
-        for n in testable:
-            x1, x0 = drop[at[n] & c], drop[at[n] & ~c]
-            diff, lo, hi = diff_interval(x1, x0, seed, alpha)
-            row = {"layer": l, "head": h, "column": n, "effect_carry": float(x1.mean()),
-                   "effect_no_carry": float(x0.mean()), "difference": diff, "ci": [lo, hi],
-                   "n_carry": int(x1.size), "n_no_carry": int(x0.size), "tests": len(heads) * len(testable)}
-            row["confirmed"] = diff >= cfg.carry_threshold and lo > 0
-            if best is None or (row["confirmed"], diff) > (best["confirmed"], best["difference"]):
-                best = row
-        out.append(best or {"layer": l, "head": h, "column": None, "effect_carry": None, "effect_no_carry": None,
-                            "difference": None, "ci": None, "confirmed": False, "tests": 0})
+# ---------------------------------------------------------------- pooled patching effects
+@dataclass
+class Effects:
+    """Per-pair patching effects of C components on one model: recovery (denoise) or damage
+    (noise) ratios and each pair's weight |LD_clean - LD_corrupt|."""
+
+    ratio: np.ndarray  # [N, C]; 0 where the pair's weight is 0
+    weight: np.ndarray  # [N]
+
+    def weighted(self) -> np.ndarray:
+        return self.ratio * self.weight[:, None]
+
+
+def pair_effects(model: Transformer, pb: PairBatch, site: str, directions: tuple[str, ...], max_rows: int,
+                 neurons: Optional[dict[int, np.ndarray]] = None) -> dict[str, Effects]:
+    """Effects per direction of patching every head (site 'head'; components ordered layer-major)
+    or the given neurons per layer (site 'neuron'; in the order of `neurons`) on every pair."""
+    run = PairRun(model, pb, (site,), 0.0, max_rows)
+    weight = (run.ld_clean - run.ld_corrupt).abs()
+    out = {}
+    for direction in directions:
+        if site == "head":
+            ratio = run.sweep("head", direction).flatten(1)
+        else:
+            ratio = torch.cat([each_index(run, "neuron", l, torch.as_tensor(idx, device=weight.device), direction)
+                               for l, idx in neurons.items()], 1)
+        ratio = torch.nan_to_num(ratio, nan=0.0, posinf=0.0, neginf=0.0) * (weight > 0)[:, None]
+        out[direction] = Effects(ratio.double().cpu().numpy(), weight.double().cpu().numpy())
     return out
 
 
-def _carry_note(t: dict, method: str) -> str:
-    if t["column"] is None:
-        return "not testable: too few answer digits with and without a carry at any column"
-    lo, hi = t["ci"]
-    return (f"{method} ablation, column {t['column']}: accuracy drop {t['effect_carry']:.3f} with carry "
-            f"(n={t['n_carry']}) vs {t['effect_no_carry']:.3f} without (n={t['n_no_carry']}); difference "
-            f"{t['difference']:.3f}, interval [{lo:.3f}, {hi:.3f}] (Bonferroni over {t['tests']} head-column tests)")
+def each_index(run: PairRun, site: str, layer: int, index: torch.Tensor, direction: str) -> torch.Tensor:
+    """Effects [pairs, len(index)] of patching each index of `site` at `layer` alone."""
+    N, K = run.n_kept, len(index)
+    rows = torch.arange(N, device=index.device).repeat_interleave(K)
+    ld = run.patched_ld(site, layer, direction, rows, index.repeat(N))
+    return run.effect(ld, rows, direction).view(N, K)
 
 
-# ---------------------------------------------------------------- operator heads
-def operator_recovery(model: Transformer, tokenizer: Tokenizer, records: list[dict], cfg: CircuitConfig,
-                      seed: int) -> tuple[Optional[np.ndarray], int, int]:
-    """(per-pair denoising recovery [pairs, layers, heads] of each head's output, or None;
-    pairs made; pairs dropped) for operator-flip pairs of the records."""
-    pairs = make_pairs(records, "operator_flip", cfg.operator_pairs, seed)
+def resample_counts(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """[n_boot, n] how often each of n pairs is drawn in each bootstrap resample."""
+    counts = np.zeros((n_boot, n))
+    np.add.at(counts, (np.arange(n_boot)[:, None], rng.integers(0, n, (n_boot, n))), 1.0)
+    return counts
+
+
+def pooled(e: Effects, counts: Optional[np.ndarray] = None) -> np.ndarray:
+    """Pooled effect [C], or per resample [B, C] given bootstrap `counts` [B, N]."""
+    if counts is None:
+        return e.weighted().sum(0) / max(e.weight.sum(), 1e-300)
+    return (counts @ e.weighted()) / np.maximum(counts @ e.weight, 1e-300)[:, None]
+
+
+def interval(point: np.ndarray, boots: np.ndarray, n: int) -> list[Estimate]:
+    """A 95% percentile interval per component."""
+    lo, hi = np.percentile(boots, [2.5, 97.5], axis=0)
+    return [Estimate(float(p), float(a), float(b), n) for p, a, b in zip(point, lo, hi)]
+
+
+@dataclass
+class Subject:
+    """What one model's test needs at one (column, target): the effects of each pair kind."""
+
+    carry: Effects  # the tested kind (carry_flip, operator_flip)
+    control: Optional[Effects]  # sum_flip where the target has it
+    noise: Optional[Effects] = None  # damage on the tested kind (reported for the model only)
+
+
+@dataclass
+class Pooled:
+    """A pooled effect per component and its bootstrap resamples."""
+
+    point: np.ndarray  # [C]
+    boot: np.ndarray  # [B, C]
+
+    @classmethod
+    def of(cls, e: Optional[Effects], counts: Optional[np.ndarray]) -> Optional["Pooled"]:
+        return None if e is None or counts is None else cls(pooled(e), pooled(e, counts))
+
+    def estimates(self, n: int) -> list[Estimate]:
+        return interval(self.point, self.boot, n)
+
+
+@dataclass
+class Verdicts:
+    """Per component: the statistics of (a), (b), (c) and the verdict."""
+
+    recovery: Pooled
+    control: Optional[Pooled]
+    reference: Optional[Pooled]  # the largest recovery of a same-layer head of the reference twins
+    threshold: Optional[np.ndarray]  # neurons: the bar their lower bound must clear
+    confirmed: np.ndarray  # [C] bool
+
+
+def layer_max(pools: list[Pooled], layer_of: np.ndarray) -> Pooled:
+    """Per component, the largest value over the pools and over the components of its layer."""
+    point = np.max([p.point for p in pools], 0)
+    boot = np.max([p.boot for p in pools], 0)
+    out_p, out_b = np.empty_like(point), np.empty_like(boot)
+    for l in np.unique(layer_of):
+        same = layer_of == l
+        out_p[same] = point[same].max()
+        out_b[:, same] = boot[:, same].max(1, keepdims=True)
+    return Pooled(out_p, out_b)
+
+
+def judge(rec: Pooled, control: Optional[Pooled], reference: Optional[Pooled], threshold: Optional[np.ndarray],
+          min_effect: float, alpha: float) -> Verdicts:
+    """The three conditions of the module docstring for one subject at one (column, target):
+    (a) recovery >= min_effect; (b) above the control where there is one; (c) above the reference
+    (resampled with the same pairs) or, for neurons, a lower bound above `threshold`. alpha is
+    the one-sided level of each lower bound."""
+    ok = rec.point >= min_effect
+    if control is not None:
+        ok &= np.quantile(rec.boot - control.boot, alpha, axis=0) > 0
+    if reference is not None:
+        ok &= np.quantile(rec.boot - reference.boot, alpha, axis=0) > 0
+    if threshold is not None:
+        ok &= np.quantile(rec.boot, alpha, axis=0) > np.maximum(threshold, 0.0)
+    return Verdicts(rec, control, reference, threshold, ok)
+
+
+def subset(e: Effects, idx: np.ndarray) -> Effects:
+    return Effects(e.ratio[idx], e.weight[idx])
+
+
+# ---------------------------------------------------------------- pairs shared by a test
+@dataclass
+class PairSet:
+    """Minimal pairs of one kind read at one target token, tokenised once for every subject."""
+
+    kind: str
+    target: str
+    batch: PairBatch
+    columns: np.ndarray  # [N] aimed column of each pair
+
+
+def pair_set(records: list[dict], kind: str, target: str, n: int, seed: int, tokenizer: Tokenizer,
+             device, memo: Optional[dict] = None) -> Optional[PairSet]:
+    pairs = make_pairs(records, kind, n, seed, target, memo)
     if not pairs:
-        return None, 0, 0
-    run = PairRun(model, pair_batch(pairs, tokenizer, model.device), ("head",), cfg.min_denominator, cfg.max_rows)
-    if run.n_kept == 0:
-        return None, len(pairs), run.n_dropped
-    return run.sweep("head", "denoise").cpu().numpy().astype(np.float64), len(pairs), run.n_dropped
+        return None
+    return PairSet(kind, target, pair_batch(pairs, tokenizer, device), np.array([p.column for p in pairs]))
 
 
-def _operator_components(model, tokenizer, batch, attention, cfg, seed) -> list[CircuitComponent]:
-    cands = _candidates(attention, "operator", cfg)
-    if not cands:
-        return []
-    if not {"+", "-"} <= {r["op"] for r in batch.records}:
-        return [CircuitComponent("operator_head", l, h, None, score, null, None, None, False,
-                                 "not applicable: model trained on one operator") for l, h, score, null in cands]
-    rec, made, dropped = operator_recovery(model, tokenizer, batch.records, cfg, seed)
-    if rec is None:
-        return [CircuitComponent("operator_head", l, h, None, score, null, None, None, False,
-                                 f"untested: no usable operator-flip pairs ({made} made, {dropped} dropped)")
-                for l, h, score, null in cands]
-    chosen = {(l, h) for l, h, _, _ in cands}
-    others = [rec[:, l, h].mean() for l in range(rec.shape[1]) for h in range(rec.shape[2]) if (l, h) not in chosen]
-    control = float(np.mean(others)) if others else None
+def control_kind(kind: str, target: str) -> Optional[str]:
+    """The pair kind whose pairs control a test of `kind` read at `target` (sum-flip for carry)."""
+    if kind == "carry_flip" and target in dict(TARGETS["sum_flip"]):
+        return "sum_flip"
+    return None
+
+
+@dataclass
+class Test:
+    """One (column, target) of a head or neuron test, with the pairs it uses."""
+
+    target: str
+    column: int
+    idx: np.ndarray  # pairs of the tested kind aimed at the column
+    control_idx: Optional[np.ndarray]  # control pairs aimed at the column
+
+
+def column_tests(target: str, tested: PairSet, control: Optional[PairSet], min_pairs: int,
+                 columns: Optional[set[int]] = None) -> list[Test]:
+    """A Test per aimed column with at least min_pairs pairs of each kind compared."""
     out = []
-    for l, h, score, null in cands:
-        est = stats.estimate(rec[:, l, h], seed, alpha=ALPHA / len(cands))
-        note = (f"operator-flip recovery {est.mean:.3f} [{est.lo:.3f}, {est.hi:.3f}] over {est.n} pairs "
-                f"({dropped} dropped; interval Bonferroni-corrected over {len(cands)} candidate heads); "
-                f"control = mean recovery of the other heads")
-        out.append(CircuitComponent("operator_head", l, h, None, score, null, est.mean, control,
-                                    est.lo > cfg.operator_min_recovery, note))
+    for n in sorted(set(tested.columns.tolist()) if columns is None else columns):
+        idx = np.nonzero(tested.columns == n)[0]
+        cidx = None if control is None else np.nonzero(control.columns == n)[0]
+        if len(idx) >= min_pairs and (cidx is None or len(cidx) >= min_pairs):
+            out.append(Test(target, n, idx, cidx))
     return out
+
+
+# ---------------------------------------------------------------- carry and operator heads
+def head_names(model: Transformer) -> list[tuple[int, int]]:
+    return [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+
+
+def head_tests(model: Transformer, twins: list[Transformer], tokenizer: Tokenizer, records: list[dict], kind: str,
+               n_pairs: int, cfg: CircuitConfig, seed: int):
+    """Carry-head (kind 'carry_flip') or operator-head (kind 'operator_flip') tests of every head
+    at every (column, target): (ComponentRecovery rows, CircuitComponents, NullCheck)."""
+    device, memo = model.device, {}
+    subjects = [model] + twins
+    tests, effects = [], []  # effects[t]: per subject (Subject)
+    for target in targets_of(records, kind):
+        tested = pair_set(records, kind, target, n_pairs, seed, tokenizer, device, memo)
+        ck = control_kind(kind, target)
+        control = pair_set(records, ck, target, n_pairs, seed, tokenizer, device, memo) if ck and tested else None
+        if tested is None or (ck and control is None):
+            continue
+        found = column_tests(target, tested, control, cfg.min_pairs)
+        if not found:
+            continue
+        per_subject = []
+        for i, m in enumerate(subjects):
+            e = pair_effects(m, tested.batch, "head", ("denoise", "noise") if i == 0 else ("denoise",), cfg.max_rows)
+            c = None if control is None else pair_effects(m, control.batch, "head", ("denoise",), cfg.max_rows)["denoise"]
+            per_subject.append(Subject(e["denoise"], c, e.get("noise")))
+        for t in found:
+            tests.append(t)
+            effects.append([Subject(subset(s.carry, t.idx), None if s.control is None else subset(s.control, t.control_idx),
+                                    None if s.noise is None else subset(s.noise, t.idx)) for s in per_subject])
+    heads = head_names(model)
+    layer_of = np.array([l for l, _ in heads])
+    n_tests = len(tests) * len(heads)
+    if not n_tests:
+        return [], [], None
+    alpha = ALPHA / n_tests
+    rng = np.random.default_rng(seed)
+    rows, confirmed = [], np.zeros(len(subjects), dtype=int)
+    for t, subj in zip(tests, effects):
+        counts = resample_counts(len(t.idx), stats.resamples(alpha), rng)
+        ccounts = None if t.control_idx is None else resample_counts(len(t.control_idx), stats.resamples(alpha), rng)
+        carry = [Pooled.of(s.carry, counts) for s in subj]
+        control = [Pooled.of(s.control, ccounts) for s in subj]
+        for i, s in enumerate(subj):
+            reference = layer_max([p for j, p in enumerate(carry[1:], 1) if j != i], layer_of)
+            v = judge(carry[i], control[i], reference, None, cfg.min_recovery, alpha)
+            confirmed[i] += int(v.confirmed.sum())
+            if i == 0:
+                rows += recovery_rows(v, Pooled.of(s.noise, counts), heads, t, kind, "H")
+    components = [head_component(r, kind, cfg) for r in rows if r.confirmed or r.recovery.mean >= cfg.min_recovery]
+    test_name = "carry_head" if kind == "carry_flip" else "operator_head"
+    null = NullCheck(test_name, HEAD_DEFINITIONS[kind], n_tests, int(confirmed[0]), [n_tests] * len(twins),
+                     [int(c) for c in confirmed[1:]], ALPHA, stats.null_passed(list(confirmed[1:]), ALPHA))
+    return rows, components, null
+
+
+HEAD_DEFINITIONS = {
+    "carry_flip": ("patching the head's output on carry-flip pairs aimed at column n recovers at least "
+                   "min_recovery of the logit difference, more than on sum-flip pairs (where the target has "
+                   "them) and more than any head of the same layer in the untrained twins (bootstrap lower "
+                   "bounds, Bonferroni over heads x columns x targets)"),
+    "operator_flip": ("patching the head's output on operator-flip pairs recovers at least min_recovery of the "
+                      "logit difference, more than any head of the same layer in the untrained twins (bootstrap "
+                      "lower bound, Bonferroni over heads x columns)"),
+}
+
+
+def recovery_rows(v: Verdicts, noise: Optional[Pooled], names: list[tuple[int, int]], t: Test, kind: str,
+                  prefix: str) -> list[ComponentRecovery]:
+    """The model's ComponentRecovery rows of one (column, target) test."""
+    n, none = len(t.idx), [None] * len(names)
+    rec = v.recovery.estimates(n)
+    dmg = none if noise is None else noise.estimates(n)
+    ctl = none if v.control is None else v.control.estimates(len(t.control_idx))
+    ref = none if v.reference is None else v.reference.estimates(n)
+    thr = none if v.threshold is None else [float(x) for x in v.threshold]
+    return [ComponentRecovery(f"L{l}{prefix}{i}", l, i, t.column, t.target, kind, rec[c], dmg[c], ctl[c], ref[c],
+                              thr[c], bool(v.confirmed[c]))
+            for c, (l, i) in enumerate(names)]
+
+
+def head_component(r: ComponentRecovery, kind: str, cfg: CircuitConfig) -> CircuitComponent:
+    comp = "carry_head" if kind == "carry_flip" else "operator_head"
+    where = f"column {r.column}" + ("" if r.target == "answer" else f", read at the {r.target} token")
+    parts = [f"{kind.replace('_', '-')} recovery {fmt(r.recovery)} ({where})"]
+    if r.control is not None:
+        parts.append(f"sum-flip {fmt(r.control)}")
+    parts.append(f"largest head of layer {r.layer} in the untrained twins {fmt(r.untrained)}")
+    if not r.confirmed:
+        parts.append("not confirmed: " + failed_condition(r, cfg.min_recovery))
+    null = float("nan") if r.untrained is None else r.untrained.mean
+    return CircuitComponent(comp, r.layer, r.index, r.column, r.recovery.mean, null, r.recovery.mean,
+                            None if r.control is None else r.control.mean, r.confirmed, "; ".join(parts), r.target)
+
+
+def fmt(e: Optional[Estimate]) -> str:
+    return "-" if e is None else f"{e.mean:.2f} [{e.lo:.2f}, {e.hi:.2f}]"
+
+
+def failed_condition(r: ComponentRecovery, min_recovery: float) -> str:
+    """Which condition a tested component missed, in words (the first that fails)."""
+    if r.recovery.mean < min_recovery:
+        return f"recovery below {min_recovery}"
+    if r.control is not None and r.control.mean >= r.recovery.mean - 1e-12:
+        return "not above its sum-flip recovery"
+    if r.control is not None:
+        return "not clearly above its sum-flip recovery or the untrained twins (Bonferroni lower bound)"
+    if r.null_threshold is not None:
+        return f"lower bound not above the largest random neuron's recovery ({r.null_threshold:.3f})"
+    return "not clearly above every same-layer head of the untrained twins (Bonferroni lower bound)"
 
 
 # ---------------------------------------------------------------- position heads
@@ -308,133 +487,197 @@ def _position_components(cache, batch, untrained_model, L: int, cfg) -> list[Cir
 
 
 # ---------------------------------------------------------------- neurons
-def neuron_rows(batch: ExampleBatch) -> torch.Tensor:
-    """Answer digits [B, A] whose carry-in can go either way: columns 1 <= n < longest operand."""
+def carry_target(records: list[dict]) -> str:
+    """Where a carry is computed: the answer digit, or in a scratchpad the carry_out it writes."""
+    return "carry_out" if "carry_out" in targets_of(records, "carry_flip") else "answer"
+
+
+def screen_rows(batch: ExampleBatch, target: str) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Target tokens [B, T] (bool) of role `target` whose aimed column n has a carry that can go
+    either way (1 <= n < longest operand), the carry into n there, and n."""
+    offset = dict(TARGETS["carry_flip"])[target]
+    n = batch.target_columns - offset
     longest = torch.tensor([max(r["labels"]["len_a"], r["labels"]["len_b"]) for r in batch.records],
-                           device=batch.columns.device)
-    return batch.answer_mask & (batch.columns >= 1) & (batch.columns < longest[:, None])
+                           device=n.device)[:, None]
+    rows = batch.target_mask & (batch.target_roles == TARGET_ROLES.index(target)) & (n >= 1) & (n < longest)
+    carry = np.array([batch.records[i]["labels"]["columns"][int(n[i, j])]["carry_in"]
+                      for i, j in zip(*rows.nonzero(as_tuple=True))])
+    return rows, carry > 0, n[rows].cpu().numpy()
 
 
-def neuron_activations(cache: dict, batch: ExampleBatch, rows: torch.Tensor, n_layers: int) -> np.ndarray:
-    """MLP hidden activations at the selected answer-predicting positions: [digits, layers * d_mlp]."""
+def neuron_screen(cache: dict, batch: ExampleBatch, target: str, n_layers: int, cfg: CircuitConfig, seed: int):
+    """Correlational candidates: (flat neuron indices, AUROC [N], p [N], null AUROC [N], description)."""
+    rows, y, groups = screen_rows(batch, target)
+    if y.sum() < cfg.min_pairs or (~y).sum() < cfg.min_pairs:
+        return np.zeros(0, dtype=int), None, None, None, {"note": "not tested: too few carry tokens with and without a carry"}
     B = batch.tokens.shape[0]
-    acts = []
-    for l in range(n_layers):
-        post = cache[f"blocks.{l}.mlp.hook_post"]
-        acts.append(post[torch.arange(B, device=post.device)[:, None], batch.pred_pos][rows])
-    return torch.cat(acts, -1).double().cpu().numpy()
-
-
-def _neuron_components(ab: Ablator, cache, n_layers: int, cfg: CircuitConfig, seed: int):
-    batch = ab.batch
-    rows = neuron_rows(batch)
-    carry = carry_in(batch) > 0
-    y = carry[rows].cpu().numpy()
-    if y.sum() < cfg.min_group or (~y).sum() < cfg.min_group:
-        return [], {"note": "not tested: too few answer digits with and without a carry"}
-    x = neuron_activations(cache, batch, rows, n_layers)
-    d_mlp = x.shape[1] // n_layers
-    auroc, p, null = auroc_test(x, y, batch.columns[rows].cpu().numpy(), cfg.neuron_permutations, seed)
+    x = torch.cat([cache[f"blocks.{l}.mlp.hook_post"][torch.arange(B, device=rows.device)[:, None], batch.target_pos][rows]
+                   for l in range(n_layers)], -1).double().cpu().numpy()
+    auroc, p, null = auroc_test(x, y, groups, cfg.neuron_permutations, seed)
     selected = benjamini_hochberg(p, cfg.fdr) & (np.abs(auroc - 0.5) >= cfg.neuron_min_selectivity)
-    test = {
-        "label": "carry into the answer column (columns 1 <= n < longest operand)",
-        "statistic": "AUROC", "null": "labels shuffled within answer column",
-        "p_values": "exact permutation mean and variance, normal tail, two-sided",
-        "multiple_comparisons": "Benjamini-Hochberg", "fdr": cfg.fdr,
-        "n_tested": int(x.shape[1]), "n_digits": int(len(y)), "n_selected": int(selected.sum()),
-        "method": cfg.method,
-    }
     idx = np.nonzero(selected)[0]
-    if idx.size == 0:
-        return [], test
-    drop, rand, disjoint = _set_ablation(ab, idx, d_mlp, rows & carry, cfg, seed)
-    p_emp = (1 + int((rand >= drop).sum())) / (len(rand) + 1)
-    confirmed = bool(drop > 0 and p_emp <= ALPHA)
-    test.update({"selected_drop": drop, "random_drop_mean": float(rand.mean()),
-                 "random_drop_q95": float(np.quantile(rand, 0.95)), "n_random_sets": len(rand), "random_sets_disjoint": disjoint,
-                 "p_value": p_emp, "confirmed": confirmed})
-    listed = idx[np.argsort(-np.abs(auroc[idx] - 0.5), kind="stable")][: cfg.max_listed_neurons]
-    comps = [CircuitComponent("neuron", int(i // d_mlp), int(i % d_mlp), None, float(auroc[i]), float(null[i]),
-                              drop, float(rand.mean()), confirmed,
-                              f"p = {p[i]:.2g} (BH at {cfg.fdr}); effects are of the whole selected set of {idx.size}")
-             for i in listed]
-    return comps, test
+    idx = idx[np.argsort(-np.abs(auroc[idx] - 0.5), kind="stable")]
+    test = {"label": f"carry into the column, at the {target} token (columns 1 <= n < longest operand)",
+            "statistic": "AUROC", "null": "labels shuffled within answer column",
+            "p_values": "exact permutation mean and variance, normal tail, two-sided",
+            "multiple_comparisons": "Benjamini-Hochberg", "fdr": cfg.fdr, "n_tested": int(x.shape[1]),
+            "n_digits": int(len(y)), "n_selected": int(idx.size), "n_causally_tested": int(min(idx.size, cfg.max_neuron_candidates))}
+    return idx, auroc, p, null, test
 
 
-def _set_ablation(ab: Ablator, idx: np.ndarray, d_mlp: int, digits: torch.Tensor, cfg: CircuitConfig, seed: int):
-    """Accuracy drop on `digits` when the neurons idx (flat layer*d_mlp+i) are ablated, the drops
-    of random sets with as many neurons in each layer, and whether those sets avoid the selected
-    neurons (impossible in a layer where more than half of them are selected)."""
+def neuron_causal(model: Transformer, cand: np.ndarray, tested: PairSet, control: Optional[PairSet],
+                  cfg: CircuitConfig, seed: int, alpha_tests: int):
+    """Verdicts of each candidate (flat index) at each testable column: [(Test, Verdicts, Subject,
+    counts)] with `null_neurons` random neurons per layer as the bar. alpha_tests: tests sharing the
+    family-wise error (candidates x columns), 0 to count them here."""
+    d_mlp, L = model.cfg.d_mlp, model.cfg.n_layers
     rng = np.random.default_rng(seed)
+    layers = sorted({int(i // d_mlp) for i in cand})
+    nulls = {l: rng.choice(np.setdiff1d(np.arange(d_mlp), cand[cand // d_mlp == l] % d_mlp),
+                           size=min(cfg.null_neurons, d_mlp - int((cand // d_mlp == l).sum())), replace=False)
+             for l in layers}
+    by_layer = {l: np.concatenate([cand[cand // d_mlp == l] % d_mlp, nulls[l]]) for l in layers}
+    order = np.concatenate([l * d_mlp + by_layer[l] for l in layers])
+    both = pair_effects(model, tested.batch, "neuron", ("denoise", "noise"), cfg.max_rows, by_layer)
+    e, noise = both["denoise"], both["noise"]
+    c = None if control is None else pair_effects(model, control.batch, "neuron", ("denoise",), cfg.max_rows, by_layer)["denoise"]
+    is_cand = np.isin(order, cand)
+    tests = column_tests(tested.target, tested, control, cfg.min_pairs)
+    alpha = ALPHA / max(1, alpha_tests or len(tests) * len(cand))
+    out = []
+    for t in tests:
+        null_rec = pooled(subset(e, t.idx))[~is_cand]
+        threshold = np.array([null_rec[order[~is_cand] // d_mlp == i // d_mlp].max() for i in order[is_cand]])
+        counts = resample_counts(len(t.idx), stats.resamples(alpha), rng)
+        ccounts = None if t.control_idx is None else resample_counts(len(t.control_idx), stats.resamples(alpha), rng)
+        rec = Pooled.of(keep(subset(e, t.idx), is_cand), counts)
+        ctl = None if c is None else Pooled.of(keep(subset(c, t.control_idx), is_cand), ccounts)
+        v = judge(rec, ctl, None, threshold, cfg.neuron_min_recovery, alpha)
+        out.append((t, v, Pooled.of(keep(subset(noise, t.idx), is_cand), counts)))
+    return order[is_cand], out
 
-    def spec(flat) -> dict:
-        out: dict[str, list[int]] = {}
-        for i in sorted(int(v) for v in flat):
-            out.setdefault(f"blocks.{i // d_mlp}.mlp.hook_post", []).append(i % d_mlp)
-        return out
 
-    layers = [(np.arange(l * d_mlp, (l + 1) * d_mlp), int((idx // d_mlp == l).sum())) for l in np.unique(idx // d_mlp)]
-    pools = [(np.setdiff1d(layer, idx), k) if len(layer) - k >= k else (layer, k) for layer, k in layers]
-    sets = [idx] + [np.concatenate([rng.choice(pool, size=k, replace=False) for pool, k in pools])
-                    for _ in range(cfg.neuron_random_sets)]
-    lps = ab.ablated([spec(s) for s in sets], cfg.method)
-    clean = ((ab.clean_logprobs.argmax(-1) == ab.digits) & digits).double().sum() / digits.sum()
-    acc = ((lps.argmax(-1) == ab.digits) & digits).double().sum((1, 2)) / digits.sum()
-    drops = (clean - acc).cpu().numpy()
-    disjoint = all(len(pool) < len(layer) for (pool, _), (layer, _) in zip(pools, layers))
-    return float(drops[0]), drops[1:], disjoint
+def keep(e: Effects, columns: np.ndarray) -> Effects:
+    return Effects(e.ratio[:, columns], e.weight)
+
+
+def neuron_tests(model: Transformer, cache: dict, twins: list[Transformer], tokenizer: Tokenizer,
+                 batch: ExampleBatch, cfg: CircuitConfig, seed: int):
+    """The neuron screen and causal test on the model and on each twin: (ComponentRecovery rows,
+    components, NullCheck, screen description)."""
+    records, L, d_mlp = batch.records, model.cfg.n_layers, model.cfg.d_mlp
+    target = carry_target(records)
+    tested = pair_set(records, "carry_flip", target, cfg.n_pairs, seed, tokenizer, model.device)
+    ck = control_kind("carry_flip", target)
+    control = pair_set(records, ck, target, cfg.n_pairs, seed, tokenizer, model.device) if ck and tested else None
+    rows, components, counts, tested_counts, screen = [], [], [], [], {}
+    for i, m in enumerate([model] + twins):
+        c = cache if i == 0 else m.run_with_cache(batch.tokens, names=lambda n: n.endswith("mlp.hook_post"))[1]
+        idx, auroc, p, null, test = neuron_screen(c, batch, target, L, cfg, seed)
+        cand = idx[: cfg.max_neuron_candidates]
+        results = []
+        if cand.size and tested is not None and not (ck and control is None):
+            cand, results = neuron_causal(m, cand, tested, control, cfg, seed, 0)
+        confirmed = {int(cand[k]) for _, v, _ in results for k in np.nonzero(v.confirmed)[0]}
+        counts.append(sum(int(v.confirmed.sum()) for _, v, _ in results))
+        tested_counts.append(sum(len(v.confirmed) for _, v, _ in results))
+        if i == 0:
+            screen = test
+            names = [(int(f // d_mlp), int(f % d_mlp)) for f in cand]
+            for t, v, noise in results:
+                rows += recovery_rows(v, noise, names, t, "carry_flip", "N")
+            components += [neuron_component(int(f), d_mlp, auroc, p, null, f in confirmed, rows, cfg)
+                           for f in idx[: max(cfg.max_listed_neurons, len(cand))]]
+    null = NullCheck("neuron", NEURON_DEFINITION, tested_counts[0], counts[0], tested_counts[1:], counts[1:], ALPHA,
+                     stats.null_passed(counts[1:], ALPHA),
+                     "twins are screened and tested like the model; each screens its own candidates")
+    return rows, components, null, screen
+
+
+NEURON_DEFINITION = ("a correlational candidate (AUROC for the carry, Benjamini-Hochberg) whose own patching on "
+                     "carry-flip pairs recovers at least neuron_min_recovery of the logit difference, more than on "
+                     "sum-flip pairs where the target has them, with a Bonferroni lower bound above the largest "
+                     "recovery of random neurons of its layer")
+
+
+def neuron_component(flat: int, d_mlp: int, auroc, p, null, confirmed: bool, rows: list[ComponentRecovery],
+                     cfg: CircuitConfig) -> CircuitComponent:
+    l, i = flat // d_mlp, flat % d_mlp
+    mine = [r for r in rows if (r.layer, r.index) == (l, i)]
+    best = max(mine, key=lambda r: (r.confirmed, r.recovery.mean), default=None)
+    note = f"correlational candidate: AUROC {auroc[flat]:.3f}, p = {p[flat]:.2g} (BH at {cfg.fdr})"
+    if best is None:
+        note += "; not tested causally (beyond max_neuron_candidates)"
+    else:
+        note += f"; carry-flip recovery {fmt(best.recovery)} at column {best.column}"
+        if not best.confirmed:
+            note += "; not confirmed: " + failed_condition(best, cfg.neuron_min_recovery)
+    return CircuitComponent("neuron", int(l), int(i), None if best is None else best.column, float(auroc[flat]),
+                            float(null[flat]), None if best is None else best.recovery.mean,
+                            None if best is None or best.control is None else best.control.mean, confirmed, note,
+                            "answer" if best is None else best.target)
 
 
 # ---------------------------------------------------------------- entry point
 def run_circuits(model: Transformer, tokenizer: Tokenizer, batch: ExampleBatch, cache: dict,
-                 attention: Optional[AttentionFindings], untrained_model: Optional[Transformer],
-                 cfg: CircuitConfig, seed: int) -> CircuitFindings:
-    """DESIGN §4.4 on the batch; `cache` is the clean run's activation cache of the same batch."""
+                 attention: Optional[AttentionFindings], twins: list[Transformer], cfg: CircuitConfig,
+                 seed: int) -> CircuitFindings:
+    """DESIGN §4.4 on the batch's records; `cache` is the model's activation cache of the batch and
+    `twins` its untrained twins (the nulls)."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    ab = Ablator(model, tokenizer, batch, seed, cfg.reference_size, cfg.max_rows)
-    components = []
-    carry = _candidates(attention, "carry_source", cfg)
-    for (l, h, score, null), t in zip(carry, carry_head_tests(ab, [(l, h) for l, h, _, _ in carry], cfg, seed)):
-        components.append(CircuitComponent("carry_head", l, h, t["column"], score, null, t["effect_carry"],
-                                           t["effect_no_carry"], t["confirmed"], _carry_note(t, cfg.method)))
-    components += _operator_components(model, tokenizer, batch, attention, cfg, seed)
-    components += _position_components(cache, batch, untrained_model, L, cfg)
-    neurons, neuron_test = _neuron_components(ab, cache, L, cfg, seed)
-    components += neurons
+    recoveries, components, nulls = [], [], []
+    kinds = [("carry_flip", cfg.n_pairs)]
+    if {"+", "-"} <= {r["op"] for r in batch.records}:
+        kinds.append(("operator_flip", cfg.operator_pairs))
+    for kind, n in kinds:
+        rows, comps, null = head_tests(model, twins, tokenizer, batch.records, kind, n, cfg, seed)
+        recoveries += rows
+        components += comps
+        nulls += [null] if null else []
+    components += _position_components(cache, batch, twins[0] if twins else None, L, cfg)
+    rows, comps, null, screen = neuron_tests(model, cache, twins, tokenizer, batch, cfg, seed)
+    recoveries += rows
+    components += comps
+    nulls.append(null)
     spec, roles = specialization(attention, L, H)
-    return CircuitFindings(components=components, head_specialization=spec, roles=roles, neuron_test=neuron_test)
+    return CircuitFindings(components=components, head_specialization=spec, roles=roles, neuron_test=screen,
+                           recoveries=recoveries, nulls=nulls)
 
 
 class CircuitDiscovery:
     """Carry and operator heads of a model on problems given as text ('59 + 73').
 
     `task` is the checkpoint's data spec (`Checkpoint.task`); without it, `api.task_of` decides.
+    The tests run against `n_twins` untrained twins of the model.
     """
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, task: Optional[dict] = None,
-                 config: Optional[CircuitConfig] = None, seed: int = 0):
+                 config: Optional[CircuitConfig] = None, seed: int = 0, n_twins: int = 3):
         self.model, self.tokenizer, self.task = model, tokenizer, task_of(model, task)
-        self.cfg, self.seed = config or CircuitConfig(), seed
+        self.cfg, self.seed, self.n_twins = config or CircuitConfig(), seed, n_twins
 
     def find_carry_detection_heads(self, examples) -> list[dict]:
-        """Every head's causal carry test (see the module docstring), best difference first.
+        """Every head's carry test (module docstring) at every (column, target) the examples' pairs
+        allow, largest carry-flip recovery first.
 
         `examples` are texts ('59 + 73') or (text, carry positions) tuples as in the original
         toolkit; carries always come from the ground truth, so the positions are not needed.
         """
         texts = [e[0] if isinstance(e, (tuple, list)) else e for e in examples]
-        ab = Ablator(self.model, self.tokenizer, text_batch(self.model, self.tokenizer, texts, self.task),
-                     self.seed, self.cfg.reference_size, self.cfg.max_rows)
-        heads = [(l, h) for l in range(self.model.cfg.n_layers) for h in range(self.model.cfg.n_heads)]
-        out = carry_head_tests(ab, heads, self.cfg, self.seed)
-        for t in out:
-            t["note"] = _carry_note(t, self.cfg.method)
-        return sorted(out, key=lambda t: -(t["difference"] if t["difference"] is not None else -np.inf))
+        records = distinct(text_records(texts, self.task))
+        twins = untrained_twins(self.model, self.n_twins, self.seed)
+        rows, _, null = head_tests(self.model, twins, self.tokenizer, records, "carry_flip", self.cfg.n_pairs,
+                                   self.cfg, self.seed)
+        if null is None:
+            raise ReportgenError(
+                f"too few carry-flip and sum-flip pairs in {len(records)} examples to test any column (each needs "
+                f"{self.cfg.min_pairs} of each kind); give more examples with carries into columns 1 and up")
+        return sorted((recovery_dict(r) for r in rows), key=lambda d: -d["recovery"])
 
     def find_operator_attention_heads(self, examples: list[str], operators: list[str]) -> list[dict]:
         """Per head: mean attention from the answer-predicting positions to the operator token,
-        for examples of each operator, and (when the examples mix '+' and '-') the operator-flip
-        recovery of patching the head's output. Most operator-attending heads first."""
+        for examples of each operator, and (when the examples mix '+' and '-') the pooled
+        operator-flip recovery of patching the head's output. Most operator-attending heads first."""
         records = distinct(text_records(examples, self.task))
         batch = build_batch(records, self.tokenizer, self.model.cfg.n_ctx, device=self.model.device)
         L, H = self.model.cfg.n_layers, self.model.cfg.n_heads
@@ -450,11 +693,21 @@ class CircuitDiscovery:
         ops = np.array([r["op"] for r in records])
         rec = None
         if {"+", "-"} <= set(ops):
-            rec = operator_recovery(self.model, self.tokenizer, records, self.cfg, self.seed)[0]
+            ps = pair_set(records, "operator_flip", "answer", self.cfg.operator_pairs, self.seed, self.tokenizer,
+                          self.model.device)
+            if ps is not None:
+                rec = pooled(pair_effects(self.model, ps.batch, "head", ("denoise",), self.cfg.max_rows)["denoise"]).reshape(L, H)
         out = []
         for l in range(L):
             for h in range(H):
                 att = {op: float(per_example[l, ops == op, h].mean()) for op in operators if (ops == op).any()}
                 out.append({"layer": l, "head": h, "operator_attention": att,
-                            "operator_flip_recovery": None if rec is None else float(rec[:, l, h].mean())})
+                            "operator_flip_recovery": None if rec is None else float(rec[l, h])})
         return sorted(out, key=lambda d: -max(d["operator_attention"].values(), default=0.0))
+
+
+def recovery_dict(r: ComponentRecovery) -> dict:
+    est = lambda e: None if e is None else {"mean": e.mean, "lo": e.lo, "hi": e.hi, "n": e.n}  # noqa: E731
+    return {"layer": r.layer, "head": r.index, "column": r.column, "target": r.target, "recovery": r.recovery.mean,
+            "carry_flip": est(r.recovery), "sum_flip": est(r.control), "untrained": est(r.untrained),
+            "noising_damage": est(r.damage), "confirmed": r.confirmed}

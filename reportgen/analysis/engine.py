@@ -27,8 +27,20 @@ def gather_at_answers(x: torch.Tensor, batch: ExampleBatch) -> torch.Tensor:
 
     Masked answer slots gather position 0; callers ignore them via `batch.answer_mask`.
     """
-    idx = batch.pred_pos.reshape(*batch.pred_pos.shape, *([1] * (x.dim() - 2)))
+    return gather_at(x, batch.pred_pos)
+
+
+def gather_at(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Rows of `x` [B, P, ...] at positions `pos` [B, K]: [B, K, ...]."""
+    idx = pos.reshape(*pos.shape, *([1] * (x.dim() - 2)))
     return x.gather(1, idx.expand(-1, -1, *x.shape[2:]))
+
+
+def target_digits(batch: ExampleBatch, tokenizer: Tokenizer) -> torch.Tensor:
+    """Value 0..9 of each target digit [B, T]; 0 in masked slots."""
+    lut = torch.zeros(len(tokenizer), dtype=torch.long, device=batch.target_ids.device)
+    lut[tokenizer.digit_ids] = torch.arange(10, device=lut.device)
+    return torch.where(batch.target_mask, lut[batch.target_ids], 0)
 
 
 def digit_logits(logits: torch.Tensor, tokenizer: Tokenizer) -> torch.Tensor:

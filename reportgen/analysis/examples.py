@@ -140,20 +140,27 @@ def generated_records(ckpt: Checkpoint, n: int, seed: int, exclude=None) -> list
     )
 
 
-def unseen_records(ckpt: Checkpoint, n: int, seed: int) -> tuple[list[dict], bool]:
-    """Stratified questions to test a checkpoint on, and whether none of them is in its training
-    split. n questions that are in none of its data set's splits (val and test were used to pick
-    and describe the model) where the task has that many; else up to n outside the training split;
-    n generated ones (unseen False) where the data set cannot be recovered or covers the task."""
+def held_out_records(ckpt: Checkpoint, n: int, seed: int) -> tuple[list[dict], str]:
+    """Stratified questions to test or analyse a checkpoint on, and which splits of its data set
+    none of them is in: "train, val and test" where the task has n other questions (val and test
+    were used to pick and describe the model); else "train" (up to n outside the training split);
+    "" where the data set cannot be recovered or its training split covers the task (then they
+    are n generated questions that may include training questions)."""
     splits = training_questions(ckpt.meta)
     if splits is None:
-        return generated_records(ckpt, n, seed), False
+        return generated_records(ckpt, n, seed), ""
     t = ckpt.task
     total = count_questions(t["task"], t["min_digits"], t["max_digits"])
     every = splits["train"] | splits["val"] | splits["test"]
     if total - len(every) >= n:
-        return generated_records(ckpt, n, seed, exclude=every), True
+        return generated_records(ckpt, n, seed, exclude=every), "train, val and test"
     left = total - len(splits["train"])
     if left <= 0:
-        return generated_records(ckpt, n, seed), False
-    return generated_records(ckpt, min(n, left), seed, exclude=splits["train"]), True
+        return generated_records(ckpt, n, seed), ""
+    return generated_records(ckpt, min(n, left), seed, exclude=splits["train"]), "train"
+
+
+def unseen_records(ckpt: Checkpoint, n: int, seed: int) -> tuple[list[dict], bool]:
+    """`held_out_records`, with whether the questions are outside the training split at all."""
+    records, excluded = held_out_records(ckpt, n, seed)
+    return records, bool(excluded)

@@ -90,6 +90,7 @@ class PatchSweep:
     position_labels: list[str]  # column labels (token roles or "H0".. for heads)
     n_pairs: int
     n_dropped: int  # pairs whose |LD_clean - LD_corrupt| was too small to normalise by
+    target: str = "answer"  # role of the token LD is read at (data.TARGET_ROLES)
 
 
 @dataclass
@@ -108,7 +109,7 @@ class AttributionScore:
 class PatchingFindings:
     sweeps: list[PatchSweep]
     attribution: list[AttributionScore]
-    pair_counts: dict[str, int]  # generated pairs per kind
+    pair_counts: dict[str, int]  # generated pairs per kind ('kind', or 'kind@target' for a scratchpad target)
     pair_dropped: dict[str, int]  # of those, pairs whose |LD_clean - LD_corrupt| was too small to use
 
 
@@ -125,6 +126,9 @@ class LogitLensFindings:
     convergence_hist: dict[str, int]  # layer label -> answer digits whose final top-1 is first top-1 there
     by_stratum: dict[str, list[Estimate]]  # stratum -> prob_correct per layer
     untrained_prob_correct: list[Estimate]  # the same lens on an untrained twin (baseline)
+    # Scratchpad models: the same at the positions predicting each kind of scratchpad digit.
+    prob_by_role: dict[str, list[Estimate]] = field(default_factory=dict)  # role -> prob_correct per layer
+    convergence_by_role: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- 4. circuits
@@ -142,6 +146,26 @@ class CircuitComponent:
     control_effect: Optional[float]  # e.g. drop on the carry-free stratum / random set of equal size
     confirmed: bool
     note: str = ""
+    target: str = "answer"  # role of the token the causal test read (data.TARGET_ROLES)
+
+
+@dataclass
+class ComponentRecovery:
+    """Pooled patching effect of one component (a head or a neuron) on pairs aimed at one answer
+    column, read at one target token, and the verdict of its causal test (circuits.py)."""
+
+    component: str  # "L0H2" (head 2 of layer 0) or "L1N37" (neuron 37 of layer 1)
+    layer: int
+    index: int
+    column: int  # the answer column n the pairs are aimed at
+    target: str  # role of the token the logit difference is read at
+    kind: str  # pair kind tested: "carry_flip" or "operator_flip"
+    recovery: Estimate  # denoising (clean into corrupt), pooled over pairs
+    damage: Optional[Estimate]  # noising (corrupt into clean), pooled over the same pairs
+    control: Optional[Estimate]  # recovery on sum-flip pairs aimed at the same column (None: no such pairs)
+    untrained: Optional[Estimate]  # heads: the largest recovery of a head of the same layer in the untrained twins
+    null_threshold: Optional[float]  # neurons: largest recovery of random neurons of the same layer
+    confirmed: bool
 
 
 @dataclass
@@ -149,7 +173,9 @@ class CircuitFindings:
     components: list[CircuitComponent]
     head_specialization: np.ndarray  # [layers, heads, roles] role scores
     roles: list[str]
-    neuron_test: dict = field(default_factory=dict)  # set ablation vs random sets, multiple-comparison method
+    neuron_test: dict = field(default_factory=dict)  # the correlational screen of neurons
+    recoveries: list[ComponentRecovery] = field(default_factory=list)  # every causal test of heads and neurons
+    nulls: list[NullCheck] = field(default_factory=list)  # each confirming test on the model and on the twins
 
 
 # ---------------------------------------------------------------- 5. probing
@@ -181,7 +207,7 @@ class ProbingFindings:
 # ---------------------------------------------------------------- 6. interventions
 @dataclass
 class Metrics:
-    """Answer quality, overall and per stratum."""
+    """Answer quality, overall and per stratum: teacher forced unless named free."""
 
     exact_match: Estimate
     digit_accuracy: Estimate
@@ -189,6 +215,11 @@ class Metrics:
     by_stratum: dict[str, Estimate]  # exact match per stratum
     digit_accuracy_by_stratum: dict[str, Estimate]
     logprob_by_stratum: dict[str, Estimate]
+    margin: Estimate  # mean over answer digits of log p(correct) - log p(best wrong digit); does not saturate
+    margin_by_stratum: dict[str, Estimate]
+    free_exact_match: Optional[Estimate]  # greedy decoding from the prompt with the intervention in place
+    free_by_stratum: dict[str, Estimate]
+    scratchpad_accuracy: Optional[Estimate]  # share of scratchpad digits right (teacher forced); None without one
 
 
 @dataclass
@@ -228,10 +259,19 @@ class ExampleFindings:
 
 
 @dataclass
+class Population:
+    """The problems the aggregate analyses ran on."""
+
+    n: int  # distinct problems
+    held_out_from: str  # the model's data splits none of them is in: "train, val and test", "train", or ""
+
+
+@dataclass
 class AnalysisFindings:
     """All six analyses for one model; an analysis not run is None."""
 
     examples: list[ExampleFindings]
+    population: Optional[Population] = None
     attention: Optional[AttentionFindings] = None
     patching: Optional[PatchingFindings] = None
     logit_lens: Optional[LogitLensFindings] = None

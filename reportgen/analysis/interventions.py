@@ -15,11 +15,15 @@ together in order of importance. Methods:
   (one random cycle) within the batch's template group, or a reference example where the
   example's template is unique in the batch.
 
-Effects on the answer, teacher forced (the model reads the correct earlier answer digits, so
-every digit is scored on its own): exact match = the argmax over digits is correct at every
-answer position; per-digit accuracy; answer log-probability (log-softmax over the ten digits,
-summed over answer digits); exact match per stratum. Each is a mean over examples with a
-bootstrap interval.
+Effects on the answer, teacher forced (the model reads the correct earlier tokens, so every
+digit is scored on its own): exact match = the argmax over digits is correct at every answer
+position; per-digit accuracy; answer log-probability (log-softmax over the ten digits, summed
+over answer digits); margin (mean over answer digits of the correct digit's log-probability
+minus the best wrong digit's, which keeps separating models after exact match saturates); for a
+scratchpad model, the share of scratchpad digits right. And free generation: greedy decoding
+from the prompt with the ablation in place at every position (where a broken scratchpad
+compounds into a wrong answer that teacher forcing hides), for the default method. Each is a
+mean over examples with a bootstrap interval, overall and per stratum.
 
 Batching: all ablations that start at layer l (e.g. every head of the layer, its attention and
 its MLP) run in one forward pass over an expanded batch (components x examples) resumed from the
@@ -46,9 +50,11 @@ from reportgen.data.arithmetic import STRATA
 from reportgen.data.tokenizer import Tokenizer
 from reportgen.errors import ReportgenError
 from reportgen.model.transformer import Transformer
+from reportgen.train.evaluate import final_answer, greedy_decode
 
 METHODS = ("zero", "mean", "resample")
 Method = Literal["zero", "mean", "resample"]
+DECODE_ROWS = 2048  # rows decoded together in free generation (each decoding step is mostly overhead)
 REFERENCE_TRIES = 100  # draws per wanted reference example, uniform and then perturbed
 Spec = dict[str, Optional[list[int]]]  # hook name -> indices along its third axis (heads, neurons), None = all
 
@@ -164,22 +170,36 @@ class Ablator:
                  reference_size: int = 32, max_rows: int = 512):
         self.model, self.tokenizer, self.batch, self.seed = model, tokenizer, batch, seed
         self.reference_size, self.max_rows = reference_size, max_rows
-        self.P = int(batch.pred_pos[batch.answer_mask].max()) + 1
+        # Up to the last answer digit's own token, which predicts EOS (free generation reads it).
+        self.P = int(batch.pred_pos[batch.answer_mask].max()) + 2
         self.tokens = batch.tokens[:, : self.P]
         with torch.no_grad():
             logits, self.cache = model.run_with_cache(self.tokens, names=_ablatable)
         self.digits = answer_digits(batch, tokenizer)
         self.mask = batch.answer_mask
-        self.clean_logprobs = self._answer_logprobs(logits[None])[0]
+        # Where each answer digit sits among the target digits: the answer comes last.
+        n_answer, n_target = batch.answer_mask.sum(1), batch.target_mask.sum(1)
+        slot = torch.arange(self.mask.shape[1], device=self.mask.device)
+        self.answer_slots = torch.where(self.mask, (n_target - n_answer)[:, None] + slot, 0)
+        lut = torch.zeros(len(tokenizer), dtype=torch.long, device=batch.tokens.device)
+        lut[tokenizer.digit_ids] = torch.arange(10, device=lut.device)
+        self.target_digits = lut[batch.target_ids]
+        self.scratchpad = batch.target_mask & (batch.target_roles != 0)  # TARGET_ROLES[0] is "answer"
+        self.clean_logprobs = self._target_logprobs(logits[None])[0]
         self.templates = [template(r) for r in batch.records]
         self._reference = None
         self._values: dict[tuple, torch.Tensor] = {}
 
-    def _answer_logprobs(self, logits: torch.Tensor) -> torch.Tensor:
-        """[k, B, P, V] -> digit log-probs at the answer-predicting positions [k, B, A, 10]."""
+    def _target_logprobs(self, logits: torch.Tensor) -> torch.Tensor:
+        """[k, B, P, V] -> digit log-probs at the positions predicting target digits [k, B, T, 10]."""
         k, B, _, V = logits.shape
-        idx = self.batch.pred_pos[None, :, :, None].expand(k, B, -1, V)
+        idx = self.batch.target_pos[None, :, :, None].expand(k, B, -1, V)
         return digit_log_probs(logits.gather(2, idx), self.tokenizer)
+
+    def answers(self, logprobs: torch.Tensor) -> torch.Tensor:
+        """Target-level log-probs [..., B, T, 10] -> those of the answer digits [..., B, A, 10]."""
+        idx = self.answer_slots.expand(*logprobs.shape[:-3], *self.answer_slots.shape)
+        return logprobs.gather(-2, idx[..., None].expand(*idx.shape, logprobs.shape[-1]))
 
     def reference(self) -> tuple[list[dict], dict[str, torch.Tensor], list[str]]:
         """(reference records, their cached activations, their templates), made once."""
@@ -279,12 +299,13 @@ class Ablator:
 
     @torch.no_grad()
     def _run(self, start: int, specs: list[Spec], method: str) -> torch.Tensor:
-        """Digit log-probs [k, B, A, 10] of specs whose first hook points are in layer `start`.
+        """Digit log-probs [k, B, T, 10] at the target digits of specs whose first hook points are
+        in layer `start`.
 
         Replacements in that layer that write linearly into the residual stream (heads' z,
         attn_out; neurons' post, mlp_out) are added as their change to resid_mid or resid_post,
         so the run resumes after them; later ones are applied by hooks. When no hook is in the
-        last block, that block runs only at the answer-predicting positions.
+        last block, that block runs only at the positions predicting target digits.
         """
         k, B = len(specs), self.tokens.shape[0]
         names = {n for spec in specs for n in spec}
@@ -306,15 +327,15 @@ class Ablator:
             first, from_mid = start, False
         x = x.expand(k, -1, -1, -1)
         last = self.model.cfg.n_layers - 1
-        narrow = first <= last  # the last block runs: restrict it to the answer-predicting positions
+        narrow = first <= last  # the last block runs: restrict it to the positions predicting target digits
         hooks = {name: self._hook(name, specs, method, narrow and _layer_of(name) == last and
                                   not name.endswith("hook_resid_pre"))
                  for name in sorted(names - skip)}
-        query_pos = self.batch.pred_pos.repeat(k, 1) if narrow else None
+        query_pos = self.batch.target_pos.repeat(k, 1) if narrow else None
         logits = self.model(resid=x.flatten(0, 1), start_at_layer=first, from_mid=from_mid, hooks=hooks,
                             query_pos=query_pos)
         logits = logits.view(k, B, *logits.shape[1:])
-        return digit_log_probs(logits, self.tokenizer) if narrow else self._answer_logprobs(logits)
+        return digit_log_probs(logits, self.tokenizer) if narrow else self._target_logprobs(logits)
 
     def _selection(self, name: str, specs: list[Spec], width: int) -> torch.Tensor:
         """[k, width] 1.0 where spec j replaces index i along the hook's third axis (all when None)."""
@@ -339,13 +360,13 @@ class Ablator:
                 out = out + sel[:, None, None, :] * diff[None]
         return out
 
-    def _hook(self, name: str, specs: list[Spec], method: str, at_answers: bool):
-        """The hook replacing `name` per spec; `at_answers`: the activation only covers the
-        answer-predicting positions (last block run narrow)."""
+    def _hook(self, name: str, specs: list[Spec], method: str, at_targets: bool):
+        """The hook replacing `name` per spec; `at_targets`: the activation only covers the
+        positions predicting target digits (last block run narrow)."""
         k, B = len(specs), self.tokens.shape[0]
         values = self.values(method, name)
-        if at_answers:
-            values = values[torch.arange(B, device=values.device)[:, None], self.batch.pred_pos]
+        if at_targets:
+            values = values[torch.arange(B, device=values.device)[:, None], self.batch.target_pos]
         mask = self._selection(name, specs, values.shape[2]).bool()
         mask = mask.view(k, 1, 1, values.shape[2], *([1] * (values.dim() - 3)))
         return self._replacer(mask, values[None], k, B)
@@ -357,23 +378,72 @@ class Ablator:
         return replace
 
     def scores(self, logprobs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-example exact match, digit accuracy and answer log-prob of digit log-probs [..., B, A, 10]."""
-        right = (logprobs.argmax(-1) == self.digits) & self.mask
-        lp = logprobs.gather(-1, self.digits.expand(logprobs.shape[:-1])[..., None])[..., 0]
-        return {
+        """Per-example teacher-forced measures of target-digit log-probs [..., B, T, 10]: exact
+        match, digit accuracy, answer log-prob (summed over the answer digits) and margin (mean
+        over them of the correct digit's log-prob minus the best wrong digit's) of the final
+        answer; with a scratchpad, the share of its digits right."""
+        answer = self.answers(logprobs)
+        right = (answer.argmax(-1) == self.digits) & self.mask
+        lp = answer.gather(-1, self.digits.expand(answer.shape[:-1])[..., None])[..., 0]
+        wrong = answer.scatter(-1, self.digits.expand(answer.shape[:-1])[..., None], float("-inf")).amax(-1)
+        n = self.mask.sum(-1)
+        out = {
             "exact_match": (right | ~self.mask).all(-1).double(),
-            "digit_accuracy": right.sum(-1).double() / self.mask.sum(-1),
+            "digit_accuracy": right.sum(-1).double() / n,
             "logprob": (lp * self.mask).sum(-1).double(),
+            "margin": ((lp - wrong) * self.mask).sum(-1).double() / n,
         }
+        if self.scratchpad.any():
+            hit = (logprobs.argmax(-1) == self.target_digits) & self.scratchpad
+            out["scratchpad_accuracy"] = hit.sum(-1).double() / self.scratchpad.sum(-1).clamp(min=1)
+        return out
 
-    def metrics(self, logprobs: torch.Tensor) -> Metrics:
-        """Metrics (with bootstrap intervals over examples) of digit log-probs [B, A, 10]."""
+    def metrics(self, logprobs: torch.Tensor, free: Optional[torch.Tensor] = None) -> Metrics:
+        """Metrics (bootstrap intervals over examples) of target-digit log-probs [B, T, 10] and,
+        when given, free-generation exact match [B]."""
         s = {k: v.cpu().numpy() for k, v in self.scores(logprobs).items()}
+        if free is not None:
+            s["free_exact_match"] = free.double().cpu().numpy()
         strata = np.array([r["labels"]["stratum"] for r in self.batch.records])
         present = [st for st in STRATA if (strata == st).any()]
+        est = {k: stats.estimate(v, self.seed) for k, v in s.items()}
         by = {k: {st: stats.estimate(v[strata == st], self.seed) for st in present} for k, v in s.items()}
-        overall = (stats.estimate(s[k], self.seed) for k in ("exact_match", "digit_accuracy", "logprob"))
-        return Metrics(*overall, by["exact_match"], by["digit_accuracy"], by["logprob"])
+        return Metrics(est["exact_match"], est["digit_accuracy"], est["logprob"], by["exact_match"],
+                       by["digit_accuracy"], by["logprob"], est["margin"], by["margin"],
+                       est.get("free_exact_match"), by.get("free_exact_match", {}), est.get("scratchpad_accuracy"))
+
+    @torch.no_grad()
+    def free_exact_match(self, specs: list[Spec], method: str) -> torch.Tensor:
+        """[S, B] whether greedy decoding from the prompt, with each spec's replacement in place
+        at every position it generates, ends in the right final answer."""
+        records, B = self.batch.records, len(self.batch.records)
+        prompts = [r["prompt"] for r in records] * len(specs)
+        names = sorted({n for spec in specs for n in spec})
+        masks = {n: self._selection(n, specs, self.values(method, n).shape[2]).bool() for n in names}
+
+        def hooks_for(index: torch.Tensor, positions: torch.Tensor):
+            spec, row = index // B, index % B
+            inside = positions < self.P  # beyond the last answer digit there is no value to put in
+            hooks = {}
+            for n in names:
+                values = self.values(method, n)[row[:, None], positions.clamp(max=self.P - 1)]  # [rows, P', ...]
+                extra = [1] * (values.dim() - 3)
+                mask = masks[n][spec].view(len(index), 1, values.shape[2], *extra) & inside.view(*inside.shape, 1, *extra)
+                hooks[n] = lambda act, _name, v=values, m=mask: torch.where(m, v, act)
+            return hooks
+
+        max_new = max(len(r["target"]) for r in records) + 1
+        preds = greedy_decode(self.model, self.tokenizer, prompts, max_new, DECODE_ROWS, hooks_for)
+        right = [final_answer(p) == final_answer(records[i % B]["target"]) for i, p in enumerate(preds)]
+        return torch.tensor(right, dtype=torch.bool).view(len(specs), B)
+
+    @torch.no_grad()
+    def clean_free_exact_match(self) -> torch.Tensor:
+        """[B] the same for the unablated model."""
+        records = self.batch.records
+        preds = greedy_decode(self.model, self.tokenizer, [r["prompt"] for r in records],
+                              max(len(r["target"]) for r in records) + 1)
+        return torch.tensor([final_answer(p) == final_answer(r["target"]) for p, r in zip(preds, records)])
 
 
 def head_spec(layer: int, head: int) -> Spec:
@@ -399,8 +469,10 @@ def run_interventions(model: Transformer, tokenizer: Tokenizer, batch: ExampleBa
     for method in cfg.methods:
         if not components:
             break
-        lps = ab.ablated([spec for _, spec in components], method)
-        effects += [AblationEffect(name, method, ab.metrics(lp)) for (name, _), lp in zip(components, lps)]
+        specs = [spec for _, spec in components]
+        lps = ab.ablated(specs, method)
+        free = ab.free_exact_match(specs, method) if method == cfg.default_method else [None] * len(specs)
+        effects += [AblationEffect(name, method, ab.metrics(lp, f)) for (name, _), lp, f in zip(components, lps, free)]
         if method == cfg.default_method and cfg.heads:
             head_logprob = ab.scores(lps[: len(heads)])["logprob"].mean(-1)
     cumulative = []
@@ -417,7 +489,8 @@ def run_interventions(model: Transformer, tokenizer: Tokenizer, batch: ExampleBa
             specs.append(spec)
         lps = ab.ablated(specs, cfg.default_method)
         cumulative = [AblationEffect(f"top-{k + 1}", cfg.default_method, ab.metrics(lp)) for k, lp in enumerate(lps)]
-    return InterventionFindings(clean=ab.metrics(ab.clean_logprobs), effects=effects, cumulative=cumulative,
+    return InterventionFindings(clean=ab.metrics(ab.clean_logprobs, ab.clean_free_exact_match()), effects=effects,
+                                cumulative=cumulative,
                                 default_method=cfg.default_method)
 
 
@@ -435,7 +508,7 @@ class InterventionAnalyzer:
         self.method, self.seed = method, seed
 
     def measure_layer_importance(self, examples: list[str], component: str = "attn") -> dict[int, dict[str, float]]:
-        """{layer: {"exact_match", "digit_accuracy", "logprob": clean minus ablated}} when that
+        """{layer: {"exact_match", "digit_accuracy", "logprob", "margin": clean minus ablated}} when that
         layer's attention ("attn") or MLP ("mlp") output is ablated; large = important."""
         if component not in ("attn", "mlp"):
             raise ReportgenError(f"component must be 'attn' or 'mlp', got {component!r}")

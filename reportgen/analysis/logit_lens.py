@@ -22,10 +22,10 @@ import torch
 
 from reportgen.analysis import stats
 from reportgen.analysis.api import pyplot, save_figure, task_of, text_batch
-from reportgen.analysis.engine import answer_digits, digit_log_probs, gather_at_answers, run_with_cache
+from reportgen.analysis.engine import answer_digits, digit_log_probs, gather_at, run_with_cache, target_digits
 from reportgen.analysis.examples import ExampleBatch
 from reportgen.analysis.findings import ExampleFindings, LogitLensFindings
-from reportgen.data.arithmetic import STRATA
+from reportgen.data.arithmetic import STRATA, TARGET_ROLES
 from reportgen.data.tokenizer import Tokenizer
 from reportgen.errors import ReportgenError
 from reportgen.model.transformer import Transformer
@@ -40,9 +40,9 @@ def lens_hooks(n_layers: int) -> list[str]:
     return ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_post" for l in range(n_layers)]
 
 
-def lens_log_probs(model: Transformer, tokenizer: Tokenizer, cache: dict, batch: ExampleBatch) -> torch.Tensor:
-    """Digit log-probabilities of every lens index at the answer-predicting positions: [L+1, B, A, 10]."""
-    resid = torch.stack([gather_at_answers(cache[name], batch) for name in lens_hooks(model.cfg.n_layers)])
+def lens_log_probs(model: Transformer, tokenizer: Tokenizer, cache: dict, pos: torch.Tensor) -> torch.Tensor:
+    """Digit log-probabilities of every lens index at positions `pos` [B, K]: [L+1, B, K, 10]."""
+    resid = torch.stack([gather_at(cache[name], pos) for name in lens_hooks(model.cfg.n_layers)])
     with torch.no_grad():
         normed = model.ln_final(resid, lambda _name, x: x)
         return digit_log_probs(normed @ model.W_U + model.b_U, tokenizer)
@@ -80,7 +80,33 @@ def lens_arrays(logp: torch.Tensor, correct: torch.Tensor, mask: torch.Tensor) -
 
 
 def compute_lens(model: Transformer, tokenizer: Tokenizer, cache: dict, batch: ExampleBatch) -> LensArrays:
-    return lens_arrays(lens_log_probs(model, tokenizer, cache, batch), answer_digits(batch, tokenizer), batch.answer_mask)
+    """The lens at the positions predicting the final answer's digits."""
+    logp = lens_log_probs(model, tokenizer, cache, batch.pred_pos)
+    return lens_arrays(logp, answer_digits(batch, tokenizer), batch.answer_mask)
+
+
+def target_lens(model: Transformer, tokenizer: Tokenizer, cache: dict, batch: ExampleBatch) -> LensArrays:
+    """The lens at the positions predicting every target digit (scratchpad steps and answer)."""
+    logp = lens_log_probs(model, tokenizer, cache, batch.target_pos)
+    return lens_arrays(logp, target_digits(batch, tokenizer), batch.target_mask)
+
+
+def by_role(arrays: LensArrays, batch: ExampleBatch, seed: int) -> tuple[dict, dict]:
+    """Per target role of a scratchpad model (data.TARGET_ROLES, besides the answer): P(correct)
+    per lens index (estimates over examples) and the convergence histogram."""
+    n_idx = arrays.prob.shape[0]
+    labels = layer_labels(n_idx - 1)
+    probs, hists = {}, {}
+    for r, role in enumerate(TARGET_ROLES):
+        mask = arrays.mask & (batch.target_roles == r)
+        if role == "answer" or not mask.any():
+            continue
+        per = _per_example(arrays.prob, mask)
+        keep = ~np.isnan(per[:, 0])
+        probs[role] = [stats.estimate(per[keep, i], seed) for i in range(n_idx)]
+        conv = arrays.convergence[mask].cpu().numpy()
+        hists[role] = {label: int((conv == i).sum()) for i, label in enumerate(labels)}
+    return probs, hists
 
 
 def _per_example(x: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
@@ -89,10 +115,11 @@ def _per_example(x: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
     return torch.nanmean(x, dim=2).T.cpu().numpy()
 
 
-def summarize(arrays: LensArrays, untrained: LensArrays, strata: list[str], seed: int) -> LogitLensFindings:
-    """LogitLensFindings: per-layer estimates over examples, convergence histogram, strata, and
+def summarize(arrays: LensArrays, untrained: LensArrays, strata: list[str], seed: int,
+              roles: tuple[dict, dict] = ({}, {})) -> LogitLensFindings:
+    """LogitLensFindings: per-layer estimates over examples, convergence histogram, strata,
     P(correct) of the same lens on an untrained twin (the baseline that shows a layer's
-    probability to be noise: about 0.1 for ten digits)."""
+    probability to be noise: about 0.1 for ten digits), and `roles` (by_role's output)."""
     n_idx = arrays.prob.shape[0]
     labels = layer_labels(n_idx - 1)
     per = {k: _per_example(getattr(arrays, k), arrays.mask) for k in ("prob", "rank", "entropy", "kl")}
@@ -109,6 +136,7 @@ def summarize(arrays: LensArrays, untrained: LensArrays, strata: list[str], seed
         layer_labels=labels, prob_correct=series["prob"], rank_correct=series["rank"],
         entropy=series["entropy"], kl_to_final=series["kl"], convergence_hist=hist, by_stratum=by_stratum,
         untrained_prob_correct=[stats.estimate(untrained_prob[:, i], seed) for i in range(n_idx)],
+        prob_by_role=roles[0], convergence_by_role=roles[1],
     )
 
 
@@ -197,7 +225,7 @@ class LogitLens:
         if not -n <= position < n:
             raise ReportgenError(f"position {position} is out of range: {text!r} has {n} answer digits")
         j = position % n
-        logp = lens_log_probs(self.model, self.tokenizer, cache, batch)[:, 0, j]
+        logp = lens_log_probs(self.model, self.tokenizer, cache, batch.pred_pos)[:, 0, j]
         return logp, int(batch.pred_pos[0, j]), int(answer_digits(batch, self.tokenizer)[0, j])
 
     def visualize_prediction_evolution(self, text: str, position: int = -1, save_path=None) -> dict:

@@ -7,7 +7,13 @@
   the caller decides whether the model is mixed).
 
 Clean and corrupt always have the same text length, answer span and answer columns, so token
-positions align and the position predicting column n is the same in both. carry_flip and
+positions align and the position predicting column n is the same in both.
+
+A pair's logit difference is read at one target token (data.target_tokens) that differs between
+clean and corrupt: the final-answer digit of column n ("answer") or, in an addition or
+subtraction scratchpad, the step digits a pair of that kind changes (TARGETS): for carry_flip the
+sum digit and the written carry_in of step n and the carry_out of step n-1; for sum_flip the sum
+digit of step n. carry_flip and
 sum_flip are defined for '+' and '-' only: in '*' every digit of column n-1 feeds column n's
 partial products, so no edit flips only the carry.
 
@@ -20,10 +26,16 @@ import random
 from dataclasses import dataclass
 from typing import Optional
 
-from reportgen.data.arithmetic import STEP_WIDTH, make_record
+from reportgen.data.arithmetic import STEP_ROLES, STEP_WIDTH, make_record, target_tokens
 from reportgen.errors import ReportgenError
 
 PAIR_KINDS = ("carry_flip", "sum_flip", "operator_flip")
+# Target tokens each kind changes, as (role, column of the token relative to the aimed column n).
+TARGETS = {
+    "carry_flip": (("answer", 0), ("sum_digit", 0), ("carry_in", 0), ("carry_out", -1)),
+    "sum_flip": (("answer", 0), ("sum_digit", 0)),
+    "operator_flip": (("answer", 0),),
+}
 
 
 @dataclass(frozen=True)
@@ -33,10 +45,11 @@ class MinimalPair:
     kind: str
     clean: dict
     corrupt: dict
-    column: Optional[int]  # answer column n the pair targets (None for a hand-made pair off the answer)
-    pred_pos: int  # token index predicting that digit (same in clean and corrupt)
+    column: Optional[int]  # answer column n the pair is aimed at (None for a hand-made pair off the answer)
+    pred_pos: int  # token index predicting the target digit (same in clean and corrupt)
     correct: int  # the clean digit there
     counterfactual: int  # the corrupt digit there
+    target: str = "answer"  # role of the target token (data.TARGET_ROLES)
 
 
 def record_format(record: dict) -> tuple[bool, str]:
@@ -55,15 +68,24 @@ def remake(record: dict, a: int, b: int, op: str) -> Optional[dict]:
         return None
 
 
-def digit_at(record: dict, n: int) -> Optional[tuple[int, int]]:
-    """(predicting token index, digit) of answer column n, or None if n is not written."""
-    if n not in record["answer_columns"]:
-        return None
-    i = record["answer_columns"].index(n)
-    start = record["answer_span"][0]
-    return start + i, int((record["prompt"] + record["target"])[start + i])
+def digit_at(record: dict, n: int, role: str = "answer") -> Optional[tuple[int, int]]:
+    """(predicting token index, digit) of the target token of `role` in column n, or None if the
+    record writes no such token (data.target_tokens, by index arithmetic)."""
+    full = record["prompt"] + record["target"]
+    if role == "answer":
+        if n not in record["answer_columns"]:
+            return None
+        q = record["answer_span"][0] + record["answer_columns"].index(n)
+    else:
+        if "|" not in record["target"] or record["op"] == "*" or role not in STEP_OFFSETS:
+            return None
+        q = len(record["prompt"]) + n * STEP_WIDTH + STEP_OFFSETS[role]
+        if n < 0 or q >= len(record["prompt"]) + record["target"].index("|"):
+            return None
+    return q, int(full[q])
 
 
+STEP_OFFSETS = {role: offset for offset, role in STEP_ROLES.items()}
 STEP_TOKENS = ("a", "op1", "b", "op2", "cin", "eq", "d", "c", "cout", "sep")  # by offset in an add/sub step
 
 
@@ -178,21 +200,28 @@ def candidates(record: dict, kind: str) -> list[tuple[dict, int]]:
     return out
 
 
-def pair_of(kind: str, clean: dict, corrupt: dict, column: int) -> MinimalPair:
-    pos, correct = digit_at(clean, column)
-    _, counterfactual = digit_at(corrupt, column)
-    return MinimalPair(kind, clean, corrupt, column, pos, correct, counterfactual)
+def pair_of(kind: str, clean: dict, corrupt: dict, column: int, target: str = "answer") -> Optional[MinimalPair]:
+    """The pair read at its `target` token (role) for aimed column n, or None where the records
+    have no such token or it is the same digit in both."""
+    offset = dict(TARGETS.get(kind, ())).get(target, 0)
+    here, there = digit_at(clean, column + offset, target), digit_at(corrupt, column + offset, target)
+    if here is None or there is None or here[1] == there[1]:
+        return None
+    return MinimalPair(kind, clean, corrupt, column, here[0], here[1], there[1], target)
 
 
-def make_pairs(records: list[dict], kind: str, n: int, seed: int) -> list[MinimalPair]:
-    """Up to n pairs of one kind, deterministic given the seed.
+def make_pairs(records: list[dict], kind: str, n: int, seed: int, target: str = "answer",
+               memo: Optional[dict] = None) -> list[MinimalPair]:
+    """Up to n pairs of one kind read at `target` tokens, deterministic given the seed.
 
     Records are visited in a seeded random order, taking one random candidate per record per
     pass, so pairs spread over as many clean records as possible before any record repeats.
+    `memo` (a dict kept by the caller) saves each record's candidates between calls.
     """
     rng = random.Random(f"reportgen-pairs:{seed}:{kind}")
     order = list(range(len(records)))
     rng.shuffle(order)
+    memo = {} if memo is None else memo
     pools: dict[int, list] = {}
     out: list[MinimalPair] = []
     while len(out) < n:
@@ -201,12 +230,20 @@ def make_pairs(records: list[dict], kind: str, n: int, seed: int) -> list[Minima
             if len(out) >= n:
                 break
             if i not in pools:
-                pools[i] = candidates(records[i], kind)
+                key = (kind, records[i]["prompt"], records[i]["target"])
+                if key not in memo:
+                    memo[key] = candidates(records[i], kind)
+                pools[i] = [p for p in (pair_of(kind, records[i], *c, target) for c in memo[key]) if p]
                 rng.shuffle(pools[i])
             if pools[i]:
-                corrupt, column = pools[i].pop()
-                out.append(pair_of(kind, records[i], corrupt, column))
+                out.append(pools[i].pop())
                 grew = True
         if not grew:
             break
     return out
+
+
+def targets_of(records: list[dict], kind: str) -> list[str]:
+    """The target roles of `kind` (TARGETS) that the records write at all."""
+    written = {role for r in records[:1] for _, role, _ in target_tokens(r)}
+    return [role for role, _ in TARGETS[kind] if role in written]

@@ -37,14 +37,25 @@ from reportgen.analysis import stats
 from reportgen.analysis.api import task_of, text_records
 from reportgen.analysis.examples import ExampleBatch, template
 from reportgen.analysis.findings import AttributionScore, PatchingFindings, PatchSweep
-from reportgen.analysis.pairs import PAIR_KINDS, MinimalPair, make_pairs, record_format, role_order, token_roles
+from reportgen.analysis.pairs import (
+    PAIR_KINDS, MinimalPair, make_pairs, record_format, role_order, targets_of, token_roles,
+)
 from reportgen.data.tokenizer import Tokenizer
 from reportgen.errors import ReportgenError
 from reportgen.model.transformer import Transformer
 
 SITES = ("resid_pre", "attn_out", "mlp_out", "head")
 DIRECTIONS = ("denoise", "noise")
-GROUP_ROWS = 256  # patched rows of one layer from which they are run in groups cut at their predicting position
+GROUP_ROWS = 256
+# Where a patch of each site re-enters the residual stream: (cached hook of blocks.{l} the run
+# resumes from, layers to skip, whether the run starts at that block's resid_mid).
+RESUME = {
+    "resid_pre": ("hook_resid_pre", 0, False),
+    "attn_out": ("hook_resid_mid", 0, True),
+    "head": ("hook_resid_mid", 0, True),
+    "mlp_out": ("hook_resid_post", 1, False),
+    "neuron": ("hook_resid_post", 1, False),
+}  # patched rows of one layer from which they are run in groups cut at their predicting position
 PairKind = Literal["carry_flip", "sum_flip", "operator_flip"]
 Site = Literal["resid_pre", "attn_out", "mlp_out", "head"]
 Direction = Literal["denoise", "noise"]
@@ -76,6 +87,7 @@ def hook_name(site: str, layer: int) -> str:
         "attn_out": f"blocks.{layer}.hook_attn_out",
         "mlp_out": f"blocks.{layer}.hook_mlp_out",
         "head": f"blocks.{layer}.attn.hook_z",
+        "neuron": f"blocks.{layer}.mlp.hook_post",
     }[site]
 
 
@@ -132,7 +144,8 @@ class PairRun:
     def __init__(self, model: Transformer, pb: PairBatch, sites, min_denominator: float, max_rows: int = 512):
         self.model, self.max_rows = model, max_rows
         L = model.cfg.n_layers
-        names = {hook_name("resid_pre", l) for l in range(L)} | {hook_name(s, l) for s in sites for l in range(L)}
+        names = {hook_name(s, l) for s in sites for l in range(L)}
+        names |= {f"blocks.{l}.{hook}" for l in range(L) for hook in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post")}
         args = (pb.pred_pos, pb.correct, pb.counterfactual)
         cached = names.__contains__
         with torch.no_grad():
@@ -169,43 +182,57 @@ class PairRun:
 
     @torch.no_grad()
     def patched_ld(self, site: str, layer: int, direction: str, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """LD of each row r: pair rows[r] with position (or head) index[r] of `site` patched.
+        """LD of each row r: pair rows[r] with position (or head, neuron) index[r] of `site` patched.
 
-        Rows are grouped by predicting position and each group runs only up to it (causality),
-        unless there are too few rows for the saving to pay for the extra passes."""
+        A patch that writes linearly into the residual stream (attn_out, a head's z through W_O,
+        mlp_out, a neuron through its W_out row) is added as its change to resid_mid or
+        resid_post and the run resumes there; the last block runs at the predicting position
+        only. Rows are grouped by predicting position and each group runs only up to it
+        (causality), unless there are too few rows for the saving to pay for the extra passes."""
         target, source = self._sides(direction)
-        resid = target[hook_name("resid_pre", layer)]
-        src = source[hook_name(site, layer)]
+        resume, start, from_mid = RESUME[site]
+        base = target[f"blocks.{layer}.{resume}"]
+        name = hook_name(site, layer)
+        delta = source[name] - target[name]
         order = torch.argsort(self.pred_pos[rows], stable=True)
         rows, index = rows[order], index[order]
         if len(rows) >= GROUP_ROWS:
             ends, counts = torch.unique_consecutive(self.pred_pos[rows] + 1, return_counts=True)
             groups = zip(ends.tolist(), counts.tolist())
         else:  # few rows: one pass costs less than one per group
-            groups = [(resid.shape[1], len(rows))]
-        out, start = torch.empty(len(rows), device=rows.device), 0
+            groups = [(base.shape[1], len(rows))]
+        out, start_row = torch.empty(len(rows), device=rows.device), 0
+        L = self.model.cfg.n_layers
         for end, count in groups:
-            for s in range(start, start + count, self.max_rows):
-                stop = min(s + self.max_rows, start + count)
+            for s in range(start_row, start_row + count, self.max_rows):
+                stop = min(s + self.max_rows, start_row + count)
                 pi, ix = rows[s:stop], index[s:stop]
                 r = torch.arange(len(pi), device=pi.device)
-                x, hooks = resid[pi, :end], None
                 if site == "resid_pre":
-                    x = x.clone()
-                    x[r, ix] = src[pi, ix]
+                    x = base[pi, :end].clone()
+                    x[r, ix] = source[name][pi, ix]
                 else:
-                    def patch(act, _name, pi=pi, ix=ix, r=r, end=end):
-                        act = act.clone()
-                        if site == "head":
-                            act[r, :, ix] = src[pi, :end, ix]
-                        else:
-                            act[r, ix] = src[pi, ix]
-                        return act
-                    hooks = {hook_name(site, layer): patch}
-                logits = self.model(resid=x, start_at_layer=layer, hooks=hooks)
-                out[s:stop] = logit_diff(logits, self.pred_pos[pi], self.correct[pi], self.cf[pi])
-            start += count
+                    x = base[pi, :end] + self._change(site, layer, delta, pi, ix, r, end)
+                q = self.pred_pos[pi][:, None]
+                if layer + start == L:  # nothing left to run but the unembedding, at the predicting position
+                    logits = self.model(resid=x[r, q[:, 0]][:, None], start_at_layer=L)
+                else:
+                    logits = self.model(resid=x, start_at_layer=layer + start, from_mid=from_mid, query_pos=q)
+                out[s:stop] = logit_diff(logits, torch.zeros_like(pi), self.correct[pi], self.cf[pi])
+            start_row += count
         return out[torch.argsort(order)]
+
+    def _change(self, site: str, layer: int, delta: torch.Tensor, pi, ix, r, end) -> torch.Tensor:
+        """What patching index ix of `site` adds to the residual stream it resumes from [R, end, d]."""
+        if site in ("attn_out", "mlp_out"):  # one position
+            change = torch.zeros(len(pi), end, self.model.cfg.d_model, device=delta.device, dtype=delta.dtype)
+            change[r, ix] = delta[pi, ix]
+        elif site == "head":  # one head's z at every position, through its W_O
+            W_O = self.model.blocks[layer].attn.W_O
+            change = torch.einsum("rpe,red->rpd", delta[pi, :end, ix], W_O[ix])
+        else:  # one neuron at every position, through its W_out row
+            change = delta[pi, :end, ix][..., None] * self.model.blocks[layer].mlp.W_out[ix][:, None, :]
+        return change
 
     @torch.no_grad()
     def sweep(self, site: str, direction: str) -> torch.Tensor:
@@ -298,11 +325,11 @@ def patch_pairs(model: Transformer, tokenizer: Tokenizer, pairs: list[MinimalPai
                 values = by_role(values, run.roles, axis)
             mean, lo, hi = stats.bootstrap(values, seed=seed)
             sweeps.append(PatchSweep(kind, direction, site, mean, lo, hi, heads if site == "head" else axis,
-                                     run.n_kept, run.n_dropped))
+                                     run.n_kept, run.n_dropped, pairs[0].target))
             if direction == "denoise":
                 exact[site] = mean
     attribution = []
-    if kind == cfg.attribution_kind:
+    if kind == cfg.attribution_kind and pairs[0].target == "answer":
         attribution = _attribution_scores(run, cfg, axis, exact, heads)
     return sweeps, attribution, run.n_dropped
 
@@ -334,20 +361,24 @@ def _attribution_scores(run: PairRun, cfg: PatchingConfig, axis: list[str], exac
 
 def run_patching(model: Transformer, tokenizer: Tokenizer, batch: ExampleBatch, cfg: PatchingConfig,
                  seed: int) -> PatchingFindings:
-    """DESIGN §4.2 on pairs drawn from the batch's records.
+    """DESIGN §4.2 on pairs drawn from the batch's records, read at every target token each kind
+    changes (pairs.TARGETS: the answer digit, and in a scratchpad the step digits).
 
     operator_flip pairs are made only when the batch mixes '+' and '-' (an 'addsub' model);
-    otherwise its pair count is 0 and it has no sweep.
+    otherwise its pair count is 0 and it has no sweep. Counts are keyed 'kind' for the answer
+    target and 'kind@target' for scratchpad targets.
     """
     mixed = {"+", "-"} <= {r["op"] for r in batch.records}
     sweeps, attribution, counts, dropped = [], [], {}, {}
     for kind in cfg.pair_kinds:
-        pairs = make_pairs(batch.records, kind, cfg.n_pairs, seed) if kind != "operator_flip" or mixed else []
-        counts[kind], dropped[kind] = len(pairs), 0
-        if pairs:
-            s, a, dropped[kind] = patch_pairs(model, tokenizer, pairs, cfg, seed)
-            sweeps += s
-            attribution += a
+        for target in targets_of(batch.records, kind):
+            key = kind if target == "answer" else f"{kind}@{target}"
+            pairs = make_pairs(batch.records, kind, cfg.n_pairs, seed, target) if kind != "operator_flip" or mixed else []
+            counts[key], dropped[key] = len(pairs), 0
+            if pairs:
+                s, a, dropped[key] = patch_pairs(model, tokenizer, pairs, cfg, seed)
+                sweeps += s
+                attribution += a
     return PatchingFindings(sweeps=sweeps, attribution=attribution, pair_counts=counts, pair_dropped=dropped)
 
 

@@ -1,11 +1,12 @@
-"""The analysis orchestrator: one batch, one cached forward pass (and one of the untrained twin),
-the six analyses, and the per-example findings the report shows.
+"""The analysis orchestrator: one batch, one cached forward pass (and those of the untrained
+twins), the six analyses, and the per-example findings the report shows.
 
-The batch holds the examples to show (the user's, else the first generated ones) followed by
-`n_examples` generated stratified examples (duplicates dropped), so that aggregate scores and
-their intervals rest on a stratified population even when the user names only a few problems.
-Everything cheap (parsing examples, checking layers, tokenising) is validated before any
-forward pass.
+The aggregate analyses run on `n_examples` generated stratified problems that the model never
+trained on (none of its data set's splits where the task has enough other problems; see
+examples.held_out_records), so that scores and intervals rest on a stratified population of
+unseen problems whatever examples the user names. The examples shown one by one (the user's,
+else the first generated ones) get their own forward pass. Everything cheap (parsing examples,
+checking layers, tokenising) is validated before any forward pass.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from reportgen.analysis.api import check_layers, token_labels
 from reportgen.analysis.attention import analyze_attention, stacked_patterns
 from reportgen.analysis.circuits import run_circuits
 from reportgen.analysis.config import ANALYSES, AnalysisConfig
-from reportgen.analysis.engine import greedy_predictions, is_correct, run_with_cache, untrained_twin
+from reportgen.analysis.engine import greedy_predictions, is_correct, run_with_cache, untrained_twins
 from reportgen.analysis.examples import (
-    ExampleBatch, build_batch, distinct, example_key, generated_records, range_notes, records_from_texts,
+    ExampleBatch, build_batch, distinct, example_key, held_out_records, range_notes, records_from_texts,
 )
-from reportgen.analysis.findings import AnalysisFindings, AttentionFindings, ExampleFindings
+from reportgen.analysis.findings import AnalysisFindings, AttentionFindings, ExampleFindings, Population
 from reportgen.analysis.interventions import run_interventions
-from reportgen.analysis.logit_lens import LensArrays, compute_lens, example_lens
+from reportgen.analysis.logit_lens import by_role as lens_by_role
+from reportgen.analysis.logit_lens import compute_lens, example_lens, target_lens
 from reportgen.analysis.logit_lens import summarize as summarize_lens
 from reportgen.analysis.patching import run_patching
 from reportgen.analysis.probing import analyze_probing, check_probe_layers
@@ -41,8 +43,9 @@ from reportgen.model.checkpoint import Checkpoint
 class Plan:
     """Validated inputs of one analysis run."""
 
-    batch: ExampleBatch
-    n_shown: int  # the first n_shown records of the batch get an ExampleFindings
+    batch: ExampleBatch  # the aggregate analyses' held-out problems
+    shown: list[dict]  # the examples shown one by one
+    population: Population
     enabled: set[str]
     attention_layers: list[int]
     probe_layers: list[int]
@@ -60,21 +63,21 @@ def parse_enabled(names: Optional[Iterable[str]], cfg: AnalysisConfig) -> set[st
     return chosen
 
 
-def select_records(ckpt: Checkpoint, cfg: AnalysisConfig, examples: Optional[list[str]]) -> tuple[list[dict], int]:
-    """(records of the batch, number of them to show one by one), user examples first."""
+def select_records(ckpt: Checkpoint, cfg: AnalysisConfig, examples: Optional[list[str]]):
+    """(held-out records of the aggregate analyses, their Population, records shown one by one)."""
     texts = cfg.examples if examples is None else examples
     if examples is not None and not examples:
         raise ReportgenError("the example list is empty; give problems like --examples '59 + 73' or leave it out")
     shown = distinct(records_from_texts(list(texts), ckpt))
     t = ckpt.task
-    n_gen = min(cfg.n_examples, count_questions(t["task"], t["min_digits"], t["max_digits"]))
-    generated = generated_records(ckpt, n_gen, cfg.seed) if n_gen else []
-    if not shown:
-        shown = generated[: cfg.n_example_pages]
-    records = distinct(shown + generated)
+    n = min(cfg.n_examples, count_questions(t["task"], t["min_digits"], t["max_digits"]))
+    records, excluded = held_out_records(ckpt, n, cfg.seed) if n else ([], "")
+    records = distinct(records)
     if not records:
-        raise ReportgenError("no examples to analyse; give --examples or set n_examples > 0 in the config")
-    return records, len(shown)
+        raise ReportgenError("no problems to analyse; set n_examples > 0 in the config")
+    if not shown:
+        shown = records[: cfg.n_example_pages]
+    return records, Population(len(records), excluded), shown
 
 
 def prepare(ckpt: Checkpoint, cfg: AnalysisConfig, examples: Optional[list[str]] = None,
@@ -86,10 +89,11 @@ def prepare(ckpt: Checkpoint, cfg: AnalysisConfig, examples: Optional[list[str]]
     attention_layers = check_layers(range(n_layers) if att_layers is None else att_layers, n_layers,
                                     "attention layer")
     probe_layers = check_probe_layers(cfg.probing, n_layers)
-    records, n_shown = select_records(ckpt, cfg, examples)
+    records, population, shown = select_records(ckpt, cfg, examples)
     batch = build_batch(records, ckpt.tokenizer, ckpt.model.cfg.n_ctx, device=ckpt.model.device)
-    notes = range_notes(records[:n_shown], ckpt.task) if examples or cfg.examples else []
-    return Plan(batch, n_shown, chosen, attention_layers, probe_layers, notes)
+    build_batch(shown, ckpt.tokenizer, ckpt.model.cfg.n_ctx)  # the shown examples fit the context
+    notes = range_notes(shown, ckpt.task) if examples or cfg.examples else []
+    return Plan(batch, shown, population, chosen, attention_layers, probe_layers, notes)
 
 
 def analyze(ckpt: Checkpoint, cfg: AnalysisConfig, examples: Optional[list[str]] = None,
@@ -108,10 +112,10 @@ def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool =
     bar = tqdm(total=len(order) + 2, desc="analyze", unit="step", file=sys.stderr, disable=not progress)
     bar.set_postfix_str("forward pass")
     _, cache = run_with_cache(model, batch)
-    twin = twin_cache = attention_all = None
+    twins = untrained_twins(model, cfg.untrained_twins, seed)
+    twin_cache = attention_all = None
     if on & {"attention", "probing", "circuits", "logit_lens"}:
-        twin = untrained_twin(model, seed)
-        _, twin_cache = run_with_cache(twin, batch)
+        _, twin_cache = run_with_cache(twins[0], batch)
     if on & {"attention", "circuits"}:  # circuits picks its candidates from every layer's role scores
         attention_all = analyze_attention(batch, cache, twin_cache, n_layers, list(range(n_layers)), seed)
     lens = compute_lens(model, tok, cache, batch)
@@ -120,19 +124,20 @@ def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool =
     runners = {
         "attention": lambda: _keep_layers(attention_all, plan.attention_layers),
         "patching": lambda: run_patching(model, tok, batch, cfg.patching, seed),
-        "logit_lens": lambda: summarize_lens(lens, compute_lens(twin, tok, twin_cache, batch),
-                                             [r["labels"]["stratum"] for r in batch.records], seed),
-        "circuits": lambda: run_circuits(model, tok, batch, cache, attention_all, twin, cfg.circuits, seed),
+        "logit_lens": lambda: summarize_lens(lens, compute_lens(twins[0], tok, twin_cache, batch),
+                                             [r["labels"]["stratum"] for r in batch.records], seed,
+                                             lens_by_role(target_lens(model, tok, cache, batch), batch, seed)),
+        "circuits": lambda: run_circuits(model, tok, batch, cache, attention_all, twins, cfg.circuits, seed),
         "probing": lambda: analyze_probing(batch, cache, twin_cache, cfg.probing, plan.probe_layers, seed),
         "interventions": lambda: run_interventions(model, tok, batch, cfg.interventions, seed),
     }
-    out = AnalysisFindings(examples=[])
+    out = AnalysisFindings(examples=[], population=plan.population)
     for name in order:
         bar.set_postfix_str(name)
         setattr(out, name, runners[name]())
         bar.update()
     bar.set_postfix_str("examples")
-    out.examples = example_findings(ckpt, batch, plan.n_shown, cache, lens)
+    out.examples = example_findings(ckpt, plan.shown)
     bar.update()
     bar.close()
     return out
@@ -144,11 +149,13 @@ def _keep_layers(findings: AttentionFindings, layers: list[int]) -> AttentionFin
                    role_scores=[s for s in findings.role_scores if s.layer in keep])
 
 
-def example_findings(ckpt: Checkpoint, batch: ExampleBatch, n_shown: int, cache: dict, lens: LensArrays) -> list[ExampleFindings]:
-    """ExampleFindings for the first n_shown records (batched greedy decoding, cached patterns)."""
-    records = batch.records[:n_shown]
+def example_findings(ckpt: Checkpoint, records: list[dict]) -> list[ExampleFindings]:
+    """ExampleFindings of the shown records (one forward pass, batched greedy decoding)."""
+    batch = build_batch(records, ckpt.tokenizer, ckpt.model.cfg.n_ctx, device=ckpt.model.device)
+    _, cache = run_with_cache(ckpt.model, batch)
+    lens = compute_lens(ckpt.model, ckpt.tokenizer, cache, batch)
     predictions = greedy_predictions(ckpt.model, ckpt.tokenizer, records)
-    patterns = stacked_patterns(cache, ckpt.model.cfg.n_layers)[:, :n_shown]
+    patterns = stacked_patterns(cache, ckpt.model.cfg.n_layers)
     out = []
     for i, (r, pred) in enumerate(zip(records, predictions)):
         n = int(batch.lengths[i])

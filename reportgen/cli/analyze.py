@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     n = len(findings.examples)
     correct = sum(e.correct for e in findings.examples)
     print(f"analysed {args.checkpoint}: {', '.join(a for a in ANALYSES if a in plan.enabled)}; "
-          f"{len(plan.batch)} examples, {n} shown ({correct} answered correctly); "
+          f"{len(plan.batch)} held-out problems, {n} examples shown ({correct} answered correctly); "
           f"exact match {model.accuracy.exact_match.mean:.3f} on {model.accuracy.n} fresh examples")
     print(f"wrote {out}")
     return 0
@@ -86,7 +86,7 @@ def write_outputs(root: Path, model, plan, cfg) -> None:
     root.mkdir(parents=True, exist_ok=True)
     save_results(make_report([model], title=None), root)
     findings = model.findings
-    records = plan.batch.records[: plan.n_shown]
+    records = plan.shown
     _dump(root / "examples.json", [
         {"index": i, "key": e.key, "prompt": e.prompt, "target": e.target, "prediction": e.prediction,
          "correct": e.correct, "stratum": e.stratum}
@@ -150,7 +150,9 @@ def _write_circuits(d: Path, circuits) -> None:
     _dump(d / "carry_heads.json", of("carry_head"))
     _dump(d / "operator_heads.json", of("operator_head"))
     _dump(d / "position_heads.json", of("position_head"))
-    _dump(d / "specialized_neurons.json", {"neurons": of("neuron"), "set_test": circuits.neuron_test})
+    _dump(d / "specialized_neurons.json", {"neurons": of("neuron"), "screen": circuits.neuron_test})
+    _dump(d / "recoveries.json", circuits.recoveries)
+    _dump(d / "null_checks.json", circuits.nulls)
     spec = circuits.head_specialization  # [layers, heads, roles]
     plt = pyplot()
     L, H, R = spec.shape

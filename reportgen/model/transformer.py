@@ -248,11 +248,12 @@ class Transformer(nn.Module):
             return x
         return self.ln_final(x, run) @ self.W_U + self.b_U
 
-    def prefill(self, tokens: torch.Tensor) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    def prefill(self, tokens: torch.Tensor, hooks: Optional[Hooks] = None
+                ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """Logits for `tokens` [batch, pos] and per-layer key/value buffers [batch, n_ctx, heads,
-        d_head] holding their keys and values, for `decode_step`."""
+        d_head] holding their keys and values, for `decode_step`; `hooks` as in forward."""
         names = {f"blocks.{l}.attn.hook_{kv}" for l in range(self.cfg.n_layers) for kv in "kv"}
-        logits, cache = self.run_with_cache(tokens, names=names.__contains__)
+        logits, cache = self.run_with_cache(tokens, names=names.__contains__, hooks=hooks)
         B, P = tokens.shape
         kv = []
         for l in range(self.cfg.n_layers):
@@ -264,31 +265,38 @@ class Transformer(nn.Module):
             kv.append((pair[0], pair[1]))
         return logits, kv
 
-    def decode_step(self, tokens: torch.Tensor, pos: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    def decode_step(self, tokens: torch.Tensor, pos: torch.Tensor, kv: list[tuple[torch.Tensor, torch.Tensor]],
+                    hooks: Optional[Hooks] = None) -> torch.Tensor:
         """Logits [batch, vocab] of one new token per row, `tokens` [batch] at positions `pos`
         [batch], attending to the keys/values at positions <= pos (which it writes into `kv`).
 
-        The same arithmetic as `forward` for the last position, without hooks; rows may be at
-        different positions. Keys written beyond a row's position are never read before that
-        row overwrites them.
+        The same arithmetic as `forward` for the last position; rows may be at different
+        positions. Hooks see the new position's activations with a position axis of length 1
+        (`blocks.{l}.hook_resid_pre`, `attn.hook_z`, `hook_attn_out`, `hook_resid_mid`,
+        `mlp.hook_post`, `hook_mlp_out`, `hook_resid_post`). Keys written beyond a row's
+        position are never read before that row overwrites them.
         """
-        run = _Run(None)
+        run = _Run(hooks)
+        at = lambda name, x: run(name, x[:, None])[:, 0]  # noqa: E731  (hooks see [batch, 1, ...])
         rows = torch.arange(tokens.shape[0], device=tokens.device)
         x = self.W_E[tokens] + self.W_pos[pos]
         m = int(pos.max()) + 1
         hidden = torch.arange(m, device=tokens.device)[None, None, :] > pos[:, None, None]
         for block, (K, V) in zip(self.blocks, kv):
-            a = block.attn
-            h = block.ln1(x, run)
+            a, n = block.attn, block.name
+            x = at(f"{n}.hook_resid_pre", x)
+            h = block.ln1(x, _Run(None))
             q = torch.einsum("bd,hde->bhe", h, a.W_Q) + a.b_Q
             K[rows, pos] = torch.einsum("bd,hde->bhe", h, a.W_K) + a.b_K
             V[rows, pos] = torch.einsum("bd,hde->bhe", h, a.W_V) + a.b_V
             scores = torch.einsum("bhe,bkhe->bhk", q, K[:, :m]) / math.sqrt(q.shape[-1])
             pattern = scores.masked_fill(hidden, float("-inf")).softmax(-1)
-            z = torch.einsum("bhk,bkhe->bhe", pattern, V[:, :m])
-            x = x + torch.einsum("bhe,hed->bd", z, a.W_O) + a.b_O
-            x = x + block.mlp(block.ln2(x, run), run)
-        return self.ln_final(x, run) @ self.W_U + self.b_U
+            z = at(f"{a.name}.hook_z", torch.einsum("bhk,bkhe->bhe", pattern, V[:, :m]))
+            x = at(f"{n}.hook_resid_mid", x + at(f"{n}.hook_attn_out", torch.einsum("bhe,hed->bd", z, a.W_O) + a.b_O))
+            mlp = block.mlp
+            post = at(f"{mlp.name}.hook_post", F.gelu(block.ln2(x, _Run(None)) @ mlp.W_in + mlp.b_in))
+            x = at(f"{n}.hook_resid_post", x + at(f"{n}.hook_mlp_out", post @ mlp.W_out + mlp.b_out))
+        return self.ln_final(x, _Run(None)) @ self.W_U + self.b_U
 
     def run_with_cache(
         self,

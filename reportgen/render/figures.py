@@ -536,23 +536,25 @@ def role_figure(key: str, attention) -> Optional[ReportFigure]:
 
 def patching_figures(key: str, patching) -> list[ReportFigure]:
     """One figure per (pair kind, direction), a panel per patched site."""
-    groups: dict[tuple[str, str], list[PatchSweep]] = {}
+    groups: dict[tuple[str, str, str], list[PatchSweep]] = {}
     for s in patching.sweeps:
-        groups.setdefault((s.pair_kind, s.direction), []).append(s)
+        groups.setdefault((s.pair_kind, s.target, s.direction), []).append(s)
     site_order = ["resid_pre", "attn_out", "mlp_out", "head"]
     out = []
-    for (kind, direction), sweeps in sorted(groups.items(), key=lambda kv: (pair_rank(kv[0][0]), kv[0][1])):
+    for (kind, target, direction), sweeps in sorted(groups.items(), key=lambda kv: (pair_rank(kv[0][0]), kv[0][1:])):
         sweeps.sort(key=lambda s: site_order.index(s.site) if s.site in site_order else len(site_order))
         panels = [{"title": s.site, "matrix": s.mean, "xlabels": list(s.position_labels),
                    "ylabels": [f"L{l}" for l in range(np.asarray(s.mean).shape[0])]} for s in sweeps]
         n_pairs, n_dropped = sweeps[0].n_pairs, sweeps[0].n_dropped
         metric = "recovery" if direction == "denoise" else "damage"
+        where = "" if target == "answer" else f"-at-{target}"
         out.append(ReportFigure(
-            f"{key}-{kind}-{direction}", "heatmaps",
+            f"{key}-{kind}{where}-{direction}", "heatmaps",
             {"panels": panels, "vmin": -1.0, "vmax": 1.0, "cmap": "RdBu_r", "cbar_label": metric},
-            patch_caption(kind, direction, sweeps),
-            f"Heatmaps of activation patching {metric} per layer and position for {kind} pairs.",
-            to_json({"pair_kind": kind, "direction": direction, "metric": metric, "n_pairs": n_pairs,
+            patch_caption(kind, direction, sweeps, target),
+            f"Heatmaps of activation patching {metric} per layer and position for {kind} pairs"
+            + ("" if target == "answer" else f", read at the scratchpad's {target} token") + ".",
+            to_json({"pair_kind": kind, "target": target, "direction": direction, "metric": metric, "n_pairs": n_pairs,
                      "n_dropped": n_dropped,
                      "sites": {s.site: {"position_labels": s.position_labels, "mean": s.mean, "lo": s.lo, "hi": s.hi}
                                for s in sweeps}}),
@@ -566,8 +568,10 @@ def pair_rank(kind: str) -> tuple[int, str]:
     return (order.index(kind) if kind in order else len(order), kind)
 
 
-def patch_caption(kind: str, direction: str, sweeps: list[PatchSweep]) -> str:
+def patch_caption(kind: str, direction: str, sweeps: list[PatchSweep], target: str = "answer") -> str:
     pairs = PAIR_TEXT.get(kind, f"{kind} pairs")
+    if target != "answer":
+        pairs += f", read at the scratchpad's {target} token (the step digit the flip changes) instead of the answer"
     sites = ", ".join(f"{s.site}: {SITE_TEXT.get(s.site, s.site)}" for s in sweeps)
     counts = "; ".join(sorted({f"{s.n_pairs} pairs used, {s.n_dropped} dropped" for s in sweeps}))
     if direction == "denoise":

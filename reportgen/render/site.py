@@ -24,7 +24,9 @@ from typing import Any, Optional
 import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from reportgen.data.arithmetic import STRATUM_DESCRIPTIONS, apply_op, parse_problem
+from reportgen.data.arithmetic import (
+    STRATUM_DESCRIPTIONS, TARGET_ROLE_DESCRIPTIONS, TARGET_ROLES, apply_op, parse_problem,
+)
 from reportgen.errors import ReportgenError
 from reportgen.fingerprint import library_version
 from reportgen.render import figures as F
@@ -392,13 +394,13 @@ class SiteBuilder:
         ]
 
     def patching_section(self, m, pat) -> list[Block]:
-        counts = sorted(pat.pair_counts.items(), key=lambda kv: F.pair_rank(kv[0]))
+        counts = sorted(pat.pair_counts.items(), key=lambda kv: F.pair_rank(kv[0].split("@")[0]) + (kv[0],))
         blocks = [self.table(Table(self.paths.table(m, "patch-pairs"), "Minimal pairs generated from the ground "
                                    "truth, per kind, and how many were dropped because the clean and corrupted "
                                    "logit differences were too close to normalise by.",
                                    ["pair kind", "pairs", "dropped", "meaning"],
                                    [[k, _pair_count(k, n, m.provenance.task), pat.pair_dropped.get(k, 0),
-                                     F.PAIR_TEXT.get(k, "")] for k, n in counts]))]
+                                     _pair_meaning(k)] for k, n in counts]))]
         blocks += [self.fig(f) for f in F.patching_figures(self.paths.figure(m, "patching"), pat)]
         if pat.attribution:
             top = sorted(pat.attribution, key=lambda a: (-abs(a.estimate), a.site, a.layer, a.index))[:12]
@@ -427,34 +429,65 @@ class SiteBuilder:
             self.table(Table(self.paths.table(m, "convergence"), "Convergence layer: the first layer at which the "
                              "model's final answer digit is top-1 among digits (later layers may still change "
                              "their top-1 before the last), counted over answer digits.", ["layer", "answer digits", "share"], hist)),
-        ]
+        ] + self.lens_roles_table(m, lens)
+
+    def lens_roles_table(self, m, lens) -> list[Block]:
+        """A scratchpad model's lens at every kind of digit it writes."""
+        if not lens.prob_by_role:
+            return []
+        roles = [r for r in TARGET_ROLES if r in lens.prob_by_role]
+        rows = [[role, TARGET_ROLE_DESCRIPTIONS[role], *lens.prob_by_role[role]] for role in roles]
+        return [self.table(Table(self.paths.table(m, "logit-lens-scratchpad"), "Logit lens at the positions "
+                                 "predicting each kind of scratchpad digit: probability of the correct digit among "
+                                 "digits after each layer (95% bootstrap intervals over examples).",
+                                 ["digit written", "meaning", *lens.layer_labels], rows))]
 
     def circuits_section(self, m, circ) -> list[Block]:
-        comps = sorted(circ.components, key=lambda c: (c.kind, -abs(c.score - 0.5), c.layer, c.index)
-                       if c.kind == "neuron" else (c.kind, c.layer, c.index))
+        broken = {n.test for n in circ.nulls if not n.passed}
+        blocks = [
+            text("Every component here is tested causally and specifically, and every test also runs unchanged on "
+                 "untrained twins of the model (freshly initialised, same shape) as its null. A carry head's output, "
+                 "patched from the clean into the corrupted run of carry-flip pairs aimed at answer column n, must "
+                 "restore more of the logit difference than on sum-flip pairs and than any head of its layer in the "
+                 "twins; a neuron, patched alone, likewise, against random neurons of its layer. Correlational "
+                 "candidates (AUROC) are listed apart and are not findings until their causal test confirms them."),
+            self.table(Table(self.paths.table(m, "null-checks"), "Each confirming test on the model and, unchanged, "
+                             "on each untrained twin. A test that confirms components on the twins more often than "
+                             "its error rate allows is broken, and the report states none of its findings.",
+                             ["test", "definition", "tested", "confirmed", "confirmed on twins", "error rate",
+                              "verdict"], [_null_row(n) for n in circ.nulls])),
+        ]
+        comps = sorted(circ.components, key=lambda c: (c.kind, not c.confirmed, c.layer, c.index, c.column or 0))
         n_listed = sum(c.kind == "neuron" for c in comps)
         n_selected = (circ.neuron_test or {}).get("n_selected", n_listed)
-        listed = (f" Neurons: the {n_listed} most selective (largest |AUROC − 0.5|) of the {n_selected} selected are "
-                  f"listed; the set test ablates all {n_selected}." if n_listed < n_selected else "")
-        rows = [[c.kind, f"L{c.layer}", c.index, c.column, c.score, c.null, c.causal_effect, c.control_effect,
-                 Cell("confirmed" if c.confirmed else "not confirmed", strong=c.confirmed), c.note] for c in comps]
-        blocks = [
-            text("Candidates come from correlational scores (role scores, AUROC, offset consistency) and count only "
-                 "when a causal test confirms them: a carry head's ablation must hurt the carry-dependent stratum "
-                 "far more than the carry-free stratum at its column; an operator head must carry the operator "
-                 "(operator-flip patching through it); a neuron set's ablation must beat a random set of equal size."),
-            self.table(Table(self.paths.table(m, "components"), "Circuit components: the selection score and its "
-                             "null (untrained model, shuffled labels or random set), the causal effect (e.g. accuracy "
-                             "drop on the carry-dependent stratum) and the control effect (e.g. drop on the "
-                             "carry-free stratum or for a random set of equal size)." + listed,
-                             ["kind", "layer", "index", "column", "score", "null", "causal effect", "control effect",
-                              "verdict", "note"], rows)),
-        ]
+        listed = (f" Neurons: the {n_listed} most selective (largest |AUROC − 0.5|) of the {n_selected} selected by the "
+                  f"screen are listed." if n_listed < n_selected else "")
+        rows = [[c.kind, f"L{c.layer}", c.index, c.column, c.target, c.causal_effect, c.control_effect, c.null,
+                 _component_verdict(c, broken), c.note] for c in comps]
+        blocks.append(self.table(Table(
+            self.paths.table(m, "components"), "Components tested: heads whose carry-flip (operator-flip) recovery "
+            "reaches the minimum, and the correlational neuron candidates. Recovery is pooled over pairs (per-pair "
+            "recoveries weighted by how far each pair's logit difference moves); 'control': the same on sum-flip "
+            "pairs aimed at the same column; 'null': the largest recovery of a same-layer head in the untrained "
+            "twins (heads) or the neuron's AUROC under shuffled labels (neurons)." + listed,
+            ["kind", "layer", "index", "column", "read at", "recovery", "control", "null", "verdict", "note"], rows)))
+        heads = [r for r in circ.recoveries if "H" in r.component]
+        if heads:
+            blocks.append(self.table(Table(
+                self.paths.table(m, "head-recovery"), "Per-column patching of every head: pooled recovery (denoising) "
+                "and damage (noising) on carry-flip (operator-flip) pairs aimed at answer column n, read at each "
+                "target token the flip changes (the answer digit; in a scratchpad also the step's sum digit, the "
+                "carry it reads in and the carry the previous step writes out), the same on sum-flip pairs, and "
+                "the largest same-layer head of the untrained twins; 95% bootstrap intervals over pairs.",
+                ["head", "pairs", "column", "read at", "recovery", "damage", "sum-flip", "untrained (largest)",
+                 "verdict"],
+                [[r.component, r.kind, r.column, r.target, r.recovery, r.damage, r.control, r.untrained,
+                  Cell("confirmed" if r.confirmed else "—", strong=r.confirmed)]
+                 for r in sorted(heads, key=lambda r: (r.kind, r.target, r.column, r.layer, r.index))])))
         if circ.neuron_test:
-            blocks.append(self.table(Table(self.paths.table(m, "neuron-test"), "Specialised-neuron test: ablating "
-                                           "the selected neurons together against random sets of equal size, with "
-                                           "the multiple-comparison control used.", ["quantity", "value"],
-                                           kv_rows(circ.neuron_test))))
+            blocks.append(self.table(Table(self.paths.table(m, "neuron-screen"), "The correlational screen that "
+                                           "lists neuron candidates (not a confirmation of any of them).",
+                                           ["quantity", "value"], kv_rows(circ.neuron_test))))
         return blocks
 
     def probing_section(self, m, probing) -> list[Block]:
@@ -473,34 +506,43 @@ class SiteBuilder:
 
     def ablation_section(self, m, iv) -> list[Block]:
         clean = iv.clean
-        default = [e for e in iv.effects if e.method == iv.default_method]
+        default = sorted((e for e in iv.effects if e.method == iv.default_method), key=lambda e: F.component_rank(e.component))
+        scratch = clean.scratchpad_accuracy is not None
         rows = [[e.component, e.metrics.exact_match, _delta(e.metrics.exact_match.mean, clean.exact_match.mean),
-                 e.metrics.digit_accuracy, e.metrics.logprob]
-                for e in sorted(default, key=lambda e: F.component_rank(e.component))]
+                 e.metrics.free_exact_match, e.metrics.digit_accuracy, e.metrics.margin, e.metrics.logprob]
+                + ([e.metrics.scratchpad_accuracy] if scratch else []) for e in default]
         method = F.METHOD_TEXT.get(iv.default_method, f"{iv.default_method} ablation")
         strata = F.ordered_strata({s for e in default for s in e.metrics.by_stratum} | set(clean.by_stratum))
         stratum_rows = []
-        for name, metrics in [("none (clean)", clean)] + [(e.component, e.metrics) for e in
-                                                          sorted(default, key=lambda e: F.component_rank(e.component))]:
-            for measure, by in (("exact match", metrics.by_stratum), ("digit accuracy", metrics.digit_accuracy_by_stratum),
-                                ("log-prob", metrics.logprob_by_stratum)):
+        for name, metrics in [("none (clean)", clean)] + [(e.component, e.metrics) for e in default]:
+            for measure, by in (("exact match", metrics.by_stratum), ("free exact match", metrics.free_by_stratum),
+                                ("digit accuracy", metrics.digit_accuracy_by_stratum),
+                                ("margin", metrics.margin_by_stratum), ("log-prob", metrics.logprob_by_stratum)):
                 stratum_rows.append([name, measure, *[by.get(s) for s in strata]])
+        summary = (f"Unablated model on the analysis examples: exact match {fmt_est(clean.exact_match)} teacher forced "
+                   f"and {fmt_est(clean.free_exact_match)} in free generation, per-digit accuracy "
+                   f"{fmt_est(clean.digit_accuracy)}, margin {fmt_est(clean.margin)}, answer log-probability "
+                   f"{fmt_est(clean.logprob)}" + (f", scratchpad digits right {fmt_est(clean.scratchpad_accuracy)}"
+                                                 if scratch else "") + f". Default method: {method}.")
         return [
-            text(f"Unablated model on the analysis examples: exact match {fmt_est(clean.exact_match)}, per-digit "
-                 f"accuracy {fmt_est(clean.digit_accuracy)}, answer log-probability {fmt_est(clean.logprob)}. "
-                 f"Default method: {method}."),
+            text(summary),
             self.fig(F.ablation_figure(self.paths.figure(m, "ablations"), iv)),
             self.fig(F.cumulative_figure(self.paths.figure(m, "cumulative"), iv)),
             self.table(Table(self.paths.table(m, "ablations"), f"Effect of ablating each component with the default "
-                             f"method, {method}: exact match, its change from the unablated model (Δ), per-digit "
-                             f"accuracy and answer log-probability (teacher forced, summed over answer digits); 95% "
-                             f"bootstrap intervals over examples.",
-                             ["component", "exact match", "Δ exact match", "digit accuracy", "log-prob"], rows)),
-            self.table(Table(self.paths.table(m, "ablations-by-stratum"), f"Exact match, per-digit accuracy and "
-                             f"answer log-probability per difficulty stratum with each component ablated ({method}); "
-                             f"a carry-handling component hurts the carry strata far more than no_carry. 95% "
-                             f"bootstrap intervals over examples; 'n/a': no example of that stratum.",
-                             ["component", "measure", *strata], stratum_rows)),
+                             f"method, {method}: exact match teacher forced (the model reads the correct earlier "
+                             f"tokens), its change from the unablated model (Δ), exact match in free generation "
+                             f"(greedy decoding from the prompt with the ablation in place, where a broken "
+                             f"scratchpad compounds), per-digit accuracy, margin (mean over answer digits of the "
+                             f"correct digit's log-probability minus the best wrong digit's; it keeps separating "
+                             f"models when exact match is at ceiling) and answer log-probability"
+                             + (", and the share of scratchpad digits right (teacher forced)" if scratch else "")
+                             + "; 95% bootstrap intervals over examples.",
+                             ["component", "exact match", "Δ exact match", "free exact match", "digit accuracy",
+                              "margin", "log-prob"] + (["scratchpad digits"] if scratch else []), rows)),
+            self.table(Table(self.paths.table(m, "ablations-by-stratum"), f"The measures per difficulty stratum with "
+                             f"each component ablated ({method}); a carry-handling component hurts the carry strata "
+                             f"far more than no_carry. 95% bootstrap intervals over examples; 'n/a': no example of "
+                             f"that stratum.", ["component", "measure", *strata], stratum_rows)),
         ]
 
     def examples_section(self, m) -> Section:
@@ -772,6 +814,12 @@ def _pair_count(kind: str, n: int, task: Optional[dict]):
     return n
 
 
+def _pair_meaning(key: str) -> str:
+    """What a pair-count key ('carry_flip', or 'carry_flip@sum_digit' for a scratchpad target) means."""
+    kind, _, target = key.partition("@")
+    return F.PAIR_TEXT.get(kind, "") + (f", read at the scratchpad's {target} token" if target else "")
+
+
 def _answer(ex) -> str:
     """The example's answer as a number (its target may hold steps or reversed digits)."""
     a, b, op = parse_problem(ex.prompt)
@@ -779,6 +827,21 @@ def _answer(ex) -> str:
 
 
 ROLE_CIRCUIT = {"carry_source": "carry_head", "operator": "operator_head"}  # role score -> circuit test
+
+
+def _null_row(n) -> list:
+    twins = ", ".join(f"{c} of {t}" for c, t in zip(n.twin_confirmed, n.twin_tested)) or "—"
+    verdict = Cell("passes its null" if n.passed else "broken: confirms on untrained twins; findings not stated",
+                   strong=not n.passed)
+    return [n.test, n.definition, n.n_tested, n.confirmed, twins, n.error_rate, verdict]
+
+
+def _component_verdict(comp, broken: set[str]) -> Cell:
+    if comp.kind in broken:
+        return Cell("not stated: its test fails its null", strong=True)
+    if comp.confirmed:
+        return Cell("confirmed", strong=True)
+    return Cell("correlational candidate, not confirmed" if comp.kind == "neuron" else "not confirmed")
 
 
 def _verdict(comp) -> str:

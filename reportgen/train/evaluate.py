@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import torch
 
 from reportgen.data.tokenizer import Tokenizer
 from reportgen.errors import ReportgenError
-from reportgen.model.transformer import Transformer
+from reportgen.model.transformer import Hooks, Transformer
 
 
 @dataclass
@@ -42,23 +44,30 @@ def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
+HooksFor = Callable[[torch.Tensor, torch.Tensor], Hooks]
+
+
 @torch.no_grad()
 def greedy_decode(model: Transformer, tokenizer: Tokenizer, prompts: list[str], max_new_tokens: int,
-                  batch_size: int = 512) -> list[str]:
+                  batch_size: int = 512, hooks_for: Optional[HooksFor] = None) -> list[str]:
     """Generated text after each prompt (up to EOS), batched over prompts.
 
     Prompts of different lengths are left-aligned; each row writes its next token at its own
     current end, so no row ever attends to padding (the causal mask hides later positions).
     Each row stops at EOS, after `max_new_tokens`, or when prompt plus output fill the context.
+    `hooks_for(prompt indices [rows], positions [rows, P])` gives the hooks (interventions) of
+    each pass over those rows and positions, e.g. an ablation kept in place while generating.
     """
     out: list[str] = []
     for start in range(0, len(prompts), batch_size):
-        out += _decode_batch(model, tokenizer, prompts[start : start + batch_size], max_new_tokens)
+        index = torch.arange(start, min(start + batch_size, len(prompts)), device=model.device)
+        out += _decode_batch(model, tokenizer, prompts[start : start + batch_size], max_new_tokens,
+                             None if hooks_for is None else functools.partial(hooks_for, index))
     return out
 
 
 @torch.no_grad()
-def _decode_batch(model, tokenizer, prompts, max_new_tokens):
+def _decode_batch(model, tokenizer, prompts, max_new_tokens, hooks_at=None):
     seqs = [tokenizer.encode(p, bos=True) for p in prompts]
     n_ctx = model.cfg.n_ctx
     for p, s in zip(prompts, seqs):
@@ -77,8 +86,10 @@ def _decode_batch(model, tokenizer, prompts, max_new_tokens):
         return ["" for _ in prompts]
     # Shorter prompts are followed by padding in the prefill; each row overwrites those keys and
     # values at its own position before it can attend to them.
-    logits, kv = model.prefill(tokens[:, : int(lengths.max())])
     rows = torch.arange(len(seqs), device=model.device)
+    P = int(lengths.max())
+    hooks = None if hooks_at is None else hooks_at(torch.arange(P, device=model.device).expand(len(seqs), P))
+    logits, kv = model.prefill(tokens[:, :P], hooks)
     nxt = logits[rows, cur - 1].argmax(-1)
     while True:
         live = ~done
@@ -88,7 +99,7 @@ def _decode_batch(model, tokenizer, prompts, max_new_tokens):
         if done.all():
             break
         at = (cur - 1).clamp(max=n_ctx - 1)  # finished rows repeat a harmless step
-        nxt = model.decode_step(tokens[rows, at], at, kv).argmax(-1)
+        nxt = model.decode_step(tokens[rows, at], at, kv, None if hooks_at is None else hooks_at(at[:, None])).argmax(-1)
     return [tokenizer.decode(tokens[i, lengths[i] : cur[i]].tolist(), keep_specials=True) for i in range(len(seqs))]
 
 
