@@ -348,7 +348,8 @@ class SiteBuilder:
     def overview_section(self, m) -> Section:
         p = m.provenance
         rows = [["task", task_text(p.task)], ["checkpoint", p.file_name], ["sha256", p.sha256],
-                ["training seed", p.seed]] + kv_rows(p.model_config)
+                ["training seed", p.seed], ["analysis problems", population_text(m.findings.population)]]
+        rows += kv_rows(p.model_config)
         return Section("overview", "Configuration", [self.table(Table(
             self.paths.table(m, "config"), "Model configuration and task; the full training and analysis "
             "configuration is on the provenance page.", ["setting", "value"], rows)),
@@ -812,6 +813,15 @@ def _pair_count(kind: str, n: int, task: Optional[dict]):
     if kind == "operator_flip" and n == 0 and (task or {}).get("task") != "addsub":
         return Cell(0, text="not applicable: one operator")
     return n
+
+
+def population_text(pop) -> str:
+    """What the aggregate analyses ran on, in words."""
+    if pop is None:
+        return "not recorded"
+    if not pop.held_out_from:
+        return f"{pop.n} generated problems (the model's data set could not be recovered: they may include its training questions)"
+    return f"{pop.n} held-out problems, none of them in the model's {pop.held_out_from} split{'s' if ',' in pop.held_out_from else ''}"
 
 
 def _pair_meaning(key: str) -> str:
