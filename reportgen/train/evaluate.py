@@ -42,6 +42,9 @@ def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
+DECODE_BUFFER_BYTES = 1 << 30
+
+
 @torch.no_grad()
 def greedy_decode(model: Transformer, tokenizer: Tokenizer, prompts: list[str], max_new_tokens: int,
                   batch_size: int = 512) -> list[str]:
@@ -50,7 +53,11 @@ def greedy_decode(model: Transformer, tokenizer: Tokenizer, prompts: list[str], 
     Prompts of different lengths are left-aligned; each row writes its next token at its own
     current end, so no row ever attends to padding (the causal mask hides later positions).
     Each row stops at EOS, after `max_new_tokens`, or when prompt plus output fill the context.
+    Batches are made smaller where their key/value buffers would exceed DECODE_BUFFER_BYTES.
     """
+    cfg = model.cfg
+    row_bytes = 2 * cfg.n_layers * cfg.n_ctx * cfg.d_model * 4  # keys and values of every layer, float32
+    batch_size = max(1, min(batch_size, DECODE_BUFFER_BYTES // row_bytes))
     out: list[str] = []
     for start in range(0, len(prompts), batch_size):
         out += _decode_batch(model, tokenizer, prompts[start : start + batch_size], max_new_tokens)
