@@ -42,7 +42,7 @@ DEFAULT_CONFIG = Path("configs/interpretability.yaml")
 EVAL_EXAMPLES = 512  # fresh stratified test set per model (128 per stratum)
 EVAL_SEED = 1234  # the same seed `reportgen eval` uses by default
 CACHE_DIR = ".reportgen-cache"
-MAX_SHOWN = 100  # examples shown one by one: each gets a page and figures (measured: ~6 MB and ~3 s each)
+MAX_SHOWN = 100  # examples shown one by one, each with a page and figures (100 took 650 MB and 6 min on two busy cores)
 _RESULT_CODE = ("data", "model", "train", "analysis", "results", "build.py")  # code that determines results
 
 
@@ -138,12 +138,12 @@ def _prepare(ckpt: Checkpoint, name: str, cfg: AnalysisConfig, examples: Optiona
 def check_shown(examples: Optional[list[str]], cfg: AnalysisConfig) -> None:
     """Refuse more than MAX_SHOWN examples to show one by one (--examples, the config's examples,
     or n_example_pages when there are none), before any work."""
-    for n, what in ((len(examples or []), "--examples"), (len(cfg.examples), "examples in the config"),
-                    (0 if examples or cfg.examples else cfg.n_example_pages, "n_example_pages in the config")):
+    for n, what in ((len(examples or []), "--examples"), (len(cfg.examples), "the config's examples"),
+                    (0 if examples or cfg.examples else cfg.n_example_pages, "the config's n_example_pages")):
         if n > MAX_SHOWN:
-            raise ReportgenError(f"{n} {what} is too many: at most {MAX_SHOWN} examples are shown one by one (each gets "
-                                 "its own page and figures); the aggregate analyses use n_examples (up to 5000) "
-                                 "generated examples besides, so give fewer")
+            raise ReportgenError(f"{what} asks to show {n} examples one by one; at most {MAX_SHOWN} can be (each gets its "
+                                 "own page and figures, all held in memory): give fewer (the aggregate analyses use "
+                                 "n_examples, up to 5000, generated examples besides)")
 
 
 def _load_config(config_path: Optional[str]) -> AnalysisConfig:

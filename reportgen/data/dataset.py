@@ -67,7 +67,7 @@ MANIFEST = "manifest.json"
 MAX_DIGITS_LIMIT = 200
 # A data set is built in memory (about three times its JSON size) before it is written.
 MAX_INSTANCES = 1_000_000
-MAX_DATA_BYTES = 1_000_000_000  # instances times the longest possible record, in JSON bytes
+MAX_DATA_BYTES = 640_000_000  # instances times the longest possible record, in JSON bytes (20000 of 200 digits fit)
 ENUMERATE_LIMIT = 250_000
 RATE_ESTIMATE_DRAWS = 20_000
 
