@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
 from reportgen.analysis.findings import Estimate
-from reportgen.atomic import check_replaceable, replace_dir
+from reportgen.atomic import check_replaceable, recover, replace_dir
 from reportgen.configfile import to_dict
-from reportgen.errors import ReportgenError
+from reportgen.errors import ReportgenError, os_error_advice
 from reportgen.fingerprint import code_digest, library_version
 from reportgen.results.compare import compare_models
 from reportgen.results.schema import SCHEMA_VERSION, UNDATED, Accuracy, ModelResults, Provenance, Report, TrainingCurve
@@ -42,6 +42,7 @@ DEFAULT_CONFIG = Path("configs/interpretability.yaml")
 EVAL_EXAMPLES = 512  # fresh stratified test set per model (128 per stratum)
 EVAL_SEED = 1234  # the same seed `reportgen eval` uses by default
 CACHE_DIR = ".reportgen-cache"
+MAX_SHOWN = 100  # examples shown one by one, each with a page and figures (100 took 650 MB and 6 min on two busy cores)
 _RESULT_CODE = ("data", "model", "train", "analysis", "results", "build.py")  # code that determines results
 
 
@@ -77,6 +78,7 @@ def build_report(checkpoints: list[str], compare: list[str], examples: Optional[
     names = unique_names(labels)
     cfg = _load_config(config_path)
     examples = list(examples) if examples else None
+    check_shown(examples, cfg)
     plans = [_prepare(ckpt, name, cfg, examples) for ckpt, name in zip(ckpts, names)]
     out = Path(out_dir).resolve()
     check_out_dir(out)
@@ -133,6 +135,17 @@ def _prepare(ckpt: Checkpoint, name: str, cfg: AnalysisConfig, examples: Optiona
         ) from None
 
 
+def check_shown(examples: Optional[list[str]], cfg: AnalysisConfig) -> None:
+    """Refuse more than MAX_SHOWN examples to show one by one (--examples, the config's examples,
+    or n_example_pages when there are none), before any work."""
+    for n, what in ((len(examples or []), "--examples"), (len(cfg.examples), "the config's examples"),
+                    (0 if examples or cfg.examples else cfg.n_example_pages, "the config's n_example_pages")):
+        if n > MAX_SHOWN:
+            raise ReportgenError(f"{what} asks to show {n} examples one by one; at most {MAX_SHOWN} can be (each gets its "
+                                 "own page and figures, all held in memory): give fewer (the aggregate analyses use "
+                                 "n_examples, up to 5000, generated examples besides)")
+
+
 def _load_config(config_path: Optional[str]) -> AnalysisConfig:
     from reportgen.analysis.config import load_analysis_config
 
@@ -143,16 +156,19 @@ def _load_config(config_path: Optional[str]) -> AnalysisConfig:
 
 def check_out_dir(out: Path, flag: str = "--out", what: str = "the site") -> None:
     """Refuse an output that is not a directory we may replace (empty, or holding exactly what a
-    reportgen run wrote there), or whose parent is not writable. `flag` and `what` name it in errors."""
+    reportgen run wrote there), or whose parent is not writable. Leftovers of an earlier run that
+    was killed while it wrote `out` are cleaned up (or put back) first. `flag` and `what` name it
+    in errors."""
     if out.exists() and not out.is_dir():
         raise ReportgenError(f"{flag} {out} is a file; give a directory for {what}")
+    recover(out)
     check_replaceable(out, flag, what)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         Path(tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=out.parent)).rmdir()
     except OSError as e:
         raise ReportgenError(
-            f"cannot write {what} to {out}: {e.strerror or e} ({e.filename}); choose a writable {flag}"
+            f"cannot write {what} to {out}: {e.strerror or e} ({e.filename}); {os_error_advice(e)}"
         ) from None
 
 

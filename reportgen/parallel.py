@@ -3,15 +3,23 @@
 Jobs are plain callables: the workers are forked after the list is set, so they inherit the jobs
 and their data instead of receiving them pickled. Where fork is unavailable, or there is one CPU
 or few jobs, they run in turn in this process. Jobs must not use torch: its thread pool does
-not survive a fork, and a forked torch operation can hang.
+not survive a fork, and a forked torch operation can hang. Workers end with this process however
+it ends, kill -9 included (they would otherwise wait forever for more work).
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Optional
+
+PARENT_POLL_S = 0.5
 
 _JOBS: list[Callable[[], None]] = []
 
@@ -28,7 +36,8 @@ def run_jobs(jobs: list[Callable[[], None]], workers: Optional[int] = None, min_
 
     _JOBS = jobs
     try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                 initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             list(pool.map(_run, range(len(jobs)), chunksize=max(1, len(jobs) // (workers * 4))))
     finally:
         _JOBS = []
@@ -36,6 +45,26 @@ def run_jobs(jobs: list[Callable[[], None]], workers: Optional[int] = None, min_
 
 def _run(i: int) -> None:
     _JOBS[i]()
+
+
+def die_with_parent(parent: int) -> None:
+    """Make this (forked) process exit when process `parent` ends: on Linux the kernel kills it
+    (PR_SET_PDEATHSIG); a thread watching the parent's id covers other systems and a parent that
+    died before that was set."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch-parent").start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)
 
 
 def cpus() -> int:

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from reportgen.analysis.config import load_analysis_config
     from reportgen.analysis.run import prepare
     from reportgen.atomic import replace_dir
-    from reportgen.build import ModelRun, check_out_dir, compute_model_results, model_name, print_progress
+    from reportgen.build import ModelRun, check_out_dir, check_shown, compute_model_results, model_name, print_progress
     from reportgen.model.checkpoint import load_checkpoint
     from reportgen.train.trainer import resolve_device
 
@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_analysis_config(config)
     if args.seed is not None:
         cfg = dataclasses.replace(cfg, seed=args.seed)
+    check_shown(args.examples, cfg)
     chosen = [name for name in ANALYSES if getattr(args, name)]
     enabled = list(ANALYSES) if args.all else (chosen or None)
     out = Path(args.output_dir).resolve()

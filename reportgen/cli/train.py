@@ -25,7 +25,6 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from reportgen.configfile import from_dict, load_yaml
-    from reportgen.errors import ReportgenError
     from reportgen.train.config import TrainConfig, apply_overrides
 
     raw = load_yaml(args.config)
@@ -37,10 +36,6 @@ def run(args: argparse.Namespace) -> int:
     where = f"{args.config} with {' '.join(overrides)}" if overrides else args.config
     cfg = from_dict(TrainConfig, apply_overrides(raw, overrides), where)
     out = Path(args.output_dir)
-    if out.exists() and not out.is_dir():
-        raise ReportgenError(f"--output-dir {out} is a file; give a directory for the run")
-    if not args.resume and any((out / name).exists() for name in ("checkpoint_best.pt", "checkpoint_last.pt")):
-        raise ReportgenError(f"{out} already holds a trained model; use --resume or another --output-dir")
 
     from reportgen.train.trainer import Trainer
 

@@ -34,6 +34,7 @@ separators, so the same arguments give byte-identical files in any process.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -42,10 +43,11 @@ import random
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Optional
 
-from reportgen.atomic import umask
+from reportgen.atomic import PARTIAL, mark_partial, recover, umask
 from reportgen.data.arithmetic import (
     ANSWER_ORDERS,
     STRATA,
@@ -55,7 +57,7 @@ from reportgen.data.arithmetic import (
     fast_stratum,
     make_record,
 )
-from reportgen.errors import ReportgenError
+from reportgen.errors import ReportgenError, os_error_advice
 
 FORMAT = "reportgen-data"
 FORMAT_VERSION = 1
@@ -63,6 +65,9 @@ SPLITS = ("train", "val", "test")
 SPLIT_FILES = {s: f"{s}.jsonl" for s in SPLITS}
 MANIFEST = "manifest.json"
 MAX_DIGITS_LIMIT = 200
+# A data set is built in memory (about three times its JSON size) before it is written.
+MAX_INSTANCES = 1_000_000
+MAX_DATA_BYTES = 640_000_000  # instances times the longest possible record, in JSON bytes (20000 of 200 digits fit)
 ENUMERATE_LIMIT = 250_000
 RATE_ESTIMATE_DRAWS = 20_000
 
@@ -188,6 +193,16 @@ class DataSpec:
             )
         if self.instances <= 0:
             raise ReportgenError(f"instances must be positive, got {self.instances}")
+        if self.instances > MAX_INSTANCES:
+            raise ReportgenError(f"instances must be at most {MAX_INSTANCES} (a data set is built in memory), "
+                                 f"got {self.instances}")
+        longest = longest_record_bytes(self.task, self.max_digits, self.with_steps, self.answer_order)
+        if self.instances * longest > MAX_DATA_BYTES:
+            raise ReportgenError(
+                f"{self.instances} instances are too many for task {self.task!r} with up to {self.max_digits}-digit "
+                f"operands{' and steps' if self.with_steps else ''}: a record takes up to {longest} bytes and a data "
+                f"set at most {MAX_DATA_BYTES // 10**6} MB (it is built in memory), so at most "
+                f"{MAX_DATA_BYTES // longest} instances; ask for fewer instances or shorter operands")
         total = count_questions(self.task, self.min_digits, self.max_digits)
         if self.instances > total:
             raise ReportgenError(
@@ -203,6 +218,14 @@ class DataSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@functools.lru_cache(maxsize=64)
+def longest_record_bytes(task: str, max_digits: int, with_steps: bool, answer_order: str) -> int:
+    """JSON bytes of the task's longest record (largest operands) for this digit range and format."""
+    top = 10**max_digits - 1
+    records = [make_record(top, top, op, with_steps, answer_order) for op in TASK_OPS[task]]
+    return max(len(_json_bytes(r)) + 1 for r in records)
 
 
 # --------------------------------------------------------------------------- sampling
@@ -276,12 +299,21 @@ def count_of_lengths(task: str, len_a: int, len_b: int) -> int:
     return {"add": ordered, "mul": ordered, "sub": sub, "addsub": ordered + sub}[task]
 
 
+def _share_of(share: float, count: int) -> int:
+    """ceil(share * count) as the float product gives it (how data sets have always been drawn),
+    computed exactly where count is beyond the float range (operands of 155 digits and more)."""
+    try:
+        return math.ceil(share * count)
+    except OverflowError:
+        return math.ceil(Fraction(share) * count)
+
+
 class _LengthRoom:
     """Caps the questions of each operand-length pair that val and test may take, so that a small
     pair (100 one-digit additions) is never used up by evaluation and left out of training."""
 
     def __init__(self, space: _Space, share: float):
-        self.limit = {(la, lb): math.ceil(share * count_of_lengths(space.task, la, lb))
+        self.limit = {(la, lb): _share_of(share, count_of_lengths(space.task, la, lb))
                       for la in space.lengths for lb in space.lengths}
         self.taken = dict.fromkeys(self.limit, 0)
 
@@ -672,8 +704,10 @@ def write_dataset(spec: DataSpec, out_dir, command: str) -> dict:
     tmp = None
     try:
         parent.mkdir(parents=True, exist_ok=True)
+        recover(out)  # a temporary directory of a `reportgen data` that was killed
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
         os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it private; a data dir is not
+        mark_partial(tmp)
         for name in SPLITS:
             _write_file(tmp / SPLIT_FILES[name], blobs[name])
         _write_file(tmp / MANIFEST, json.dumps(manifest, sort_keys=True, indent=2,
@@ -683,10 +717,10 @@ def write_dataset(spec: DataSpec, out_dir, command: str) -> dict:
             out.rmdir()
         os.rename(tmp, out)
         tmp = None
+        (out / PARTIAL).unlink()  # after the rename: killed before, the directory is still marked as a leftover
     except OSError as e:
         raise ReportgenError(
-            f"could not write the data set to {shown!r}: {e.strerror or e}; "
-            f"check the path and permissions"
+            f"could not write the data set to {shown!r}: {e.strerror or e}; {os_error_advice(e)}"
         ) from None
     finally:
         if tmp is not None:

@@ -5,21 +5,20 @@ loaded without executing code (torch's weights-only unpickler accepts only tenso
 from __future__ import annotations
 
 import hashlib
-import os
+import io
 import pickle
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
-from reportgen.atomic import umask
+from reportgen.atomic import write_file
 from reportgen.data.arithmetic import ANSWER_ORDERS, TASKS
 from reportgen.data.tokenizer import SPECIALS, Tokenizer
-from reportgen.errors import ReportgenError
+from reportgen.errors import ReportgenError, file_problem
 from reportgen.model.transformer import ModelConfig, Transformer
 
 FORMAT = "reportgen-checkpoint"
@@ -56,6 +55,14 @@ def save_checkpoint(path: str | Path, model: Transformer, tokenizer: Tokenizer, 
     metrics, step, optimizer state.
     """
     path = Path(path)
+    data = checkpoint_bytes(model, tokenizer, **meta)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_file(path, data)
+
+
+def checkpoint_bytes(model: Transformer, tokenizer: Tokenizer, **meta: Any) -> bytes:
+    """The bytes of a checkpoint file. Serialised in memory, so that writing it can fail only with
+    the file system's own error (torch writing to a full disk reports a C++ assertion instead)."""
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -65,18 +72,17 @@ def save_checkpoint(path: str | Path, model: Transformer, tokenizer: Tokenizer, 
         "versions": library_versions(),
         **meta,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes it private; checkpoints are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return buf.getvalue()
+
+
+def non_finite(state_dict: dict) -> Optional[str]:
+    """The name of the first tensor holding a NaN or an infinity, or None."""
+    for name, t in state_dict.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
 
 
 def file_sha256(path: str | Path) -> str:
@@ -93,8 +99,11 @@ def read_checkpoint_payload(path: str | Path) -> dict[str, Any]:
     hint = "train one with `reportgen train --config configs/train.yaml --output-dir runs/NAME`"
     if path.is_dir():
         raise ReportgenError(f"checkpoint {path} is a directory; give the checkpoint file, e.g. {path / 'checkpoint_best.pt'}")
-    if not path.is_file():
+    problem = file_problem(path)
+    if problem == "not found":
         raise ReportgenError(f"checkpoint not found: {path}; {hint}")
+    if problem:
+        raise ReportgenError(f"checkpoint {path} {problem}; give a checkpoint file, e.g. runs/NAME/checkpoint_best.pt")
     _check_archive(path, hint)
     try:
         with warnings.catch_warnings():
@@ -113,9 +122,13 @@ def read_checkpoint_payload(path: str | Path) -> dict[str, Any]:
         raise ReportgenError(f"{path} is not a reportgen checkpoint (no '{FORMAT}' marker); {hint}")
     if payload.get("format_version") != FORMAT_VERSION:
         raise ReportgenError(
-            f"checkpoint {path} has format version {payload.get('format_version')!r}, this reportgen reads "
+            f"checkpoint {path} has format version {repr(payload.get('format_version'))[:40]}, this reportgen reads "
             f"version {FORMAT_VERSION}; use the reportgen that wrote it, or train the model again"
         )
+    for key, what in (("model_config", "model config"), ("state_dict", "weights")):
+        if not isinstance(payload.get(key), dict):
+            raise ReportgenError(f"checkpoint {path} has no {what} (its '{key}' entry is missing or damaged); "
+                                 "re-create it with `reportgen train`")
     return payload
 
 
@@ -132,11 +145,14 @@ def _check_archive(path: Path, hint: str) -> None:
     try:
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
+            names = z.namelist()
         problem = None if bad is None else f"CRC mismatch in {bad}"
     except Exception as e:  # zipfile raises many types for damaged archives
         problem = _first_line(e)
     if problem is not None:
         raise ReportgenError(f"checkpoint {path} is corrupt or truncated ({problem}); re-create it")
+    if not any(n.count("/") == 1 and n.endswith("/data.pkl") for n in names):
+        raise ReportgenError(f"{path} is a zip archive but not a torch checkpoint (it has no data.pkl); {hint}")
 
 
 def _tokenizer(vocab, cfg: ModelConfig, path) -> Tokenizer:
@@ -176,10 +192,21 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
     payload = read_checkpoint_payload(path)
     try:
         cfg = ModelConfig(**payload["model_config"])
+    except TypeError as e:
+        raise ReportgenError(f"checkpoint {path} has a damaged model config ({_first_line(e)}); "
+                             "re-create it with `reportgen train`") from None
+    except ReportgenError as e:
+        raise ReportgenError(f"checkpoint {path}: {e}") from None
+    try:
         model = Transformer(cfg)
         model.load_state_dict(payload["state_dict"])
     except (KeyError, TypeError, RuntimeError) as e:
-        raise ReportgenError(f"checkpoint {path} does not match the reportgen model ({_state_error(e)})") from None
+        raise ReportgenError(f"checkpoint {path} does not match the reportgen model ({_state_error(e)}): its weights "
+                             "do not fit the model its config describes; re-create it with `reportgen train`") from None
+    bad = non_finite(payload["state_dict"])
+    if bad:
+        raise ReportgenError(f"checkpoint {path} has non-finite weights (NaN or infinity in {bad}): its training "
+                             "diverged; train it again with a lower optim.lr")
     tokenizer = _tokenizer(payload.get("vocab"), cfg, path)
     _check_task(payload.get("data"), path)
     meta = {k: v for k, v in payload.items() if k not in ("state_dict", "optimizer")}

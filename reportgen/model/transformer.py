@@ -22,6 +22,10 @@ HookFn = Callable[[torch.Tensor, str], Optional[torch.Tensor]]
 Hooks = Mapping[str, HookFn]
 
 
+MAX_PARAMETERS = 100_000_000  # weights, gradients and two Adam moments: 1.6 GB
+MAX_CONTEXT = 8192
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Shape of the transformer; saved in every checkpoint."""
@@ -36,12 +40,34 @@ class ModelConfig:
 
     def __post_init__(self):
         for f in fields(self):
-            if getattr(self, f.name) <= 0:
-                raise ReportgenError(f"model config {f.name} must be positive, got {getattr(self, f.name)}")
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ReportgenError(f"model config {f.name} must be a number, got {str(value)[:40]!r}")
+            if not value > 0 or not math.isfinite(value):
+                raise ReportgenError(f"model config {f.name} must be positive and finite, got {value}")
         if self.d_model % self.n_heads:
             raise ReportgenError(
                 f"model config d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
             )
+        if self.n_ctx > MAX_CONTEXT:
+            raise ReportgenError(f"model config n_ctx must be at most {MAX_CONTEXT} (each layer holds an "
+                                 f"n_ctx x n_ctx attention mask), got {self.n_ctx}")
+        if self.n_params > MAX_PARAMETERS:
+            raise ReportgenError(
+                f"model config {self.describe()} has {self.n_params:,} parameters ({self.n_params * 16 / 1e9:.0f} GB "
+                f"to train); reportgen trains small models of at most {MAX_PARAMETERS:,}: lower d_model, d_mlp, "
+                "n_layers or n_ctx")
+
+    @property
+    def n_params(self) -> int:
+        """Number of weights (embeddings, attention, MLP, LayerNorms, unembedding)."""
+        d, m = self.d_model, self.d_mlp
+        per_layer = 4 * d * d + 4 * d + 2 * d * m + m + d + 4 * d
+        return self.d_vocab * d + self.n_ctx * d + self.n_layers * per_layer + 2 * d + d * self.d_vocab + self.d_vocab
+
+    def describe(self) -> str:
+        return (f"(n_layers={self.n_layers}, n_heads={self.n_heads}, d_model={self.d_model}, d_mlp={self.d_mlp}, "
+                f"n_ctx={self.n_ctx})")
 
     @property
     def d_head(self) -> int:

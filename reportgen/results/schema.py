@@ -16,7 +16,7 @@ from typing import Optional
 
 from reportgen.analysis.findings import AnalysisFindings, Estimate
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # `Report.generated_at` when SOURCE_DATE_EPOCH is not set: an undated report, so that the same
 # inputs always give byte-identical files (the wall clock is never read).
 UNDATED = ""

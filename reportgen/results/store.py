@@ -2,14 +2,18 @@
 
 results.json holds everything but numpy arrays, with sorted keys and Python's shortest exact
 float repr; non-finite floats become {"$float": "nan" | "inf" | "-inf"} (JSON has no NaN) and each
-array becomes {"$array": NAME}, a member NAME.npy of arrays.npz. Loading is driven by the
-dataclasses' type hints, so every nested dataclass, list, dict, Optional and array comes back as
-it was saved. The zip is written by hand with fixed timestamps: np.savez stamps the current time.
+array becomes {"$array": NAME, "sha256": HASH}, a member NAME.npy of arrays.npz. HASH is the sha256
+of the array's place in the report and its .npy bytes, so loading refuses an arrays.npz edited,
+swapped for another run's, or whose references in results.json were exchanged. Loading is driven
+by the dataclasses' type hints, so every nested dataclass, list, dict, Optional and array comes
+back as it was saved. The zip is written by hand with fixed timestamps: np.savez stamps the
+current time.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -30,6 +34,7 @@ ARRAYS_FILE = "arrays.npz"
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema" / "results.schema.json"
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+MAX_DEPTH = 64  # nesting of results.json (a report nests about 12 deep); deeper is not a report
 
 
 class _Mismatch(Exception):
@@ -39,10 +44,17 @@ class _Mismatch(Exception):
         super().__init__(f"{path or 'top level'}: {problem}")
 
 
+class _Tampered(Exception):
+    """An array in arrays.npz that is not the one results.json was saved with."""
+
+    def __init__(self, path: str, name: str):
+        super().__init__(f"the array at {path} ({name}.npy) is not the one saved there")
+
+
 # ---------------------------------------------------------------- public API
 def dump_results(report: Report) -> tuple[bytes, bytes]:
     """The bytes of results.json and arrays.npz for `report` (identical for equal reports)."""
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, bytes] = {}
     data = _encode(report, Report, "", arrays)
     text = json.dumps(data, sort_keys=True, indent=1, ensure_ascii=False, allow_nan=False)
     return (text + "\n").encode("utf-8"), _npz_bytes(arrays)
@@ -53,11 +65,17 @@ def parse_results(json_bytes: bytes, npz_bytes: bytes, where: str) -> Report:
     try:
         raw = json.loads(json_bytes)
     except (ValueError, UnicodeDecodeError) as e:
-        raise ReportgenError(f"{where}/{RESULTS_FILE} is not valid JSON ({e}); rebuild it with `reportgen build`") from None
+        raise ReportgenError(f"{where}/{RESULTS_FILE} is not valid JSON ({str(e)[:200]}); rebuild it with "
+                             "`reportgen build`") from None
+    except RecursionError:
+        raw = None
+    if raw is None or _too_deep(raw):
+        raise ReportgenError(f"{where}/{RESULTS_FILE} is nested more than {MAX_DEPTH} levels deep, so it is not a "
+                             "reportgen results file; rebuild it with `reportgen build`")
     version = raw.get("schema_version") if isinstance(raw, dict) else None
     if version != SCHEMA_VERSION:
         raise ReportgenError(
-            f"{where}/{RESULTS_FILE} has results schema version {version!r}, this reportgen reads version "
+            f"{where}/{RESULTS_FILE} has results schema version {repr(version)[:40]}, this reportgen reads version "
             f"{SCHEMA_VERSION}; rebuild it with `reportgen build`"
         )
     arrays = _read_npz(npz_bytes, where)
@@ -67,6 +85,24 @@ def parse_results(json_bytes: bytes, npz_bytes: bytes, where: str) -> Report:
         raise ReportgenError(
             f"{where}/{RESULTS_FILE} does not match the results schema at {e}; rebuild it with `reportgen build`"
         ) from None
+    except _Tampered as e:
+        raise ReportgenError(
+            f"{where}/{ARRAYS_FILE} does not match {where}/{RESULTS_FILE}: {e} (the files were edited, or come from "
+            "different runs); render the directory both were written to, or rebuild it with `reportgen build`"
+        ) from None
+
+
+def _too_deep(value: Any) -> bool:
+    stack = [(value, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+    return False
 
 
 def save_results(report: Report, out_dir: str | Path) -> None:
@@ -99,7 +135,7 @@ def normalized(report: Report) -> Report:
 
 
 # ---------------------------------------------------------------- encoding
-def _encode(value: Any, hint: Any, path: str, arrays: dict[str, np.ndarray]) -> Any:
+def _encode(value: Any, hint: Any, path: str, arrays: dict[str, bytes]) -> Any:
     if value is None or isinstance(value, (bool, str)):
         return value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -110,8 +146,10 @@ def _encode(value: Any, hint: Any, path: str, arrays: dict[str, np.ndarray]) -> 
         if value.dtype.hasobject:
             raise TypeError(f"results array {path} has dtype object; store numbers or strings only")
         name = _array_name(path, arrays)
-        arrays[name] = value
-        return {"$array": name}
+        member = io.BytesIO()
+        np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
+        arrays[name] = member.getvalue()
+        return {"$array": name, "sha256": _array_hash(path, arrays[name])}
     if isinstance(value, np.generic):
         return _encode(value.item(), hint, path, arrays)
     if isinstance(value, float) or (isinstance(value, int) and _strip_optional(hint) is float):
@@ -136,7 +174,12 @@ def _join(path: str, part: str) -> str:
     return f"{path}.{part}" if path else part
 
 
-def _array_name(path: str, arrays: dict[str, np.ndarray]) -> str:
+def _array_hash(path: str, npy: bytes) -> str:
+    """sha256 of an array's place in the report and its .npy bytes: it changes when either does."""
+    return hashlib.sha256(path.encode("utf-8") + b"\0" + npy).hexdigest()
+
+
+def _array_name(path: str, arrays: dict[str, bytes]) -> str:
     """The array's place in the report as a safe zip member name (dict keys may hold any text)."""
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", path)
     while name in arrays:
@@ -144,32 +187,31 @@ def _array_name(path: str, arrays: dict[str, np.ndarray]) -> str:
     return name
 
 
-def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+def _npz_bytes(arrays: dict[str, bytes]) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for name in sorted(arrays):
-            member = io.BytesIO()
-            np.lib.format.write_array(member, np.asarray(arrays[name]), allow_pickle=False)
             info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.create_system = 3
             info.external_attr = 0o644 << 16
-            zf.writestr(info, member.getvalue(), compresslevel=6)
+            zf.writestr(info, arrays[name], compresslevel=6)
     return buf.getvalue()
 
 
 # ---------------------------------------------------------------- decoding
-def _read_npz(npz_bytes: bytes, where: str) -> dict[str, np.ndarray]:
+def _read_npz(npz_bytes: bytes, where: str) -> dict[str, bytes]:
+    """The .npy bytes of each member of arrays.npz, by name (decoded once their hash is checked)."""
     try:
         with zipfile.ZipFile(io.BytesIO(npz_bytes)) as zf:
-            return {info.filename[: -len(".npy")]: np.lib.format.read_array(io.BytesIO(zf.read(info)),
-                                                                            allow_pickle=False)
-                    for info in zf.infolist() if info.filename.endswith(".npy")}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise ReportgenError(f"{where}/{ARRAYS_FILE} is corrupt ({e}); rebuild it with `reportgen build`") from None
+            return {info.filename[: -len(".npy")]: zf.read(info) for info in zf.infolist()
+                    if info.filename.endswith(".npy")}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, RuntimeError) as e:
+        raise ReportgenError(f"{where}/{ARRAYS_FILE} is corrupt ({str(e)[:200]}); rebuild it with "
+                             "`reportgen build`") from None
 
 
-def _decode(hint: Any, value: Any, path: str, arrays: dict[str, np.ndarray]) -> Any:
+def _decode(hint: Any, value: Any, path: str, arrays: dict[str, bytes]) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
         return _decode_any(value, path, arrays)
@@ -188,8 +230,14 @@ def _decode(hint: Any, value: Any, path: str, arrays: dict[str, np.ndarray]) -> 
         item = args[1] if args else Any
         return {k: _decode(item, v, _join(path, k), arrays) for k, v in value.items()}
     if hint is np.ndarray:
-        _expect(_is_marker(value, "$array") and value["$array"] in arrays, path, "an array in " + ARRAYS_FILE, value)
-        return arrays[value["$array"]]
+        _expect(_is_array(value) and value["$array"] in arrays, path, "an array in " + ARRAYS_FILE, value)
+        npy = arrays[value["$array"]]
+        if _array_hash(path, npy) != value["sha256"]:
+            raise _Tampered(path, value["$array"])
+        try:
+            return np.lib.format.read_array(io.BytesIO(npy), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise _Mismatch(path, f"the array is unreadable ({str(e)[:100]})") from None
     if hint is float:
         if _is_marker(value, "$float") and value["$float"] in _NONFINITE:
             return _NONFINITE[value["$float"]]
@@ -202,7 +250,7 @@ def _decode(hint: Any, value: Any, path: str, arrays: dict[str, np.ndarray]) -> 
     raise TypeError(f"results schema uses unsupported type {hint!r} at {path}")
 
 
-def _decode_dataclass(cls: type, value: Any, path: str, arrays: dict[str, np.ndarray]) -> Any:
+def _decode_dataclass(cls: type, value: Any, path: str, arrays: dict[str, bytes]) -> Any:
     _expect(isinstance(value, dict), path, f"a {cls.__name__} mapping", value)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(value) - set(fields))
@@ -215,9 +263,9 @@ def _decode_dataclass(cls: type, value: Any, path: str, arrays: dict[str, np.nda
     return cls(**{k: _decode(hints[k], v, _join(path, k), arrays) for k, v in value.items()})
 
 
-def _decode_any(value: Any, path: str, arrays: dict[str, np.ndarray]) -> Any:
+def _decode_any(value: Any, path: str, arrays: dict[str, bytes]) -> Any:
     """Untyped data (e.g. a config dict): plain JSON, with array and non-finite float markers."""
-    if _is_marker(value, "$array"):
+    if _is_array(value):
         return _decode(np.ndarray, value, path, arrays)
     if _is_marker(value, "$float"):
         return _decode(float, value, path, arrays)
@@ -230,6 +278,11 @@ def _decode_any(value: Any, path: str, arrays: dict[str, np.ndarray]) -> Any:
 
 def _is_marker(value: Any, key: str) -> bool:
     return isinstance(value, dict) and len(value) == 1 and key in value
+
+
+def _is_array(value: Any) -> bool:
+    return (isinstance(value, dict) and set(value) == {"$array", "sha256"}
+            and isinstance(value["$array"], str) and isinstance(value["sha256"], str))
 
 
 def _expect(ok: bool, path: str, what: str, value: Any) -> None:
@@ -271,8 +324,11 @@ def json_schema() -> dict:
         "float": {"anyOf": [{"type": "number"}, {
             "type": "object", "properties": {"$float": {"enum": sorted(_NONFINITE)}},
             "required": ["$float"], "additionalProperties": False}]},
-        "array": {"type": "object", "properties": {"$array": {"type": "string"}}, "required": ["$array"],
-                  "additionalProperties": False, "description": f"a member NAME.npy of {ARRAYS_FILE}"},
+        "array": {"type": "object", "properties": {"$array": {"type": "string"},
+                                                   "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
+                  "required": ["$array", "sha256"], "additionalProperties": False,
+                  "description": f"a member NAME.npy of {ARRAYS_FILE}; sha256 of the array's place in the report "
+                                 "(e.g. models.0.findings.attention.entropy), a zero byte and the member's bytes"},
     }
     root = _schema_of(Report, defs)
     defs["Report"]["properties"]["schema_version"] = {"const": SCHEMA_VERSION}

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 from typing import Literal, Optional
 
-from reportgen.configfile import from_dict, load_yaml
+from reportgen.configfile import check_size, from_dict, load_yaml, yaml_where
 from reportgen.errors import ReportgenError
 from reportgen.model.transformer import ModelConfig
 
@@ -27,6 +28,9 @@ class DataConfig:
     balance_lengths: bool = False
 
 
+MAX_BATCH_SIZE = 65536
+
+
 @dataclass
 class OptimConfig:
     lr: float = 3e-3
@@ -40,6 +44,9 @@ class OptimConfig:
     def __post_init__(self):
         _check("optim", self, positive=("lr", "batch_size", "max_steps", "grad_clip"),
                non_negative=("min_lr", "weight_decay", "warmup_steps"))
+        if self.batch_size > MAX_BATCH_SIZE:
+            raise ReportgenError(f"optim.batch_size must be at most {MAX_BATCH_SIZE} (a batch is held in memory "
+                                 f"with every activation for the backward pass), got {self.batch_size}")
 
 
 @dataclass
@@ -60,8 +67,13 @@ class TrainConfig:
 
 
 def _check(section: str, cfg, positive: tuple[str, ...], non_negative: tuple[str, ...]) -> None:
-    """Range checks that YAML typing cannot express, naming the bad key."""
+    """Range checks that YAML typing cannot express, naming the bad key. Every number must be
+    finite: YAML reads .inf and .nan as floats, and an infinite learning rate trains NaN weights."""
     prefix = f"{section}." if section else ""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ReportgenError(f"{prefix}{f.name} must be a finite number, got {value}")
     for name in positive:
         if not getattr(cfg, name) > 0:
             raise ReportgenError(f"{prefix}{name} must be positive, got {getattr(cfg, name)}")
@@ -81,13 +93,20 @@ def apply_overrides(cfg_dict: dict, overrides: list[str]) -> dict:
 
     for item in overrides:
         if "=" not in item:
-            raise ReportgenError(f"override {item!r} must look like section.key=value, e.g. optim.lr=0.001")
+            raise ReportgenError(f"override {item[:80]!r} must look like section.key=value, e.g. optim.lr=0.001")
         key, value = item.split("=", 1)
         node = cfg_dict
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ReportgenError(f"override {item!r}: {p!r} is not a section")
-        node[leaf] = yaml.safe_load(value)
+                raise ReportgenError(f"override {item[:80]!r}: {p[:40]!r} is not a section")
+        try:
+            node[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ReportgenError(f"override {item[:80]!r}: the value is malformed YAML{yaml_where(e)}; "
+                                 "quote it or fix it") from None
+        except RecursionError:
+            raise ReportgenError(f"override {item[:80]!r}: the value is nested too deeply") from None
+        check_size(node[leaf], f"override {item[:80]!r}")
     return cfg_dict

@@ -45,6 +45,7 @@ def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
 
 
 HooksFor = Callable[[torch.Tensor, torch.Tensor], Hooks]
+DECODE_BUFFER_BYTES = 1 << 30
 
 
 @torch.no_grad()
@@ -55,9 +56,13 @@ def greedy_decode(model: Transformer, tokenizer: Tokenizer, prompts: list[str], 
     Prompts of different lengths are left-aligned; each row writes its next token at its own
     current end, so no row ever attends to padding (the causal mask hides later positions).
     Each row stops at EOS, after `max_new_tokens`, or when prompt plus output fill the context.
+    Batches are made smaller where their key/value buffers would exceed DECODE_BUFFER_BYTES.
     `hooks_for(prompt indices [rows], positions [rows, P])` gives the hooks (interventions) of
     each pass over those rows and positions, e.g. an ablation kept in place while generating.
     """
+    cfg = model.cfg
+    row_bytes = 2 * cfg.n_layers * cfg.n_ctx * cfg.d_model * 4  # keys and values of every layer, float32
+    batch_size = max(1, min(batch_size, DECODE_BUFFER_BYTES // row_bytes))
     out: list[str] = []
     for start in range(0, len(prompts), batch_size):
         index = torch.arange(start, min(start + batch_size, len(prompts)), device=model.device)
