@@ -28,7 +28,7 @@ from reportgen.configfile import to_dict
 from reportgen.errors import ReportgenError, os_error_advice
 from reportgen.fingerprint import code_digest, library_version
 from reportgen.results.compare import compare_models
-from reportgen.results.schema import SCHEMA_VERSION, UNDATED, Accuracy, ModelResults, Provenance, Report, TrainingCurve
+from reportgen.results.schema import SCHEMA_VERSION, Accuracy, ModelResults, Provenance, Report, TrainingCurve
 from reportgen.results.store import load_results, normalized, save_results
 
 if TYPE_CHECKING:
@@ -294,10 +294,11 @@ def make_report(models: list[ModelResults], title: Optional[str]) -> Report:
 
 
 def generated_at() -> str:
-    """SOURCE_DATE_EPOCH as ISO 8601 UTC, or UNDATED: never the wall clock (reproducible builds)."""
+    """SOURCE_DATE_EPOCH as ISO 8601 UTC, or else today's UTC date: a report is dated, and two
+    builds of the same inputs on the same day are byte-identical (fix SOURCE_DATE_EPOCH for more)."""
     raw = os.environ.get("SOURCE_DATE_EPOCH")
     if not raw:
-        return UNDATED
+        return datetime.now(timezone.utc).strftime("%Y-%m-%d")
     try:
         return datetime.fromtimestamp(int(raw), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     except (ValueError, OverflowError, OSError):

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import types
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -183,9 +184,9 @@ def test_unique_names_are_safe_and_deterministic():
         "add3_1layer", "add3_1layer-2", "add3-1layer", "model", "x"]
 
 
-def test_generated_at_uses_source_date_epoch_only(monkeypatch):
+def test_generated_at_is_source_date_epoch_or_the_day(monkeypatch):
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
-    assert build.generated_at() == ""
+    assert build.generated_at() == datetime.now(timezone.utc).strftime("%Y-%m-%d")
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     assert build.generated_at() == "2023-11-14T22:13:20Z"
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")

@@ -555,6 +555,8 @@ while True:
     atomic.replace_dir(out, write)
     if pause != "loop":
         break
+    if version == sys.argv[2]:
+        print("looping", flush=True)  # one swap done: the kill lands in the loop, whatever the start-up took
     version = str(int(version) + 1)
 print("done", flush=True)
 """
@@ -612,7 +614,8 @@ def test_row2_kill_at_random_instants_of_repeated_swaps(site, rng):
     last = 1
     for _ in range(8):
         proc = popen(site, str(last + 1), "loop", "", code=SWAP)
-        time.sleep(rng.uniform(0.2, 0.8))
+        assert proc.stdout.readline() == "looping\n", proc.communicate()[1]
+        time.sleep(rng.uniform(0.0, 0.5))
         kill9(proc)
         version = int(site_version(site))
         assert version >= last

@@ -412,7 +412,49 @@ def plot_lens_example(layer_labels, digit_labels, prob, top):
     return fig
 
 
+def plot_circuit(rows):
+    """The confirmed carry components, a row per answer column: tokens (boxes) linked through the
+    heads and neurons confirmed between them (rounded boxes); an edge into a token is as wide as
+    the component's patching recovery there, labelled with it."""
+    from matplotlib.patches import FancyBboxPatch
+
+    stages = max(len(r["stages"]) for r in rows)
+    band = [max(1, *(len(st["components"]) for st in r["stages"])) for r in rows]
+    width, height = 1.2 + 2.6 * stages + 1.0, 0.5 + sum(0.55 * b + 0.45 for b in band)
+    fig = _figure(width, height)
+    ax = _axes(fig, 0, 0, width, height)
+    ax.set_xlim(0, width)
+    ax.set_ylim(0, height)
+    ax.axis("off")
+    top = height - 0.25
+    for r, b in zip(rows, band):
+        mid = top - (0.55 * b + 0.45) / 2
+        ax.text(0.1, mid + 0.22 * b, f"column {r['column']}", fontsize=8, fontweight="bold", va="bottom")
+        x = 0.9
+        _token(ax, x, mid, r["stages"][0]["source"])
+        for st in r["stages"]:
+            comps = st["components"]
+            ys = [mid + 0.55 * (len(comps) - 1) / 2 - 0.55 * i for i in range(len(comps))]
+            for (name, rec), y in zip(comps, ys):
+                ax.plot([x + 0.5, x + 1.1], [mid, y], color="#999999", lw=0.8)
+                ax.plot([x + 1.7, x + 2.1], [y, mid], color="#1f77b4", lw=0.8 + 5 * max(rec, 0), solid_capstyle="butt")
+                ax.text(x + 1.74, y + 0.1, f"{rec:.2f}", fontsize=6.5, ha="left", color="#1f77b4")
+                ax.add_patch(FancyBboxPatch((x + 1.1, y - 0.16), 0.6, 0.32, boxstyle="round,pad=0.02",
+                                            fc="#e8f0fa", ec="#1f77b4", lw=0.8))
+                ax.text(x + 1.4, y, name, fontsize=7.5, ha="center", va="center")
+            x += 2.6
+            _token(ax, x, mid, st["target"])
+        top -= 0.55 * b + 0.45
+    return fig
+
+
+def _token(ax, x: float, y: float, label: str) -> None:
+    ax.text(x, y, label, fontsize=7, ha="center", va="center", wrap=True,
+            bbox={"boxstyle": "square,pad=0.3", "fc": "white", "ec": "#333333", "lw": 0.8})
+
+
 PLOTS = {
+    "circuit": plot_circuit,
     "training": plot_training,
     "bars": plot_bars,
     "lines": plot_lines,
@@ -588,6 +630,42 @@ def patch_caption(kind: str, direction: str, sweeps: list[PatchSweep], target: s
             f"averaged role by role; each run reads its own answer (teacher forced), so answer digits written before "
             f"the affected one may differ between the runs too. Panels: {sites}. {counts} (a pair is "
             f"dropped when |LD_clean − LD_corrupt| is too small to normalise by); grey cells: no pair left.")
+
+
+# Where a carry flows, stage by stage: (target role, the token the flip changes first, the token read).
+CIRCUIT_TOKENS = {
+    "carry_out": ("column {m} digits", "carry out\nof step {m}"),
+    "carry_in": ("carry out\nof step {m}", "carry in\nof step {n}"),
+    "sum_digit": ("carry in\nof step {n}", "sum digit\nof step {n}"),
+    "answer": ("column {m} digits", "answer digit {n}"),
+}
+CIRCUIT_ORDER = ("carry_out", "carry_in", "sum_digit", "answer")
+
+
+def circuit_figure(key: str, circuits) -> Optional[ReportFigure]:
+    """The confirmed carry heads and neurons per answer column as a flow diagram, or None."""
+    confirmed = [r for r in circuits.recoveries if r.confirmed and r.kind == "carry_flip"]
+    if not confirmed or not all(n.passed for n in circuits.nulls if n.test in ("carry_head", "neuron")):
+        return None
+    rows = []
+    for n in sorted({r.column for r in confirmed}):
+        stages = []
+        for target in CIRCUIT_ORDER:
+            here = sorted((r for r in confirmed if r.column == n and r.target == target), key=lambda r: -r.recovery.mean)
+            if here:
+                source, dest = (t.format(n=n, m=n - 1) for t in CIRCUIT_TOKENS[target])
+                if stages and stages[-1]["target"] != source:
+                    source = stages[-1]["target"]
+                stages.append({"source": source, "target": dest,
+                               "components": [(r.component, round(r.recovery.mean, 2)) for r in here]})
+        rows.append({"column": n, "stages": stages})
+    caption = ("Confirmed carry components per answer column: each edge into a token is as wide as the component's "
+               "patching recovery there (the share of the carry-flip logit difference it restores); only components "
+               "whose test confirmed them, with every test passing its null on the untrained twins, are drawn.")
+    data = [{"column": r.column, "target": r.target, "component": r.component, "recovery": r.recovery.mean,
+             "lo": r.recovery.lo, "hi": r.recovery.hi} for r in confirmed]
+    return ReportFigure(key, "circuit", {"rows": rows}, caption,
+                        "Diagram of the confirmed carry heads and neurons per answer column.", to_json(data), "json")
 
 
 def lens_figure(key: str, lens) -> ReportFigure:

@@ -151,6 +151,7 @@ def render_pdf(builder: SiteBuilder, pages: list[Page], out_dir: Path, env: Envi
     hashes = [f"{m.name} sha256:{m.provenance.sha256}" for m in report.models]
     html = env.get_template("report_pdf.html").render(
         report=report, parts=parts, toc=table_of_contents(parts), pdf=True, attachment_names=sorted(attachments),
+        abstract=[(m.label, builder.claims[m.name].summary) for m in report.models],
         subject="Checkpoints: " + "; ".join(hashes),
         keywords=", ".join(["reportgen", "mechanistic interpretability", *hashes]),
     )

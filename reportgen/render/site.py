@@ -32,6 +32,7 @@ from reportgen.fingerprint import library_version
 from reportgen.render import figures as F
 from reportgen.render.search import search_index_js
 from reportgen.render.tables import Cell, Table, fmt_est, fmt_num
+from reportgen.results.claims import Claim, comparison_claims, model_claims
 
 def _templates_dir() -> Path:
     """templates/ of the source tree (editable install), else the copy a wheel installs."""
@@ -239,6 +240,7 @@ class SiteBuilder:
         self.pdf = pdf
         self.figures: list[F.ReportFigure] = []
         self.tables: list[Table] = []
+        self.claims = {m.name: model_claims(m) for m in self.report.models}
 
     # -- registration
     def fig(self, f: Optional[F.ReportFigure], missing: str = "") -> Optional[Block]:
@@ -280,6 +282,7 @@ class SiteBuilder:
         if self.pdf:
             contents.append(("The report as one PDF (report.pdf)", "report.pdf"))
         sections = [
+            Section("findings", "Key findings", [self.claims_block(m, title=True) for m in r.models]),
             Section("models", "Models", [
                 text(f"{len(r.models)} model(s); the first is the primary model, the others are compared with it."),
                 models]),
@@ -293,6 +296,18 @@ class SiteBuilder:
             Section("contents", "Contents", [links(contents)]),
         ]
         return Page("index.html", "index.html", r.title, sections)
+
+    def claims_block(self, m, title: bool = False) -> Block:
+        """A model's findings and what was tested and not found, each linked to its evidence."""
+        c = self.claims[m.name]
+        return Block("claims", {"title": m.label if title else "", "href": self.paths.model(m, "findings"),
+                                "found": [self.claim_item(m, x) for x in c.found],
+                                "not_found": [self.claim_item(m, x) for x in c.not_found]})
+
+    def claim_item(self, m, c: Claim) -> dict:
+        anchor = f"t-{c.item}" if c.item else c.section
+        href = f"compare.html#{anchor}" if m is None else self.paths.model(m, anchor)
+        return {"text": c.text, "test": c.test, "null": c.null, "href": href}
 
     def accuracy_comparison_table(self, key: str = "tables/accuracy-by-stratum") -> Block:
         r = self.report
@@ -329,6 +344,7 @@ class SiteBuilder:
     def model_page(self, m) -> Page:
         fd = m.findings
         sections = [
+            Section("findings", "Key findings", [self.claims_block(m)]),
             self.overview_section(m),
             Section("training", "Training", [self.fig(
                 F.training_figure(self.paths.figure(m, "training"), m.training),
@@ -446,6 +462,8 @@ class SiteBuilder:
     def circuits_section(self, m, circ) -> list[Block]:
         broken = {n.test for n in circ.nulls if not n.passed}
         blocks = [
+            self.fig(F.circuit_figure(self.paths.figure(m, "circuit"), circ),
+                     "No carry component was confirmed, so there is no circuit diagram."),
             text("Every component here is tested causally and specifically, and every test also runs unchanged on "
                  "untrained twins of the model (freshly initialised, same shape) as its null. A carry head's output, "
                  "patched from the clean into the corrupted run of carry-flip pairs aimed at answer column n, must "
@@ -635,7 +653,13 @@ class SiteBuilder:
     # ------------------------------------------------------------ compare
     def compare_page(self) -> Page:
         r = self.report
+        differences = comparison_claims(r)
         sections = [
+            Section("differences", "What differs between the models", [Block("claims", {
+                "title": "", "href": None, "not_found": [],
+                "found": [self.claim_item(None, c) for c in differences]})] if differences else [
+                text("No difference between the models is larger than their 95% intervals on the measures "
+                     "compared here (exact match, margin, where the answer forms).")]),
             Section("notes", "What is comparable", [
                 text("Models are compared per aspect only where they share what that aspect needs; the notes say "
                      "what is not comparable and why."),

@@ -17,9 +17,6 @@ from typing import Optional
 from reportgen.analysis.findings import AnalysisFindings, Estimate
 
 SCHEMA_VERSION = 4
-# `Report.generated_at` when SOURCE_DATE_EPOCH is not set: an undated report, so that the same
-# inputs always give byte-identical files (the wall clock is never read).
-UNDATED = ""
 
 
 @dataclass
@@ -118,6 +115,6 @@ class Report:
 
     schema_version: int
     title: str
-    generated_at: str  # ISO 8601 UTC from SOURCE_DATE_EPOCH, or UNDATED
+    generated_at: str  # ISO 8601 UTC from SOURCE_DATE_EPOCH, or the build's UTC date; "" undated
     models: list[ModelResults]
     comparison: Comparison

@@ -1,0 +1,288 @@
+"""What a report concludes, in sentences: each model's findings, what was tested and not found,
+and what differs between models, generated from the results alone.
+
+A finding is stated only from a test that confirms it and that passed its null (the same test
+on the untrained twins, analysis.findings.NullCheck); each Claim carries its number and interval
+in the sentence, the test behind it, that test's result on the twins, and where in the report
+the evidence is (a section id and, where there is one, the table or figure name).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+from reportgen.analysis.findings import CircuitFindings, ComponentRecovery, Estimate, NullCheck
+from reportgen.data.arithmetic import STRATA
+from reportgen.results.schema import ModelResults, Report
+
+CEILING = 0.99  # exact match at or above this (with its lower bound within a point) is at ceiling
+FORMED = 0.5  # the logit lens "forms" the answer where P(correct) first reaches this
+
+
+@dataclass
+class Claim:
+    text: str  # one sentence, with its number and interval
+    test: str  # the test behind it
+    null: str  # what the same test gave on the untrained twins ("" where the claim has no null)
+    section: str  # section id of the model page (or comparison page) that shows the evidence
+    item: str = ""  # table or figure name within it ("" for the section)
+
+
+@dataclass
+class ModelClaims:
+    model: str  # ModelResults.name
+    found: list[Claim] = field(default_factory=list)
+    not_found: list[Claim] = field(default_factory=list)
+    summary: str = ""  # one paragraph: the findings' first sentences
+
+
+# ---------------------------------------------------------------- formatting
+def num(x: float, digits: int = 2) -> str:
+    text = f"{x:.{digits}f}"
+    return "0.00" if text in ("-0.00", "-0.0") else text
+
+
+def est(e: Optional[Estimate], digits: int = 2) -> str:
+    """'0.44 [0.38, 0.49]', or the mean alone where there is no interval."""
+    if e is None or e.mean is None or math.isnan(e.mean):
+        return "n/a"
+    if e.lo is None or math.isnan(e.lo):
+        return num(e.mean, digits)
+    return f"{num(e.mean, digits)} [{num(e.lo, digits)}, {num(e.hi, digits)}]"
+
+
+def pct(e: Estimate) -> str:
+    if math.isnan(e.lo):
+        return f"{100 * e.mean:.1f}%"
+    return f"{100 * e.mean:.1f}% [{100 * e.lo:.1f}, {100 * e.hi:.1f}]"
+
+
+def listing(items: list[str]) -> str:
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def null_text(n: Optional[NullCheck]) -> str:
+    if n is None:
+        return ""
+    counts = ", ".join(str(c) for c in n.twin_confirmed)
+    return (f"the same test confirmed {counts} on {len(n.twin_confirmed)} untrained twins "
+            f"(error rate {n.error_rate:.0%} per model{'' if n.passed else '; the test fails its null'})")
+
+
+# ---------------------------------------------------------------- per model
+def model_claims(m: ModelResults) -> ModelClaims:
+    """Every claim the results support about one model, and what was tested and not found."""
+    out = ModelClaims(m.name)
+    for part in (accuracy_claims, lens_claims, circuit_claims, ablation_claims):
+        found, missing = part(m)
+        out.found += found
+        out.not_found += missing
+    out.summary = " ".join(c.text for c in out.found[:4])
+    return out
+
+
+def accuracy_claims(m: ModelResults) -> tuple[list[Claim], list[Claim]]:
+    a = m.accuracy
+    strata = [s for s in STRATA if s in a.by_stratum]
+    weakest = min(strata, key=lambda s: a.by_stratum[s].mean) if strata else None
+    held = "held-out" if a.unseen else "generated (possibly seen in training)"
+    text = f"{m.label} answers {pct(a.exact_match)} of {a.n} {held} questions exactly"
+    if weakest:
+        text += f"; its weakest stratum is {weakest} at {pct(a.by_stratum[weakest])}"
+    found = [Claim(text + ".", "greedy decoding, exact match with 95% Wilson intervals", "", "accuracy")]
+    iv = m.findings.interventions
+    at_ceiling = all(e.mean >= CEILING for e in [a.exact_match, *a.by_stratum.values()])
+    if at_ceiling and iv is not None:
+        found.append(Claim(
+            f"Exact match is at ceiling in every stratum, so it cannot tell this model from another at 100%; the "
+            f"margin of the correct digit over the best wrong one (teacher forced) does: {est(iv.clean.margin)} "
+            f"nats on average.", "log-probability margin over held-out problems, 95% bootstrap intervals", "",
+            "ablations", "ablations"))
+    return found, []
+
+
+def lens_claims(m: ModelResults) -> tuple[list[Claim], list[Claim]]:
+    lens = m.findings.logit_lens
+    if lens is None:
+        return [], []
+    probs = lens.prob_correct
+    formed = next((i for i, e in enumerate(probs) if e.mean >= FORMED), None)
+    if formed is None:
+        return [], [Claim(f"The logit lens never gives the correct answer digit a probability of {FORMED} or more "
+                          f"before the output.", "logit lens", "", "logit-lens")]
+    where = "in the embedding" if formed == 0 else f"in block {formed - 1}"
+    before = f"{est(probs[formed - 1])} before it and " if formed > 0 else ""
+    untrained = lens.untrained_prob_correct[formed]
+    text = (f"The answer digit forms {where}: the logit lens gives the correct digit a probability of "
+            f"{before}{est(probs[formed])} after it, against {est(untrained)} on an untrained twin.")
+    found = [Claim(text, "logit lens (final LayerNorm and unembedding on the residual stream), mean over answer "
+                   "digits", f"an untrained twin gives {est(untrained)}", "logit-lens")]
+    for role, series in lens.prob_by_role.items():
+        at = next((i for i, e in enumerate(series) if e.mean >= FORMED), None)
+        if at is not None:
+            found.append(Claim(
+                f"In the scratchpad, the {role.replace('_', ' ')} digit is readable "
+                f"{'from the embedding' if at == 0 else f'after block {at - 1}'} ({est(series[at])}).",
+                "logit lens at the positions writing scratchpad digits", "", "logit-lens", "logit-lens-scratchpad"))
+    return found, []
+
+
+# What heads confirmed at a target do: (verb for one head, verb for several, the rest).
+TARGET_PHRASES = {
+    "answer": ("carries", "carry", "the carry into answer column {n}"),
+    "sum_digit": ("brings", "bring", "the carry into the scratchpad's sum digit of column {n}"),
+    "carry_in": ("copies", "copy", "the carry written by the previous step into the carry-in of column {n}"),
+    "carry_out": ("writes", "write", "the carry into column {n} at the carry-out token of the step before"),
+    "operator": ("carries", "carry", "the operator to answer column {n}"),
+}
+
+
+def circuit_claims(m: ModelResults) -> tuple[list[Claim], list[Claim]]:
+    circ = m.findings.circuits
+    if circ is None:
+        return [], []
+    nulls = {n.test: n for n in circ.nulls}
+    found, missing = [], []
+    for test in ("carry_head", "operator_head", "neuron"):
+        n = nulls.get(test)
+        if n is not None and not n.passed:
+            missing.append(Claim(f"The {test.replace('_', ' ')} test confirms components on untrained twins more "
+                                 f"often than its error rate allows, so none of its findings is stated.",
+                                 n.definition, null_text(n), "circuits", "null-checks"))
+    heads = nulls.get("carry_head")
+    if heads is not None and heads.passed:
+        f, mi = head_claims(circ, heads, "carry_flip")
+        found += f
+        missing += mi
+    ops = nulls.get("operator_head")
+    if ops is not None and ops.passed:
+        f, mi = head_claims(circ, ops, "operator_flip")
+        found += f
+        missing += mi
+    neurons = nulls.get("neuron")
+    if neurons is not None and neurons.passed:
+        f, mi = neuron_claims(circ, neurons)
+        found += f
+        missing += mi
+    return found, missing
+
+
+def head_claims(circ: CircuitFindings, null: NullCheck, kind: str) -> tuple[list[Claim], list[Claim]]:
+    rows = [r for r in circ.recoveries if r.kind == kind and "H" in r.component]
+    groups: dict[tuple[str, int], list[ComponentRecovery]] = {}
+    for r in rows:
+        groups.setdefault((r.target, r.column), []).append(r)
+    found, missing = [], []
+    test = ("patching a head's output on carry-flip pairs aimed at the column, against sum-flip pairs and every "
+            "same-layer head of the untrained twins") if kind == "carry_flip" else \
+        "patching a head's output on operator-flip pairs, against every same-layer head of the untrained twins"
+    for (target, n), group in sorted(groups.items(), key=lambda kv: (TARGET_ORDER.get(kv[0][0], 9), kv[0][1])):
+        yes = sorted((r for r in group if r.confirmed), key=lambda r: -r.recovery.mean)
+        one, several, rest = TARGET_PHRASES["operator" if kind == "operator_flip" else target]
+        rest = rest.format(n=n)
+        if not yes:
+            best = max(group, key=lambda r: r.recovery.mean)
+            missing.append(Claim(
+                f"No head was confirmed to {several} {rest}; the largest recovery, {best.component}'s "
+                f"{est(best.recovery)}, is not specific enough.", test, null_text(null), "circuits", "head-recovery"))
+            continue
+        names = listing([f"{r.component} ({est(r.recovery)})" for r in yes])
+        controls = [r.control.mean for r in yes if r.control is not None]
+        twins = max(r.untrained.hi for r in yes if r.untrained is not None)
+        against = (f", against at most {num(max(controls))} on sum-flip pairs" if controls else "") + \
+            f" and at most {num(twins)} for any head of the untrained twins"
+        subject = f"Head {names} {one}" if len(yes) == 1 else f"Heads {names} {several}"
+        found.append(Claim(
+            f"{subject} {rest}: patching the head's output restores that share of the {kind.replace('_', '-')} "
+            f"logit difference{against}.", test, null_text(null), "circuits", "head-recovery"))
+    return found, missing
+
+
+TARGET_ORDER = {"carry_out": 0, "carry_in": 1, "sum_digit": 2, "answer": 3}
+
+
+def neuron_claims(circ: CircuitFindings, null: NullCheck) -> tuple[list[Claim], list[Claim]]:
+    rows = [r for r in circ.recoveries if "N" in r.component]
+    yes = sorted((r for r in rows if r.confirmed), key=lambda r: -r.recovery.mean)
+    tested = len({r.component for r in rows})
+    test = ("each correlational candidate patched alone on carry-flip pairs, against random neurons of its layer "
+            "and sum-flip pairs")
+    if not yes:
+        what = (f"of {tested} correlational candidates tested, none restores more than random neurons of its layer"
+                if tested else "no neuron passed the correlational screen")
+        return [], [Claim(f"No MLP neuron was confirmed to carry the carry on its own: {what}.", test,
+                          null_text(null), "circuits", "components")]
+    shown = yes[:4]
+    names = listing([f"{r.component} (column {r.column}: {est(r.recovery)})" for r in shown])
+    more = f" and {len(yes) - len(shown)} more" if len(yes) > len(shown) else ""
+    return [Claim(f"{len({r.component for r in yes})} of {tested} correlational neuron candidates carry the carry on "
+                  f"their own, e.g. {names}{more}; the others do not beat random neurons of their layer.", test,
+                  null_text(null), "circuits", "components")], []
+
+
+def ablation_claims(m: ModelResults) -> tuple[list[Claim], list[Claim]]:
+    iv = m.findings.interventions
+    if iv is None:
+        return [], []
+    clean = iv.clean
+    default = [e for e in iv.effects if e.method == iv.default_method]
+    heads = [e for e in default if "H" in e.component]
+    found = []
+    if heads:
+        worst = min(heads, key=lambda e: e.metrics.exact_match.mean)
+        if clean.exact_match.mean - worst.metrics.exact_match.mean >= 0.1:
+            found.append(Claim(
+                f"Ablating {worst.component} ({iv.default_method} ablation) lowers exact match from "
+                f"{est(clean.exact_match)} to {est(worst.metrics.exact_match)}, the largest drop of any head "
+                f"(importance, not a role).", "ablation of each head, teacher forced", "", "ablations", "ablations"))
+    for e in default:
+        tf, free = e.metrics.exact_match, e.metrics.free_exact_match
+        if free is not None and tf.mean >= clean.exact_match.mean - 0.05 and tf.mean - free.mean >= 0.2:
+            found.append(Claim(
+                f"Ablating {e.component} leaves teacher-forced exact match at {est(tf)} but free generation falls to "
+                f"{est(free)}: the model needs it to write its own scratchpad, which teacher forcing supplies.",
+                "ablation with greedy decoding from the prompt against teacher forcing", "", "ablations", "ablations"))
+    return found, []
+
+
+# ---------------------------------------------------------------- between models
+def comparison_claims(report: Report) -> list[Claim]:
+    """The differences between the models that their intervals support, in sentences, largest
+    relative difference first."""
+    models = report.models
+    sized: list[tuple[float, Claim]] = []
+    for i, a in enumerate(models):
+        for b in models[i + 1:]:
+            sized += difference(a, b, "exact match", a.accuracy.exact_match, b.accuracy.exact_match, "accuracy", True)
+            ia, ib = a.findings.interventions, b.findings.interventions
+            if ia is not None and ib is not None:
+                sized += difference(a, b, "mean margin (nats)", ia.clean.margin, ib.clean.margin, "ablations", False)
+            la, lb = a.findings.logit_lens, b.findings.logit_lens
+            fa = None if la is None else forming_layer(la)
+            fb = None if lb is None else forming_layer(lb)
+            if None not in (fa, fb) and fa != fb:
+                sized.append((1.0, Claim(f"The answer forms in block {fa - 1} in {a.label} but in block {fb - 1} in "
+                                         f"{b.label} (logit lens).", "logit lens", "", "logit-lens")))
+    return [c for _, c in sorted(sized, key=lambda sc: -sc[0])]
+
+
+def forming_layer(lens) -> Optional[int]:
+    """The first lens index (0 = embedding) whose mean P(correct) reaches FORMED."""
+    return next((i for i, e in enumerate(lens.prob_correct) if e.mean >= FORMED), None)
+
+
+def difference(a: ModelResults, b: ModelResults, what: str, ea: Estimate, eb: Estimate, section: str,
+               directional: bool) -> list[tuple[float, Claim]]:
+    """(relative size, sentence) for a difference whose 95% intervals do not overlap; none
+    otherwise. Only a measure users agree on (directional: accuracy) says 'higher'."""
+    if any(math.isnan(x) for x in (ea.lo, ea.hi, eb.lo, eb.hi)) or (ea.lo <= eb.hi and eb.lo <= ea.hi):
+        return []
+    (high, e_high), (low, e_low) = sorted([(a, ea), (b, eb)], key=lambda me: -me[1].mean)
+    word = "a higher" if directional else "a larger"
+    size = abs(ea.mean - eb.mean) / max(abs(ea.mean), abs(eb.mean), 1e-9)
+    return [(size, Claim(f"{high.label} has {word} {what} than {low.label}: {est(e_high)} against {est(e_low)}.",
+                         "the two models' 95% intervals do not overlap", "", section))]
