@@ -58,13 +58,15 @@ def print_progress(message: str) -> None:
 # ---------------------------------------------------------------- build
 def build_report(checkpoints: list[str], compare: list[str], examples: Optional[list[str]],
                  config_path: Optional[str], out_dir: str | Path, title: Optional[str], pdf: bool = True,
-                 device: str = "cpu", progress: Optional[Progress] = None, use_cache: bool = True) -> Report:
+                 device: str = "cpu", progress: Optional[Progress] = None, use_cache: bool = True,
+                 pdf_summary: bool = False) -> Report:
     """Analyse every checkpoint (the first is the primary model), write the site to `out_dir`.
 
     `examples` are problem texts ('59 + 73') analysed one by one in every model; None uses the
     config's `examples`, and when it has none the analyses choose. `config_path` None uses
     configs/interpretability.yaml if present, else the analysis defaults. `progress` receives one
-    line per step (the analyses also draw progress bars on stderr); None is silent.
+    line per step (the analyses also draw progress bars on stderr); None is silent. `pdf_summary`
+    makes report.pdf the short version.
     """
     from reportgen.model.checkpoint import load_checkpoint
     from reportgen.train.trainer import resolve_device
@@ -92,7 +94,7 @@ def build_report(checkpoints: list[str], compare: list[str], examples: Optional[
             run.say(f"note: {note}")
         models.append(_model_results(run, path, name, label, cache))
     report = make_report(models, title)
-    write_site(report, out, pdf, say)
+    write_site(report, out, pdf, say, pdf_summary)
     return report
 
 
@@ -309,15 +311,15 @@ def reportgen_version() -> str:
     return library_version("reportgen") or "unknown"
 
 
-def write_site(report: Report, out: Path, pdf: bool, progress: Progress = _quiet) -> None:
+def write_site(report: Report, out: Path, pdf: bool, progress: Progress = _quiet, summary: bool = False) -> None:
     """Render `report` (render_site also writes results.json and arrays.npz into the site) into a
     temporary directory, then swap it in for `out`. A site already rendered from the same inputs
     and untouched since is left as it is."""
     from reportgen.render import render_site, site_is_current
 
-    if site_is_current(report, out, pdf):
+    if site_is_current(report, out, pdf, summary):
         progress(f"{out} is up to date (same results, templates and settings); nothing to render")
         return
     progress(f"rendering the site{' and PDF' if pdf else ''}")
-    replace_dir(out, lambda tmp: render_site(report, tmp, pdf=pdf, log=progress))
+    replace_dir(out, lambda tmp: render_site(report, tmp, pdf=pdf, log=progress, summary=summary))
     progress(f"wrote {out}")

@@ -23,6 +23,9 @@ def register(sub) -> None:
     p.add_argument("--out", default="site", help="site directory, replaced atomically (default: %(default)s)")
     p.add_argument("--title", help="report title (default: names the models)")
     p.add_argument("--no-pdf", action="store_true", help="skip report.pdf")
+    p.add_argument("--pdf", choices=["full", "summary"], default="full",
+                   help="report.pdf in full, or its short version: findings, comparison, one chapter page per "
+                        "model (default: %(default)s)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--no-cache", action="store_true", help="recompute every model's results")
     p.set_defaults(func=run)
@@ -32,5 +35,6 @@ def run(args: argparse.Namespace) -> int:
     from reportgen.build import build_report, print_progress
 
     build_report(args.checkpoint, args.compare, args.examples, args.config, args.out, args.title,
-                 pdf=not args.no_pdf, device=args.device, progress=print_progress, use_cache=not args.no_cache)
+                 pdf=not args.no_pdf, device=args.device, progress=print_progress, use_cache=not args.no_cache,
+                 pdf_summary=args.pdf == "summary")
     return 0

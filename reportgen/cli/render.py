@@ -18,6 +18,9 @@ def register(sub) -> None:
     p.add_argument("--title", help="report title (default: the title saved with a single RESULTS_DIR, "
                                    "else one naming the models)")
     p.add_argument("--no-pdf", action="store_true", help="skip report.pdf")
+    p.add_argument("--pdf", choices=["full", "summary"], default="full",
+                   help="report.pdf in full, or its short version: findings, comparison, one chapter page per "
+                        "model (default: %(default)s)")
     p.set_defaults(func=run)
 
 
@@ -31,5 +34,6 @@ def run(args: argparse.Namespace) -> int:
     models = [m for r in reports for m in r.models]
     models = [dataclasses.replace(m, name=n) for m, n in zip(models, unique_names([m.name for m in models]))]
     title = args.title if args.title is not None else (reports[0].title if len(reports) == 1 else None)
-    write_site(make_report(models, title), out, pdf=not args.no_pdf, progress=print_progress)
+    write_site(make_report(models, title), out, pdf=not args.no_pdf, progress=print_progress,
+               summary=args.pdf == "summary")
     return 0

@@ -17,7 +17,8 @@ from reportgen.results.store import ARRAYS_FILE, RESULTS_FILE, dump_results
 __all__ = ["render_site", "site_is_current"]
 
 
-def render_site(report, out_dir: Path, pdf: bool = True, log: Optional[Callable[[str], None]] = None) -> None:
+def render_site(report, out_dir: Path, pdf: bool = True, log: Optional[Callable[[str], None]] = None,
+                summary: bool = False) -> None:
     """Write the site (index, model, example, comparison and provenance pages, figures, tables,
     search index, results files) into `out_dir`, and `report.pdf` when `pdf` is set.
 
@@ -39,10 +40,10 @@ def render_site(report, out_dir: Path, pdf: bool = True, log: Optional[Callable[
     (out_dir / ARRAYS_FILE).write_bytes(npz_bytes)
     if pdf:
         say("typesetting report.pdf")
-        render_pdf(builder, pages, out_dir, env, {RESULTS_FILE: json_bytes, ARRAYS_FILE: npz_bytes})
-    write_stamp(out_dir, fingerprint(json_bytes, npz_bytes, pdf))
+        render_pdf(builder, pages, out_dir, env, {RESULTS_FILE: json_bytes, ARRAYS_FILE: npz_bytes}, summary)
+    write_stamp(out_dir, fingerprint(json_bytes, npz_bytes, pdf, summary))
 
 
-def site_is_current(report, out_dir: Path, pdf: bool) -> bool:
+def site_is_current(report, out_dir: Path, pdf: bool, summary: bool = False) -> bool:
     """True when `out_dir` already holds exactly what render_site would write for `report`."""
-    return is_current(Path(out_dir), fingerprint(*dump_results(report), pdf))
+    return is_current(Path(out_dir), fingerprint(*dump_results(report), pdf, summary))

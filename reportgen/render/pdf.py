@@ -75,8 +75,13 @@ def max_examples(model) -> int:
     return max(0, int(value))
 
 
-def document_parts(builder: SiteBuilder, pages: list[Page]) -> list[Part]:
-    """Summary, comparison, each model and its (capped) examples, provenance: in that order."""
+SUMMARY_SECTIONS = {"index": ("findings", "models", "accuracy"), "compare": ("differences", "accuracy"),
+                    "model": ("findings", "accuracy")}
+
+
+def document_parts(builder: SiteBuilder, pages: list[Page], summary: bool = False) -> list[Part]:
+    """Summary, comparison, each model and its (capped) examples, provenance: in that order. The
+    summary version keeps the findings, the comparison and a short chapter per model."""
     by_path = {p.path: p for p in pages}
     report, paths = builder.report, builder.paths
     anchors = {"index.html": "summary", "compare.html": "comparison", "provenance.html": "provenance"}
@@ -88,10 +93,17 @@ def document_parts(builder: SiteBuilder, pages: list[Page]) -> list[Part]:
         for i in chosen[m.name]:
             anchors[paths.example(m, i)] = f"example-{slug}-{paths.examples[m.name][i]}"
 
-    def part(path: str, title: str, drop: tuple[str, ...] = (), intro: str = "") -> Part:
-        sections = [s for s in by_path[path].sections if s.id not in drop]
+    def part(path: str, title: str, drop: tuple[str, ...] = (), intro: str = "", keep: tuple[str, ...] = ()) -> Part:
+        sections = [s for s in by_path[path].sections if s.id not in drop and (not keep or s.id in keep)]
         return Part(anchors[path], title, sections, PdfLinks(anchors, path), intro)
 
+    if summary:
+        parts = [part("index.html", "Summary", keep=SUMMARY_SECTIONS["index"]),
+                 part("compare.html", "Comparison", keep=SUMMARY_SECTIONS["compare"])]
+        parts += [part(paths.model(m), f"Model: {m.label}", keep=SUMMARY_SECTIONS["model"],
+                       intro="The full chapter, with every analysis, is on the site and in the full PDF.")
+                  for m in report.models]
+        return _numbered(parts)
     parts = [part("index.html", "Summary", drop=("contents",)), part("compare.html", "Comparison")]
     for m in report.models:
         parts.append(part(paths.model(m), f"Model: {m.label}"))
@@ -141,13 +153,14 @@ def _date(generated_at: str) -> datetime:
 
 
 def render_pdf(builder: SiteBuilder, pages: list[Page], out_dir: Path, env: Environment,
-               attachments: dict[str, bytes]) -> Path:
-    """Write `out_dir/report.pdf` from the site's pages (figures must already be on disk)."""
+               attachments: dict[str, bytes], summary: bool = False) -> Path:
+    """Write `out_dir/report.pdf` from the site's pages (figures must already be on disk); the
+    short version (`summary`) has the findings, the comparison and a short chapter per model."""
     from weasyprint import HTML, Attachment
     from weasyprint.urls import URLFetcher
 
     report = builder.report
-    parts = document_parts(builder, pages)
+    parts = document_parts(builder, pages, summary)
     hashes = [f"{m.name} sha256:{m.provenance.sha256}" for m in report.models]
     html = env.get_template("report_pdf.html").render(
         report=report, parts=parts, toc=table_of_contents(parts), pdf=True, attachment_names=sorted(attachments),

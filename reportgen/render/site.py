@@ -344,7 +344,7 @@ class SiteBuilder:
     def model_page(self, m) -> Page:
         fd = m.findings
         sections = [
-            Section("findings", "Key findings", [self.claims_block(m)]),
+            self.findings_section(m),
             self.overview_section(m),
             Section("training", "Training", [self.fig(
                 F.training_figure(self.paths.figure(m, "training"), m.training),
@@ -360,6 +360,12 @@ class SiteBuilder:
             sections.append(Section(sid, title, [b for b in blocks if b is not None]))
         sections.append(self.examples_section(m))
         return Page(self.paths.model(m), "model.html", m.label, sections, {"model": m})
+
+    def findings_section(self, m) -> Section:
+        """What the model computes, in sentences, and the diagram of its confirmed carry components."""
+        circ = m.findings.circuits
+        diagram = None if circ is None else self.fig(F.circuit_figure(self.paths.figure(m, "circuit"), circ))
+        return Section("findings", "Key findings", [self.claims_block(m)] + ([diagram] if diagram else []))
 
     def overview_section(self, m) -> Section:
         p = m.provenance
@@ -462,8 +468,6 @@ class SiteBuilder:
     def circuits_section(self, m, circ) -> list[Block]:
         broken = {n.test for n in circ.nulls if not n.passed}
         blocks = [
-            self.fig(F.circuit_figure(self.paths.figure(m, "circuit"), circ),
-                     "No carry component was confirmed, so there is no circuit diagram."),
             text("Every component here is tested causally and specifically, and every test also runs unchanged on "
                  "untrained twins of the model (freshly initialised, same shape) as its null. A carry head's output, "
                  "patched from the clean into the corrupted run of carry-flip pairs aimed at answer column n, must "

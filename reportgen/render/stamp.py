@@ -21,10 +21,10 @@ STAMP_FILE = ".reportgen-site.json"
 RENDER_CODE = ("render", "results", "analysis/findings.py", "data/arithmetic.py", "data/tokenizer.py", "atomic.py")
 
 
-def fingerprint(json_bytes: bytes, npz_bytes: bytes, pdf: bool) -> str:
+def fingerprint(json_bytes: bytes, npz_bytes: bytes, pdf: bool, summary: bool = False) -> str:
     """sha256 over the results, the PDF switch, the templates, render code and library versions."""
     h = hashlib.sha256()
-    for part in (json_bytes, npz_bytes, b"pdf" if pdf else b"no-pdf"):
+    for part in (json_bytes, npz_bytes, (b"summary-pdf" if summary else b"pdf") if pdf else b"no-pdf"):
         feed(h, part)
     feed_files(h, TEMPLATES, sorted(TEMPLATES.rglob("*")))
     feed(h, code_digest(RENDER_CODE, RENDER_LIBRARIES).encode())
