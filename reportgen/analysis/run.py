@@ -21,7 +21,7 @@ from reportgen.analysis.api import check_layers, token_labels
 from reportgen.analysis.attention import analyze_attention, stacked_patterns
 from reportgen.analysis.circuits import run_circuits
 from reportgen.analysis.config import ANALYSES, AnalysisConfig
-from reportgen.analysis.engine import greedy_predictions, is_correct, run_with_cache, untrained_twin
+from reportgen.analysis.engine import greedy_predictions, is_correct, run_with_cache, untrained_twin, untrained_twins
 from reportgen.analysis.examples import (
     ExampleBatch, build_batch, distinct, example_key, generated_records, range_notes, records_from_texts,
 )
@@ -123,7 +123,8 @@ def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool =
         "logit_lens": lambda: summarize_lens(lens, compute_lens(twin, tok, twin_cache, batch),
                                              [r["labels"]["stratum"] for r in batch.records], seed),
         "circuits": lambda: run_circuits(model, tok, batch, cache, attention_all, twin, cfg.circuits, seed),
-        "probing": lambda: analyze_probing(batch, cache, twin_cache, cfg.probing, plan.probe_layers, seed),
+        "probing": lambda: analyze_probing(ckpt, untrained_twins(model, cfg.untrained_twins, seed), cfg.probing,
+                                           plan.probe_layers, seed),
         "interventions": lambda: run_interventions(model, tok, batch, cfg.interventions, seed),
     }
     out = AnalysisFindings(examples=[])
