@@ -250,3 +250,29 @@ def test_config_is_validated():
         probing.ProbingConfig(test_fraction=1.5)
     with pytest.raises(ReportgenError, match=f"at least {probing.min_problems(0.4)}"):
         probing.ProbingConfig(n_examples=10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", ["add3_rev", "add3_steps"])
+def test_untrained_models_of_the_demo_configs_confirm_no_probe(run):
+    """The issue's done-when: untrained models of both demo configs (three initialisation seeds,
+    each with its own three twins) have mean probe selectivity within 0.05 of 0, no probe confirmed,
+    and a null check that passes."""
+    import dataclasses
+    from pathlib import Path
+
+    from reportgen.analysis.config import AnalysisConfig
+    from reportgen.model.checkpoint import load_checkpoint
+    from reportgen.train.trainer import training_questions
+
+    ckpt = load_checkpoint(Path(__file__).resolve().parents[1] / "runs" / run / "checkpoint_best.pt")
+    questions = training_questions(ckpt.meta)
+    cfg = AnalysisConfig()
+    layers = probing.check_probe_layers(cfg.probing, ckpt.model.cfg.n_layers)
+    for seed in (1, 2, 3):
+        untrained = dataclasses.replace(ckpt, model=engine.untrained_twin(ckpt.model, 500 + seed))
+        f = probing.analyze_probing(untrained, engine.untrained_twins(ckpt.model, cfg.untrained_twins, seed),
+                                    cfg.probing, layers, seed, questions)
+        assert f.held_out == "none of the model's training, validation or test questions"
+        assert len(f.probes) > 40 and abs(np.mean([p.selectivity.mean for p in f.probes])) < 0.05
+        assert f.null.confirmed == 0 and f.null.passed

@@ -22,11 +22,11 @@ by batched Newton steps, scored on the held-out rows: accuracy, or balanced accu
 recall over classes) for a label whose classes are unbalanced at any of its sites. Beside each
 probe, at the same site and rows:
 - untrained: the mean accuracy of the same probe on the untrained twins' activations;
-- selectivity = accuracy - untrained, with a paired bootstrap interval over held-out problems
-  (each resample rescores the model and every twin on the same rows, balanced accuracy
-  recomputed per resample);
+- selectivity = accuracy - untrained, with a 95% interval from the SE below (its bootstrap part
+  is paired: each resample of held-out problems rescores the model and every twin on the same
+  rows, balanced accuracy recomputed per resample); accuracy has a percentile bootstrap interval;
 - majority: always predicting the training majority class; over_baseline = accuracy -
-  max(majority, untrained), with its interval;
+  max(majority, untrained), with an interval like selectivity's;
 - operand: the same probe on the one-hot digits of both operands in every column (and the
   operator), i.e. operand identity alone. Carries are functions of the operands, so they are
   linearly decodable from operand identity; a probe that matches this line shows no more than
@@ -37,11 +37,15 @@ untrained models. The untrained twins are the control: they hold the same inputs
 sites with no training, so twins-calibrated selectivity is ~0 on an untrained model.
 
 Confirmation and its null: a probe is confirmed (the label is linearly decodable there beyond
-untrained models) when the lower bound of its selectivity interval, Bonferroni-corrected over
-all probes of the model at family-wise error `alpha`, is above 0; the bound is selectivity -
-z * bootstrap standard error (a normal interval: a percentile interval at alpha / probes would
-need ~10^5 resamples). The same test runs with each twin as the subject against the other
-twins; findings.NullCheck records both counts and stats.null_passed judges them.
+untrained models) when the lower bound of its selectivity interval, Bonferroni-corrected over all
+probes of the model at family-wise error `alpha`, is above 0. The bound is selectivity - z * SE
+(a normal interval: a percentile interval at alpha / probes would need ~10^5 resamples), with
+SE^2 = the paired bootstrap variance + (1 + 1/twins) * the initialisation spread of untrained
+models (the twins' sample variance, floored by a ratio pooled over probes): with the bootstrap
+part alone, a twin was confirmed against the others in about a third of the demo configs' runs,
+against alpha = 0.05. The same test runs
+with each twin as the subject against the other twins; findings.NullCheck records both counts and
+stats.null_passed judges them.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ IMBALANCE_RATIO = 1.5
 MIN_TEST = 12  # held-out problems below which a probe's accuracy means little
 MIN_TRAIN = 20
 SCRATCHPAD_ROLES = ("operand_a", "operand_b", "carry_in", "sum_digit", "carry_out")
+CHUNK_VALUES = 10_000_000  # feature values of the problems solved together (80 MB in float64)
 
 
 def min_problems(test_fraction: float) -> int:
@@ -154,7 +159,7 @@ def standardize(feats: torch.Tensor, train: torch.Tensor) -> torch.Tensor:
 
 
 def logistic_decisions(feats: torch.Tensor, targets: torch.Tensor, pairs: torch.Tensor, train: torch.Tensor,
-                       C: float, max_iter: int, chunk: int = 512) -> torch.Tensor:
+                       C: float, max_iter: int) -> torch.Tensor:
     """Held-out decision values of many binary L2-regularised logistic regressions at once.
 
     feats [F, N, d] (raw features of N rows), targets [T, N] in {0, 1}, pairs [Q, 2]: problem q
@@ -167,6 +172,7 @@ def logistic_decisions(feats: torch.Tensor, targets: torch.Tensor, pairs: torch.
     reg = torch.full((X_all.shape[-1],), 1.0 / C, dtype=torch.float64)
     reg[-1] = 0.0  # the intercept
     out = torch.empty(len(pairs), int(test.sum()), dtype=torch.float64)
+    chunk = max(1, min(512, CHUNK_VALUES // X_all[0].numel()))  # problems whose features are gathered at once
     for start in range(0, len(pairs), chunk):
         p = pairs[start:start + chunk]
         X = X_all[p[:, 0]]
@@ -221,9 +227,9 @@ def fit_predict(X: np.ndarray, y: np.ndarray, is_test: np.ndarray, max_iter: int
     classes = np.unique(y[~is_test])
     if classes.size < 2:
         return np.full(is_test.sum(), classes[0])
-    targets, pairs = class_targets(y, classes)
+    targets = class_targets(y, classes)
     dec = logistic_decisions(torch.as_tensor(X, dtype=torch.float64)[None], torch.as_tensor(targets),
-                             torch.as_tensor([[0, t] for t in pairs]), torch.as_tensor(~is_test), C, max_iter)
+                             torch.tensor([[0, t] for t in range(len(targets))]), torch.as_tensor(~is_test), C, max_iter)
     return decide(dec.numpy(), classes)
 
 
@@ -232,11 +238,10 @@ def fit_score(X: np.ndarray, y: np.ndarray, is_test: np.ndarray, balanced: bool,
     return score(y[is_test], fit_predict(X, y, is_test, max_iter, C), balanced)
 
 
-def class_targets(y: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, list[int]]:
-    """The binary problems of a label: one (class 1 vs 0) for two classes, one per class
-    otherwise (one-vs-rest). Returns targets [problems, N] and their indices 0..problems-1."""
-    rows = [y == classes[1]] if classes.size == 2 else [y == c for c in classes]
-    return np.array(rows, dtype=np.float64), list(range(len(rows)))
+def class_targets(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """The binary problems of a label, targets [problems, N]: one (the second class against the
+    first) for two classes, one per class otherwise (one-vs-rest)."""
+    return np.array([y == classes[1]] if classes.size == 2 else [y == c for c in classes], dtype=np.float64)
 
 
 def decide(dec: np.ndarray, classes: np.ndarray) -> np.ndarray:
@@ -390,7 +395,7 @@ def _fit_layout(index: int, records: list[dict], model, twins, tokenizer, cfg: P
             classes = np.unique(y[~is_test])
             if classes.size < 2:
                 continue
-            rows, _ = class_targets(y, classes)
+            rows = class_targets(y, classes)
             label_rows.append((p, label, y, classes, list(range(len(targets), len(targets) + len(rows)))))
             targets += list(rows)
     info = ProbeLayout(layout, records[0]["prompt"] + records[0]["target"], len(records),
@@ -434,7 +439,7 @@ def _operand_predictions(records, label_rows, positions, is_test, cfg: ProbingCo
         key = (positions[p][2], label)
         if key not in first:
             first[key] = (classes, list(range(len(targets), len(targets) + len(ts))))
-            targets += [t for t in class_targets(y, classes)[0]]
+            targets += list(class_targets(y, classes))
             pairs += [[0, t] for t in first[key][1]]
     dec = logistic_decisions(X, torch.as_tensor(np.array(targets)), torch.tensor(pairs),
                              torch.as_tensor(~is_test), cfg.C, cfg.max_iter).numpy()
@@ -660,7 +665,8 @@ class ProbingClassifier:
             _, cache = run_with_cache(subject, batch, names=set(sites).__contains__)
             feats += [cache[s][rows, batch.pred_pos[:, 0]].double().cpu() for s in sites]
         classes = np.unique(y[~is_test])
-        targets, ts = class_targets(y, classes)
+        targets = class_targets(y, classes)
+        ts = range(len(targets))
         pairs = torch.tensor([[f, t] for f in range(len(feats)) for t in ts])
         dec = logistic_decisions(torch.stack(feats), torch.as_tensor(targets), pairs, torch.as_tensor(~is_test),
                                  1.0, self.max_iter).numpy().reshape(len(feats), len(ts), -1)
