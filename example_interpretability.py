@@ -22,6 +22,7 @@ from reportgen.analysis import (
 )
 from reportgen.analysis.api import text_records
 from reportgen.analysis.examples import generated_records
+from reportgen.analysis.probing import ProbingConfig, held_out_layouts
 from reportgen.errors import ReportgenError
 
 
@@ -99,11 +100,13 @@ def tour(checkpoint: str, out: Path) -> None:
 
     print("\n5. Linear probing")
     prober = ProbingClassifier(model, tokenizer, task)
-    labels = [int(r["labels"]["n_carries"] > 0) for r in records]
-    res = prober.probe_across_layers(examples, labels, "any_carry")
-    print("   any-carry probe accuracy: " + ", ".join(
+    # A probe reads problems of one layout: the most common one of the longest operands.
+    one_layout = held_out_layouts(ckpt, ProbingConfig(n_examples=120), seed=0)[0][0]
+    labels = [r["labels"]["columns"][1]["carry_in"] for r in one_layout]
+    res = prober.probe_across_layers([r["prompt"] for r in one_layout], labels, "carry_into_column_1")
+    print(f"   carry-into-column-1 probe on {res['layout']} at the first answer position: " + ", ".join(
         f"{name} {acc:.2f} (untrained {u:.2f})" for name, acc, u in zip(res["layer_labels"], res["accuracy"], res["untrained"])
-    ) + f"; majority {res['majority']:.2f}; only {res['n_test']} held-out examples: use `reportgen analyze` for real numbers")
+    ) + f"; majority {res['majority']:.2f}; {res['n_test']} held-out problems (`reportgen analyze --probing` tests them)")
 
     print("\n6. Ablation interventions")
     intervener = InterventionAnalyzer(model, tokenizer, task)

@@ -26,6 +26,8 @@ from reportgen.analysis.findings import (
     NullCheck,
     PatchingFindings,
     PatchSweep,
+    NullCheck,
+    ProbeLayout,
     ProbeResult,
     ProbingFindings,
     Population,
@@ -155,11 +157,17 @@ def _probing(rng, n_layers) -> ProbingFindings:
         for l in range(n_layers):
             for col in range(3):
                 acc = float(rng.uniform(0.55, 0.98))
-                control = float(rng.uniform(0.3, 0.6))
+                twins = [float(rng.uniform(0.4, 0.6)) for _ in range(3)]
+                sel = acc - float(np.mean(twins))
                 probes.append(ProbeResult(
-                    label, f"blocks.{l}.hook_resid_post", l, f"predicts column {col}", acc, label == "carry_in", 0.55,
-                    control, acc - control, float(rng.uniform(0.4, 0.6)), float(rng.uniform(0.5, 0.9)), 160, 40))
-    return ProbingFindings(probes, seed=0)
+                    label, f"blocks.{l}.hook_resid_post", l, f"predicts answer digit of column {col}", "answer", col, 0,
+                    _est(rng, acc), label == "carry_in", 0.55, float(np.mean(twins)), twins,
+                    Estimate(sel, sel - 0.1, sel + 0.1, 40), sel - 0.2, sel > 0.2, Estimate(sel, sel - 0.1, sel + 0.1, 40),
+                    float(rng.uniform(0.5, 0.9)), [0.01, -0.02, 0.01], [False, False, False], 160, 40))
+    null = NullCheck("probe", "selectivity bound above 0", len(probes), sum(p.confirmed for p in probes),
+                     [len(probes)] * 3, [0, 0, 0], 0.05, True, "twins' mean selectivity +0.01, -0.02, +0.01")
+    return ProbingFindings(probes, seed=0, layouts=[ProbeLayout("ddodd=ddd", "59+73=132", 200, 160, 40)], null=null,
+                           n_twins=3, held_out="none of the model's training questions")
 
 
 def _metrics(rng, em) -> Metrics:

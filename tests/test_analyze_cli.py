@@ -16,7 +16,7 @@ FAST = """
 n_examples: 30
 examples: ["59 + 73"]
 attention: {per_head_figures: true}
-probing: {n_examples: 30, hooks: [hook_resid_post], labels: [carry_out, digit]}
+probing: {n_examples: 40, hooks: [hook_resid_post], labels: [carry_out, digit]}
 """
 
 

@@ -30,7 +30,7 @@ FAST_CONFIG = """\
 n_examples: 40
 n_example_pages: 2
 probing:
-  n_examples: 30
+  n_examples: 40
 """
 
 

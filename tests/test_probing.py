@@ -1,29 +1,28 @@
-"""Probing: the probe protocol on features with known information content, and on real caches."""
+"""Probing: the probe core on features of known content, the one-layout rule, twins-calibrated
+selectivity (~0 on untrained models, confirmed where a planted model writes a label), the null
+check (and that it fails when the test is weakened), and the Python API's refusals."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from conftest import TOKENIZER, batch_for, random_model, zero_model
+from conftest import TOKENIZER, random_model, zero_model
 from reportgen.analysis import engine, probing
+from reportgen.analysis.examples import template
 from reportgen.data.dataset import stratified_examples
 from reportgen.errors import ReportgenError
 
 RNG = np.random.default_rng(0)
-
-
-def _types_and_labels(n=400, seed=0):
-    rng = np.random.default_rng(seed)
-    a, b = rng.integers(0, 10, n), rng.integers(0, 10, n)
-    types = list(zip(a.tolist(), b.tolist()))
-    return a, b, types, (a + b >= 13).astype(int)  # p = 0.21: unbalanced classes
+FAST = dict(n_examples=150, hooks=["hook_resid_pre", "hook_resid_mid", "hook_resid_post"])
 
 
 def split(n, fraction, seed):
     return probing.holdout_split(list(range(n)), fraction, seed)
 
 
+# ---------------------------------------------------------------- the probe core
 def test_split_is_by_example_seeded_and_disjoint():
     s1, s2 = split(100, 0.3, 7), split(100, 0.3, 7)
     assert (s1 == s2).all() and s1.sum() == 30
@@ -39,17 +38,23 @@ def test_copies_of_a_problem_are_on_the_same_side_of_the_split():
         assert len(set(is_test[3 * k : 3 * k + 3])) == 1
 
 
-def test_repeated_problems_do_not_let_a_probe_memorise_random_labels():
-    """One random label per problem: nothing to decode. With copies split apart, a probe would
-    memorise them; split by problem, it stays near chance."""
-    model = random_model(seed=6)
-    recs = stratified_examples("add", 50, 3, 1, seed=4)
-    texts = [r["prompt"] for r in recs] * 4
-    labels = list(np.random.default_rng(0).integers(0, 2, 50)) * 4
-    res = probing.ProbingClassifier(model, TOKENIZER).probe_across_layers(texts, labels, "noise")
-    assert max(res["accuracy"]) < 0.75
-    with pytest.raises(ReportgenError, match="two distinct problems"):
-        probing.ProbingClassifier(model, TOKENIZER).probe_across_layers(texts[:1] * 4, [0, 1, 0, 1], "x")
+def test_newton_solver_predicts_as_scikit_learn_does():
+    """Same objective (sum of log-losses + ||w||^2 / 2C on standardised features, free intercept),
+    one-vs-rest for more than two classes: the same held-out predictions."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(1)
+    for trial in range(6):
+        X = rng.normal(size=(240, 24)) * rng.uniform(0.1, 3, 24)
+        y = (X @ rng.normal(size=24) + rng.normal(size=240) * 2 > 0).astype(int) if trial % 2 else rng.integers(0, 4, 240)
+        is_test = split(240, 0.4, trial)
+        scaler = StandardScaler().fit(X[~is_test])
+        base = LogisticRegression(C=1.0, max_iter=1000, tol=1e-10)
+        clf = (OneVsRestClassifier(base) if trial % 2 == 0 else base).fit(scaler.transform(X[~is_test]), y[~is_test])
+        got = probing.fit_predict(X, y, is_test, 30, 1.0)
+        assert (got == clf.predict(scaler.transform(X[is_test]))).all()
 
 
 def test_operand_baseline_decodes_carries_that_depend_on_every_lower_column():
@@ -58,42 +63,17 @@ def test_operand_baseline_decodes_carries_that_depend_on_every_lower_column():
     recs = stratified_examples("add", 600, 3, 3, seed=0)
     y = np.array([r["labels"]["columns"][2]["carry_out"] for r in recs])
     is_test = split(len(recs), 0.3, 0)
-    acc = probing.fit_score(probing.operand_features(recs), y, is_test, probing.is_unbalanced(y), 500, 100.0)
+    acc = probing.fit_score(probing.operand_features(recs), y, is_test, probing.is_unbalanced(y), 50, 100.0)
     assert acc > 0.99  # columns 2 and 1 alone: 0.97 on these problems
 
 
-def test_features_without_information_give_chance_and_zero_selectivity():
-    _, _, types, y = _types_and_labels()
+def test_features_without_information_score_chance():
+    y = (RNG.integers(0, 10, 400) >= 7).astype(int)  # p = 0.3: unbalanced classes
     X = RNG.normal(size=(len(y), 32))
     is_test = split(len(y), 0.3, 0)
     bal = probing.is_unbalanced(y)
-    acc = probing.fit_score(X, y, is_test, bal, 200, 1.0)
-    control = probing.fit_score(X, probing.control_labels(types, y, 0), is_test, bal, 200, 1.0)
-    assert bal and acc == pytest.approx(0.5, abs=0.1) and control == pytest.approx(0.5, abs=0.1)
-    assert abs(acc - control) < 0.12
+    assert bal and probing.fit_score(X, y, is_test, bal, 30, 1.0) == pytest.approx(0.5, abs=0.1)
     assert probing.majority_score(y, is_test, bal) == 0.5  # balanced accuracy of a constant guess
-
-
-def test_input_identity_features_make_control_as_learnable_as_the_label():
-    """Hewitt & Liang: a representation that is just the input type supports any function of
-    the type, so carry (a function of (a, b)) and the control task score alike: selectivity ~ 0."""
-    a, b, types, y = _types_and_labels(n=2000)
-    X = np.zeros((len(y), 100))
-    X[np.arange(len(y)), 10 * a + b] = 1.0
-    is_test = split(len(y), 0.3, 0)
-    bal = probing.is_unbalanced(y)
-    acc = probing.fit_score(X, y, is_test, bal, 500, 10.0)
-    control = probing.fit_score(X, probing.control_labels(types, y, 1), is_test, bal, 500, 10.0)
-    assert acc > 0.97 and control > 0.9 and acc - control < 0.1
-
-
-def test_control_labels_are_one_per_type_with_the_real_marginal():
-    _, _, types, y = _types_and_labels(n=3000)
-    c = probing.control_labels(types, y, 3)
-    by_type = {}
-    for t, v in zip(types, c):
-        assert by_type.setdefault(t, v) == v
-    assert abs(c.mean() - y.mean()) < 0.15 and set(c) <= set(y)
 
 
 def test_score_balances_only_when_asked():
@@ -102,58 +82,165 @@ def test_score_balances_only_when_asked():
     assert probing.score(y, pred, balanced=True) == 0.5
 
 
-def _probe(model, recs, cfg, layers, seed=0):
-    batch = batch_for(model, recs)
-    _, cache = engine.run_with_cache(model, batch)
-    _, twin = engine.run_with_cache(engine.untrained_twin(model, seed), batch)
-    return probing.analyze_probing(batch, cache, twin, cfg, layers, seed)
+def test_resampled_balanced_accuracy_is_recomputed_per_resample():
+    """A row of ones is the sample itself; an integer row is a resample with those multiplicities."""
+    y = np.array([0, 0, 0, 1, 1, 2])
+    pred = np.array([0, 1, 0, 1, 0, 2])
+    correct = (pred == y).astype(float)[None]
+    assert probing.resampled_scores(np.ones((1, 6)), correct, y, True)[0, 0] == pytest.approx(
+        probing.score(y, pred, True))
+    weights = np.array([[3.0, 0, 0, 1, 0, 2]])  # rows 0 (x3), 3, 5 (x2): every class right
+    assert probing.resampled_scores(weights, correct, y, True)[0, 0] == 1.0
+    weights = np.array([[0, 2.0, 0, 0, 4, 0]])  # rows 1 (x2), 4 (x4): classes 0 and 1 only, both wrong
+    assert probing.resampled_scores(weights, correct, y, True)[0, 0] == 0.0
+    assert probing.resampled_scores(weights, correct, y, False)[0, 0] == 0.0
 
 
-def test_probes_on_a_random_model_report_every_baseline():
-    recs = stratified_examples("add", 160, 3, 1, seed=0)
-    cfg = probing.ProbingConfig(n_examples=150, hooks=["hook_resid_post"], labels=["carry_out", "a_digit", "operator"])
-    f = _probe(random_model(seed=5), recs, cfg, [1])
-    assert f.probes and {p.label for p in f.probes} == {"carry_out", "a_digit"}  # one operator only: skipped
-    # column 3 (the leading carry digit) has constant carry_out and a_digit: no probe there
-    assert {p.position for p in f.probes} == {f"predicts column {n}" for n in range(3)}
-    for p in f.probes:
-        assert p.hook == "blocks.1.hook_resid_post" and p.layer == 1
-        assert 0 <= p.accuracy <= 1 and p.selectivity == pytest.approx(p.accuracy - p.control)
-        assert p.n_train + p.n_test <= 150
-        if p.label == "a_digit":  # a's digit is exactly one of the one-hot operand features
-            assert p.operand_baseline == 1.0
-    for label in ("carry_out", "a_digit"):  # one metric per label, at every column
-        assert len({p.balanced for p in f.probes if p.label == label}) == 1
+# ---------------------------------------------------------------- layouts
+def test_probes_read_problems_of_one_layout_outside_the_training_split(ckpt):
+    cfg = probing.ProbingConfig(**FAST)
+    layouts, note = probing.held_out_layouts(ckpt, cfg, 0)
+    assert [template(rs[0]) for rs in layouts] == ["dddoddd=dddd", "dddoddd=ddd"]  # the two most common
+    for rs in layouts:
+        assert len(rs) == cfg.n_examples and len({template(r) for r in rs}) == 1
+    assert "training split could not be recovered" in note  # the fixture checkpoint records no data set
+    with pytest.raises(ReportgenError, match="one layout"):
+        probing.probe_layouts(ckpt.model, engine.untrained_twins(ckpt.model, 2, 0), TOKENIZER,
+                              [layouts[0][:20] + layouts[1][:20]], cfg, [0], 0)
 
 
-def test_blank_model_carries_no_information():
-    """Constant activations (a zero model): every probe scores its majority baseline, selectivity ~ 0."""
-    recs = stratified_examples("add", 120, 3, 1, seed=1)
-    cfg = probing.ProbingConfig(n_examples=120, hooks=["hook_resid_post"], labels=["carry_out", "carry_in", "digit"])
-    f = _probe(zero_model(), recs, cfg, [0, 1])
-    assert f.probes
-    for p in f.probes:
-        assert p.accuracy == pytest.approx(p.majority, abs=0.05)
-        assert abs(p.selectivity) < 0.2
+def test_held_out_layouts_exclude_the_training_questions(ckpt, monkeypatch):
+    from reportgen.train import trainer
+
+    cfg = probing.ProbingConfig(**FAST)
+    drawn = {(r["a"], r["op"], r["b"]) for rs in probing.held_out_layouts(ckpt, cfg, 0)[0] for r in rs}
+    seen = set(list(drawn)[:100])
+    monkeypatch.setattr(trainer, "training_questions", lambda meta: {"train": seen, "val": set(), "test": set()})
+    layouts, note = probing.held_out_layouts(ckpt, cfg, 0)
+    assert not seen & {(r["a"], r["op"], r["b"]) for rs in layouts for r in rs}
+    assert note == "none of the model's training, validation or test questions"
 
 
+def test_every_target_digit_of_a_scratchpad_is_probed_with_its_role_and_column():
+    recs = stratified_examples("add", 300, 3, 3, seed=0, with_steps=True)
+    recs = [r for r in recs if template(r) == template(recs[0])]
+    model = random_model(n_ctx=64)
+    cfg = probing.ProbingConfig(n_examples=len(recs), hooks=["hook_resid_post"], labels=["carry_in", "carry_out"],
+                                scratchpad_labels=["carry_out"])
+    f = probing.probe_layouts(model, engine.untrained_twins(model, 2, 0), TOKENIZER, [recs], cfg, [1], 0)
+    roles = {(p.role, p.column) for p in f.probes}
+    assert {("sum_digit", 0), ("carry_out", 0), ("operand_a", 1), ("carry_in", 1)} <= roles
+    assert "predicts sum_digit of column 1" in {p.position for p in f.probes}
+    assert {p.label for p in f.probes if p.role != "answer"} == {"carry_out"}
+    assert all(p.layout == 0 and p.n_train + p.n_test == len(recs) for p in f.probes)
+
+
+# ---------------------------------------------------------------- calibration and the null
+def _analyze(model, ckpt, seed=0, n_twins=3, **cfg):
+    config = probing.ProbingConfig(**{**FAST, **cfg})
+    layouts, note = probing.held_out_layouts(ckpt, config, seed)
+    return probing.probe_layouts(model, engine.untrained_twins(model, n_twins, seed), TOKENIZER, layouts, config,
+                                 [0, 1], seed, note)
+
+
+def test_an_untrained_model_has_selectivity_near_zero_and_nothing_confirmed(ckpt):
+    for seed in (1, 2):
+        f = _analyze(random_model(seed=100 + seed), ckpt, seed)
+        sel = np.array([p.selectivity.mean for p in f.probes])
+        assert len(sel) > 40 and abs(sel.mean()) < 0.05
+        assert not any(p.confirmed for p in f.probes)
+        assert f.null.passed and f.null.twin_confirmed == [0, 0, 0] and f.null.n_tested == len(f.probes)
+        assert max(f.twin_max_abs_selectivity) < 0.3 and max(map(abs, f.twin_mean_selectivity)) < 0.05
+
+
+def planted_model(strength: float = 20.0):
+    """Head 0 of layer 0 copies the first token of the problem (a's leading digit) into dims
+    22-31 of the residual stream at every later position; nothing else is computed."""
+    model = zero_model()
+    digits = [TOKENIZER.vocab.index(str(d)) for d in range(10)]
+    with torch.no_grad():
+        model.W_E[:, : len(TOKENIZER)] = torch.eye(len(TOKENIZER))
+        model.W_pos[1, 21] = 1.0  # marks token position 1
+        attn = model.blocks[0].attn
+        attn.b_Q[0, 0] = strength
+        attn.W_K[0, 21, 0] = 1.0
+        for d, tok in enumerate(digits):
+            attn.W_V[0, tok, d] = 1.0
+            attn.W_O[0, d, 22 + d] = 1.0
+    return model
+
+
+def test_a_planted_label_is_confirmed_where_it_is_written_and_nowhere_else(ckpt):
+    """a's hundreds digit is linearly present after layer 0's attention, at every position; the
+    only probes of it are at the positions predicting column 2 (3-digit operands)."""
+    f = _analyze(planted_model(), ckpt, labels=["a_digit", "carry_in", "carry_out"])
+    confirmed = {(p.label, p.column, p.hook, p.layout) for p in f.probes if p.confirmed}
+    after = ["blocks.0.hook_resid_mid", "blocks.0.hook_resid_post", "blocks.1.hook_resid_mid",
+             "blocks.1.hook_resid_post"]
+    assert confirmed == {("a_digit", 2, hook, layout) for hook in after for layout in (0, 1)}
+    embed = [p for p in f.probes if p.label == "a_digit" and p.column == 2 and p.hook == "blocks.0.hook_resid_pre"]
+    assert embed and not any(p.confirmed for p in embed)
+    assert f.null.passed
+
+
+NULL_CHECK = dict(hooks=["hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"],
+                  labels=["carry_in", "carry_out", "cascade"])  # 117 probes: room for false confirmations
+
+
+def test_the_null_check_fails_when_the_test_is_weakened(ckpt, monkeypatch):
+    """One untrained subject and its twins: the test passes its null. Weakened to a bare per-probe
+    bootstrap interval (no Bonferroni correction, no initialisation spread of the twins), or with
+    the twins' comparison dropped (accuracy over the majority class), it confirms probes on the
+    untrained twins and the null check says the test is broken."""
+    subject = random_model(seed=103)
+    f = _analyze(subject, ckpt, 3, **NULL_CHECK)
+    assert f.null.n_tested > 100 and f.null.passed and f.null.twin_confirmed == [0, 0, 0]
+    with monkeypatch.context() as m:
+        m.setattr(probing, "bonferroni_z", lambda alpha, n: probing.Z95)
+        m.setattr(probing, "init_variance", lambda spread, n_ref: 0.0)
+        bare = _analyze(subject, ckpt, 3, **NULL_CHECK)
+    assert sum(c > 0 for c in bare.null.twin_confirmed) >= 2 and not bare.null.passed
+    with monkeypatch.context() as m:
+        def over_majority(scores, k):  # no twins: every subject against the majority class
+            majority = scores[..., 1 + k]
+            return scores[..., 0] - majority, scores[..., 0] - majority, scores[..., 1:1 + k] - majority[..., None]
+        m.setattr(probing, "comparisons", over_majority)
+        untwinned = _analyze(subject, ckpt, 3, **NULL_CHECK)
+    assert min(untwinned.null.twin_confirmed) > 10 and not untwinned.null.passed
+
+
+# ---------------------------------------------------------------- the Python API
 def test_probe_across_layers_api():
     model = random_model(seed=6)
-    recs = stratified_examples("add", 60, 3, 1, seed=4)
+    recs = [r for r in stratified_examples("add", 200, 3, 3, seed=4) if template(r) == "dddoddd=dddd"][:60]
     texts = [r["prompt"] for r in recs]
-    labels = [r["labels"]["n_carries"] > 0 for r in recs]
-    res = probing.ProbingClassifier(model, TOKENIZER).probe_across_layers(texts, labels, "any_carry")
-    assert res["layer_labels"] == ["embed", "L0", "L1"]
+    labels = [r["labels"]["columns"][1]["carry_in"] for r in recs]
+    res = probing.ProbingClassifier(model, TOKENIZER).probe_across_layers(texts, labels, "carry")
+    assert res["layer_labels"] == ["embed", "L0", "L1"] and res["layout"] == "dddoddd=dddd"
     assert len(res["accuracy"]) == len(res["untrained"]) == 3
     assert res["n_train"] + res["n_test"] == 60 and 0 <= res["majority"] <= 1
     with pytest.raises(ReportgenError, match="labels"):
         probing.ProbingClassifier(model, TOKENIZER).probe_across_layers(texts, labels[:-1], "x")
 
 
-def test_plot_probe_writes_a_figure(tmp_path):
-    recs = stratified_examples("add", 60, 3, 1, seed=0)
-    cfg = probing.ProbingConfig(n_examples=60, hooks=["hook_resid_pre", "hook_resid_post"], labels=["carry_out"])
-    f = _probe(random_model(), recs, cfg, [0, 1])
+def test_probe_api_refuses_too_few_problems_naming_the_minimum():
+    model = random_model(seed=6)
+    texts = ["123 + 456", "234 + 567", "345 + 321", "111 + 222"] * 8  # 4 distinct problems, 32 rows
+    least = probing.min_problems(0.3)
+    with pytest.raises(ReportgenError, match=f"at least {least} distinct problems"):
+        probing.ProbingClassifier(model, TOKENIZER).probe_across_layers(texts, [0, 1, 0, 1] * 8, "x")
+
+
+def test_probe_api_refuses_problems_of_several_layouts():
+    model = random_model(seed=6)
+    recs = stratified_examples("add", 60, 3, 1, seed=4)
+    with pytest.raises(ReportgenError, match="layouts"):
+        probing.ProbingClassifier(model, TOKENIZER).probe_across_layers(
+            [r["prompt"] for r in recs], [r["labels"]["n_carries"] > 0 for r in recs], "any_carry")
+
+
+def test_plot_probe_writes_a_figure(tmp_path, ckpt):
+    f = _analyze(random_model(seed=3), ckpt, hooks=["hook_resid_post"], labels=["carry_out"])
     probing.plot_probe(f, "carry_out", tmp_path / "carry_out_results.png")
     assert (tmp_path / "carry_out_results.png").stat().st_size > 0
 
@@ -161,3 +248,31 @@ def test_plot_probe_writes_a_figure(tmp_path):
 def test_config_is_validated():
     with pytest.raises(ReportgenError, match="test_fraction"):
         probing.ProbingConfig(test_fraction=1.5)
+    with pytest.raises(ReportgenError, match=f"at least {probing.min_problems(0.4)}"):
+        probing.ProbingConfig(n_examples=10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", ["add3_rev", "add3_steps"])
+def test_untrained_models_of_the_demo_configs_confirm_no_probe(run):
+    """The issue's done-when: untrained models of both demo configs (three initialisation seeds,
+    each with its own three twins) have mean probe selectivity within 0.05 of 0, no probe confirmed,
+    and a null check that passes."""
+    import dataclasses
+    from pathlib import Path
+
+    from reportgen.analysis.config import AnalysisConfig
+    from reportgen.model.checkpoint import load_checkpoint
+    from reportgen.train.trainer import training_questions
+
+    ckpt = load_checkpoint(Path(__file__).resolve().parents[1] / "runs" / run / "checkpoint_best.pt")
+    questions = training_questions(ckpt.meta)
+    cfg = AnalysisConfig()
+    layers = probing.check_probe_layers(cfg.probing, ckpt.model.cfg.n_layers)
+    for seed in (1, 2, 3):
+        untrained = dataclasses.replace(ckpt, model=engine.untrained_twin(ckpt.model, 500 + seed))
+        f = probing.analyze_probing(untrained, engine.untrained_twins(ckpt.model, cfg.untrained_twins, seed),
+                                    cfg.probing, layers, seed, questions)
+        assert f.held_out == "none of the model's training, validation or test questions"
+        assert len(f.probes) > 40 and abs(np.mean([p.selectivity.mean for p in f.probes])) < 0.05
+        assert f.null.confirmed == 0 and f.null.passed

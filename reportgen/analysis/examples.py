@@ -8,6 +8,7 @@ makes harmless: no real position ever attends to padding.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -146,7 +147,12 @@ def held_out_records(ckpt: Checkpoint, n: int, seed: int) -> tuple[list[dict], s
     were used to pick and describe the model); else "train" (up to n outside the training split);
     "" where the data set cannot be recovered or its training split covers the task (then they
     are n generated questions that may include training questions)."""
-    splits = training_questions(ckpt.meta)
+    return held_out_from(ckpt, n, seed, training_questions(ckpt.meta))
+
+
+def held_out_from(ckpt: Checkpoint, n: int, seed: int, splits: Optional[dict]) -> tuple[list[dict], str]:
+    """`held_out_records` given the model's data splits (trainer.training_questions; None: not
+    recoverable), which take seconds to regenerate and so are computed once per model."""
     if splits is None:
         return generated_records(ckpt, n, seed), ""
     t = ckpt.task

@@ -180,20 +180,42 @@ class CircuitFindings:
 
 # ---------------------------------------------------------------- 5. probing
 @dataclass
-class ProbeResult:
-    """One logistic probe at one (layer, position, hook) for one label."""
+class ProbeLayout:
+    """The problems of one text layout that probes read (every row the same characters at the
+    same positions, so a probed position plays one role in every row)."""
 
-    label: str  # "carry_in", "carry_out", "digit", "a_digit", "operator", "cascade", ...
+    template: str  # digits 'd', operators 'o', other characters as themselves, e.g. 'dddoddd=dddd'
+    example: str  # one problem of the layout as the model reads it (prompt + target)
+    n_examples: int
+    n_train: int
+    n_test: int
+
+
+@dataclass
+class ProbeResult:
+    """One logistic probe for one label at one site: (layer, hook) at the position predicting one
+    target digit, in one layout. Scores are held-out accuracy, or balanced accuracy where the
+    label's classes are unbalanced; intervals are 95% paired bootstraps over held-out problems."""
+
+    label: str  # "carry_in", "carry_out", "digit", "a_digit", "operator", "cascade"
     hook: str  # hook point name, e.g. "blocks.0.hook_resid_post"
     layer: int
-    position: str  # e.g. "predicts column 1"
-    accuracy: float  # held-out (balanced where classes are unbalanced)
+    position: str  # e.g. "predicts sum_digit of column 1"
+    role: str  # role of the predicted digit (data.arithmetic.TARGET_ROLES)
+    column: int  # column n of the predicted digit (its step's column in a scratchpad)
+    layout: int  # index into ProbingFindings.layouts
+    accuracy: Estimate
     balanced: bool
-    majority: float
-    control: float  # control task: random labels per input type with the same marginals
-    selectivity: float  # accuracy - control
-    untrained: float  # the same probe on an untrained model's activations
-    operand_baseline: float  # probe on the operand digits alone (one-hot) at the same site
+    majority: float  # always predicting the training majority class
+    untrained: float  # mean over the untrained twins of the same probe's accuracy
+    untrained_each: list[float]  # per twin
+    selectivity: Estimate  # accuracy - untrained
+    selectivity_bound: float  # lower bound, Bonferroni-corrected over the model's probes
+    confirmed: bool  # selectivity_bound > 0
+    over_baseline: Estimate  # accuracy - max(majority, untrained)
+    operand_baseline: float  # the probe on the one-hot digits of both operands (operand identity alone)
+    twin_selectivity: list[float]  # each twin as the subject, against the other twins
+    twin_confirmed: list[bool]  # the same test with each twin as the subject
     n_train: int
     n_test: int
 
@@ -202,6 +224,14 @@ class ProbeResult:
 class ProbingFindings:
     probes: list[ProbeResult]
     seed: int
+    layouts: list[ProbeLayout] = field(default_factory=list)
+    null: Optional[NullCheck] = None  # the confirmation test on the model and on each twin
+    n_twins: int = 0
+    alpha: float = 0.05  # family-wise error rate of the confirmations
+    bound_z: float = float("nan")  # normal quantile of the corrected lower bounds
+    held_out: str = ""  # which of the model's questions the probes' problems exclude
+    twin_mean_selectivity: list[float] = field(default_factory=list)  # per twin, over probes
+    twin_max_abs_selectivity: list[float] = field(default_factory=list)  # per twin, over probes
 
 
 # ---------------------------------------------------------------- 6. interventions

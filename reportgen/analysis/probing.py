@@ -1,27 +1,56 @@
-"""Linear probing (DESIGN §4.5): logistic-regression probes on frozen activations.
+"""Linear probing (DESIGN §4.5): logistic-regression probes on frozen activations, calibrated
+against untrained twins of the same config.
 
-One probe per (label, answer column n, hook point): its features are the activation at the
-position that predicts answer column n, one row per example that has that column, so columns
-are probed separately (a probe never mixes positions). Labels come from the ground truth of
-column n: carry_in, carry_out, digit (the answer digit), a_digit (a's digit), operator (only
-where the data mix operators), cascade (the column belongs to a carry chain of length >= 2).
+A probe reads one label at one site: a (layer, hook) at the position that predicts one target
+digit (data.arithmetic.target_tokens: the final answer's digits and, for scratchpad models, every
+digit of every step, by role and column), in problems of ONE text layout (examples.template:
+every row has the same characters at the same positions, so the probed position plays the same
+role in every row; e.g. 3+3 digits with a 3-digit answer). Probing draws its own problems: of
+the model's task and format, with the longest operands, none of the model's training questions,
+grouped by layout, keeping the `layouts` most common layouts with `n_examples` problems each.
 
-Protocol, shared by every probe: one shuffled split of the problems with a fixed seed (no
-problem is in both train and test, whatever the column, even when it is given twice),
-StandardScaler fitted on train only, held-out accuracy, balanced accuracy for a label whose
-classes are unbalanced (largest class more than 1.5 times the smallest) in any column, so that
-one label is scored the same way at every column, and the baselines
-- majority: always predicting the training majority class (same metric);
-- untrained: the same probe on an untrained twin's activations at the same site;
+Labels (of the column n of the predicted digit; a scratchpad digit's column is its step's):
+carry_in, carry_out, digit (the column's result digit), a_digit (a's digit), operator (where
+the data mix operators), cascade (the column belongs to a carry chain of length >= 2). Answer
+positions take `labels`, scratchpad positions `scratchpad_labels`; multiplication scratchpads
+have no column and are not probed. A label constant in the training rows is not probed.
+
+Protocol: one seeded split by problem per layout (the same held-out rows for every probe of the
+layout, for the model and for every twin), features standardised on the training rows, an
+L2-regularised logistic regression (one-vs-rest where a label has more than two classes) fitted
+by batched Newton steps, scored on the held-out rows: accuracy, or balanced accuracy (mean
+recall over classes) for a label whose classes are unbalanced at any of its sites. Beside each
+probe, at the same site and rows:
+- untrained: the mean accuracy of the same probe on the untrained twins' activations;
+- selectivity = accuracy - untrained, with a 95% interval from the SE below (its bootstrap part
+  is paired: each resample of held-out problems rescores the model and every twin on the same
+  rows, balanced accuracy recomputed per resample); accuracy has a percentile bootstrap interval;
+- majority: always predicting the training majority class; over_baseline = accuracy -
+  max(majority, untrained), with an interval like selectivity's;
 - operand: the same probe on the one-hot digits of both operands in every column (and the
-  operator), i.e. operand identity alone, from which carries are linearly decodable;
-- control (Hewitt & Liang): each input type (operator, a_n, b_n, carry_in of column n) gets a
-  random label drawn from the real label's marginal; selectivity = accuracy - control accuracy.
+  operator), i.e. operand identity alone. Carries are functions of the operands, so they are
+  linearly decodable from operand identity; a probe that matches this line shows no more than
+  that the site still holds the inputs.
+No Hewitt-Liang control task: with ~200 input types (operator, a_n, b_n, carry_in) and a few
+hundred problems a type-level control is not learnable, and its selectivity measured 0.3-0.5 on
+untrained models. The untrained twins are the control: they hold the same inputs at the same
+sites with no training, so twins-calibrated selectivity is ~0 on an untrained model.
+
+Confirmation and its null: a probe is confirmed (the label is linearly decodable there beyond
+untrained models) when the lower bound of its selectivity interval, Bonferroni-corrected over all
+probes of the model at family-wise error `alpha`, is above 0. The bound is selectivity - z * SE
+(a normal interval: a percentile interval at alpha / probes would need ~10^5 resamples), with
+SE^2 = the paired bootstrap variance + (1 + 1/twins) * the initialisation spread of untrained
+models (the twins' sample variance, floored by a ratio pooled over probes): with the bootstrap
+part alone, a twin was confirmed against the others in about a third of the demo configs' runs,
+against alpha = 0.05. The same test runs
+with each twin as the subject against the other twins; findings.NullCheck records both counts and
+stats.null_passed judges them.
 """
 
 from __future__ import annotations
 
-import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal, Optional, get_args
 
@@ -29,9 +58,12 @@ import numpy as np
 import torch
 
 from reportgen.analysis.api import check_layers, pyplot, save_figure, task_of, text_batch
-from reportgen.analysis.engine import run_with_cache, untrained_twin
-from reportgen.analysis.examples import ExampleBatch, example_key
-from reportgen.analysis.findings import ProbeResult, ProbingFindings
+from reportgen.analysis.engine import run_with_cache, untrained_twins
+from reportgen.analysis.examples import ExampleBatch, build_batch, example_key, template
+from reportgen.analysis.findings import Estimate, NullCheck, ProbeLayout, ProbeResult, ProbingFindings
+from reportgen.analysis.stats import N_BOOT, null_passed
+from reportgen.data.arithmetic import target_tokens
+from reportgen.data.dataset import count_questions, stratified_examples
 from reportgen.errors import ReportgenError
 from reportgen.model.transformer import Transformer
 
@@ -40,31 +72,53 @@ Hook = Literal["hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn
 LABELS: tuple[str, ...] = get_args(Label)
 OPS = ("+", "-", "*")
 IMBALANCE_RATIO = 1.5
+MIN_TEST = 12  # held-out problems below which a probe's accuracy means little
+MIN_TRAIN = 20
+SCRATCHPAD_ROLES = ("operand_a", "operand_b", "carry_in", "sum_digit", "carry_out")
+CHUNK_VALUES = 10_000_000  # feature values of the problems solved together (80 MB in float64)
+
+
+def min_problems(test_fraction: float) -> int:
+    """Fewest distinct problems that hold out MIN_TEST and train on MIN_TRAIN."""
+    n = MIN_TEST + MIN_TRAIN
+    while round(n * test_fraction) < MIN_TEST or n - round(n * test_fraction) < MIN_TRAIN:
+        n += 1
+    return n
 
 
 @dataclass
 class ProbingConfig:
     """Which probes to fit and how (see the module docstring for the protocol)."""
 
-    labels: list[Label] = field(default_factory=lambda: list(LABELS))
-    hooks: list[Hook] = field(default_factory=lambda: ["hook_resid_pre", "hook_resid_mid", "hook_resid_post"])
+    labels: list[Label] = field(default_factory=lambda: ["carry_in", "carry_out", "cascade", "operator"])
+    scratchpad_labels: list[Label] = field(default_factory=lambda: ["carry_in", "carry_out"])
+    # Per layer; blocks.{l}.hook_resid_pre equals blocks.{l-1}.hook_resid_post and is probed once.
+    hooks: list[Hook] = field(default_factory=lambda: ["hook_resid_mid", "hook_resid_post"])
     layers: Optional[list[int]] = None  # None: every layer
-    n_examples: int = 300  # first n examples of the analysis batch
-    test_fraction: float = 0.3
-    max_iter: int = 200  # newton-cg iterations (it converges in ~10 on these problems)
-    C: float = 1.0
+    layouts: int = 2  # the most common layouts of the longest operands
+    n_examples: int = 300  # held-out problems drawn per layout
+    test_fraction: float = 0.4
+    max_iter: int = 30  # Newton iterations (they converge in ~6-10 on these problems)
+    C: float = 1.0  # inverse L2 regularisation strength
+    alpha: float = 0.05  # family-wise error rate of the confirmations, over all probes of a model
 
     def __post_init__(self):
-        if self.n_examples < 10:
-            raise ReportgenError(f"probing n_examples must be at least 10, got {self.n_examples}")
         if not 0.0 < self.test_fraction < 1.0:
             raise ReportgenError(f"probing test_fraction must be between 0 and 1, got {self.test_fraction}")
+        least = min_problems(self.test_fraction)
+        if self.n_examples < least:
+            raise ReportgenError(f"probing n_examples must be at least {least} (to hold out {MIN_TEST} problems "
+                                 f"at test_fraction {self.test_fraction}), got {self.n_examples}")
+        if self.layouts < 1:
+            raise ReportgenError(f"probing layouts must be at least 1, got {self.layouts}")
         if self.max_iter < 1 or self.C <= 0:
             raise ReportgenError("probing max_iter must be >= 1 and C > 0")
+        if not 0.0 < self.alpha < 1.0:
+            raise ReportgenError(f"probing alpha must be between 0 and 1, got {self.alpha}")
 
 
-# ---------------------------------------------------------------- the probe core (numpy)
-def holdout_split(keys: list, test_fraction: float, seed: int) -> np.ndarray:
+# ---------------------------------------------------------------- the probe core
+def holdout_split(keys: list, test_fraction: float, seed) -> np.ndarray:
     """Boolean per row: which rows are held out. A seeded shuffle of the distinct keys (problems),
     at least one on each side where there are two, so copies of a problem share a side."""
     distinct = list(dict.fromkeys(keys))
@@ -86,38 +140,120 @@ def score(y_true: np.ndarray, y_pred: np.ndarray, balanced: bool) -> float:
     return float(np.mean([np.mean(y_pred[y_true == c] == c) for c in np.unique(y_true)]))
 
 
+def majority_class(y_train: np.ndarray):
+    values, counts = np.unique(y_train, return_counts=True)
+    return values[counts.argmax()]
+
+
 def majority_score(y: np.ndarray, is_test: np.ndarray, balanced: bool) -> float:
-    values, counts = np.unique(y[~is_test], return_counts=True)
-    return score(y[is_test], np.full(is_test.sum(), values[counts.argmax()]), balanced)
+    return score(y[is_test], np.full(is_test.sum(), majority_class(y[~is_test])), balanced)
+
+
+def standardize(feats: torch.Tensor, train: torch.Tensor) -> torch.Tensor:
+    """[F, N, d] features scaled by their training rows' mean and std (constant columns left
+    at 0), with a column of ones appended for the intercept."""
+    mu = feats[:, train].mean(1, keepdim=True)
+    sd = feats[:, train].std(1, unbiased=False, keepdim=True)
+    z = (feats - mu) / torch.where(sd > 1e-12, sd, torch.ones_like(sd))
+    return torch.cat([z, torch.ones_like(z[..., :1])], -1)
+
+
+def logistic_decisions(feats: torch.Tensor, targets: torch.Tensor, pairs: torch.Tensor, train: torch.Tensor,
+                       C: float, max_iter: int) -> torch.Tensor:
+    """Held-out decision values of many binary L2-regularised logistic regressions at once.
+
+    feats [F, N, d] (raw features of N rows), targets [T, N] in {0, 1}, pairs [Q, 2]: problem q
+    fits targets[pairs[q, 1]] on feats[pairs[q, 0]]; train [N] bool. Each problem minimises
+    sum(log-loss) + ||w||^2 / (2C) over standardised features, intercept unpenalised (scikit-
+    learn's objective), by Newton steps with step halving. Returns [Q, N_test] (float64).
+    """
+    X_all = standardize(feats.double(), train)
+    test = ~train
+    reg = torch.full((X_all.shape[-1],), 1.0 / C, dtype=torch.float64)
+    reg[-1] = 0.0  # the intercept
+    out = torch.empty(len(pairs), int(test.sum()), dtype=torch.float64)
+    chunk = max(1, min(512, CHUNK_VALUES // X_all[0].numel()))  # problems whose features are gathered at once
+    for start in range(0, len(pairs), chunk):
+        p = pairs[start:start + chunk]
+        X = X_all[p[:, 0]]
+        w = _newton(X[:, train], targets[p[:, 1]][:, train].double(), reg, max_iter)
+        out[start:start + chunk] = (X[:, test] @ w[..., None])[..., 0]
+    return out
+
+
+def _newton(X: torch.Tensor, y: torch.Tensor, reg: torch.Tensor, max_iter: int, tol: float = 1e-6) -> torch.Tensor:
+    """Batched Newton's method for L2-regularised logistic regression; X [Q, n, d], y [Q, n].
+
+    Gradients and losses are float64; the Hessian is formed and factorised in float32 (the
+    costly part; an inexact Hessian slows convergence slightly but does not move the optimum),
+    with a small ridge so that it stays definite when the fit separates the classes. Problems
+    leave the batch once their step is below `tol`."""
+    w = torch.zeros(X.shape[0], X.shape[2], dtype=torch.float64)
+    X32 = X.float()
+    ridge = torch.diag(reg.float() + 1e-4)
+
+    def loss(X, y, w):
+        z = (X @ w[..., None])[..., 0]
+        return (torch.nn.functional.softplus(z) - y * z).sum(1) + 0.5 * (reg * w * w).sum(1)
+
+    active = torch.arange(len(w))
+    current = loss(X, y, w)
+    for _ in range(max_iter):
+        every = len(active) == len(w)  # gather only once some problems have converged
+        Xa, ya, wa, Xa32 = (X, y, w, X32) if every else (X[active], y[active], w[active], X32[active])
+        prob = torch.sigmoid((Xa @ wa[..., None])[..., 0])
+        grad = (Xa.transpose(1, 2) @ (prob - ya)[..., None])[..., 0] + reg * wa
+        weighted = Xa32 * (prob * (1 - prob)).float()[..., None]
+        chol, _ = torch.linalg.cholesky_ex(weighted.transpose(1, 2) @ Xa32 + ridge)
+        step = torch.cholesky_solve(grad.float()[..., None], chol)[..., 0].double()
+        t = torch.ones(len(active), 1, dtype=torch.float64)
+        now = current[active]
+        for _ in range(10):  # halve where a full step would increase the loss
+            new = loss(Xa, ya, wa - t * step)
+            worse = new > now + 1e-10 * now.abs()
+            if not worse.any():
+                break
+            t[worse] /= 2
+        w[active] = wa - t * step
+        current[active] = torch.minimum(now, new)
+        active = active[(t * step).abs().amax(1) >= tol]
+        if not len(active):
+            break
+    return w
+
+
+def fit_predict(X: np.ndarray, y: np.ndarray, is_test: np.ndarray, max_iter: int, C: float) -> np.ndarray:
+    """Held-out predictions of one standardised logistic probe (one-vs-rest over y's training classes)."""
+    classes = np.unique(y[~is_test])
+    if classes.size < 2:
+        return np.full(is_test.sum(), classes[0])
+    targets = class_targets(y, classes)
+    dec = logistic_decisions(torch.as_tensor(X, dtype=torch.float64)[None], torch.as_tensor(targets),
+                             torch.tensor([[0, t] for t in range(len(targets))]), torch.as_tensor(~is_test), C, max_iter)
+    return decide(dec.numpy(), classes)
 
 
 def fit_score(X: np.ndarray, y: np.ndarray, is_test: np.ndarray, balanced: bool, max_iter: int, C: float) -> float:
     """Held-out score of a standardised logistic-regression probe (train on ~is_test)."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    if np.unique(y[~is_test]).size < 2:
-        return majority_score(y, is_test, balanced)
-    scaler = StandardScaler().fit(X[~is_test])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        clf = LogisticRegression(C=C, solver="newton-cg", max_iter=max_iter).fit(scaler.transform(X[~is_test]), y[~is_test])
-    return score(y[is_test], clf.predict(scaler.transform(X[is_test])), balanced)
+    return score(y[is_test], fit_predict(X, y, is_test, max_iter, C), balanced)
 
 
-def control_labels(types: list[tuple], y: np.ndarray, seed) -> np.ndarray:
-    """Hewitt & Liang control task: one random label per distinct input type, drawn from y's marginal."""
-    values, counts = np.unique(y, return_counts=True)
-    distinct = sorted(set(types))
-    drawn = np.random.default_rng(seed).choice(values, size=len(distinct), p=counts / counts.sum())
-    lookup = dict(zip(distinct, drawn))
-    return np.array([lookup[t] for t in types])
+def class_targets(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """The binary problems of a label, targets [problems, N]: one (the second class against the
+    first) for two classes, one per class otherwise (one-vs-rest)."""
+    return np.array([y == classes[1]] if classes.size == 2 else [y == c for c in classes], dtype=np.float64)
 
 
-# ---------------------------------------------------------------- ground truth per column
+def decide(dec: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Predicted classes from a label's decision values [problems, N_test] (class_targets' order)."""
+    if classes.size == 2:
+        return classes[(dec[0] > 0).astype(int)]
+    return classes[dec.argmax(0)]
+
+
+# ---------------------------------------------------------------- ground truth
 def column_label(record: dict, n: int, label: str):
-    """Value of `label` for answer column n of a record."""
+    """Value of `label` for column n of a record."""
     col = record["labels"]["columns"][n]
     if label == "operator":
         return OPS.index(record["op"])
@@ -126,12 +262,6 @@ def column_label(record: dict, n: int, label: str):
     if label == "cascade":
         return int(col["cascade_len"] >= 2)
     return col[label]
-
-
-def input_type(record: dict, n: int) -> tuple:
-    """The control task's input type of column n: (operator, a_n, b_n, carry_in)."""
-    col = record["labels"]["columns"][n]
-    return (record["op"], col["a"], col["b"], col["carry_in"])
 
 
 def operand_features(records: list[dict]) -> np.ndarray:
@@ -146,110 +276,354 @@ def operand_features(records: list[dict]) -> np.ndarray:
     return X
 
 
+def position_name(role: str, column: int) -> str:
+    """'predicts sum_digit of column 1', 'predicts answer digit of column 0'."""
+    return f"predicts {'answer digit' if role == 'answer' else role} of column {column}"
+
+
+# ---------------------------------------------------------------- problems per layout
+LOAD = object()  # analyze_probing's `questions` not given: compute them
+
+
+def held_out_layouts(ckpt, cfg: ProbingConfig, seed: int, questions=LOAD) -> tuple[list[list[dict]], str]:
+    """The `cfg.layouts` most common layouts of the checkpoint's task with the longest operands,
+    `cfg.n_examples` problems each (fewer where a layout has fewer; layouts under the minimum
+    dropped), in its own format, none of its training questions; and a sentence saying which
+    questions were excluded."""
+    from reportgen.train.trainer import training_questions
+
+    t = ckpt.task
+    D = t["max_digits"]
+    longest = lambda q: len(str(q[0])) == len(str(q[2])) == D  # noqa: E731
+    total = count_questions(t["task"], D, D)
+    want = min(total, 3 * cfg.layouts * cfg.n_examples)
+    splits = training_questions(ckpt.meta) if questions is LOAD else questions
+    if splits is None:
+        exclude, note = None, "the model's training split could not be recovered: problems may include training questions"
+    else:
+        every = {q for s in splits.values() for q in s if longest(q)}
+        train = {q for q in splits["train"] if longest(q)}
+        if total - len(every) >= want:
+            exclude, note = every, "none of the model's training, validation or test questions"
+        else:
+            exclude, note = train, "none of the model's training questions (validation and test questions allowed)"
+        want = min(want, total - len(exclude))
+    pool = stratified_examples(t["task"], want, D, D, seed, t["with_steps"], t["answer_order"], exclude) if want else []
+    groups: dict[str, list[dict]] = {}
+    for r in pool:
+        groups.setdefault(template(r), []).append(r)
+    least = min_problems(cfg.test_fraction)
+    ranked = sorted(groups.values(), key=len, reverse=True)  # stable: ties keep their first-drawn order
+    return [recs[: cfg.n_examples] for recs in ranked[: cfg.layouts] if len(recs) >= least], note
+
+
+def probe_sites(layers: list[int], hooks: list[str]) -> list[tuple[int, str]]:
+    """(layer, hook name) to probe, in forward order; resid_pre of a layer whose previous layer's
+    resid_post is probed is the same tensor and is left out."""
+    sites = [(l, f"blocks.{l}.{h}") for l in sorted(set(layers)) for h in HOOK_ORDER if h in hooks]
+    have = {name for _, name in sites}
+    return [(l, n) for l, n in sites if not (n.endswith("hook_resid_pre") and f"blocks.{l - 1}.hook_resid_post" in have)]
+
+
+HOOK_ORDER = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
+
+
 # ---------------------------------------------------------------- the analysis
 @dataclass
-class _Column:
-    """The examples (rows) that have answer column n, and where it is predicted."""
+class _Probe:
+    """One fitted probe before scoring: held-out predictions of the model and of each twin."""
 
-    n: int
-    rows: np.ndarray  # example indices
-    pos: np.ndarray  # token index predicting column n in each of those examples
-    records: list[dict]
-    is_test: np.ndarray
-
-
-def _columns(batch: ExampleBatch, n_use: int, is_test: np.ndarray) -> list[_Column]:
-    cols = batch.columns[:n_use].cpu().numpy()
-    mask = batch.answer_mask[:n_use].cpu().numpy()
-    pos = batch.pred_pos[:n_use].cpu().numpy()
-    out = []
-    for n in sorted(set(cols[mask].tolist())):
-        rows, slots = np.nonzero(mask & (cols == n))
-        out.append(_Column(n, rows, pos[rows, slots], [batch.records[i] for i in rows], is_test[rows]))
-    return out
+    label: str
+    role: str
+    column: int
+    layer: int
+    hook: str
+    layout: int
+    y: np.ndarray  # every row's label (train and test)
+    y_test: np.ndarray
+    preds: np.ndarray  # [1 + twins, N_test]: the model's, then each twin's
+    majority: object  # the training majority class
+    operand: np.ndarray  # [N_test] predictions of the operand-identity probe
+    n_train: int
 
 
-def analyze_probing(
-    batch: ExampleBatch, cache: dict, twin_cache: dict, cfg: ProbingConfig, layers: list[int], seed: int
-) -> ProbingFindings:
-    """Every configured probe on the first cfg.n_examples examples of the batch (DESIGN §4.5)."""
-    with single_threaded_blas():
-        return _analyze_probing(batch, cache, twin_cache, cfg, layers, seed)
+def analyze_probing(ckpt, twins: list[Transformer], cfg: ProbingConfig, layers: list[int], seed: int,
+                    questions=LOAD) -> ProbingFindings:
+    """Every configured probe on held-out problems of the checkpoint's task, one layout per probe,
+    calibrated against the untrained `twins` (engine.untrained_twins; at least two). `questions`:
+    train.trainer.training_questions(ckpt.meta) where the caller has it (it regenerates the data
+    set, seconds), else it is computed here."""
+    layouts, note = held_out_layouts(ckpt, cfg, seed, questions)
+    return probe_layouts(ckpt.model, twins, ckpt.tokenizer, layouts, cfg, layers, seed, note)
+
+
+def probe_layouts(model: Transformer, twins: list[Transformer], tokenizer, layouts: list[list[dict]],
+                  cfg: ProbingConfig, layers: list[int], seed: int, held_out: str = "") -> ProbingFindings:
+    """Probes on the given problems, one list of records per layout (each of one template)."""
+    if len(twins) < 2:
+        raise ReportgenError(f"probing needs at least two untrained twins (each twin is judged against the "
+                             f"others), got {len(twins)}")
+    sites = probe_sites(layers, cfg.hooks)
+    raw, infos = [], []
+    with torch.no_grad(), single_threaded_blas():
+        for i, records in enumerate(layouts):
+            probes, info = _fit_layout(i, records, model, twins, tokenizer, cfg, sites, seed)
+            raw += probes
+            infos.append(info)
+        return _findings(raw, infos, len(twins), cfg, seed, held_out)
 
 
 def single_threaded_blas():
-    """Tiny probe fits run an order of magnitude faster without BLAS threads competing with torch's."""
+    """Small numpy products run far faster without BLAS threads competing with torch's."""
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(1)
 
 
-def _analyze_probing(
-    batch: ExampleBatch, cache: dict, twin_cache: dict, cfg: ProbingConfig, layers: list[int], seed: int
-) -> ProbingFindings:
-    n_use = min(len(batch), cfg.n_examples)
-    is_test = holdout_split([example_key(r) for r in batch.records[:n_use]], cfg.test_fraction, seed)
-    columns = _columns(batch, n_use, is_test)
-    targets = [_targets(col, cfg.labels, seed) for col in columns]
-    balanced = {label for t in targets for label, (y, _) in t.items() if is_unbalanced(y)}
+def _fit_layout(index: int, records: list[dict], model, twins, tokenizer, cfg: ProbingConfig,
+                sites: list[tuple[int, str]], seed: int) -> tuple[list[_Probe], ProbeLayout]:
+    """Fit every probe of one layout for the model and every twin in one batched solve."""
+    layout = template(records[0])
+    if any(template(r) != layout for r in records):
+        raise ReportgenError("probe rows must share one layout (examples.template); got several")
+    is_test = holdout_split([example_key(r) for r in records], cfg.test_fraction, [seed, index])
+    positions = [(q, role, n) for q, role, n in target_tokens(records[0]) if n is not None]
+    targets, label_rows = [], []  # binary targets; per (position, label): (classes, target indices)
+    for p, (_, role, n) in enumerate(positions):
+        for label in (cfg.labels if role == "answer" else cfg.scratchpad_labels if role in SCRATCHPAD_ROLES else []):
+            y = np.array([column_label(r, n, label) for r in records])
+            classes = np.unique(y[~is_test])
+            if classes.size < 2:
+                continue
+            rows = class_targets(y, classes)
+            label_rows.append((p, label, y, classes, list(range(len(targets), len(targets) + len(rows)))))
+            targets += list(rows)
+    info = ProbeLayout(layout, records[0]["prompt"] + records[0]["target"], len(records),
+                       int((~is_test).sum()), int(is_test.sum()))
+    if not label_rows:
+        return [], info
+    batch = build_batch(records, tokenizer, model.cfg.n_ctx, device=model.device)
+    pos = torch.tensor([q for q, _, _ in positions], device=model.device)
+    names = {name for _, name in sites}
+    feats = []  # [subject, site, position] -> rows x d
+    for subject in [model, *twins]:
+        _, cache = run_with_cache(subject, batch, names=names.__contains__)
+        feats += [cache[name][:, pos].transpose(0, 1).double().cpu() for _, name in sites]
+    feats = torch.cat(feats)  # [(subject, site, position), N, d]
+    n_sub, n_site, n_pos = 1 + len(twins), len(sites), len(positions)
+    pairs = [((m * n_site + s) * n_pos + p, t) for m in range(n_sub) for s in range(n_site)
+             for p, _, _, _, ts in label_rows for t in ts]
+    train = torch.as_tensor(~is_test)
+    dec = logistic_decisions(feats, torch.as_tensor(np.array(targets)), torch.tensor(pairs), train,
+                             cfg.C, cfg.max_iter).numpy()
+    at = {pair: i for i, pair in enumerate(pairs)}
+    operand = _operand_predictions(records, label_rows, positions, is_test, cfg)
     probes = []
-    for col, col_targets in zip(columns, targets):
-        operand_X = operand_features(col.records)
-        baselines = {
-            label: (majority_score(y, col.is_test, label in balanced),
-                    fit_score(operand_X, y, col.is_test, label in balanced, cfg.max_iter, cfg.C))
-            for label, (y, _) in col_targets.items()
-        }
-        for l in layers:
-            for hook in cfg.hooks:
-                name = f"blocks.{l}.{hook}"
-                X = cache[name][col.rows, col.pos].double().cpu().numpy()
-                X_twin = twin_cache[name][col.rows, col.pos].double().cpu().numpy()
-                for label, (y, y_control) in col_targets.items():
-                    bal = label in balanced
-                    fit = lambda X_, y_: fit_score(X_, y_, col.is_test, bal, cfg.max_iter, cfg.C)  # noqa: E731
-                    acc, control = fit(X, y), fit(X, y_control)
-                    majority, operand = baselines[label]
-                    probes.append(ProbeResult(
-                        label=label, hook=name, layer=l, position=f"predicts column {col.n}",
-                        accuracy=acc, balanced=bal, majority=majority, control=control,
-                        selectivity=acc - control, untrained=fit(X_twin, y), operand_baseline=operand,
-                        n_train=int((~col.is_test).sum()), n_test=int(col.is_test.sum()),
-                    ))
-    return ProbingFindings(probes=probes, seed=seed)
+    for s, (layer, hook) in enumerate(sites):
+        for k, (p, label, y, classes, ts) in enumerate(label_rows):
+            preds = np.stack([decide(dec[[at[((m * n_site + s) * n_pos + p, t)] for t in ts]], classes)
+                              for m in range(n_sub)])
+            probes.append(_Probe(label, positions[p][1], positions[p][2], layer, hook, index, y, y[is_test], preds,
+                                 majority_class(y[~is_test]), operand[k], int((~is_test).sum())))
+    return probes, info
 
 
-def _targets(col: _Column, labels: list[str], seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per probe-able label: (labels, control labels). Labels constant in train are skipped."""
-    types = [input_type(r, col.n) for r in col.records]
-    out = {}
-    for label in labels:
-        y = np.array([column_label(r, col.n, label) for r in col.records])
-        if np.unique(y[~col.is_test]).size < 2 or not col.is_test.any():
-            continue
-        out[label] = (y, control_labels(types, y, [seed, col.n, LABELS.index(label)]))
-    return out
+def _operand_predictions(records, label_rows, positions, is_test, cfg: ProbingConfig) -> list[np.ndarray]:
+    """Held-out predictions of the operand-identity probe of each (position, label), one solve
+    per distinct (column, label)."""
+    X = torch.as_tensor(operand_features(records))[None]
+    keys = list(dict.fromkeys((positions[p][2], label) for p, label, *_ in label_rows))
+    first = {}
+    targets, pairs = [], []
+    for p, label, y, classes, ts in label_rows:
+        key = (positions[p][2], label)
+        if key not in first:
+            first[key] = (classes, list(range(len(targets), len(targets) + len(ts))))
+            targets += list(class_targets(y, classes))
+            pairs += [[0, t] for t in first[key][1]]
+    dec = logistic_decisions(X, torch.as_tensor(np.array(targets)), torch.tensor(pairs),
+                             torch.as_tensor(~is_test), cfg.C, cfg.max_iter).numpy()
+    preds = {key: decide(dec[first[key][1]], first[key][0]) for key in keys}
+    return [preds[(positions[p][2], label)] for p, label, *_ in label_rows]
 
 
+# ---------------------------------------------------------------- scoring, intervals, the null
+def multiplicities(n: int, seed) -> np.ndarray:
+    """[N_BOOT, n] how often each held-out row appears in each bootstrap resample."""
+    idx = np.random.default_rng(seed).integers(0, n, size=(N_BOOT, n))
+    counts = np.zeros((N_BOOT, n))
+    np.add.at(counts, (np.arange(N_BOOT)[:, None], idx), 1.0)
+    return counts
+
+
+def resampled_scores(weights: np.ndarray, correct: np.ndarray, y: np.ndarray, balanced: bool) -> np.ndarray:
+    """Scores [R, J] of J predictors whose per-row correctness is `correct` [J, n], under row
+    weights [R, n] (multiplicities; a row of ones is the sample itself): accuracy, or balanced
+    accuracy recomputed per resample (mean recall over the classes the resample holds)."""
+    if not balanced:
+        return weights @ correct.T / weights.sum(1, keepdims=True)
+    onehot = (y[:, None] == np.unique(y)[None]).astype(np.float64)  # [n, K]
+    counts = weights @ onehot  # [R, K]
+    hits = (weights @ (correct.T[:, :, None] * onehot[:, None, :]).reshape(len(y), -1)).reshape(
+        len(weights), len(correct), -1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = hits / counts[:, None, :]
+    present = counts > 0
+    return np.where(present[:, None, :], recall, 0.0).sum(-1) / present.sum(-1, keepdims=True)
+
+
+def bonferroni_z(alpha: float, n_tests: int) -> float:
+    """Two-sided normal quantile of a (1 - alpha / n_tests) interval."""
+    from scipy.stats import norm
+
+    return float(norm.ppf(1 - alpha / (2 * max(n_tests, 1))))
+
+
+def init_variance(spread: float, n_ref: int) -> float:
+    """Variance that initialisation alone gives an untrained subject's accuracy minus the mean of
+    n_ref other untrained models' accuracies, when one untrained model's accuracy varies with its
+    initialisation by `spread` (a variance): spread * (1 + 1 / n_ref)."""
+    return spread * (1.0 + 1.0 / n_ref)
+
+
+@dataclass
+class _Scored:
+    """A probe's scores [model, twins..., majority, operand] on the held-out rows and on each resample."""
+
+    probe: _Probe
+    balanced: bool
+    obs: np.ndarray  # [J]
+    boot: np.ndarray  # [N_BOOT, J]
+
+
+def _findings(raw: list[_Probe], infos: list[ProbeLayout], k: int, cfg: ProbingConfig, seed: int,
+              held_out: str) -> ProbingFindings:
+    balanced = {p.label for p in raw if is_unbalanced(p.y)}
+    weights = {i: multiplicities(info.n_test, [seed, i, 1]) for i, info in enumerate(infos)}
+    scored = []
+    for p in raw:
+        bal = p.label in balanced
+        correct = np.vstack([p.preds == p.y_test, p.y_test == p.majority, p.operand == p.y_test]).astype(np.float64)
+        obs = resampled_scores(np.ones((1, len(p.y_test))), correct, p.y_test, bal)[0]
+        scored.append(_Scored(p, bal, obs, resampled_scores(weights[p.layout], correct, p.y_test, bal)))
+    z = bonferroni_z(cfg.alpha, len(scored))
+    ratio = spread_ratio(scored, k)
+    probes = [_result(s, k, z, ratio) for s in scored]
+    twin_confirmed = [sum(p.twin_confirmed[j] for p in probes) for j in range(k)]
+    twin_mean = [float(np.mean([p.twin_selectivity[j] for p in probes])) if probes else 0.0 for j in range(k)]
+    twin_max = [float(np.max([abs(p.twin_selectivity[j]) for p in probes])) if probes else 0.0 for j in range(k)]
+    null = NullCheck(
+        test="probe",
+        definition=(f"a probe is confirmed when the lower bound of its selectivity (accuracy minus the mean accuracy "
+                    f"of the same probe on {k} untrained twins) is above 0, Bonferroni-corrected over the "
+                    f"{len(probes)} probes (family-wise {cfg.alpha:g}); the bound's standard error combines a "
+                    f"bootstrap over held-out problems with the spread of untrained initialisations"),
+        n_tested=len(probes), confirmed=sum(p.confirmed for p in probes),
+        twin_tested=[len(probes)] * k, twin_confirmed=twin_confirmed, error_rate=cfg.alpha,
+        passed=null_passed(twin_confirmed, cfg.alpha),
+        note=(f"each twin tested as the subject against the other {k - 1}; their mean selectivity over probes "
+              + ", ".join(f"{v:+.3f}" for v in twin_mean) + ", largest |selectivity| "
+              + ", ".join(f"{v:.3f}" for v in twin_max)),
+    )
+    return ProbingFindings(probes=probes, seed=seed, layouts=infos, null=null, n_twins=k, alpha=cfg.alpha,
+                           bound_z=z, held_out=held_out, twin_mean_selectivity=twin_mean,
+                           twin_max_abs_selectivity=twin_max)
+
+
+def spread_ratio(scored: list[_Scored], k: int) -> float:
+    """How much untrained models' accuracies vary with initialisation, relative to the bootstrap
+    variance of one untrained accuracy, pooled over the probes: sum of the twins' sample variances
+    over sum of their mean bootstrap variances. Times a probe's bootstrap variance, it is the floor
+    of that probe's initialisation spread (k twins give a variance with only k - 1 degrees of freedom)."""
+    spread = sum(float(np.var(s.obs[1:1 + k], ddof=1)) for s in scored)
+    noise = sum(float(s.boot[:, 1:1 + k].var(0, ddof=1).mean()) for s in scored)
+    return spread / noise if noise > 0 else 0.0
+
+
+def comparisons(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """From scores [..., J] of [model, k twins, majority, operand]: the model's selectivity
+    (accuracy - the twins' mean), its accuracy over the best baseline (max of majority and the
+    twins' mean), and each twin's selectivity as the subject against the other twins [..., k]."""
+    twins = scores[..., 1:1 + k]
+    mean = twins.mean(-1)
+    loo = twins - (twins.sum(-1, keepdims=True) - twins) / (k - 1)
+    return scores[..., 0] - mean, scores[..., 0] - np.maximum(scores[..., 1 + k], mean), loo
+
+
+def _result(s: _Scored, k: int, z: float, ratio: float) -> ProbeResult:
+    """A ProbeResult from a probe's scores. Each standard error is the bootstrap one (held-out
+    problems, paired) combined with the initialisation spread of the untrained reference models
+    (their sample variance, at least the pooled floor): the subject is compared with a mean of
+    untrained models, and an untrained subject would differ from it by that spread alone."""
+    p, obs, boot = s.probe, s.obs, s.boot
+    twins = boot[:, 1:1 + k]
+    floor = ratio * float(twins.var(0, ddof=1).mean())
+
+    def spread(idx) -> float:
+        return max(float(np.var(obs[1:1 + k][idx], ddof=1)) if len(idx) > 1 else 0.0, floor)
+
+    sel, over, loo = comparisons(obs, k)
+    b_sel, b_over, b_loo = comparisons(boot, k)
+    model_var = init_variance(spread(list(range(k))), k)
+    se_sel = float(np.sqrt(b_sel.var(ddof=1) + model_var))
+    se_over = float(np.sqrt(b_over.var(ddof=1) + model_var))
+    twin_se = [float(np.sqrt(b_loo[:, j].var(ddof=1) + init_variance(spread([i for i in range(k) if i != j]), k - 1)))
+               for j in range(k)]
+    n = len(p.y_test)
+    return ProbeResult(
+        label=p.label, hook=p.hook, layer=p.layer, position=position_name(p.role, p.column), role=p.role,
+        column=p.column, layout=p.layout, accuracy=_percentile(obs[0], boot[:, 0], n), balanced=s.balanced,
+        majority=float(obs[1 + k]), untrained=float(obs[1:1 + k].mean()), untrained_each=[float(v) for v in obs[1:1 + k]],
+        selectivity=_normal(sel, se_sel, n), selectivity_bound=float(sel - z * se_sel),
+        confirmed=bool(sel - z * se_sel > 0), over_baseline=_normal(over, se_over, n),
+        operand_baseline=float(obs[2 + k]), twin_selectivity=[float(v) for v in loo],
+        twin_confirmed=[bool(v - z * e > 0) for v, e in zip(loo, twin_se)], n_train=p.n_train, n_test=n,
+    )
+
+
+def _percentile(observed: float, boot: np.ndarray, n: int) -> Estimate:
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return Estimate(float(observed), float(lo), float(hi), n)
+
+
+def _normal(observed: float, se: float, n: int) -> Estimate:
+    return Estimate(float(observed), float(observed - Z95 * se), float(observed + Z95 * se), n)
+
+
+Z95 = 1.959963984540054
+
+
+# ---------------------------------------------------------------- figures and the Python API
 def plot_probe(findings: ProbingFindings, label: str, save_path=None) -> None:
-    """`<probe>_results.png`: accuracy and baselines across sites, one panel per column."""
+    """`<label>_results.png`: selectivity per site (rows) and probed position (columns), one panel
+    per layout; confirmed probes marked '*'."""
     rows = [p for p in findings.probes if p.label == label]
-    positions = sorted({p.position for p in rows})
+    layouts = sorted({p.layout for p in rows})
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(positions), figsize=(4.2 * len(positions), 3.4), squeeze=False, sharey=True)
-    for ax, position in zip(axes[0], positions):
-        ps = [p for p in rows if p.position == position]
-        x = range(len(ps))
-        for key, style in (("accuracy", "o-"), ("control", "s--"), ("untrained", "^--"),
-                           ("operand_baseline", "d:"), ("majority", "k:")):
-            ax.plot(x, [getattr(p, key) for p in ps], style, label=key, markersize=4)
-        ax.set_xticks(list(x), [p.hook.replace("blocks.", "L").replace(".hook_", " ") for p in ps],
-                      rotation=60, fontsize=7)
-        ax.set_title(position, fontsize=9)
-        ax.set_ylim(0, 1.02)
-    axes[0, 0].set_ylabel("held-out (balanced) accuracy")
-    axes[0, -1].legend(fontsize=7)
-    fig.suptitle(f"Probe: {label}")
+    sites = sorted({(p.layer, HOOK_ORDER.index(p.hook.split(".")[-1]), p.hook) for p in rows})
+    fig, axes = plt.subplots(len(layouts), 1, figsize=(10, 1.2 + 0.45 * len(sites) * len(layouts) + 0.9 * len(layouts)),
+                             squeeze=False)
+    for ax, li in zip(axes[:, 0], layouts):
+        ps = [p for p in rows if p.layout == li]
+        cols = list(dict.fromkeys((p.role, p.column, p.position) for p in ps))
+        M = np.full((len(sites), len(cols)), np.nan)
+        for p in ps:
+            i = sites.index((p.layer, HOOK_ORDER.index(p.hook.split(".")[-1]), p.hook))
+            j = cols.index((p.role, p.column, p.position))
+            M[i, j] = p.selectivity.mean
+            if p.confirmed:
+                ax.text(j, i, "*", ha="center", va="center", fontsize=9)
+        im = ax.imshow(M, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+        ax.set_yticks(range(len(sites)), [h.replace("blocks.", "L").replace(".hook_", " ") for _, _, h in sites],
+                      fontsize=7)
+        ax.set_xticks(range(len(cols)), [f"{r if r != 'answer' else 'ans'} c{n}" for r, n, _ in cols],
+                      rotation=90, fontsize=7)
+        info = findings.layouts[li]
+        ax.set_title(f"layout {info.template} (e.g. {info.example}): {info.n_train} train / {info.n_test} test",
+                     fontsize=8)
+        fig.colorbar(im, ax=ax, fraction=0.03, label="selectivity")
+    fig.suptitle(f"Probe {label}: accuracy - untrained twins' accuracy (* confirmed)", fontsize=9)
+    fig.tight_layout()
     save_figure(fig, save_path)
 
 
@@ -257,48 +631,67 @@ class ProbingClassifier:
     """Probes for user-given labels on problems given as text.
 
     `probe_across_layers` probes the position that predicts the first written answer digit,
-    at the embedding (`blocks.0.hook_resid_pre`) and after every block (`hook_resid_post`).
+    at the embedding (`blocks.0.hook_resid_pre`) and after every block (`hook_resid_post`). The
+    problems must share one layout (the same text shape, e.g. all 2+2 digits with a 3-digit
+    answer), so that position plays one role in every row.
     """
 
     def __init__(self, model: Transformer, tokenizer, task: Optional[dict] = None, seed: int = 0,
-                 test_fraction: float = 0.3, max_iter: int = 200):
+                 test_fraction: float = 0.3, max_iter: int = 30, n_twins: int = 3):
         self.model, self.tokenizer, self.task = model, tokenizer, task_of(model, task)
-        self.seed, self.test_fraction, self.max_iter = seed, test_fraction, max_iter
+        self.seed, self.test_fraction, self.max_iter, self.n_twins = seed, test_fraction, max_iter, n_twins
 
     def probe_across_layers(self, examples: list[str], labels: list, name: str) -> dict:
         """Held-out accuracy per layer of a probe for `labels` (one per example), with the
-        majority-class and untrained-model baselines at the same sites."""
+        majority-class baseline and the mean accuracy of the same probe on untrained twins."""
         if len(examples) != len(labels):
             raise ReportgenError(f"probe {name!r}: {len(examples)} examples but {len(labels)} labels")
         batch = text_batch(self.model, self.tokenizer, examples, self.task, copies=True)
+        _check_one_layout(batch, name)
+        keys = [example_key(r) for r in batch.records]
+        least = min_problems(self.test_fraction)
+        if len(set(keys)) < least:
+            raise ReportgenError(f"probe {name!r}: needs at least {least} distinct problems ({MIN_TEST} held out "
+                                 f"at test_fraction {self.test_fraction}), got {len(set(keys))}; give more examples")
         y = np.array(labels)
-        is_test = holdout_split([example_key(r) for r in batch.records], self.test_fraction, self.seed)
-        if not is_test.any():
-            raise ReportgenError(f"probe {name!r}: needs at least two distinct problems (copies share a split side)")
+        is_test = holdout_split(keys, self.test_fraction, self.seed)
         if np.unique(y[~is_test]).size < 2:
             raise ReportgenError(f"probe {name!r}: the training split has one class; give more examples")
         n_layers = self.model.cfg.n_layers
         sites = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_post" for l in range(n_layers)]
-        _, cache = run_with_cache(self.model, batch, names=set(sites).__contains__)
-        _, twin = run_with_cache(untrained_twin(self.model, self.seed), batch, names=set(sites).__contains__)
         rows = torch.arange(len(y), device=batch.tokens.device)
-        feats = lambda c, s: c[s][rows, batch.pred_pos[:, 0]].double().cpu().numpy()  # noqa: E731
+        feats = []
+        for subject in [self.model, *untrained_twins(self.model, self.n_twins, self.seed)]:
+            _, cache = run_with_cache(subject, batch, names=set(sites).__contains__)
+            feats += [cache[s][rows, batch.pred_pos[:, 0]].double().cpu() for s in sites]
+        classes = np.unique(y[~is_test])
+        targets = class_targets(y, classes)
+        ts = range(len(targets))
+        pairs = torch.tensor([[f, t] for f in range(len(feats)) for t in ts])
+        dec = logistic_decisions(torch.stack(feats), torch.as_tensor(targets), pairs, torch.as_tensor(~is_test),
+                                 1.0, self.max_iter).numpy().reshape(len(feats), len(ts), -1)
         bal = is_unbalanced(y)
-        fit = lambda X: fit_score(X, y, is_test, bal, self.max_iter, 1.0)  # noqa: E731
-        with single_threaded_blas():
-            accuracy = [fit(feats(cache, s)) for s in sites]
-            untrained = [fit(feats(twin, s)) for s in sites]
+        acc = np.array([score(y[is_test], decide(d, classes), bal) for d in dec]).reshape(-1, len(sites))
         return {
             "name": name,
+            "layout": template(batch.records[0]),
             "sites": sites,
             "layer_labels": ["embed"] + [f"L{l}" for l in range(n_layers)],
-            "accuracy": accuracy,
-            "untrained": untrained,
+            "accuracy": acc[0].tolist(),
+            "untrained": acc[1:].mean(0).tolist(),
             "majority": majority_score(y, is_test, bal),
-            "balanced": bal,
+            "balanced": bool(bal),
             "n_train": int((~is_test).sum()),
             "n_test": int(is_test.sum()),
         }
+
+
+def _check_one_layout(batch: ExampleBatch, name: str) -> None:
+    counts = Counter(template(r) for r in batch.records)
+    if len(counts) > 1:
+        shown = ", ".join(f"{t} ({n})" for t, n in counts.most_common(3))
+        raise ReportgenError(f"probe {name!r}: the examples have {len(counts)} layouts ({shown}); a probe reads one "
+                             f"position role, so give problems of one layout (same operand and answer lengths)")
 
 
 def check_probe_layers(cfg: ProbingConfig, n_layers: int) -> list[int]:

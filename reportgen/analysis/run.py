@@ -24,7 +24,7 @@ from reportgen.analysis.circuits import run_circuits
 from reportgen.analysis.config import ANALYSES, AnalysisConfig
 from reportgen.analysis.engine import greedy_predictions, is_correct, run_with_cache, untrained_twins
 from reportgen.analysis.examples import (
-    ExampleBatch, build_batch, distinct, example_key, held_out_records, range_notes, records_from_texts,
+    ExampleBatch, build_batch, distinct, example_key, held_out_from, range_notes, records_from_texts,
 )
 from reportgen.analysis.findings import AnalysisFindings, AttentionFindings, ExampleFindings, Population
 from reportgen.analysis.interventions import run_interventions
@@ -37,6 +37,7 @@ from reportgen.data.arithmetic import predicting_positions
 from reportgen.data.dataset import count_questions
 from reportgen.errors import ReportgenError
 from reportgen.model.checkpoint import Checkpoint
+from reportgen.train.trainer import training_questions
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Plan:
     batch: ExampleBatch  # the aggregate analyses' held-out problems
     shown: list[dict]  # the examples shown one by one
     population: Population
+    questions: Optional[dict]  # the model's data splits as question sets (trainer.training_questions), or None
     enabled: set[str]
     attention_layers: list[int]
     probe_layers: list[int]
@@ -63,15 +65,16 @@ def parse_enabled(names: Optional[Iterable[str]], cfg: AnalysisConfig) -> set[st
     return chosen
 
 
-def select_records(ckpt: Checkpoint, cfg: AnalysisConfig, examples: Optional[list[str]]):
-    """(held-out records of the aggregate analyses, their Population, records shown one by one)."""
+def select_records(ckpt: Checkpoint, cfg: AnalysisConfig, examples: Optional[list[str]], questions: Optional[dict]):
+    """(held-out records of the aggregate analyses, their Population, records shown one by one);
+    `questions`: the model's data splits (trainer.training_questions)."""
     texts = cfg.examples if examples is None else examples
     if examples is not None and not examples:
         raise ReportgenError("the example list is empty; give problems like --examples '59 + 73' or leave it out")
     shown = distinct(records_from_texts(list(texts), ckpt))
     t = ckpt.task
     n = min(cfg.n_examples, count_questions(t["task"], t["min_digits"], t["max_digits"]))
-    records, excluded = held_out_records(ckpt, n, cfg.seed) if n else ([], "")
+    records, excluded = held_out_from(ckpt, n, cfg.seed, questions) if n else ([], "")
     records = distinct(records)
     if not records:
         raise ReportgenError("no problems to analyse; set n_examples > 0 in the config")
@@ -89,11 +92,12 @@ def prepare(ckpt: Checkpoint, cfg: AnalysisConfig, examples: Optional[list[str]]
     attention_layers = check_layers(range(n_layers) if att_layers is None else att_layers, n_layers,
                                     "attention layer")
     probe_layers = check_probe_layers(cfg.probing, n_layers)
-    records, population, shown = select_records(ckpt, cfg, examples)
+    questions = training_questions(ckpt.meta)
+    records, population, shown = select_records(ckpt, cfg, examples, questions)
     batch = build_batch(records, ckpt.tokenizer, ckpt.model.cfg.n_ctx, device=ckpt.model.device)
     build_batch(shown, ckpt.tokenizer, ckpt.model.cfg.n_ctx)  # the shown examples fit the context
     notes = range_notes(shown, ckpt.task) if examples or cfg.examples else []
-    return Plan(batch, shown, population, chosen, attention_layers, probe_layers, notes)
+    return Plan(batch, shown, population, questions, chosen, attention_layers, probe_layers, notes)
 
 
 def analyze(ckpt: Checkpoint, cfg: AnalysisConfig, examples: Optional[list[str]] = None,
@@ -128,7 +132,7 @@ def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool =
                                              [r["labels"]["stratum"] for r in batch.records], seed,
                                              lens_by_role(target_lens(model, tok, cache, batch), batch, seed)),
         "circuits": lambda: run_circuits(model, tok, batch, cache, attention_all, twins, cfg.circuits, seed),
-        "probing": lambda: analyze_probing(batch, cache, twin_cache, cfg.probing, plan.probe_layers, seed),
+        "probing": lambda: analyze_probing(ckpt, twins, cfg.probing, plan.probe_layers, seed, plan.questions),
         "interventions": lambda: run_interventions(model, tok, batch, cfg.interventions, seed),
     }
     out = AnalysisFindings(examples=[], population=plan.population)

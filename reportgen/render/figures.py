@@ -698,17 +698,82 @@ def lens_figure(key: str, lens) -> ReportFigure:
 
 
 def probe_summary(probing) -> list[dict]:
-    """Probe results averaged over positions, per (label, hook), in layer then hook order."""
+    """Probes per (label, hook), in layer then hook order: how many positions were probed and
+    confirmed there, and means over those positions (each probe reads one position of one layout)."""
     groups: dict[tuple[str, str], list] = {}
     for p in probing.probes:
         groups.setdefault((p.label, p.hook), []).append(p)
     out = []
     for (label, hook), ps in groups.items():
-        mean = {f: float(np.mean([getattr(p, f) for p in ps]))
-                for f in ("accuracy", "majority", "control", "selectivity", "untrained", "operand_baseline")}
+        mean = {f: float(np.mean([getattr(p, f) for p in ps])) for f in ("majority", "untrained", "operand_baseline")}
+        mean.update({f: float(np.mean([getattr(p, f).mean for p in ps]))
+                     for f in ("accuracy", "selectivity", "over_baseline")})
         out.append({"label": label, "hook": hook, "layer": ps[0].layer, "site": site_label(hook),
-                    "positions": len(ps), "balanced": any(p.balanced for p in ps), **mean})
+                    "positions": len(ps), "confirmed": sum(p.confirmed for p in ps),
+                    "balanced": any(p.balanced for p in ps), **mean})
     return sorted(out, key=lambda r: (r["label"], r["layer"], _hook_rank(r["hook"]), r["hook"]))
+
+
+ROLE_SHORT = {"answer": "ans", "operand_a": "a", "operand_b": "b", "carry_in": "cin", "sum_digit": "sum",
+              "carry_out": "cout"}
+PROBE_FIELDS = ["label", "layout", "position", "role", "column", "hook", "layer", "accuracy", "balanced", "majority",
+                "untrained", "untrained_each", "selectivity", "selectivity_bound", "confirmed", "over_baseline",
+                "operand_baseline", "twin_selectivity", "twin_confirmed", "n_train", "n_test"]
+
+
+def probe_position_label(p) -> str:
+    """'ans0', 'sum1', 'cout2': the role of the predicted digit and its column."""
+    return f"{ROLE_SHORT.get(p.role, p.role)}{p.column}"
+
+
+def probe_rows(probing, probes) -> list[list]:
+    """Probes as CSV cells (PROBE_FIELDS; estimates as value, lo, hi; lists as JSON)."""
+    rows = []
+    for p in sorted(probes, key=lambda p: (p.label, p.layout, p.layer, _hook_rank(p.hook), p.hook)):
+        row = []
+        for f in PROBE_FIELDS:
+            v = getattr(p, f)
+            if isinstance(v, Estimate):
+                row += [v.mean, v.lo, v.hi]
+            elif f == "layout":
+                row.append(probing.layouts[v].template if v < len(probing.layouts) else v)
+            else:
+                row.append(json.dumps(v) if isinstance(v, list) else v)
+        rows.append(row)
+    return rows
+
+
+def probe_figures(key: str, probing) -> list[ReportFigure]:
+    """One figure per label: selectivity per site (rows) and probed position (columns), a panel per layout."""
+    sites = sorted({(p.layer, _hook_rank(p.hook), p.hook) for p in probing.probes})
+    ylabels = [site_label(h) for _, _, h in sites]
+    header = []
+    for f in PROBE_FIELDS:
+        header += [f, f"{f}_lo", f"{f}_hi"] if f in ("accuracy", "selectivity", "over_baseline") else [f]
+    out = []
+    for label in sorted({p.label for p in probing.probes}):
+        probes = [p for p in probing.probes if p.label == label]
+        panels = []
+        for li in sorted({p.layout for p in probes}):
+            ps = [p for p in probes if p.layout == li]
+            cols = list(dict.fromkeys(probe_position_label(p) for p in ps))
+            matrix = np.full((len(sites), len(cols)), np.nan)
+            for p in ps:
+                matrix[sites.index((p.layer, _hook_rank(p.hook), p.hook)), cols.index(probe_position_label(p))] = \
+                    p.selectivity.mean
+            panels.append({"title": f"layout {li}", "matrix": matrix, "xlabels": cols, "ylabels": ylabels})
+        out.append(ReportFigure(
+            f"{key}-{label}", "heatmaps",
+            {"panels": panels, "vmin": -1.0, "vmax": 1.0, "cmap": "RdBu_r", "cbar_label": f"selectivity ({label})"},
+            f"Probe selectivity for {label}: held-out accuracy minus the mean accuracy of the same probe on "
+            f"{probing.n_twins} untrained twins, per site (rows) and position predicting a target digit (columns: "
+            f"its role and column, e.g. 'ans1' the answer digit of column 1, 'cout0' the carry out written in "
+            f"scratchpad step 0), one panel per layout; grey: not probed (the label is constant there). The data "
+            f"download lists every probe with its baselines and intervals.",
+            f"Heatmaps of {label} probe selectivity per site and position, one per layout.",
+            to_csv(header, probe_rows(probing, probes)),
+        ))
+    return out
 
 
 HOOK_ORDER = ["hook_embed", "hook_pos_embed", "hook_resid_pre", "hook_attn_out", "hook_resid_mid", "mlp.hook_post",
@@ -725,38 +790,6 @@ def site_label(hook: str) -> str:
     if parts[0] == "blocks" and len(parts) > 2:
         return f"L{parts[1]} " + ".".join(parts[2:]).replace("hook_", "")
     return hook.replace("hook_", "")
-
-
-def probe_figure(key: str, probing) -> Optional[ReportFigure]:
-    summary = probe_summary(probing)
-    if not summary:
-        return None
-    labels = list(dict.fromkeys(r["label"] for r in summary))
-    panels = []
-    for label in labels:
-        rows = [r for r in summary if r["label"] == label]
-        panels.append({"title": label, "xlabels": [r["site"] for r in rows], "series": [
-            {"name": name, "mean": [r[field] for r in rows], "color": i, "ls": "-" if i == 0 else ":",
-             "lw": 1.6 if i == 0 else 1.0, "marker": "o" if i == 0 else "."}
-            for i, (field, name) in enumerate([("accuracy", "probe"), ("control", "control task"),
-                                               ("majority", "majority class"), ("untrained", "untrained model"),
-                                               ("operand_baseline", "operand digits only")])]})
-    fields = ["label", "hook", "layer", "position", "accuracy", "balanced", "majority", "control", "selectivity",
-              "untrained", "operand_baseline", "n_train", "n_test"]
-    probes = sorted(probing.probes, key=lambda p: (p.label, p.layer, _hook_rank(p.hook), p.hook, p.position))
-    rows = [[getattr(p, f) for f in fields] for p in probes]
-    return ReportFigure(
-        key, "line_panels",
-        {"panels": panels, "ylabel": "held-out accuracy", "xlabel": "site"},
-        f"Linear probes: held-out accuracy of logistic-regression probes on frozen activations (standardised "
-        f"features, split by problem, seed {probing.seed}; balanced accuracy for labels with unbalanced classes), averaged "
-        f"over answer positions, per label and site. Baselines at the same site: majority class; the control task "
-        f"(random labels per input type with the same marginals; selectivity = accuracy − control); the same probe "
-        f"on an untrained model; and a probe on the digits of both operands in every column alone — carry is decodable from operand identity, "
-        f"so a probe shows more than its inputs only above that line. The data download lists every probe.",
-        "Line plots of probe accuracy by site with baselines, one panel per label.",
-        to_csv(fields, rows),
-    )
 
 
 def component_rank(component: str) -> tuple:

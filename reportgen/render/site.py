@@ -514,18 +514,56 @@ class SiteBuilder:
         return blocks
 
     def probing_section(self, m, probing) -> list[Block]:
-        summary = F.probe_summary(probing)
-        rows = [[r["label"] + (" (balanced)" if r["balanced"] else ""), r["site"], r["positions"], r["accuracy"],
-                 r["control"], r["selectivity"], r["majority"], r["untrained"], r["operand_baseline"]] for r in summary]
-        return [
-            self.fig(F.probe_figure(self.paths.figure(m, "probes"), probing)),
-            self.table(Table(self.paths.table(m, "probes"), "Linear probes per label and site, averaged over answer "
-                             "positions: held-out accuracy ('balanced': balanced accuracy, for labels with unbalanced "
-                             "classes, in every column and baseline), control-task accuracy, selectivity (accuracy − "
-                             "control), majority-class baseline, the same probe on an untrained model, and a probe on "
-                             "the digits of both operands in every column (operand identity alone).", ["label", "site", "positions", "accuracy", "control",
-                                                       "selectivity", "majority", "untrained", "operands only"], rows)),
-        ]
+        null = probing.null
+        blocks = [text(
+            f"Each probe is a logistic regression reading one label at one site: a layer's residual stream at the "
+            f"position predicting one target digit, in problems of one layout (same operand and answer lengths, so "
+            f"the position plays one role in every row); {probing.held_out or 'problems drawn for probing'}. "
+            f"Selectivity is its held-out accuracy minus the mean accuracy of the same probe on "
+            f"{probing.n_twins} untrained twins (balanced accuracy where classes are unbalanced). A probe is "
+            f"confirmed when its selectivity's lower bound, Bonferroni-corrected over the model's "
+            f"{len(probing.probes)} probes (family-wise {probing.alpha:g}), is above 0; the bound's standard error "
+            f"combines a bootstrap over held-out problems with the spread of untrained initialisations. Carries are "
+            f"functions of the operands, so they are linearly decodable from operand identity alone (the 'operands "
+            f"only' column): a probe at that line shows only that the site still holds the inputs.")]
+        if probing.layouts:
+            blocks.append(notes([f"layout {i}: {lay.template} (e.g. {lay.example}), {lay.n_examples} problems, "
+                                 f"{lay.n_train} to fit and {lay.n_test} held out" for i, lay in enumerate(probing.layouts)]))
+        if null is not None:
+            twins = ", ".join(f"{c} of {t}" for c, t in zip(null.twin_confirmed, null.twin_tested))
+            line = (f"Null check: the test confirmed {null.confirmed} of {null.n_tested} probes on the model and "
+                    f"{twins} on the untrained twins (each twin against the others; error rate {null.error_rate:g}); "
+                    f"{null.note}.")
+            blocks.append(text(line + " The test passed its null.") if null.passed else
+                          notice(line + " The test confirms components on untrained models more often than its error "
+                                        "rate allows, so it is broken here and no probe is reported as confirmed."))
+        blocks += [self.fig(f) for f in F.probe_figures(self.paths.figure(m, "probes"), probing)]
+        stated = null is None or null.passed
+        confirmed = [p for p in probing.probes if p.confirmed] if stated else []
+        shown = sorted(confirmed or probing.probes, key=lambda p: -p.selectivity.mean)[:40 if confirmed else 10]
+        rows = [[p.label + (" (balanced)" if p.balanced else ""), p.layout, p.position.removeprefix("predicts "),
+                 F.site_label(p.hook), p.accuracy, p.untrained, p.selectivity, p.selectivity_bound, p.over_baseline,
+                 p.operand_baseline] for p in shown]
+        what = "the confirmed probes" if confirmed else "the probes with the highest selectivity (none confirmed)"
+        blocks.append(self.table(Table(
+            self.paths.table(m, "probes"), f"Linear probes: {what}, by selectivity (at most 40 rows; the figure's data "
+            f"lists every probe). Accuracy is held-out (balanced where the label's classes are unbalanced) with a 95% "
+            f"bootstrap interval over held-out problems; 'twins' the mean accuracy of the same probe on the untrained "
+            f"twins; selectivity = accuracy − twins with its 95% interval and its Bonferroni-corrected lower bound; "
+            f"'over best baseline' = accuracy − max(majority class, twins) with its 95% interval; 'operands only' a "
+            f"probe on the one-hot digits of both operands (operand identity alone). Position: the digit the position "
+            f"predicts, by role and column.",
+            ["label", "layout", "position", "site", "accuracy", "twins", "selectivity", "corrected bound",
+             "over best baseline", "operands only"], rows)))
+        summary = [[r["label"], r["site"], r["positions"], r["confirmed"] if stated else "not stated",
+                    r["accuracy"], r["untrained"], r["selectivity"], r["operand_baseline"]] for r in F.probe_summary(probing)]
+        blocks.append(self.table(Table(
+            self.paths.table(m, "probes-by-site"), "Probes per label and site: positions probed (over all layouts), "
+            "how many were confirmed, and means over those positions of the accuracy, the twins' accuracy, the "
+            "selectivity and the operands-only baseline.",
+            ["label", "site", "positions", "confirmed", "mean accuracy", "mean twins", "mean selectivity",
+             "mean operands only"], summary)))
+        return blocks
 
     def ablation_section(self, m, iv) -> list[Block]:
         clean = iv.clean
@@ -729,6 +767,7 @@ class SiteBuilder:
         if not models:
             return Section("probing", "Probe accuracy per layer and label", [not_run("probing")])
         summaries = {m.name: {(r["label"], r["site"]): r for r in F.probe_summary(m.findings.probing)} for m in models}
+        stated = {m.name: m.findings.probing.null is None or m.findings.probing.null.passed for m in models}
         order = {}
         for summary in summaries.values():
             for k, r in summary.items():
@@ -740,16 +779,21 @@ class SiteBuilder:
             balanced = {r["balanced"] for r in found if r}
             row = [label, site, "balanced accuracy" if balanced == {True} else "accuracy" if balanced == {False}
                    else "balanced accuracy for " + ", ".join(m.label for m, r in zip(models, found) if r and r["balanced"])]
-            for r in found:
-                row += [r["accuracy"], r["selectivity"]] if r else [None, None]
+            for m, r in zip(models, found):
+                confirmed = r and (Cell(r["confirmed"] / r["positions"], text=f"{r['confirmed']} of {r['positions']}")
+                                   if stated[m.name] else Cell(None, text="not stated"))
+                row += [r["accuracy"], r["selectivity"], confirmed] if r else [None, None, None]
             rows.append(row)
         missing = [m.label for m in self.report.models if m.findings.probing is None]
         extra = [notice(f"Probing not run for: {', '.join(missing)}.")] if missing else []
         table = self.table(Table(
-            "tables/compare-probes", "Held-out probe accuracy per label and site (balanced accuracy where the "
-            "label's classes are unbalanced), averaged over answer positions, and its selectivity (accuracy − "
-            "control-task accuracy) per model; 'n/a': no such site in that model.",
-            ["label", "site", "metric", *[f"{m.label} {q}" for m in models for q in ("accuracy", "selectivity")]], rows))
+            "tables/compare-probes", "Probes per label and site: held-out accuracy (balanced accuracy where the "
+            "label's classes are unbalanced) and selectivity (accuracy − the same probe's mean accuracy on untrained "
+            "twins), averaged over the positions probed (each probe reads one position of one layout), and how many "
+            "of those positions the model's test confirmed (the CSV holds the share; 'not stated' where the test "
+            "failed its null on the untrained twins); 'n/a': no such site in that model.",
+            ["label", "site", "metric", *[f"{m.label} {q}" for m in models for q in ("accuracy", "selectivity",
+                                                                                     "confirmed")]], rows))
         return Section("probing", "Probe accuracy per layer and label", [*self._group_note("layers"), *extra, table])
 
     def compare_heads_section(self) -> Section:
