@@ -224,12 +224,13 @@ def model_name(result: ModelResults, path: str, name: Optional[str] = None, labe
 def compute_model_results(run: ModelRun) -> ModelResults:
     """Accuracy on a fresh stratified test set, the planned analyses and provenance of one model
     (unnamed: the report names it)."""
-    from reportgen.analysis.examples import unseen_records
+    from reportgen.analysis.examples import held_out_from
     from reportgen.analysis.run import run_plan
     from reportgen.train.evaluate import evaluate
 
     ckpt, say = run.ckpt, run.say
-    records, unseen = unseen_records(ckpt, EVAL_EXAMPLES, EVAL_SEED)
+    records, excluded = held_out_from(ckpt, EVAL_EXAMPLES, EVAL_SEED, run.plan.questions)
+    unseen = bool(excluded)
     say(f"evaluating on {len(records)} fresh stratified examples"
         + ("" if unseen else " (the training data could not be recovered: some may be training questions)"))
     ev = evaluate(ckpt.model, ckpt.tokenizer, records)
