@@ -28,7 +28,9 @@ from reportgen.configfile import to_dict
 from reportgen.errors import ReportgenError, os_error_advice
 from reportgen.fingerprint import code_digest, library_version
 from reportgen.results.compare import compare_models
-from reportgen.results.schema import SCHEMA_VERSION, Accuracy, ModelResults, Provenance, Report, TrainingCurve
+from reportgen.results.schema import (
+    SCHEMA_VERSION, Accuracy, HarderTest, ModelResults, Provenance, Report, TrainingCurve,
+)
 from reportgen.results.store import load_results, normalized, save_results
 
 if TYPE_CHECKING:
@@ -130,6 +132,7 @@ def _prepare(ckpt: Checkpoint, name: str, cfg: AnalysisConfig, examples: Optiona
 
     t = ckpt.task
     try:
+        check_harder_fits(ckpt, cfg.harder_test_digits)
         return prepare(ckpt, cfg, examples)
     except ReportgenError as e:
         raise ReportgenError(
@@ -226,22 +229,18 @@ def compute_model_results(run: ModelRun) -> ModelResults:
     (unnamed: the report names it)."""
     from reportgen.analysis.examples import held_out_from
     from reportgen.analysis.run import run_plan
-    from reportgen.train.evaluate import evaluate
 
     ckpt, say = run.ckpt, run.say
     records, excluded = held_out_from(ckpt, EVAL_EXAMPLES, EVAL_SEED, run.plan.questions)
     unseen = bool(excluded)
     say(f"evaluating on {len(records)} fresh stratified examples"
         + ("" if unseen else " (the training data could not be recovered: some may be training questions)"))
-    ev = evaluate(ckpt.model, ckpt.tokenizer, records)
-    accuracy = Accuracy(
-        exact_match=_estimate(ev.exact_match, ev.lo, ev.hi, ev.n),
-        digit_accuracy=float(ev.digit_accuracy),
-        by_stratum={s: _estimate(v["exact_match"], v["lo"], v["hi"], v["n"]) for s, v in ev.by_stratum.items()},
-        n=ev.n,
-        seed=EVAL_SEED,
-        unseen=unseen,
-    )
+    accuracy = _accuracy(ckpt, records, unseen)
+    harder = None
+    if run.cfg.harder_test_digits:
+        digits = run.cfg.harder_test_digits
+        say(f"evaluating on {EVAL_EXAMPLES} problems of {digits}-digit operands (the harder test)")
+        harder = HarderTest(digits, _accuracy(ckpt, harder_records(ckpt, digits), digits > ckpt.task["max_digits"]))
     say("running the analyses")
     findings = run_plan(ckpt, run.cfg, run.plan, progress=run.bars)
     h = ckpt.meta.get("history") or {}
@@ -249,7 +248,46 @@ def compute_model_results(run: ModelRun) -> ModelResults:
                              train_loss=[float(x) for x in h.get("train_loss", [])],
                              val_exact_match=[float(x) for x in h.get("val_exact_match", [])])
     return ModelResults(name="", label="", provenance=_provenance(ckpt, run.cfg, run.examples), accuracy=accuracy,
-                        training=training, findings=findings)
+                        training=training, findings=findings, harder=harder)
+
+
+def _accuracy(ckpt: Checkpoint, records: list[dict], unseen: bool) -> Accuracy:
+    """Greedy-decoding exact match of `records` with Wilson intervals, overall and per stratum."""
+    from reportgen.train.evaluate import evaluate
+
+    ev = evaluate(ckpt.model, ckpt.tokenizer, records)
+    return Accuracy(
+        exact_match=_estimate(ev.exact_match, ev.lo, ev.hi, ev.n),
+        digit_accuracy=float(ev.digit_accuracy),
+        by_stratum={s: _estimate(v["exact_match"], v["lo"], v["hi"], v["n"]) for s, v in ev.by_stratum.items()},
+        n=ev.n,
+        seed=EVAL_SEED,
+        unseen=unseen,
+    )
+
+
+def check_harder_fits(ckpt: Checkpoint, digits: int) -> None:
+    """The harder test's longest problem must fit the model's context (checked before any work)."""
+    from reportgen.analysis.examples import build_batch
+    from reportgen.data.arithmetic import TASK_OPS, make_record
+
+    if not digits:
+        return
+    t, big = ckpt.task, 10**digits - 1
+    longest = [make_record(big, big, op, t["with_steps"], t["answer_order"]) for op in TASK_OPS[t["task"]]]
+    try:
+        build_batch(longest, ckpt.tokenizer, ckpt.model.cfg.n_ctx)
+    except ReportgenError:
+        raise ReportgenError(f"harder_test_digits {digits} makes problems longer than the model's context of "
+                             f"{ckpt.model.cfg.n_ctx} tokens; use fewer digits") from None
+
+
+def harder_records(ckpt: Checkpoint, digits: int) -> list[dict]:
+    """EVAL_EXAMPLES stratified problems of the model's task and format, every operand `digits` long."""
+    from reportgen.data.dataset import stratified_examples
+
+    t = ckpt.task
+    return stratified_examples(t["task"], EVAL_EXAMPLES, digits, digits, EVAL_SEED, t["with_steps"], t["answer_order"])
 
 
 def _estimate(mean, lo, hi, n) -> Estimate:

@@ -29,6 +29,7 @@ TASK = {"task": "add", "max_digits": 3, "min_digits": 1, "with_steps": False, "a
 FAST_CONFIG = """\
 n_examples: 40
 n_example_pages: 2
+harder_test_digits: 4
 probing:
   n_examples: 40
 """
@@ -102,6 +103,13 @@ def test_example_of_another_task_names_model_and_example(work, capsys):
     rc, err = run_cli(capsys, "build", "--checkpoint", "runs/add_tiny/checkpoint_best.pt",
                       "--examples", "59 + 73", "12 * 34", "--config", "fast.yaml", "--no-pdf")
     assert_refused(work, rc, err, before, "model add_tiny", "12", "34", "'*'")
+
+
+def test_a_harder_test_longer_than_the_context_is_refused_before_any_work(work, capsys):
+    (work / "long.yaml").write_text(FAST_CONFIG.replace("harder_test_digits: 4", "harder_test_digits: 9"))
+    before = snapshot(work / "site")
+    rc, err = run_cli(capsys, "build", "--checkpoint", "runs/add_tiny/checkpoint_best.pt", "--config", "long.yaml")
+    assert_refused(work, rc, err, before, "harder_test_digits 9", "context of 24")
 
 
 def test_malformed_config_is_refused(work, capsys):
@@ -255,6 +263,8 @@ def test_build_writes_the_site_and_its_results(built):
     first = report.models[0]
     assert [e.prompt for e in first.findings.examples[:2]] == ["59+73=", "999+1="]
     assert first.accuracy.n == build.EVAL_EXAMPLES and first.accuracy.seed == build.EVAL_SEED
+    assert first.harder.digits == 4 and first.harder.accuracy.n == build.EVAL_EXAMPLES and first.harder.accuracy.unseen
+    assert "harder-test.csv" in {p.name for p in (site / "tables").rglob("*.csv")}
     assert first.training.steps == [0, 10] and first.provenance.seed == 0
     assert first.provenance.checkpoint == "runs/add_tiny/checkpoint_best.pt"
     assert first.provenance.model_config["n_layers"] == 1 and first.provenance.task == TASK

@@ -34,6 +34,7 @@ class AnalysisConfig:
     n_examples: int = 300  # generated stratified examples the aggregate analyses run on
     seed: int = 0
     untrained_twins: int = 3  # freshly initialised models of the same shape every confirming test also runs on
+    harder_test_digits: int = 0  # also test on operands of this many digits (longer than trained); 0: off
     examples: list[str] = field(default_factory=list)  # shown one by one; --examples overrides
     n_example_pages: int = 8  # generated examples shown one by one when none are given
     max_pdf_examples: int = 8  # cap on the examples the PDF report shows
@@ -47,6 +48,8 @@ class AnalysisConfig:
         for name in ("n_examples", "n_example_pages", "max_pdf_examples"):
             if getattr(self, name) < 0:
                 raise ReportgenError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.harder_test_digits < 0:
+            raise ReportgenError(f"harder_test_digits must be >= 0 (0 turns the harder test off), got {self.harder_test_digits}")
         if self.untrained_twins < 2:
             raise ReportgenError(f"untrained_twins must be at least 2 (each twin's null is judged against the "
                                  f"others), got {self.untrained_twins}")

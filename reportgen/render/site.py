@@ -32,7 +32,7 @@ from reportgen.fingerprint import library_version
 from reportgen.render import figures as F
 from reportgen.render.search import search_index_js
 from reportgen.render.tables import Cell, Table, fmt_est, fmt_num
-from reportgen.results.claims import Claim, comparison_claims, model_claims
+from reportgen.results.claims import CEILING, Claim, comparison_claims, model_claims
 
 def _templates_dir() -> Path:
     """templates/ of the source tree (editable install), else the copy a wheel installs."""
@@ -388,9 +388,22 @@ class SiteBuilder:
                                    "training data could not be recovered to leave them out") +
                  f". Exact match: the whole final answer right. Mean per-digit accuracy: {fmt_num(a.digit_accuracy)}."),
             self.table(Table(self.paths.table(m, "accuracy"), "Exact-match accuracy overall and per difficulty "
-                             "stratum, with 95% Wilson intervals.", ["stratum", "exact match"], rows)),
+                             "stratum, with 95% Wilson intervals" + CEILING_NOTE, ["stratum", "exact match", ""],
+                             ceiling_rows(rows))),
             self.fig(F.accuracy_figure(self.paths.figure(m, "accuracy"), a)),
-        ])
+        ] + self.harder_blocks(m))
+
+    def harder_blocks(self, m) -> list[Block]:
+        """The harder test (longer operands than trained), where the config asked for it."""
+        if m.harder is None:
+            return []
+        h = m.harder.accuracy
+        rows = [["all", h.exact_match]] + [[s, h.by_stratum[s]] for s in F.ordered_strata(h.by_stratum)]
+        return [self.table(Table(self.paths.table(m, "harder-test"), f"The harder test: exact match on {h.n} "
+                                 f"stratified problems whose operands all have {m.harder.digits} digits"
+                                 + (" (longer than any the model trained on)" if h.unseen else "")
+                                 + ", with 95% Wilson intervals" + CEILING_NOTE, ["stratum", "exact match", ""],
+                                 ceiling_rows(rows)))]
 
     def attention_section(self, m, att) -> list[Block]:
         stats = sorted(att.head_stats, key=lambda s: (s.layer, s.head))
@@ -885,6 +898,14 @@ def _pair_count(kind: str, n: int, task: Optional[dict]):
     if kind == "operator_flip" and n == 0 and (task or {}).get("task") != "addsub":
         return Cell(0, text="not applicable: one operator")
     return n
+
+
+CEILING_NOTE = "; 'at ceiling': 0.99 or more, where exact match can no longer tell models apart (the margin can)."
+
+
+def ceiling_rows(rows: list[list]) -> list[list]:
+    """Rows [label, Estimate] with a third cell saying where the estimate is at ceiling."""
+    return [[label, e, "at ceiling" if e.mean >= CEILING else ""] for label, e in rows]
 
 
 def population_text(pop) -> str:

@@ -17,7 +17,7 @@ from reportgen.analysis.findings import CircuitFindings, ComponentRecovery, Esti
 from reportgen.data.arithmetic import STRATA
 from reportgen.results.schema import ModelResults, Report
 
-CEILING = 0.99  # exact match at or above this (with its lower bound within a point) is at ceiling
+CEILING = 0.99  # exact match at or above this is at ceiling: it can no longer tell models apart
 FORMED = 0.5  # the logit lens "forms" the answer where P(correct) first reaches this
 
 
@@ -94,6 +94,12 @@ def accuracy_claims(m: ModelResults) -> tuple[list[Claim], list[Claim]]:
     if weakest:
         text += f"; its weakest stratum is {weakest} at {pct(a.by_stratum[weakest])}"
     found = [Claim(text + ".", "greedy decoding, exact match with 95% Wilson intervals", "", "accuracy")]
+    if m.harder is not None:
+        h = m.harder
+        longer = " (longer than any it trained on)" if h.accuracy.unseen else ""
+        found.append(Claim(f"On {h.accuracy.n} problems whose operands have {h.digits} digits{longer}, it answers "
+                           f"{pct(h.accuracy.exact_match)} exactly.", "greedy decoding on the harder test", "",
+                           "accuracy", "harder-test"))
     iv = m.findings.interventions
     at_ceiling = all(e.mean >= CEILING for e in [a.exact_match, *a.by_stratum.values()])
     if at_ceiling and iv is not None:
@@ -258,6 +264,9 @@ def comparison_claims(report: Report) -> list[Claim]:
     for i, a in enumerate(models):
         for b in models[i + 1:]:
             sized += difference(a, b, "exact match", a.accuracy.exact_match, b.accuracy.exact_match, "accuracy", True)
+            if a.harder is not None and b.harder is not None and a.harder.digits == b.harder.digits:
+                sized += difference(a, b, f"exact match on {a.harder.digits}-digit operands",
+                                    a.harder.accuracy.exact_match, b.harder.accuracy.exact_match, "accuracy", True)
             ia, ib = a.findings.interventions, b.findings.interventions
             if ia is not None and ib is not None:
                 sized += difference(a, b, "mean margin (nats)", ia.clean.margin, ib.clean.margin, "ablations", False)

@@ -54,6 +54,15 @@ class Accuracy:
 
 
 @dataclass
+class HarderTest:
+    """Accuracy on problems harder than any the model trained on (every operand `digits` long),
+    which tells apart models that both answer their own task perfectly."""
+
+    digits: int
+    accuracy: Accuracy
+
+
+@dataclass
 class TrainingCurve:
     """The training history saved in the checkpoint (empty lists when it holds none)."""
 
@@ -72,6 +81,7 @@ class ModelResults:
     accuracy: Accuracy
     training: TrainingCurve
     findings: AnalysisFindings
+    harder: Optional[HarderTest] = None
 
 
 @dataclass
