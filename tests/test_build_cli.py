@@ -159,7 +159,7 @@ def _renderer(monkeypatch, render_site) -> None:
 
 @pytest.mark.parametrize("error", [RuntimeError("renderer broke"), KeyboardInterrupt()])
 def test_failed_render_leaves_previous_site_and_no_temp_dirs(work, monkeypatch, error):
-    def render_site(report, out_dir, pdf=True, log=None):
+    def render_site(report, out_dir, pdf=True, log=None, summary=False):
         (Path(out_dir) / "index.html").write_text("half-written")
         raise error
 
@@ -172,7 +172,7 @@ def test_failed_render_leaves_previous_site_and_no_temp_dirs(work, monkeypatch, 
 
 
 def test_swap_replaces_the_site_whole(work, monkeypatch):
-    def render_site(report, out_dir, pdf=True, log=None):
+    def render_site(report, out_dir, pdf=True, log=None, summary=False):
         (Path(out_dir) / "index.html").write_text(report.title)
         save_results(report, out_dir)  # render_site writes the results files into the site
 
