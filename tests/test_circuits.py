@@ -14,8 +14,7 @@ from sklearn.metrics import roc_auc_score
 from conftest import TOKENIZER, batch_for, operator_head_model, random_model, records, zero_model
 from reportgen.analysis import engine
 from reportgen.analysis.circuits import (
-    CircuitConfig, CircuitDiscovery, auroc_test, benjamini_hochberg, carry_head_tests, offset_consistency,
-    run_circuits,
+    CircuitConfig, CircuitDiscovery, auroc_test, benjamini_hochberg, carry_head_tests, run_circuits,
 )
 from reportgen.analysis.findings import AttentionFindings, Estimate, RoleScore
 from reportgen.configfile import from_dict
@@ -65,24 +64,27 @@ def test_planted_carry_neuron_is_found_with_auroc_far_above_the_null():
     model = planted_carry_model()
     batch = two_digit_batch(model)
     _, cache = engine.run_with_cache(model, batch)
-    f = run_circuits(model, TOKENIZER, batch, cache, None, engine.untrained_twin(model, 1), CircuitConfig(), 0)
+    f = run_circuits(model, TOKENIZER, batch, cache, None, [], CircuitConfig(), 0)
     neurons = [c for c in f.components if c.kind == "neuron"]
     assert [(c.layer, c.index) for c in neurons] == [(0, 0)]
     assert neurons[0].score == 1.0 and abs(neurons[0].null - 0.5) < 0.05
     assert f.neuron_test["n_selected"] == 1 and f.neuron_test["multiple_comparisons"] == "Benjamini-Hochberg"
 
 
-def test_planted_position_heads_keep_one_offset():
+def test_position_heads_and_their_null_checks_come_from_the_attention_test():
+    """Both heads of the planted carry model always attend one fixed token (a's and b's units
+    digit): column n, n-1 or n-2 depending on the answer column, a position pattern."""
     model = planted_carry_model()
     batch = two_digit_batch(model, n=40)
     _, cache = engine.run_with_cache(model, batch)
-    cons, sink, modal = offset_consistency([cache["blocks.0.attn.hook_pattern"]], batch)
-    assert cons.tolist() == [[1.0, 1.0]] and sink.tolist() == [[0.0, 0.0]]
-    assert modal.tolist() == [[4, 1]]  # the first answer digit is predicted at token 6
-    f = run_circuits(model, TOKENIZER, batch, cache, None, engine.untrained_twin(model, 1), CircuitConfig(), 0)
+    twins = [engine.run_with_cache(t, batch)[1] for t in engine.untrained_twins(model, 3, 0)]
+    f = run_circuits(model, TOKENIZER, batch, cache, None, twins, CircuitConfig(), 0)
     heads = {(c.layer, c.index): c for c in f.components if c.kind == "position_head"}
-    assert set(heads) == {(0, 0), (0, 1)} and all(c.score == 1.0 for c in heads.values())
-    assert all(c.confirmed == (c.score - c.null >= 0.2) for c in heads.values())
+    assert set(heads) == {(0, 0), (0, 1)} and all(c.confirmed and c.score > 0.99 for c in heads.values())
+    assert "n at column 0; n-1 at column 1; n-2 at column 2" in heads[0, 0].note
+    checks = {c.test: c for c in f.null_checks}
+    assert set(checks) == {"position_head", "delimiter_head"} and checks["position_head"].confirmed == 2
+    assert run_circuits(model, TOKENIZER, batch, cache, None, [], CircuitConfig(), 0).null_checks == []
 
 
 def test_untrained_model_has_no_carry_head():
@@ -91,7 +93,7 @@ def test_untrained_model_has_no_carry_head():
         batch = batch_for(model, stratified_examples("add", 120, 3, 1, seed, False, "plain"))
         _, cache = engine.run_with_cache(model, batch)
         cfg = CircuitConfig(max_candidates=99, reference_size=8)
-        f = run_circuits(model, TOKENIZER, batch, cache, fake_attention(2, 2), None, cfg, seed)
+        f = run_circuits(model, TOKENIZER, batch, cache, fake_attention(2, 2), [], cfg, seed)
         carry = [c for c in f.components if c.kind == "carry_head"]
         assert len(carry) == 4 and not any(c.confirmed for c in carry)
         ops = [c for c in f.components if c.kind == "operator_head"]
@@ -150,7 +152,7 @@ def test_operator_head_is_confirmed_only_where_the_operator_flows():
     batch = batch_for(model, stratified_examples("addsub", 120, 3, 1, 0, False, "plain"))
     _, cache = engine.run_with_cache(model, batch)
     cfg = CircuitConfig(max_candidates=99, reference_size=4, min_denominator=0.1)
-    f = run_circuits(model, TOKENIZER, batch, cache, fake_attention(2, 2, ("operator",)), None, cfg, 0)
+    f = run_circuits(model, TOKENIZER, batch, cache, fake_attention(2, 2, ("operator",)), [], cfg, 0)
     ops = {(c.layer, c.index): c for c in f.components if c.kind == "operator_head"}
     assert ops[(0, 1)].confirmed and ops[(0, 1)].causal_effect > 0.5
     for key in [(0, 0), (1, 0), (1, 1)]:

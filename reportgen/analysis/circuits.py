@@ -13,12 +13,8 @@
   from the clean run into the operator-flipped run recovers the logit difference: the lower
   bound of the recovery interval must exceed `operator_min_recovery`. For a model trained on one
   operator the test does not apply and says so.
-* Position-tracking heads: at each answer-predicting position, the offset (query - key) of the
-  head's most attended key. Within a group of examples with the same layout and answer digit,
-  only digit values differ, so a position-tracking head keeps one offset: consistency is the
-  share of answer digits whose offset equals their group's most common one. Confirmed when it
-  reaches `position_min_consistency`, beats the untrained twin's head by `position_margin`, and
-  the head does not mostly attend to BOS (a sink, not position tracking).
+* Position and delimiter heads: attention.head_tests (attention only, against the untrained twins,
+  with NullChecks of both tests run unchanged on each twin).
 * Carry neurons (blocks.l.mlp.hook_post at the answer-predicting positions of columns
   1 <= n < longest operand, where a carry can go either way): AUROC for carry-in per neuron.
   The null shuffles the labels within each answer column (so column identity alone cannot make
@@ -32,15 +28,15 @@
 CircuitComponent fields per kind (score / null / causal_effect / control_effect):
 carry_head: carry_source role score / the untrained head's / accuracy drop on carry digits at
 its column / drop on carry-free digits there. operator_head: operator role score / untrained /
-mean operator-flip recovery / mean recovery of the other heads. position_head: offset
-consistency / the untrained head's / - / -. neuron: AUROC / mean AUROC under shuffled labels /
+mean operator-flip recovery / mean recovery of the other heads. position_head and
+delimiter_head: fixed-position attention mass / the untrained twins' / - / -. neuron: AUROC / mean AUROC under shuffled labels /
 accuracy drop on carry digits when the selected set is ablated / mean drop of the random sets.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -48,7 +44,8 @@ from scipy.stats import norm, rankdata
 
 from reportgen.analysis import stats
 from reportgen.analysis.api import task_of, text_batch, text_records
-from reportgen.analysis.examples import ExampleBatch, build_batch, distinct, template
+from reportgen.analysis.attention import head_tests
+from reportgen.analysis.examples import ExampleBatch, build_batch, distinct
 from reportgen.analysis.findings import AttentionFindings, CircuitComponent, CircuitFindings
 from reportgen.analysis.interventions import Ablator, head_spec
 from reportgen.analysis.pairs import make_pairs
@@ -70,8 +67,8 @@ class CircuitConfig:
     operator_pairs: int = 64
     operator_min_recovery: float = 0.1  # lower bound of the operator-flip recovery interval
     min_denominator: float = 0.5  # operator-flip pairs with a smaller |LD_clean - LD_corrupt| are dropped
-    position_min_consistency: float = 0.9
-    position_margin: float = 0.2  # consistency above the untrained head's
+    position_min_mass: float = 0.5  # fixed-position attention mass a position or delimiter head needs
+    position_margin: float = 0.2  # lower bound of that mass minus the untrained twins' a confirmed head needs
     neuron_min_selectivity: float = 0.1  # |AUROC - 0.5| a selected neuron needs besides significance
     fdr: float = 0.05  # Benjamini-Hochberg false discovery rate across neurons
     neuron_permutations: int = 200  # label shuffles for the reported null AUROC
@@ -263,50 +260,6 @@ def _operator_components(model, tokenizer, batch, attention, cfg, seed) -> list[
     return out
 
 
-# ---------------------------------------------------------------- position heads
-def offset_consistency(patterns: list[torch.Tensor], batch: ExampleBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(consistency [L, H], share of answer digits attending mostly to BOS [L, H], most common
-    offset [L, H]) from patterns [B, H, P, P] per layer."""
-    B = batch.tokens.shape[0]
-    mask = batch.answer_mask.cpu().numpy()
-    t_ids = {t: i for i, t in enumerate(dict.fromkeys(template(r) for r in batch.records))}
-    group = np.array([t_ids[template(r)] for r in batch.records])[:, None] * 1000 + np.arange(mask.shape[1])[None, :]
-    g = group[mask]
-    multi = [k for k in np.unique(g) if (g == k).sum() > 1]
-    L, H = len(patterns), patterns[0].shape[1]
-    cons, sink, modal = np.full((L, H), np.nan), np.zeros((L, H)), np.zeros((L, H), dtype=int)
-    for l, pat in enumerate(patterns):
-        rows = pat[torch.arange(B, device=pat.device)[:, None], :, batch.pred_pos]  # [B, A, H, P]
-        key = rows.argmax(-1).cpu().numpy()  # [B, A, H]
-        off = (batch.pred_pos.cpu().numpy()[..., None] - key)[mask]  # [digits, H]
-        sink[l] = (key[mask] == 0).mean(0)
-        for h in range(H):
-            values, counts = np.unique(off[:, h], return_counts=True)
-            modal[l, h] = values[counts.argmax()]
-            if multi:
-                agree = sum(np.unique(off[g == k, h], return_counts=True)[1].max() for k in multi)
-                cons[l, h] = agree / sum(int((g == k).sum()) for k in multi)
-    return cons, sink, modal
-
-
-def _position_components(cache, batch, untrained_model, L: int, cfg) -> list[CircuitComponent]:
-    cons, sink, modal = offset_consistency([cache[f"blocks.{l}.attn.hook_pattern"] for l in range(L)], batch)
-    null = np.full_like(cons, np.nan)
-    if untrained_model is not None:
-        with torch.no_grad():
-            _, twin = untrained_model.run_with_cache(batch.tokens, names=lambda n: n.endswith("attn.hook_pattern"))
-        null = offset_consistency([twin[f"blocks.{l}.attn.hook_pattern"] for l in range(L)], batch)[0]
-    out = []
-    for l, h in zip(*np.nonzero(cons >= cfg.position_min_consistency)):
-        is_sink = sink[l, h] > 0.5
-        ok = not is_sink and bool(cons[l, h] - null[l, h] >= cfg.position_margin)
-        note = (f"most common offset {modal[l, h]} (query - key); untrained twin {null[l, h]:.3f}"
-                + ("; attends mostly to BOS (a sink, not position tracking)" if is_sink else ""))
-        out.append(CircuitComponent("position_head", int(l), int(h), None, float(cons[l, h]), float(null[l, h]),
-                                    None, None, ok, note))
-    return out
-
-
 # ---------------------------------------------------------------- neurons
 def neuron_rows(batch: ExampleBatch) -> torch.Tensor:
     """Answer digits [B, A] whose carry-in can go either way: columns 1 <= n < longest operand."""
@@ -387,9 +340,10 @@ def _set_ablation(ab: Ablator, idx: np.ndarray, d_mlp: int, digits: torch.Tensor
 
 # ---------------------------------------------------------------- entry point
 def run_circuits(model: Transformer, tokenizer: Tokenizer, batch: ExampleBatch, cache: dict,
-                 attention: Optional[AttentionFindings], untrained_model: Optional[Transformer],
+                 attention: Optional[AttentionFindings], twin_caches: Sequence[dict],
                  cfg: CircuitConfig, seed: int) -> CircuitFindings:
-    """DESIGN §4.4 on the batch; `cache` is the clean run's activation cache of the same batch."""
+    """DESIGN §4.4 on the batch; `cache` is the clean run's activation cache of the same batch,
+    `twin_caches` those of the untrained twins (position and delimiter heads need two or more)."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
     ab = Ablator(model, tokenizer, batch, seed, cfg.reference_size, cfg.max_rows)
     components = []
@@ -398,11 +352,15 @@ def run_circuits(model: Transformer, tokenizer: Tokenizer, batch: ExampleBatch, 
         components.append(CircuitComponent("carry_head", l, h, t["column"], score, null, t["effect_carry"],
                                            t["effect_no_carry"], t["confirmed"], _carry_note(t, cfg.method)))
     components += _operator_components(model, tokenizer, batch, attention, cfg, seed)
-    components += _position_components(cache, batch, untrained_model, L, cfg)
+    null_checks = []
+    if len(twin_caches) >= 2:
+        heads, null_checks = head_tests(batch, cache, twin_caches, L, seed, cfg.position_min_mass, cfg.position_margin)
+        components += heads
     neurons, neuron_test = _neuron_components(ab, cache, L, cfg, seed)
     components += neurons
     spec, roles = specialization(attention, L, H)
-    return CircuitFindings(components=components, head_specialization=spec, roles=roles, neuron_test=neuron_test)
+    return CircuitFindings(components=components, head_specialization=spec, roles=roles, neuron_test=neuron_test,
+                           null_checks=null_checks)
 
 
 class CircuitDiscovery:

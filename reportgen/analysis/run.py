@@ -1,4 +1,4 @@
-"""The analysis orchestrator: one batch, one cached forward pass (and one of the untrained twin),
+"""The analysis orchestrator: one batch, one cached forward pass (and one of each untrained twin),
 the six analyses, and the per-example findings the report shows.
 
 The batch holds the examples to show (the user's, else the first generated ones) followed by
@@ -11,21 +11,21 @@ forward pass.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Iterable, Optional
 
 import numpy as np
 import torch
 
 from reportgen.analysis.api import check_layers, token_labels
-from reportgen.analysis.attention import analyze_attention, stacked_patterns
+from reportgen.analysis.attention import analyze_attention, keep_layers, stacked_patterns
 from reportgen.analysis.circuits import run_circuits
 from reportgen.analysis.config import ANALYSES, AnalysisConfig
-from reportgen.analysis.engine import greedy_predictions, is_correct, run_with_cache, untrained_twin
+from reportgen.analysis.engine import greedy_predictions, is_correct, run_with_cache, untrained_twins
 from reportgen.analysis.examples import (
     ExampleBatch, build_batch, distinct, example_key, generated_records, range_notes, records_from_texts,
 )
-from reportgen.analysis.findings import AnalysisFindings, AttentionFindings, ExampleFindings
+from reportgen.analysis.findings import AnalysisFindings, ExampleFindings
 from reportgen.analysis.interventions import run_interventions
 from reportgen.analysis.logit_lens import LensArrays, compute_lens, example_lens
 from reportgen.analysis.logit_lens import summarize as summarize_lens
@@ -108,21 +108,23 @@ def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool =
     bar = tqdm(total=len(order) + 2, desc="analyze", unit="step", file=sys.stderr, disable=not progress)
     bar.set_postfix_str("forward pass")
     _, cache = run_with_cache(model, batch)
-    twin = twin_cache = attention_all = None
+    twins, twin_caches, attention_all = [], [], None
     if on & {"attention", "probing", "circuits", "logit_lens"}:
-        twin = untrained_twin(model, seed)
-        _, twin_cache = run_with_cache(twin, batch)
+        twins = untrained_twins(model, cfg.untrained_twins, seed)
+        twin_caches = [run_with_cache(t, batch)[1] for t in twins]
+    twin, twin_cache = (twins[0], twin_caches[0]) if twins else (None, None)
     if on & {"attention", "circuits"}:  # circuits picks its candidates from every layer's role scores
-        attention_all = analyze_attention(batch, cache, twin_cache, n_layers, list(range(n_layers)), seed)
+        attention_all = analyze_attention(batch, cache, twin_caches, n_layers, list(range(n_layers)), seed,
+                                          cfg.attention.role_margin)
     lens = compute_lens(model, tok, cache, batch)
     bar.update()
 
     runners = {
-        "attention": lambda: _keep_layers(attention_all, plan.attention_layers),
+        "attention": lambda: keep_layers(attention_all, plan.attention_layers),
         "patching": lambda: run_patching(model, tok, batch, cfg.patching, seed),
         "logit_lens": lambda: summarize_lens(lens, compute_lens(twin, tok, twin_cache, batch),
                                              [r["labels"]["stratum"] for r in batch.records], seed),
-        "circuits": lambda: run_circuits(model, tok, batch, cache, attention_all, twin, cfg.circuits, seed),
+        "circuits": lambda: run_circuits(model, tok, batch, cache, attention_all, twin_caches, cfg.circuits, seed),
         "probing": lambda: analyze_probing(batch, cache, twin_cache, cfg.probing, plan.probe_layers, seed),
         "interventions": lambda: run_interventions(model, tok, batch, cfg.interventions, seed),
     }
@@ -136,12 +138,6 @@ def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool =
     bar.update()
     bar.close()
     return out
-
-
-def _keep_layers(findings: AttentionFindings, layers: list[int]) -> AttentionFindings:
-    keep = set(layers)
-    return replace(findings, head_stats=[s for s in findings.head_stats if s.layer in keep],
-                   role_scores=[s for s in findings.role_scores if s.layer in keep])
 
 
 def example_findings(ckpt: Checkpoint, batch: ExampleBatch, n_shown: int, cache: dict, lens: LensArrays) -> list[ExampleFindings]:

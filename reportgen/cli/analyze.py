@@ -150,6 +150,7 @@ def _write_circuits(d: Path, circuits) -> None:
     _dump(d / "carry_heads.json", of("carry_head"))
     _dump(d / "operator_heads.json", of("operator_head"))
     _dump(d / "position_heads.json", of("position_head"))
+    _dump(d / "delimiter_heads.json", of("delimiter_head"))
     _dump(d / "specialized_neurons.json", {"neurons": of("neuron"), "set_test": circuits.neuron_test})
     spec = circuits.head_specialization  # [layers, heads, roles]
     plt = pyplot()
