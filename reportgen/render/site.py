@@ -370,26 +370,76 @@ class SiteBuilder:
     def attention_section(self, m, att) -> list[Block]:
         stats = sorted(att.head_stats, key=lambda s: (s.layer, s.head))
         rows = [[f"L{s.layer}H{s.head}", s.entropy, s.prev_token, s.sink, s.equals, s.operator] for s in stats]
-        role_rows = []
-        for role in dict.fromkeys(r.role for r in att.role_scores):
-            best = sorted((r for r in att.role_scores if r.role == role),
-                          key=lambda r: (-_finite_or(r.score.mean), r.layer, r.head))[:3]
-            role_rows += [[role, f"L{r.layer}H{r.head}", r.score, r.untrained, r.chance] for r in best]
-        return [
-            text("Attention at the positions that predict answer digits, teacher forced on the model's own input "
-                 "format. The interactive per-example viewer is on each example's page."),
-            self.fig(F.role_figure(self.paths.figure(m, "role-scores"), att)),
-            self.table(Table(self.paths.table(m, "role-top"), "The three heads with the highest score per role "
-                             "(attention mass on the role's alignment mask; a head that followed the mask exactly "
-                             "scores 1), against the same head in an untrained model and the mass a uniform head "
-                             "would put there ('uniform': 1/visible keys per key); 95% bootstrap intervals over "
-                             "examples.", ["role", "head", "score", "untrained", "uniform"], role_rows)),
-            self.table(Table(self.paths.table(m, "head-stats"), "Per-head statistics at the answer-predicting "
-                             "positions, mean over examples with 95% bootstrap intervals: attention entropy "
-                             "normalised by log(number of visible keys) (1 = uniform), and the attention mass on the "
-                             "previous token, the first (BOS, sink) token, the '=' token and the operator.",
-                             ["head", "entropy", "previous token", "BOS (sink)", "'='", "operator"], rows)),
-        ]
+        blocks = [text("Attention at every position that predicts a digit the model writes, teacher forced on the "
+                       "model's own input format, by the column n of that digit and by key group: the operand digits "
+                       "of column n, n−1, n−2, … (a head's offset), the previous answer digit, the delimiters and, in "
+                       "scratchpad models, the tokens of step n and step n−1. The interactive per-example viewer is "
+                       "on each example's page.")]
+        scratch = [r for r in (att.columns.query_roles if att.columns else []) if r != "answer"]
+        blocks.append(self.fig(F.column_view_figure(self.paths.figure(m, "attention-columns"), att, ["answer"],
+                                                    "the final-answer digits")))
+        blocks.append(self.head_role_table(m, att, ["answer"], "", "the final-answer digits"))
+        if scratch:  # one figure per layer: scratchpad rows (role and column) are many
+            for l in att.columns.layers:
+                blocks.append(self.fig(F.column_view_figure(self.paths.figure(m, f"attention-columns-scratchpad-L{l}"),
+                                                            att, scratch, f"the scratchpad digits, layer {l}", [l])))
+            blocks.append(self.head_role_table(m, att, scratch, "-scratchpad", "the scratchpad digits"))
+        blocks += self.head_test_summary(m)
+        blocks.append(self.table(Table(self.paths.table(m, "head-stats"), "Per-head statistics at the answer-predicting "
+                                       "positions, mean over examples with 95% bootstrap intervals: attention entropy "
+                                       "normalised by log(number of visible keys) (1 = uniform), and the attention mass "
+                                       "on the previous token, the first (BOS, sink) token, the '=' token and the "
+                                       "operator.", ["head", "entropy", "previous token", "BOS (sink)", "'='",
+                                                     "operator"], rows)))
+        return [b for b in blocks if b is not None]
+
+    def head_role_table(self, m, att, roles: list[str], name: str, what: str) -> Optional[Block]:
+        """Each head's role (held key group and its mass) per column, from the per-column table."""
+        t = att.columns
+        if t is None:
+            return None
+        cols = list(t.columns)
+        held = {(r.layer, r.head, r.query_role, r.column): r for r in att.head_roles if r.held}
+        present = {(r.query_role, r.column) for r in att.head_roles}
+        multi = len(roles) > 1
+        rows = []
+        for l in t.layers:
+            for h in range(t.mass.shape[1]):
+                for role in roles:
+                    cells = []
+                    for n in cols:
+                        r = held.get((l, h, role, n))
+                        cells.append(f"{r.key_group} {fmt_num(r.mass.mean)}" if r else "—" if (role, n) in present else "")
+                    if multi and not any(c not in ("—", "") for c in cells):
+                        continue  # a head holding nothing at a scratchpad role takes no row
+                    rows.append([f"L{l}H{h}", *([role] if multi else []), *cells])
+        caption = (f"Head roles at {what} per column n: the key group holding the head's attention there and its mean "
+                   f"mass ('n-1': the operand digits one column below; see the figure), where that mass beats both "
+                   f"chance and the untrained twins by at least {F.fmt_margin(att.role_margin)} with its interval "
+                   f"above theirs; '—': no group does.")
+        if multi:
+            caption += " Heads holding no group at a role are left out for that role."
+        return self.table(Table(self.paths.table(m, f"head-roles{name}"), caption,
+                                ["head", *(["digit"] if multi else []), *[f"column {n}" for n in cols]], rows))
+
+    def head_test_summary(self, m) -> list[Block]:
+        """The position- and delimiter-head tests (run with the circuits) in a sentence each."""
+        circ = m.findings.circuits
+        checks = {c.test: c for c in (circ.null_checks if circ else [])}
+        out = []
+        for kind, name in (("position_head", "Position heads"), ("delimiter_head", "Delimiter heads")):
+            c = checks.get(kind)
+            if c is None:
+                continue
+            heads = sorted({f"L{x.layer}H{x.index}" for x in circ.components if x.kind == kind and x.confirmed})
+            twins = ", ".join(map(str, c.twin_confirmed))
+            verdict = (f"{c.confirmed} of {c.n_tested} head-role tests confirmed" + (f" ({', '.join(heads)})" if heads else "")
+                       if c.passed else f"not reported: the test confirmed components on the untrained twins ({twins}) "
+                                        f"more often than its error rate allows")
+            out.append(text(f"{name}: {verdict}; on the untrained twins, judged by the same test against each other: "
+                            f"{twins}; family-wise error rate {c.error_rate:g}. {c.definition} Each is listed with its "
+                            f"pattern in the circuits section."))
+        return out
 
     def patching_section(self, m, pat) -> list[Block]:
         counts = sorted(pat.pair_counts.items(), key=lambda kv: F.pair_rank(kv[0]))
@@ -439,9 +489,9 @@ class SiteBuilder:
         rows = [[c.kind, f"L{c.layer}", c.index, c.column, c.score, c.null, c.causal_effect, c.control_effect,
                  Cell("confirmed" if c.confirmed else "not confirmed", strong=c.confirmed), c.note] for c in comps]
         blocks = [
-            text("Candidates come from correlational scores (role scores, AUROC, offset consistency) and count only "
-                 "when a causal test confirms them: a carry head's ablation must hurt the carry-dependent stratum "
-                 "far more than the carry-free stratum at its column; an operator head must carry the operator "
+            text("Candidates come from correlational scores (role scores, AUROC, fixed-position attention mass) and "
+                 "count only when a causal test confirms them: a carry head's ablation must hurt the carry-dependent "
+                 "stratum far more than the carry-free stratum at its column; an operator head must carry the operator "
                  "(operator-flip patching through it); a neuron set's ablation must beat a random set of equal size."),
             self.table(Table(self.paths.table(m, "components"), "Circuit components: the selection score and its "
                              "null (untrained model, shuffled labels or random set), the causal effect (e.g. accuracy "
@@ -696,6 +746,9 @@ class SiteBuilder:
             for role in dict.fromkeys(r.role for r in att.role_scores):
                 best = min((r for r in att.role_scores if r.role == role),
                            key=lambda r: (-_finite_or(r.score.mean), r.layer, r.head))
+                baseline = max(_finite_or(best.untrained.mean, 0.0), _finite_or(best.chance, 0.0))
+                if _finite_or(best.score.mean) - baseline < _finite_or(att.role_margin, 0.0):
+                    continue  # no head takes this key group (e.g. one of a scratchpad's many)
                 kind = ROLE_CIRCUIT.get(role)
                 verdict = _verdict(causal.get((kind, best.layer, best.head))) if kind else "no causal test of this role"
                 rows.append([m.label, role, f"L{best.layer}H{best.head}", best.score, best.untrained,
@@ -703,10 +756,12 @@ class SiteBuilder:
         if not rows:
             return Section("heads", "Top heads per role", [not_run("attention")])
         return Section("heads", "Top heads per role", [*self._group_note("heads"), self.table(Table(
-            "tables/compare-heads", "The head with the highest role score per role and model (95% bootstrap "
-            "interval), the same head untrained, the drop in exact match when it is ablated with the model's "
-            "default method (clean − ablated; positive = the head matters), and the verdict of the circuit test of "
-            "that role (carry_source: carry head; operator: operator head).",
+            "tables/compare-heads", "The head with the highest role score per role and model (mean attention mass "
+            "from the answer digits to a key group, averaged over columns, with its 95% bootstrap interval; roles "
+            "where it does not beat chance and the untrained twins by the role margin are left out), the same head "
+            "in the untrained twins, the drop in exact match when it is ablated with the model's default method "
+            "(clean − ablated; positive = the head matters), and the verdict of the circuit test of that role "
+            "(n-1, the column below: carry head; operator: operator head).",
             ["model", "role", "head", "role score", "untrained", "ablation drop", "circuit"], rows))])
 
     def compare_ablation_section(self) -> Section:
@@ -778,7 +833,7 @@ def _answer(ex) -> str:
     return str(apply_op(a, b, op))
 
 
-ROLE_CIRCUIT = {"carry_source": "carry_head", "operator": "operator_head"}  # role score -> circuit test
+ROLE_CIRCUIT = {"n-1": "carry_head", "operator": "operator_head"}  # role (key group) -> circuit test
 
 
 def _verdict(comp) -> str:
