@@ -31,8 +31,8 @@ def test_smaller_alpha_widens_the_interval_with_enough_resamples():
 
 
 def test_many_columns_at_once_give_bootstrap_s_intervals():
-    """bootstrap_means draws the same resamples as bootstrap and takes the same percentiles,
-    NaNs (examples without a value) included, whatever the alpha."""
+    """bootstrap_means draws the same resamples as bootstrap and takes the same percentiles (of
+    means computed in float32), NaNs (examples without a value) included, whatever the alpha."""
     rng = np.random.default_rng(3)
     v = rng.random((40, 6))
     v[rng.random((40, 6)) < 0.3] = np.nan
@@ -43,6 +43,6 @@ def test_many_columns_at_once_give_bootstrap_s_intervals():
         mean, lo, hi, n = stats.bootstrap_means(v, seed=5, alpha=alpha)
         ref = stats.bootstrap(v, seed=5, alpha=alpha)
         for got, want in zip((mean, lo, hi), ref):
-            assert np.allclose(got, want, equal_nan=True, rtol=0, atol=1e-12)
+            assert np.allclose(got, want, equal_nan=True, rtol=0, atol=1e-6)
         assert n.tolist() == (~np.isnan(v)).sum(0).tolist()
     assert np.isnan(lo[4]) and mean[5] == 0.5 and np.isnan(hi[5])

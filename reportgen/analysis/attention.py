@@ -182,48 +182,41 @@ class QueryLayout:
 
 def query_layout(records: list[dict], n_pos: int, device="cpu") -> QueryLayout:
     """Queries and key groups of `records` (each layout computed once), padded to n_pos keys."""
-    per_layout: dict[tuple, list] = {}
-    layouts = []
+    per_layout: dict[tuple, int] = {}
+    first: list[dict] = []  # a record of each layout
+    which = []
     for r in records:
         key = (template(r), r["op"] == "*", tuple(r["answer_columns"]))
         if key not in per_layout:
-            per_layout[key] = record_groups(r)
-        layouts.append(per_layout[key])
-    found = {(role, n) for lay in per_layout.values() for _, role, n, _ in lay}
+            per_layout[key] = len(first)
+            first.append(r)
+        which.append(per_layout[key])
+    lays = [record_groups(r) for r in first]
+    found = {(role, n) for lay in lays for _, role, n, _ in lay}
     roles = [r for r in TARGET_ROLES if any(role == r for role, _ in found)]
     columns = sorted({n for _, n in found})
-    groups = sorted({g for lay in per_layout.values() for *_, gs in lay for g in gs}, key=group_order)
+    groups = sorted({g for lay in lays for *_, gs in lay for g in gs}, key=group_order)
     gi, G = {g: i for i, g in enumerate(groups)}, len(groups)
-    T = max((len(lay) for lay in layouts), default=0)
-    B = len(records)
-    pos = torch.zeros(B, T, dtype=torch.long)
-    cell = torch.zeros(B, T, dtype=torch.long)
-    mask = torch.zeros(B, T, dtype=torch.bool)
-    answer = torch.zeros(B, T, dtype=torch.bool)
-    A = max((sum(role == "answer" for _, role, _, _ in lay) for lay in layouts), default=0)
-    answer_slots = torch.zeros(B, A, dtype=torch.long)
-    answer_mask = torch.zeros(B, A, dtype=torch.bool)
-    group = torch.full((B, T, n_pos), G, dtype=torch.long)
-    eq_pos = torch.zeros(B, dtype=torch.long)
-    op_pos = torch.zeros(B, dtype=torch.long)
-    tensors: dict[int, tuple] = {}  # per layout, built once
-    for i, (r, lay) in enumerate(zip(records, layouts)):
+    T = max((len(lay) for lay in lays), default=0)
+    A = max((sum(role == "answer" for _, role, _, _ in lay) for lay in lays), default=0)
+    # Per layout, then gathered by each record's layout.
+    N = len(lays)
+    pos, cell = torch.zeros(N, T, dtype=torch.long), torch.zeros(N, T, dtype=torch.long)
+    mask, answer = torch.zeros(N, T, dtype=torch.bool), torch.zeros(N, T, dtype=torch.bool)
+    answer_slots, answer_mask = torch.zeros(N, A, dtype=torch.long), torch.zeros(N, A, dtype=torch.bool)
+    group = torch.full((N, T, n_pos), G, dtype=torch.long)
+    eq_pos, op_pos = torch.zeros(N, dtype=torch.long), torch.zeros(N, dtype=torch.long)
+    for i, (r, lay) in enumerate(zip(first, lays)):
         op_pos[i], eq_pos[i], _, _ = prompt_positions(r)
-        if id(lay) not in tensors:
-            g = torch.full((len(lay), n_pos), G, dtype=torch.long)
-            for j, (q, _, _, gs) in enumerate(lay):
-                g[j, : q + 1] = torch.tensor([gi[x] for x in gs])
-            tensors[id(lay)] = (torch.tensor([q for q, *_ in lay], dtype=torch.long),
-                                torch.tensor([roles.index(role) * len(columns) + columns.index(n) for _, role, n, _ in lay],
-                                             dtype=torch.long),
-                                torch.tensor([role == "answer" for _, role, _, _ in lay]), g)
-        p, c, a, g = tensors[id(lay)]
-        t = len(lay)
-        pos[i, :t], cell[i, :t], mask[i, :t], answer[i, :t], group[i, :t] = p, c, True, a, g
-        slots = torch.nonzero(a).flatten()
+        for j, (q, role, n, gs) in enumerate(lay):
+            pos[i, j], cell[i, j], mask[i, j], answer[i, j] = q, roles.index(role) * len(columns) + columns.index(n), \
+                True, role == "answer"
+            group[i, j, : q + 1] = torch.tensor([gi[x] for x in gs])
+        slots = torch.nonzero(answer[i]).flatten()
         answer_slots[i, : len(slots)], answer_mask[i, : len(slots)] = slots, True
-    return QueryLayout(*(x.to(device) for x in (pos, mask, cell, answer, answer_slots, answer_mask, group, eq_pos,
-                                                 op_pos)), roles, columns, groups)
+    idx = torch.tensor(which, dtype=torch.long)
+    return QueryLayout(*(x[idx].to(device) for x in (pos, mask, cell, answer, answer_slots, answer_mask, group, eq_pos,
+                                                      op_pos)), roles, columns, groups)
 
 
 def layout_for_batch(batch: ExampleBatch) -> QueryLayout:
@@ -232,7 +225,12 @@ def layout_for_batch(batch: ExampleBatch) -> QueryLayout:
 
 def stacked_patterns(cache: dict[str, torch.Tensor], n_layers: int) -> torch.Tensor:
     """Attention patterns of every layer from a cache: [L, B, H, P, P]."""
-    return torch.stack([cache[f"blocks.{l}.attn.hook_pattern"] for l in range(n_layers)])
+    return torch.stack(layer_patterns(cache, n_layers))
+
+
+def layer_patterns(cache: dict[str, torch.Tensor], n_layers: int) -> list[torch.Tensor]:
+    """Each layer's attention pattern [B, H, P, P] from a cache (not copied)."""
+    return [cache[f"blocks.{l}.attn.hook_pattern"] for l in range(n_layers)]
 
 
 @dataclass
@@ -246,8 +244,8 @@ class AttentionArrays:
     answer_chance: torch.Tensor  # [B, G]
 
 
-def attention_arrays(patterns: torch.Tensor, layout: QueryLayout) -> AttentionArrays:
-    """Statistics and key-group masses of `patterns` [L, B, H, P, P] at the layout's queries."""
+def attention_arrays(patterns: Sequence[torch.Tensor], layout: QueryLayout) -> AttentionArrays:
+    """Statistics and key-group masses of each layer's `patterns` [B, H, P, P] at the layout's queries."""
     B, T = layout.pos.shape
     G, K = len(layout.key_groups), layout.n_cells
     rows, mass, keys = _group_mass(patterns, layout)
@@ -287,12 +285,13 @@ def attention_arrays(patterns: torch.Tensor, layout: QueryLayout) -> AttentionAr
     return AttentionArrays(per_example, cells, answer_groups, cell_chance, answer_chance)
 
 
-def _group_mass(patterns: torch.Tensor, layout: QueryLayout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(rows [B, T, L, H, P] of `patterns` at the queries, mass per key group [B, T, L, H, G],
-    visible keys per group [B, T, G])."""
+def _group_mass(patterns: Sequence[torch.Tensor], layout: QueryLayout) -> tuple[torch.Tensor, ...]:
+    """(rows [B, T, L, H, P] of the layers' `patterns` [B, H, P, P] at the queries, mass per key
+    group [B, T, L, H, G], visible keys per group [B, T, G])."""
     B, T = layout.pos.shape
     G = len(layout.key_groups)
-    rows = patterns.permute(1, 3, 0, 2, 4)[torch.arange(B, device=patterns.device)[:, None], layout.pos]
+    batch = torch.arange(B, device=layout.pos.device)[:, None]
+    rows = torch.stack([p[batch, :, layout.pos] for p in patterns], dim=2)
     L, H, P = rows.shape[2:]
     mass = rows.new_zeros(B, T, L, H, G + 1).scatter_add_(-1, layout.group[:, :, None, None, :].expand(B, T, L, H, P),
                                                           rows)[..., :G]
@@ -314,7 +313,7 @@ def _cell_means(mass: torch.Tensor, has: torch.Tensor, layout: QueryLayout) -> t
     return total / count[:, :, None, None, :], count
 
 
-def cell_masses(patterns: torch.Tensor, layout: QueryLayout) -> torch.Tensor:
+def cell_masses(patterns: Sequence[torch.Tensor], layout: QueryLayout) -> torch.Tensor:
     """Only the cells of `attention_arrays` (what the head tests read)."""
     _, mass, keys = _group_mass(patterns, layout)
     return _cell_means(mass, (keys > 0) & layout.mask[..., None], layout)[0]
@@ -359,8 +358,8 @@ def column_roles(arrays: AttentionArrays, twin: AttentionArrays, layout: QueryLa
 
     mean, lo, hi, n = table(arrays.cells)
     t_mean, t_lo, t_hi, _ = table(twin.cells)
-    chance = _np(torch.nanmean(arrays.chance, dim=0)).reshape(Q, C, G) if arrays.chance.shape[0] else np.full((Q, C, G), np.nan)
-    count = n.reshape(Q, C, len(layers), -1, G)[:, :, 0, 0, :] if len(layers) else np.zeros((Q, C, G), dtype=int)
+    chance = _np(torch.nanmean(arrays.chance, dim=0)).reshape(Q, C, G)
+    count = n.reshape(Q, C, len(layers), -1, G)[:, :, 0, 0, :]  # the same for every head
     return ColumnRoles(layers=list(layers), query_roles=list(layout.query_roles), columns=list(layout.columns),
                        key_groups=list(layout.key_groups), group_kinds=[group_kind(g) for g in layout.key_groups],
                        mass=mean, mass_lo=lo, mass_hi=hi, untrained=t_mean,
@@ -375,17 +374,18 @@ def head_roles(table: ColumnRoles, margin: float) -> list[HeadRole]:
         for h in range(table.mass.shape[1]):
             for qi, role in enumerate(table.query_roles):
                 for ci, n in enumerate(table.columns):
-                    m = np.where(eligible & np.isfinite(table.mass[li, h, qi, ci]), table.mass[li, h, qi, ci], -np.inf)
+                    m = table.mass[li, h, qi, ci]
+                    m = np.where(eligible & np.isfinite(m), m, -np.inf)
                     if not np.isfinite(m.max()):
                         continue
-                    g = int(m.argmax())
-                    mass = Estimate(*(float(a[li, h, qi, ci, g]) for a in (table.mass, table.mass_lo,
-                                                                                  table.mass_hi)), int(table.n[qi, ci, g]))
-                    twin = Estimate(*(float(a[li, h, qi, ci, g]) for a in (table.untrained, table.untrained_lo,
-                                                                                  table.untrained_hi)), mass.n)
-                    chance = float(table.chance[qi, ci, g])
+                    at = (li, h, qi, ci, int(m.argmax()))
+                    count = int(table.n[at[2:]])
+                    mass = Estimate(float(table.mass[at]), float(table.mass_lo[at]), float(table.mass_hi[at]), count)
+                    twin = Estimate(float(table.untrained[at]), float(table.untrained_lo[at]),
+                                    float(table.untrained_hi[at]), count)
+                    chance = float(table.chance[at[2:]])
                     held = bool(mass.mean - max(chance, twin.mean) >= margin and mass.lo > twin.hi)
-                    out.append(HeadRole(l, h, role, n, table.key_groups[g], mass, twin, chance, held))
+                    out.append(HeadRole(l, h, role, n, table.key_groups[at[-1]], mass, twin, chance, held))
     return out
 
 
@@ -416,8 +416,8 @@ def analyze_attention(batch: ExampleBatch, cache: dict, twin_caches: Sequence[di
     if not twin_caches:
         raise ValueError("analyze_attention needs the caches of at least one untrained twin")
     layout = layout_for_batch(batch)
-    arrays = attention_arrays(stacked_patterns(cache, n_layers), layout)
-    twins = twin_mean([attention_arrays(stacked_patterns(c, n_layers), layout) for c in twin_caches])
+    arrays = attention_arrays(layer_patterns(cache, n_layers), layout)
+    twins = twin_mean([attention_arrays(layer_patterns(c, n_layers), layout) for c in twin_caches])
     return summarize(arrays, twins, layout, layers, len(twin_caches), seed, margin)
 
 
@@ -450,18 +450,21 @@ class FixedMass:
 def fixed_mass(cells: torch.Tensor, layout: QueryLayout) -> FixedMass:
     """The statistic from per-example cell masses [B, cells, L, H, G] (AttentionArrays.cells)."""
     B, K, L, H, G = cells.shape
-    present = ~torch.isnan(cells[:, :, 0, 0, :]).all(-1)  # [B, cells] the example has such a query
+    has = ~torch.isnan(cells[:, :, 0, 0, :])  # [B, cells, G] the same for every head
+    present = has.any(-1)  # [B, cells] the example has such a query
     eligible = torch.tensor([g not in LUMPS for g in layout.key_groups], device=cells.device)
-    mean = torch.nanmean(cells, 0)  # [cells, L, H, G]
+    filled = cells.nan_to_num(0.0)
+    mean = filled.sum(0) / has.sum(0)[:, None, None, :]  # [cells, L, H, G]; NaN (0/0) where no example has a key
     score = mean.masked_fill(~eligible | torch.isnan(mean), -torch.inf)
     best, modal = score.max(-1)
     used = torch.isfinite(best) & (present.sum(0) >= MIN_CELL_EXAMPLES)[:, None, None]
-    per = cells.gather(-1, modal[None, ..., None].expand(B, K, L, H, 1)).squeeze(-1).nan_to_num(0.0)
-    per = per.masked_fill(~(present[:, :, None, None] & used[None]), float("nan"))  # no key in the group: mass 0
+    per = filled.gather(-1, modal[None, ..., None].expand(B, K, L, H, 1)).squeeze(-1)  # no key in the group: mass 0
+    taken = present[:, :, None, None] & used[None]  # [B, cells, L, H]
     Q = len(layout.query_roles)
-    mass = torch.nanmean(per.reshape(B, Q, -1, L, H), dim=2).permute(0, 2, 3, 1)
+    per = (per * taken).reshape(B, Q, -1, L, H)
+    mass = (per.sum(2) / taken.reshape(B, Q, -1, L, H).sum(2)).permute(0, 2, 3, 1)  # NaN where no cell is taken
     delim = torch.tensor([is_delimiter(g) for g in layout.key_groups], device=cells.device)[modal]  # [cells, L, H]
-    total = per.nansum(0).reshape(Q, -1, L, H)
+    total = per.sum(0)
     share = ((total * delim.reshape(Q, -1, L, H)).sum(1) / total.sum(1)).permute(1, 2, 0)
     return FixedMass(mass, share, modal, used)
 
@@ -506,8 +509,8 @@ def head_tests(batch: ExampleBatch, cache: dict, twin_caches: Sequence[dict], n_
     if len(twin_caches) < 2:
         raise ValueError("the position/delimiter-head test needs at least two untrained twins")
     layout = layout_for_batch(batch)
-    own = fixed_mass(cell_masses(stacked_patterns(cache, n_layers), layout), layout)
-    twins = [fixed_mass(cell_masses(stacked_patterns(c, n_layers), layout), layout) for c in twin_caches]
+    own = fixed_mass(cell_masses(layer_patterns(cache, n_layers), layout), layout)
+    twins = [fixed_mass(cell_masses(layer_patterns(c, n_layers), layout), layout) for c in twin_caches]
     model = verdicts(own, twins, layout, min_mass, margin, seed)
     nulls = [verdicts(t, twins[:i] + twins[i + 1:], layout, min_mass, margin, seed) for i, t in enumerate(twins)]
     components = []
@@ -545,7 +548,8 @@ def _head_note(own: FixedMass, layout: QueryLayout, v: HeadVerdicts, l: int, h: 
     for c in range(C):
         if bool(own.used[q * C + c, l, h]):
             where.setdefault(layout.key_groups[int(own.modal[q * C + c, l, h])], []).append(layout.columns[c])
-    pattern = "; ".join(f"{g} at column{'s' if len(cs) > 1 else ''} {', '.join(map(str, cs))}" for g, cs in where.items())
+    pattern = "; ".join(f"{g} at column{'s' if len(cs) > 1 else ''} {', '.join(map(str, cs))}"
+                        for g, cs in where.items())
     return (f"{layout.query_roles[q]} digits: {pattern}; mass there {v.mass[l, h, q]:.2f} "
             f"({float(own.delimiter_share[l, h, q]):.0%} on delimiters) vs {v.reference[l, h, q]:.2f} in the untrained "
             f"twins, difference lower bound {v.lo[l, h, q]:.2f} (margin {margin}; Bonferroni over {v.tests} "
@@ -556,7 +560,7 @@ def _head_note(own: FixedMass, layout: QueryLayout, v: HeadVerdicts, l: int, h: 
 def example_stats(attention: np.ndarray, record: dict, layers: list[int]) -> list[dict]:
     """Per-head statistics of one example from its attention [L, H, n, n], and for each target
     query (role, column, position) the mass on every key group that has a key there."""
-    patterns = torch.as_tensor(attention, dtype=torch.float64)[:, None]
+    patterns = torch.as_tensor(attention, dtype=torch.float64)[:, None]  # [L, 1, H, n, n]: a list of layers
     layout = query_layout([record], attention.shape[-1])
     arrays = attention_arrays(patterns, layout)
     C = len(layout.columns)
