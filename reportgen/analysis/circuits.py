@@ -29,8 +29,9 @@ CircuitComponent fields per kind (score / null / causal_effect / control_effect)
 carry_head: carry_source role score / the untrained head's / accuracy drop on carry digits at
 its column / drop on carry-free digits there. operator_head: operator role score / untrained /
 mean operator-flip recovery / mean recovery of the other heads. position_head and
-delimiter_head: fixed-position attention mass / the untrained twins' / - / -. neuron: AUROC / mean AUROC under shuffled labels /
-accuracy drop on carry digits when the selected set is ablated / mean drop of the random sets.
+delimiter_head: fixed-position attention mass / the untrained twins' / - / -. neuron: AUROC /
+mean AUROC under shuffled labels / accuracy drop on carry digits when the selected set is
+ablated / mean drop of the random sets.
 """
 
 from __future__ import annotations
