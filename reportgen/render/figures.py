@@ -385,9 +385,10 @@ def plot_attention(tokens, weights, answer_positions, layer):
     return fig
 
 
-def plot_column_view(panels, xlabels, ylabels, ncols):
+def plot_column_view(panels, xlabels, ylabels, ncols, breaks=()):
     """Small multiples of one heatmap per head (rows: query column, columns: key group) on one
-    colour scale, framed where the head holds that group; labels on the outer panels only."""
+    colour scale, framed where the head holds that group, a white line before each row in
+    `breaks` (where the query role changes); labels on the outer panels only."""
     import matplotlib
     from matplotlib.patches import Rectangle
 
@@ -416,6 +417,8 @@ def plot_column_view(panels, xlabels, ylabels, ncols):
         ax = _axes(fig, ylabel_w + c * (pw + gap), y, pw, ph)
         m = np.asarray(p["matrix"], dtype=float)
         im = ax.imshow(np.ma.masked_invalid(m), cmap=cm, vmin=0.0, vmax=1.0, aspect="auto")
+        for b in breaks:
+            ax.axhline(b - 0.5, color="white", linewidth=1.5)
         for (yy, xx) in zip(*np.nonzero(np.asarray(p["held"]))):
             ax.add_patch(Rectangle((xx - 0.5, yy - 0.5), 1, 1, fill=False, edgecolor=COLORS[0], linewidth=1.4))
         ax.set_xticks(range(len(xlabels)), xlabels if r == nrows - 1 or i + ncols >= len(panels) else [],
@@ -604,18 +607,22 @@ def column_view_figure(key: str, attention, roles: list[str], what: str,
                                  t.untrained_lo[li, h, q, c, g], t.untrained_hi[li, h, q, c, g], t.chance[q, c, g],
                                  name in held])
     margin = attention.role_margin
+    if roles == ["answer"]:
+        caption = (f"Attention mass from the position predicting the answer digit of column n (rows) to each key group "
+                   f"(columns), one panel per head; framed: the head's role at that column (its largest group, above "
+                   f"chance and the same head in {t.twins} untrained twins by at least {fmt_margin(margin)}, 95% "
+                   f"interval above theirs). A staircase of heads on n, n−1, n−2 shows as frames one column apart "
+                   f"from head to head; groups no head holds or gives 0.3 of its attention are left out (the data "
+                   f"has every group, with intervals).")
+    else:
+        caption = (f"As the answer-digit view, at {what} (rows: the digit's role in its step and the step's column "
+                   f"n); s[n].d is step n's sum digit, s[n-1].cout step n−1's carry out.")
     return ReportFigure(
         key, "column_view",
         {"panels": [{"title": head, "matrix": v["mass"][i], "held": v["held"][i]} for i, head in enumerate(v["heads"])],
-         "xlabels": v["groups"], "ylabels": ylabels, "ncols": v["n_heads"]},
-        f"Attention by column and offset at {what}: for each head (panel), the mean attention mass from the position "
-        f"predicting the digit of column n (rows) to each key group (columns): 'n', 'n-1', 'n-2', … the digits of "
-        f"both operands in that column, then the previous answer digit, delimiters and scratchpad tokens (s[n].d: "
-        f"step n's sum digit; s[n-1].cout: step n−1's carry out); groups no head holds or gives 0.3 of its "
-        f"attention are left out here. Framed cells are the head's role at that column: "
-        f"its largest group, above both chance and the same head's mass in {t.twins} untrained twins by at least "
-        f"{fmt_margin(margin)}, with its 95% interval above theirs. A staircase (heads on n, n−1, n−2) shows as framed "
-        f"cells one column apart from head to head; the downloadable data has every group with intervals.",
+         "xlabels": v["groups"], "ylabels": ylabels, "ncols": v["n_heads"],
+         "breaks": [i for i in range(1, len(v["rows"])) if v["rows"][i][0] != v["rows"][i - 1][0]]},
+        caption,
         f"Small multiples of attention mass by column (rows) and key group (columns), one panel per head, at {what}.",
         to_csv(["head", "query_role", "column", "key_group", "mass", "mass_lo", "mass_hi", "n", "untrained",
                 "untrained_lo", "untrained_hi", "uniform", "held"], rows),

@@ -370,11 +370,14 @@ class SiteBuilder:
     def attention_section(self, m, att) -> list[Block]:
         stats = sorted(att.head_stats, key=lambda s: (s.layer, s.head))
         rows = [[f"L{s.layer}H{s.head}", s.entropy, s.prev_token, s.sink, s.equals, s.operator] for s in stats]
-        blocks = [text("Attention at every position that predicts a digit the model writes, teacher forced on the "
-                       "model's own input format, by the column n of that digit and by key group: the operand digits "
-                       "of column n, n−1, n−2, … (a head's offset), the previous answer digit, the delimiters and, in "
-                       "scratchpad models, the tokens of step n and step n−1. The interactive per-example viewer is "
-                       "on each example's page.")]
+        blocks = [text("Attention at every position that predicts a digit the model writes (teacher forced on the "
+                       "model's own input format), by the column n of that digit and by key group, relative to n: "
+                       "'n', 'n-1', 'n-2', … the digits of both operands in column n, n−1, n−2 (a head's offset); "
+                       "'prev answer' the answer digit written just before; the delimiters 'BOS', 'operator', '=', "
+                       "'|'; and in scratchpad models 's[n].<place>' and 's[n-1].<place>', the tokens of step n and "
+                       "step n−1 (a, b, cin, d, cout; op, =, c, ;). Mass on a group is the sum of a head's attention "
+                       "on its keys, averaged over examples; the untrained twins are freshly initialised models of "
+                       "the same shape. The interactive per-example viewer is on each example's page.")]
         scratch = [r for r in (att.columns.query_roles if att.columns else []) if r != "answer"]
         blocks.append(self.fig(F.column_view_figure(self.paths.figure(m, "attention-columns"), att, ["answer"],
                                                     "the final-answer digits")))
@@ -385,12 +388,11 @@ class SiteBuilder:
                                                             att, scratch, f"the scratchpad digits, layer {l}", [l])))
             blocks.append(self.head_role_table(m, att, scratch, "-scratchpad", "the scratchpad digits"))
         blocks += self.head_test_summary(m)
-        blocks.append(self.table(Table(self.paths.table(m, "head-stats"), "Per-head statistics at the answer-predicting "
-                                       "positions, mean over examples with 95% bootstrap intervals: attention entropy "
-                                       "normalised by log(number of visible keys) (1 = uniform), and the attention mass "
-                                       "on the previous token, the first (BOS, sink) token, the '=' token and the "
-                                       "operator.", ["head", "entropy", "previous token", "BOS (sink)", "'='",
-                                                     "operator"], rows)))
+        blocks.append(self.table(Table(
+            self.paths.table(m, "head-stats"), "Per-head statistics at the answer-predicting positions, mean over "
+            "examples with 95% bootstrap intervals: attention entropy normalised by log(number of visible keys) (1 = "
+            "uniform), and the attention mass on the previous token, the first (BOS, sink) token, the '=' token and "
+            "the operator.", ["head", "entropy", "previous token", "BOS (sink)", "'='", "operator"], rows)))
         return [b for b in blocks if b is not None]
 
     def head_role_table(self, m, att, roles: list[str], name: str, what: str) -> Optional[Block]:
@@ -409,21 +411,21 @@ class SiteBuilder:
                     cells = []
                     for n in cols:
                         r = held.get((l, h, role, n))
-                        cells.append(f"{r.key_group} {fmt_num(r.mass.mean)}" if r else "—" if (role, n) in present else "")
+                        cells.append(f"{r.key_group} {fmt_num(r.mass.mean)}" if r else
+                                     "—" if (role, n) in present else "")
                     if multi and not any(c not in ("—", "") for c in cells):
                         continue  # a head holding nothing at a scratchpad role takes no row
                     rows.append([f"L{l}H{h}", *([role] if multi else []), *cells])
         caption = (f"Head roles at {what} per column n: the key group holding the head's attention there and its mean "
-                   f"mass ('n-1': the operand digits one column below; see the figure), where that mass beats both "
-                   f"chance and the untrained twins by at least {F.fmt_margin(att.role_margin)} with its interval "
-                   f"above theirs; '—': no group does.")
+                   f"mass, where that mass beats both chance and the untrained twins by at least "
+                   f"{F.fmt_margin(att.role_margin)} with its interval above theirs; '—': no group does.")
         if multi:
             caption += " Heads holding no group at a role are left out for that role."
         return self.table(Table(self.paths.table(m, f"head-roles{name}"), caption,
                                 ["head", *(["digit"] if multi else []), *[f"column {n}" for n in cols]], rows))
 
     def head_test_summary(self, m) -> list[Block]:
-        """The position- and delimiter-head tests (run with the circuits) in a sentence each."""
+        """The position- and delimiter-head tests (run with the circuits), each beside its untrained twins."""
         circ = m.findings.circuits
         checks = {c.test: c for c in (circ.null_checks if circ else [])}
         out = []
@@ -433,13 +435,15 @@ class SiteBuilder:
                 continue
             heads = sorted({f"L{x.layer}H{x.index}" for x in circ.components if x.kind == kind and x.confirmed})
             twins = ", ".join(map(str, c.twin_confirmed))
-            verdict = (f"{c.confirmed} of {c.n_tested} head-role tests confirmed" + (f" ({', '.join(heads)})" if heads else "")
-                       if c.passed else f"not reported: the test confirmed components on the untrained twins ({twins}) "
-                                        f"more often than its error rate allows")
-            out.append(text(f"{name}: {verdict}; on the untrained twins, judged by the same test against each other: "
-                            f"{twins}; family-wise error rate {c.error_rate:g}. {c.definition} Each is listed with its "
-                            f"pattern in the circuits section."))
-        return out
+            listed = f" ({', '.join(heads)})" if heads else ""
+            verdict = (f"{c.confirmed} of {c.n_tested} head-role tests confirmed{listed}" if c.passed else
+                       f"not reported: the test confirmed components on the untrained twins ({twins}) more often than "
+                       f"its error rate allows")
+            out.append(f"{name}: {verdict}; on the untrained twins, each judged by the same test against the others: "
+                       f"{twins} (family-wise error rate {c.error_rate:g}). {c.definition}")
+        if out:
+            out.append("Each confirmed head is listed with its pattern by column in the circuits section.")
+        return [text(" ".join(out))] if out else []
 
     def patching_section(self, m, pat) -> list[Block]:
         counts = sorted(pat.pair_counts.items(), key=lambda kv: F.pair_rank(kv[0]))
