@@ -70,6 +70,12 @@ def tour(checkpoint: str, out: Path) -> None:
     for s in sorted(stats.head_stats, key=lambda s: -s.operator.mean)[:3]:
         print(f"   L{s.layer}H{s.head}: operator {s.operator.mean:.2f} [{s.operator.lo:.2f}, {s.operator.hi:.2f}], "
               f"sink {s.sink.mean:.2f}, entropy {s.entropy.mean:.2f}")
+    roles: dict[str, list[str]] = {}  # each head's role at each answer column (key group beating the twins)
+    for r in stats.head_roles:
+        if r.held and r.query_role == "answer":
+            roles.setdefault(f"L{r.layer}H{r.head}", []).append(f"column {r.column}: {r.key_group} {r.mass.mean:.2f}")
+    for head, held in roles.items():
+        print(f"   {head} attends " + "; ".join(held))
     print(f"   figure: {out / 'attention.png'}")
 
     print("\n2. Activation patching")

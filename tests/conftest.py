@@ -64,6 +64,30 @@ def operator_head_model(layer: int = 0, head: int = 1, strength: float = 20.0) -
     return model
 
 
+def attention_model(targets, n_ctx: int = 16, strength: float = 5.0) -> Transformer:
+    """1 layer whose head h, at query position q, attends (nearly all its mass, evenly) to the key
+    positions targets[h](q), and uniformly to every visible key where that list is empty.
+
+    Positions are embedded as e_p - e_{n_ctx + p} (tokens embed to zero), so the LayerNorm leaves
+    them at a fixed scale c = sqrt(d_model / 2); head h's query is c e_q in its first n_ctx dims and
+    its key is c M_h[:, k], so its score is c^2 M_h[q, k] / sqrt(d_head) with M_h = strength on the
+    target keys and 0 elsewhere."""
+    d_head = n_ctx
+    model = zero_model(n_layers=1, n_heads=len(targets), d_model=d_head * len(targets), d_mlp=8, n_ctx=n_ctx)
+    assert model.cfg.d_model >= 2 * n_ctx, "positions need 2 * n_ctx dimensions"
+    attn = model.blocks[0].attn
+    with torch.no_grad():
+        model.W_pos[:, :n_ctx] = torch.eye(n_ctx)
+        model.W_pos[:, n_ctx : 2 * n_ctx] = -torch.eye(n_ctx)
+        for h, keys_of in enumerate(targets):
+            attn.W_Q[h, :n_ctx, :n_ctx] = torch.eye(n_ctx)
+            for q in range(n_ctx):
+                for k in keys_of(q):
+                    if k <= q:
+                        attn.W_K[h, k, q] = strength
+    return model
+
+
 def answer_writer_model(write_layer: int, n_layers: int = 3, early: int = 3, late: int = 7) -> Transformer:
     """The embedding makes digit `early` top-1; block `write_layer`'s MLP writes digit `late`.
 

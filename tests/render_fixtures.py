@@ -16,14 +16,15 @@ from reportgen.analysis.findings import (
     AttributionScore,
     CircuitComponent,
     CircuitFindings,
+    ColumnRoles,
     ComponentRecovery,
     Estimate,
     ExampleFindings,
+    HeadRole,
     HeadStats,
     InterventionFindings,
     LogitLensFindings,
     Metrics,
-    NullCheck,
     PatchingFindings,
     PatchSweep,
     NullCheck,
@@ -40,7 +41,7 @@ from reportgen.results.schema import SCHEMA_VERSION, Accuracy, ModelResults, Pro
 HOSTILE = "<script>alert('x')</script>"
 PROBLEMS = [(59, 73), (12, 34), (88, 99), (999, 1), (405, 95), (7, 5), (123, 456), (650, 350),
             (19, 81), (2, 2), (555, 445), (301, 299), (46, 54), (80, 20), (911, 89), (64, 36)]
-ROLES = ["column", "carry_source", "operator"]
+ROLES = ["n", "n-1", "operator"]
 METHODS = ("mean", "zero")
 
 
@@ -92,6 +93,10 @@ def _example(rng, a: int, b: int, n_layers: int, n_heads: int, key: str | None =
     )
 
 
+GROUPS = ["n", "n-1", "n-2", "n-3", "prev answer", "earlier answers", "BOS", "operator", "="]
+KINDS = ["operand"] * 4 + ["answer", "lump", "delimiter", "delimiter", "delimiter"]
+
+
 def _attention_findings(rng, n_layers, n_heads) -> AttentionFindings:
     stats, roles = [], []
     for l in range(n_layers):
@@ -99,7 +104,37 @@ def _attention_findings(rng, n_layers, n_heads) -> AttentionFindings:
             stats.append(HeadStats(l, h, *(_est(rng, rng.uniform(0.05, 0.9)) for _ in range(5))))
             for role in ROLES:
                 roles.append(RoleScore(l, h, role, _est(rng, rng.uniform(0, 0.8)), 1.0, _est(rng, rng.uniform(0, 0.2))))
-    return AttentionFindings(stats, roles)
+    columns, head_roles = _column_roles(rng, n_layers, n_heads)
+    return AttentionFindings(stats, roles, columns, head_roles, 0.2)
+
+
+def _column_roles(rng, n_layers, n_heads) -> tuple[ColumnRoles, list[HeadRole]]:
+    """Answer digits of columns 0-3; in layer 0 heads 0-2 form a staircase (column n, n-1, n-2) and
+    head 3 sits on '='; column n-k has no key below column k."""
+    cols, G = [0, 1, 2, 3], len(GROUPS)
+    mass = rng.uniform(0.0, 0.15, (n_layers, n_heads, 1, len(cols), G))
+    for c in cols:
+        mass[..., c, 1 + c : 4] = np.nan
+        if c == 3:
+            mass[..., c, 0] = np.nan
+    for h, g in ((0, 0), (1, 1), (2, 2), (3, 8)):
+        for c in cols:
+            if np.isfinite(mass[0, h, 0, c, g]):
+                mass[0, h, 0, c, g] = 0.9
+    untrained = np.where(np.isfinite(mass), 0.12, np.nan)
+    chance = np.where(np.isfinite(mass[0, 0]), 0.1, np.nan)
+    table = ColumnRoles([0, 1][:n_layers], ["answer"], cols, GROUPS, KINDS, mass, mass - 0.05, mass + 0.05,
+                        untrained, untrained - 0.02, untrained + 0.02, chance,
+                        np.where(np.isfinite(chance), 40, 0).astype(np.int64), 3)
+    roles = []
+    for l in range(n_layers):
+        for h in range(n_heads):
+            for c in cols:
+                m = np.where(np.isfinite(mass[l, h, 0, c]) & (np.array(KINDS) != "lump"), mass[l, h, 0, c], -1)
+                g = int(m.argmax())
+                roles.append(HeadRole(l, h, "answer", c, GROUPS[g], Estimate(float(m[g]), float(m[g]) - 0.05,
+                                      float(m[g]) + 0.05, 40), Estimate(0.12, 0.1, 0.14, 40), 0.1, bool(m[g] > 0.5)))
+    return table, roles
 
 
 def _patching(rng, n_layers, n_heads, positions) -> PatchingFindings:
@@ -138,7 +173,10 @@ def _circuits(rng, n_layers, n_heads) -> CircuitFindings:
         CircuitComponent("carry_head", 0, 1, 1, 0.62, 0.08, 0.41, 0.03, True),
         CircuitComponent("operator_head", n_layers - 1, 2, None, 0.55, 0.10, 0.05, 0.04, False,
                          "no operator variation in an add-only task"),
-        CircuitComponent("position_head", 0, 3, None, 0.91, 0.30, None, None, False, "not tested causally"),
+        CircuitComponent("position_head", 0, 0, None, 0.91, 0.25, None, None, True,
+                         "answer digits: n at columns 0, 1, 2; mass there 0.91"),
+        CircuitComponent("delimiter_head", 0, 3, None, 0.90, 0.25, None, None, True,
+                         "answer digits: = at columns 0, 1, 2, 3; mass there 0.90"),
         CircuitComponent("neuron", n_layers - 1, 17, 2, 0.88, 0.51, 0.12, 0.02, True),
     ]
     recoveries = [ComponentRecovery(f"L{l}H{h}", l, h, n, "answer", "carry_flip", _est(rng, 0.4 if (l, h) == (0, 1) else 0.02),
@@ -146,7 +184,11 @@ def _circuits(rng, n_layers, n_heads) -> CircuitFindings:
                   for n in (1, 2) for l in range(n_layers) for h in range(n_heads)]
     nulls = [NullCheck("carry_head", "patching recovers more on carry-flip than sum-flip pairs", 2 * n_layers * n_heads,
                        1, [2 * n_layers * n_heads] * 3, [0, 0, 0], 0.05, True),
-             NullCheck("neuron", "patched alone, beats random neurons", 6, 1, [6, 4, 5], [0, 2, 1], 0.05, False)]
+             NullCheck("neuron", "patched alone, beats random neurons", 6, 1, [6, 4, 5], [0, 2, 1], 0.05, False),
+             NullCheck("position_head", "A position head: fixed-position mass >= 0.5 ...", n_layers * n_heads, 1,
+                       [n_layers * n_heads] * 3, [0, 0, 0], 0.05, True),
+             NullCheck("delimiter_head", "A delimiter head: fixed-position mass >= 0.5 ...", n_layers * n_heads, 1,
+                       [n_layers * n_heads] * 3, [0, 1, 1], 0.05, False)]
     return CircuitFindings(comps, rng.uniform(0, 0.8, (n_layers, n_heads, len(ROLES))), list(ROLES),
                            {"fdr": 0.05, "n_selected": 5, "n_tested": 512}, recoveries, nulls)
 

@@ -138,9 +138,10 @@ def test_all_analyses_write_every_file(checkpoint_path, tmp_path, fast_config, c
     rc, _, err = _run(["--checkpoint", checkpoint_path, "--all", "--config", fast_config, "--output-dir", str(out)],
                       capsys)
     assert rc == 0, err
-    for name in ("circuits/operator_heads.json", "circuits/position_heads.json", "circuits/specialized_neurons.json",
-                 "circuits/head_specialization.png", "interventions/layer_importance.png",
-                 "patching/findings.json", "attention/example_0_layer_1_all_heads.png"):
+    for name in ("circuits/operator_heads.json", "circuits/position_heads.json", "circuits/delimiter_heads.json",
+                 "circuits/specialized_neurons.json", "circuits/head_specialization.png",
+                 "interventions/layer_importance.png", "patching/findings.json",
+                 "attention/example_0_layer_1_all_heads.png"):
         assert (out / name).is_file(), name
     rc = main(["render", str(out), "--out", str(tmp_path / "site"), "--no-pdf"])
     assert rc == 0 and (tmp_path / "site" / "index.html").is_file()

@@ -3,8 +3,6 @@ the statistics (AUROC, Benjamini-Hochberg, permutation null) give their known an
 
 from __future__ import annotations
 
-import random
-import types
 
 import numpy as np
 import pytest
@@ -12,10 +10,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 import planted_carry
-from conftest import TOKENIZER, batch_for, operator_head_model, random_model, records, zero_model
+from conftest import TOKENIZER, batch_for, operator_head_model, random_model
 from reportgen.analysis import circuits, engine
 from reportgen.analysis.circuits import (
-    CircuitConfig, CircuitDiscovery, auroc_test, benjamini_hochberg, offset_consistency, run_circuits,
+    CircuitConfig, CircuitDiscovery, auroc_test, benjamini_hochberg, run_circuits,
 )
 from reportgen.configfile import from_dict
 from reportgen.data.dataset import stratified_examples
@@ -27,7 +25,8 @@ def circuits_of(model, recs, seed=0, n_twins=3, **cfg):
     batch = batch_for(model, recs)
     _, cache = engine.run_with_cache(model, batch)
     twins = engine.untrained_twins(model, n_twins, seed)
-    return run_circuits(model, TOKENIZER, batch, cache, None, twins, CircuitConfig(**cfg), seed)
+    twin_caches = [engine.run_with_cache(t, batch)[1] for t in twins]
+    return run_circuits(model, TOKENIZER, batch, cache, None, twins, twin_caches, CircuitConfig(**cfg), seed)
 
 
 def confirmed(f, kind):
@@ -61,6 +60,18 @@ def test_planted_carry_neuron_is_confirmed_and_its_distractors_are_not():
     assert confirmed(f, "neuron") == [(0, 0, 1, "answer"), (0, 0, 2, "answer")] or confirmed(f, "neuron")[0][:2] == (0, 0)
     (null,) = [n for n in f.nulls if n.test == "neuron"]
     assert null.twin_confirmed == [0, 0, 0] and null.passed
+
+
+def test_position_heads_and_their_null_checks_come_from_the_attention_test():
+    """Both heads of the planted carry circuit keep one key group at every column (column n, and
+    column n - 1): position heads, tested by the attention test with its two null checks."""
+    f = circuits_of(planted_carry.carry_circuit_model(), planted_carry.problems(120))
+    heads = {(c.layer, c.index): c for c in f.components if c.kind == "position_head"}
+    assert set(heads) == {(0, 0), (0, 1)} and all(c.confirmed and c.score > 0.99 for c in heads.values())
+    assert "n at columns 0, 1, 2" in heads[0, 0].note and "n-1 at columns 1, 2, 3" in heads[0, 1].note
+    checks = {c.test: c for c in f.nulls}
+    assert checks["position_head"].confirmed == 2 and checks["delimiter_head"].confirmed == 0
+    assert all(checks[t].twin_confirmed == [0, 0, 0] for t in ("position_head", "delimiter_head"))
 
 
 @pytest.mark.parametrize("with_steps", [False, True])

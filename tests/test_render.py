@@ -299,7 +299,7 @@ def test_bold_only_where_the_shown_intervals_separate():
 
 
 def test_top_head_verdicts_come_from_the_circuit_test_of_that_role():
-    """A head's carry-head verdict is shown on its carry_source row only, never on another role's."""
+    """A head's carry-head verdict is shown on its n-1 row only, never on another role's."""
     import dataclasses
 
     from render_fixtures import make_report
@@ -311,13 +311,13 @@ def test_top_head_verdicts_come_from_the_circuit_test_of_that_role():
     m = report.models[0]
     # L0H1 (the fixture's confirmed carry head) tops every role
     scores = [RoleScore(0, 1, role, E(0.9, 0.85, 0.95, 10), 1.0, E(0.1, 0.05, 0.15, 10))
-              for role in ("column", "carry_source", "operator")]
+              for role in ("n", "n-1", "operator")]
     m.findings.attention = dataclasses.replace(m.findings.attention, role_scores=scores)
     builder = SiteBuilder(report, pdf=False)
     builder.compare_page()
     (table,) = [t for t in builder.tables if t.key == "tables/compare-heads"]
     verdicts = {r[1]: r[-1] for r in table.rows if r[0] == m.label}
-    assert verdicts == {"column": "no causal test of this role", "carry_source": "carry_head: confirmed",
+    assert verdicts == {"n": "no causal test of this role", "n-1": "carry_head: confirmed",
                         "operator": "not a candidate"}
 
 
@@ -435,10 +435,16 @@ def test_tables_show_the_findings_numbers():
         assert rows[(effect.component, measure)] == [by.get(s) for s in strata]
     assert rows[("none (clean)", "log-prob")] == [iv.clean.logprob_by_stratum.get(s) for s in strata]
 
-    scores = {(r.role, f"L{r.layer}H{r.head}"): r for r in m.findings.attention.role_scores}
-    for role, head, score, untrained, uniform in table["role-top"].rows:
-        assert (score, untrained, uniform) == (scores[role, head].score, scores[role, head].untrained,
-                                               scores[role, head].chance)
+    att = m.findings.attention
+    held = {(f"L{r.layer}H{r.head}", r.column): r for r in att.head_roles if r.held}
+    roles = table["head-roles"]
+    for head, *cells in roles.rows:
+        for column, cell in zip(att.columns.columns, cells):
+            r = held.get((head, column))
+            assert cell == (f"{r.key_group} {r.mass.mean:.2f}" if r else "—")
+    assert roles.rows[:4] == [["L0H0", "n 0.90", "n 0.90", "n 0.90", "—"], ["L0H1", "—", "n-1 0.90", "n-1 0.90",
+                                                                           "n-1 0.90"],
+                              ["L0H2", "—", "—", "n-2 0.90", "n-2 0.90"], ["L0H3", "= 0.90", "= 0.90", "= 0.90", "= 0.90"]]
 
     lens = m.findings.logit_lens
     assert [r[2] for r in table["logit-lens"].rows] == lens.untrained_prob_correct
@@ -450,3 +456,31 @@ def test_tables_show_the_findings_numbers():
             r = summary.get((row["label"], row["site"]))
             assert (row[f"{model.label} accuracy"], row[f"{model.label} selectivity"]) == (
                 ("", "") if r is None else (repr(r["accuracy"]), repr(r["selectivity"])))
+
+
+def test_the_per_column_view_frames_each_heads_role_by_column_and_offset():
+    """The staircase of the fixture's layer 0 (heads on n, n-1, n-2, one on '=') as the figure draws it,
+    and the test verdicts of position and delimiter heads beside their untrained twins."""
+    import numpy as np
+    from render_fixtures import make_report
+
+    from reportgen.render.site import SiteBuilder
+
+    report = make_report(N_EXAMPLES)
+    m = report.models[0]
+    builder = SiteBuilder(report, pdf=False)
+    blocks = builder.attention_section(m, m.findings.attention)
+    (fig,) = [f for f in builder.figures if f.key.endswith("/attention-columns")]
+    xlabels, panels = fig.args["xlabels"], fig.args["panels"]
+    assert xlabels[:4] == ["n", "n-1", "n-2", "n-3"] and "earlier answers" not in xlabels
+    for h, group in enumerate(["n", "n-1", "n-2", "="]):
+        rows, cols = np.nonzero(panels[h]["held"])
+        assert {xlabels[c] for c in cols} == {group} and panels[h]["title"] == f"L0H{h}"
+    assert [p["title"] for p in panels] == [f"L{l}H{h}" for l in m.findings.attention.columns.layers for h in range(4)]
+    data = list(csv.DictReader(io.StringIO(fig.data)))
+    assert {(r["head"], r["column"], r["key_group"]) for r in data if r["held"] == "True"} >= {
+        ("L0H2", "2", "n-2"), ("L0H2", "3", "n-2"), ("L0H3", "0", "=")}
+    said = " ".join(b.item for b in blocks if b.kind == "text")
+    tests = len(panels)
+    assert f"Position heads: 1 of {tests} head-role tests confirmed (L0H0); on the untrained twins" in said
+    assert "Delimiter heads: not reported: the test confirmed components on the untrained twins (0, 1, 1)" in said

@@ -28,3 +28,21 @@ def test_smaller_alpha_widens_the_interval_with_enough_resamples():
     wide, narrow = stats.estimate(v, alpha=0.05 / 8), stats.estimate(v)
     assert wide.lo < narrow.lo < narrow.mean < narrow.hi < wide.hi
     assert stats.resamples(0.05) == stats.N_BOOT and stats.resamples(0.05 / 16) * 0.05 / 32 >= 10
+
+
+def test_many_columns_at_once_give_bootstrap_s_intervals():
+    """bootstrap_means draws the same resamples as bootstrap and takes the same percentiles (of
+    means computed in float32), NaNs (examples without a value) included, whatever the alpha."""
+    rng = np.random.default_rng(3)
+    v = rng.random((40, 6))
+    v[rng.random((40, 6)) < 0.3] = np.nan
+    v[:, 4] = np.nan
+    v[:, 5] = np.nan
+    v[7, 5] = 0.5
+    for alpha in (0.05, 0.05 / 12):
+        mean, lo, hi, n = stats.bootstrap_means(v, seed=5, alpha=alpha)
+        ref = stats.bootstrap(v, seed=5, alpha=alpha)
+        for got, want in zip((mean, lo, hi), ref):
+            assert np.allclose(got, want, equal_nan=True, rtol=0, atol=1e-6)
+        assert n.tolist() == (~np.isnan(v)).sum(0).tolist()
+    assert np.isnan(lo[4]) and mean[5] == 0.5 and np.isnan(hi[5])

@@ -22,6 +22,8 @@ damage (corrupt into clean) is reported beside it. Intervals are percentile boot
   over every (head, column, target) test of the model.
 * Operator heads (models trained on '+' and '-'): the same with operator-flip pairs ('+' <-> '-',
   same operands), (a) and (c) only.
+* Position and delimiter heads: attention.head_tests (attention mass at a fixed position, against
+  the untrained twins, with the NullChecks of both tests run unchanged on each twin).
 * Carry neurons. Correlational candidates first: per neuron of `blocks.l.mlp.hook_post` at the
   positions predicting the carry target (the answer digit; in a scratchpad the carry_out token,
   where the carry is written) of columns 1 <= n < longest operand, AUROC for the carry into
@@ -40,20 +42,21 @@ damage (corrupt into clean) is reported beside it. Intervals are percentile boot
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from scipy.stats import norm, rankdata
 
 from reportgen.analysis import stats
-from reportgen.analysis.api import task_of, text_batch, text_records
+from reportgen.analysis.api import task_of, text_records
+from reportgen.analysis.attention import head_tests
 from reportgen.analysis.engine import untrained_twins
-from reportgen.analysis.examples import ExampleBatch, build_batch, distinct, template
+from reportgen.analysis.examples import ExampleBatch, build_batch, distinct
 from reportgen.analysis.findings import (
     AttentionFindings, CircuitComponent, CircuitFindings, ComponentRecovery, Estimate, NullCheck,
 )
-from reportgen.analysis.pairs import TARGETS, MinimalPair, make_pairs, targets_of
+from reportgen.analysis.pairs import TARGETS, make_pairs, targets_of
 from reportgen.analysis.patching import PairBatch, PairRun, pair_batch
 from reportgen.data.arithmetic import TARGET_ROLES
 from reportgen.data.tokenizer import Tokenizer
@@ -76,8 +79,8 @@ class CircuitConfig:
     fdr: float = 0.05  # Benjamini-Hochberg false discovery rate of the correlational screen
     neuron_permutations: int = 200  # label shuffles for the reported null AUROC
     max_listed_neurons: int = 20  # correlational candidates listed in the report
-    position_min_consistency: float = 0.9
-    position_margin: float = 0.2  # consistency above the untrained head's
+    position_min_mass: float = 0.5  # fixed-position attention mass a position or delimiter head needs
+    position_margin: float = 0.2  # lower bound of that mass minus the untrained twins' a confirmed head needs
     max_rows: int = 512
 
     def __post_init__(self):
@@ -335,8 +338,8 @@ def head_names(model: Transformer) -> list[tuple[int, int]]:
     return [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
 
 
-def head_tests(model: Transformer, twins: list[Transformer], tokenizer: Tokenizer, records: list[dict], kind: str,
-               n_pairs: int, cfg: CircuitConfig, seed: int):
+def patched_head_tests(model: Transformer, twins: list[Transformer], tokenizer: Tokenizer, records: list[dict],
+                       kind: str, n_pairs: int, cfg: CircuitConfig, seed: int):
     """Carry-head (kind 'carry_flip') or operator-head (kind 'operator_flip') tests of every head
     at every (column, target): (ComponentRecovery rows, CircuitComponents, NullCheck)."""
     device, memo = model.device, {}
@@ -442,50 +445,6 @@ def failed_condition(r: ComponentRecovery, min_recovery: float) -> str:
     return "not clearly above every same-layer head of the untrained twins (Bonferroni lower bound)"
 
 
-# ---------------------------------------------------------------- position heads
-def offset_consistency(patterns: list[torch.Tensor], batch: ExampleBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(consistency [L, H], share of answer digits attending mostly to BOS [L, H], most common
-    offset [L, H]) from patterns [B, H, P, P] per layer."""
-    B = batch.tokens.shape[0]
-    mask = batch.answer_mask.cpu().numpy()
-    t_ids = {t: i for i, t in enumerate(dict.fromkeys(template(r) for r in batch.records))}
-    group = np.array([t_ids[template(r)] for r in batch.records])[:, None] * 1000 + np.arange(mask.shape[1])[None, :]
-    g = group[mask]
-    multi = [k for k in np.unique(g) if (g == k).sum() > 1]
-    L, H = len(patterns), patterns[0].shape[1]
-    cons, sink, modal = np.full((L, H), np.nan), np.zeros((L, H)), np.zeros((L, H), dtype=int)
-    for l, pat in enumerate(patterns):
-        rows = pat[torch.arange(B, device=pat.device)[:, None], :, batch.pred_pos]  # [B, A, H, P]
-        key = rows.argmax(-1).cpu().numpy()  # [B, A, H]
-        off = (batch.pred_pos.cpu().numpy()[..., None] - key)[mask]  # [digits, H]
-        sink[l] = (key[mask] == 0).mean(0)
-        for h in range(H):
-            values, counts = np.unique(off[:, h], return_counts=True)
-            modal[l, h] = values[counts.argmax()]
-            if multi:
-                agree = sum(np.unique(off[g == k, h], return_counts=True)[1].max() for k in multi)
-                cons[l, h] = agree / sum(int((g == k).sum()) for k in multi)
-    return cons, sink, modal
-
-
-def _position_components(cache, batch, untrained_model, L: int, cfg) -> list[CircuitComponent]:
-    cons, sink, modal = offset_consistency([cache[f"blocks.{l}.attn.hook_pattern"] for l in range(L)], batch)
-    null = np.full_like(cons, np.nan)
-    if untrained_model is not None:
-        with torch.no_grad():
-            _, twin = untrained_model.run_with_cache(batch.tokens, names=lambda n: n.endswith("attn.hook_pattern"))
-        null = offset_consistency([twin[f"blocks.{l}.attn.hook_pattern"] for l in range(L)], batch)[0]
-    out = []
-    for l, h in zip(*np.nonzero(cons >= cfg.position_min_consistency)):
-        is_sink = sink[l, h] > 0.5
-        ok = not is_sink and bool(cons[l, h] - null[l, h] >= cfg.position_margin)
-        note = (f"most common offset {modal[l, h]} (query - key); untrained twin {null[l, h]:.3f}"
-                + ("; attends mostly to BOS (a sink, not position tracking)" if is_sink else ""))
-        out.append(CircuitComponent("position_head", int(l), int(h), None, float(cons[l, h]), float(null[l, h]),
-                                    None, None, ok, note))
-    return out
-
-
 # ---------------------------------------------------------------- neurons
 def carry_target(records: list[dict]) -> str:
     """Where a carry is computed: the answer digit, or in a scratchpad the carry_out it writes."""
@@ -526,11 +485,11 @@ def neuron_screen(cache: dict, batch: ExampleBatch, target: str, n_layers: int, 
 
 
 def neuron_causal(model: Transformer, cand: np.ndarray, tested: PairSet, control: Optional[PairSet],
-                  cfg: CircuitConfig, seed: int, alpha_tests: int):
-    """Verdicts of each candidate (flat index) at each testable column: [(Test, Verdicts, Subject,
-    counts)] with `null_neurons` random neurons per layer as the bar. alpha_tests: tests sharing the
-    family-wise error (candidates x columns), 0 to count them here."""
-    d_mlp, L = model.cfg.d_mlp, model.cfg.n_layers
+                  cfg: CircuitConfig, seed: int):
+    """(candidates in test order, [(Test, Verdicts, noising Pooled)] per testable column): each
+    candidate (flat index) patched alone, against `null_neurons` random neurons of its layer;
+    Bonferroni over candidates x columns."""
+    d_mlp = model.cfg.d_mlp
     rng = np.random.default_rng(seed)
     layers = sorted({int(i // d_mlp) for i in cand})
     nulls = {l: rng.choice(np.setdiff1d(np.arange(d_mlp), cand[cand // d_mlp == l] % d_mlp),
@@ -543,7 +502,7 @@ def neuron_causal(model: Transformer, cand: np.ndarray, tested: PairSet, control
     c = None if control is None else pair_effects(model, control.batch, "neuron", ("denoise",), cfg.max_rows, by_layer)["denoise"]
     is_cand = np.isin(order, cand)
     tests = column_tests(tested.target, tested, control, cfg.min_pairs)
-    alpha = ALPHA / max(1, alpha_tests or len(tests) * len(cand))
+    alpha = ALPHA / max(1, len(tests) * len(cand))
     out = []
     for t in tests:
         null_rec = pooled(subset(e, t.idx))[~is_cand]
@@ -561,8 +520,8 @@ def keep(e: Effects, columns: np.ndarray) -> Effects:
     return Effects(e.ratio[:, columns], e.weight)
 
 
-def neuron_tests(model: Transformer, cache: dict, twins: list[Transformer], tokenizer: Tokenizer,
-                 batch: ExampleBatch, cfg: CircuitConfig, seed: int):
+def neuron_tests(model: Transformer, cache: dict, twins: list[Transformer], twin_caches: Sequence[dict],
+                 tokenizer: Tokenizer, batch: ExampleBatch, cfg: CircuitConfig, seed: int):
     """The neuron screen and causal test on the model and on each twin: (ComponentRecovery rows,
     components, NullCheck, screen description)."""
     records, L, d_mlp = batch.records, model.cfg.n_layers, model.cfg.d_mlp
@@ -571,13 +530,12 @@ def neuron_tests(model: Transformer, cache: dict, twins: list[Transformer], toke
     ck = control_kind("carry_flip", target)
     control = pair_set(records, ck, target, cfg.n_pairs, seed, tokenizer, model.device) if ck and tested else None
     rows, components, counts, tested_counts, screen = [], [], [], [], {}
-    for i, m in enumerate([model] + twins):
-        c = cache if i == 0 else m.run_with_cache(batch.tokens, names=lambda n: n.endswith("mlp.hook_post"))[1]
+    for i, (m, c) in enumerate(zip([model] + twins, [cache, *twin_caches])):
         idx, auroc, p, null, test = neuron_screen(c, batch, target, L, cfg, seed)
         cand = idx[: cfg.max_neuron_candidates]
         results = []
         if cand.size and tested is not None and not (ck and control is None):
-            cand, results = neuron_causal(m, cand, tested, control, cfg, seed, 0)
+            cand, results = neuron_causal(m, cand, tested, control, cfg, seed)
         confirmed = {int(cand[k]) for _, v, _ in results for k in np.nonzero(v.confirmed)[0]}
         counts.append(sum(int(v.confirmed.sum()) for _, v, _ in results))
         tested_counts.append(sum(len(v.confirmed) for _, v, _ in results))
@@ -620,22 +578,24 @@ def neuron_component(flat: int, d_mlp: int, auroc, p, null, confirmed: bool, row
 
 # ---------------------------------------------------------------- entry point
 def run_circuits(model: Transformer, tokenizer: Tokenizer, batch: ExampleBatch, cache: dict,
-                 attention: Optional[AttentionFindings], twins: list[Transformer], cfg: CircuitConfig,
-                 seed: int) -> CircuitFindings:
-    """DESIGN §4.4 on the batch's records; `cache` is the model's activation cache of the batch and
-    `twins` its untrained twins (the nulls)."""
+                 attention: Optional[AttentionFindings], twins: list[Transformer], twin_caches: Sequence[dict],
+                 cfg: CircuitConfig, seed: int) -> CircuitFindings:
+    """DESIGN §4.4 on the batch's records; `cache` is the model's activation cache of the batch,
+    `twins` its untrained twins (the nulls) and `twin_caches` their caches of the batch."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
     recoveries, components, nulls = [], [], []
     kinds = [("carry_flip", cfg.n_pairs)]
     if {"+", "-"} <= {r["op"] for r in batch.records}:
         kinds.append(("operator_flip", cfg.operator_pairs))
     for kind, n in kinds:
-        rows, comps, null = head_tests(model, twins, tokenizer, batch.records, kind, n, cfg, seed)
+        rows, comps, null = patched_head_tests(model, twins, tokenizer, batch.records, kind, n, cfg, seed)
         recoveries += rows
         components += comps
         nulls += [null] if null else []
-    components += _position_components(cache, batch, twins[0] if twins else None, L, cfg)
-    rows, comps, null, screen = neuron_tests(model, cache, twins, tokenizer, batch, cfg, seed)
+    heads, head_nulls = head_tests(batch, cache, twin_caches, L, seed, cfg.position_min_mass, cfg.position_margin)
+    components += heads
+    nulls += head_nulls
+    rows, comps, null, screen = neuron_tests(model, cache, twins, twin_caches, tokenizer, batch, cfg, seed)
     recoveries += rows
     components += comps
     nulls.append(null)
@@ -666,8 +626,8 @@ class CircuitDiscovery:
         texts = [e[0] if isinstance(e, (tuple, list)) else e for e in examples]
         records = distinct(text_records(texts, self.task))
         twins = untrained_twins(self.model, self.n_twins, self.seed)
-        rows, _, null = head_tests(self.model, twins, self.tokenizer, records, "carry_flip", self.cfg.n_pairs,
-                                   self.cfg, self.seed)
+        rows, _, null = patched_head_tests(self.model, twins, self.tokenizer, records, "carry_flip",
+                                           self.cfg.n_pairs, self.cfg, self.seed)
         if null is None:
             raise ReportgenError(
                 f"too few carry-flip and sum-flip pairs in {len(records)} examples to test any column (each needs "

@@ -24,6 +24,11 @@ ANALYSES: tuple[str, ...] = get_args(Analysis)
 class AttentionConfig:
     layers_to_analyze: Optional[list[int]] = None  # None: every layer
     per_head_figures: bool = True  # also write one figure per head (reportgen analyze)
+    role_margin: float = 0.2  # mass a head's key group needs above chance and the untrained twins to be its role
+
+    def __post_init__(self):
+        if not 0 <= self.role_margin < 1:
+            raise ReportgenError(f"attention role_margin must be between 0 and 1, got {self.role_margin}")
 
 
 @dataclass

@@ -59,21 +59,70 @@ class HeadStats:
 
 @dataclass
 class RoleScore:
-    """Mean attention mass from the position predicting answer digit n to a role's key tokens."""
+    """Mean attention mass from the positions predicting final-answer digits to one key group
+    (see ColumnRoles), averaged over an example's answer digits: a summary across columns; the
+    per-column values are in ColumnRoles."""
 
     layer: int
     head: int
-    role: str  # "column" (operand digits of column n), "carry_source" (column n-1), "operator"
+    role: str  # a key group: "n", "n-1", "n-2", ..., "prev answer", "BOS", "operator", "=", ...
     score: Estimate
     expected: float  # mass a head following the alignment mask exactly would put there (always 1.0)
-    untrained: Estimate  # the same head in an untrained model of the same shape
+    untrained: Estimate  # the same head in the untrained twins (per example, the mean over the twins)
     chance: float = float("nan")  # mass a uniform head (1/visible keys each) would put there
+
+
+@dataclass
+class ColumnRoles:
+    """Attention by target role, column and key group: from the positions predicting the digits
+    of one role (final answer, or a scratchpad digit such as a step's carry_out) in column n, the
+    mean attention mass on each key group, defined relative to that column: the operand digits
+    (both operands) of column n, n-1, n-2, ... ("n", "n-1", "n+1"), the previous answer digit,
+    the delimiters, and scratchpad tokens of step n and step n-1 by place ("s[n].cin",
+    "s[n-1].cout"). Means over examples with 95% bootstrap intervals; NaN where no example has
+    such a query or the group has no key there."""
+
+    layers: list[int]
+    query_roles: list[str]  # data.arithmetic.TARGET_ROLES present
+    columns: list[int]
+    key_groups: list[str]
+    group_kinds: list[str]  # per key group: "operand", "answer", "delimiter", "scratchpad" or "lump" (many keys)
+    mass: np.ndarray  # [layers, heads, query roles, columns, key groups]
+    mass_lo: np.ndarray
+    mass_hi: np.ndarray
+    untrained: np.ndarray  # the same, per example the mean over the untrained twins
+    untrained_lo: np.ndarray
+    untrained_hi: np.ndarray
+    chance: np.ndarray  # [query roles, columns, key groups] mass of a uniform head (visible keys in the group / visible keys)
+    n: np.ndarray  # [query roles, columns, key groups] examples with a value
+    twins: int  # untrained twins averaged
+
+
+@dataclass
+class HeadRole:
+    """The key group that holds a head's attention from the positions predicting one target role
+    in one column: the group with the most mass (groups of many keys, "earlier answers" and
+    "s[other]", excepted), held when its mass exceeds both chance and the untrained twins' mass by
+    the margin and its interval lies above the twins' interval."""
+
+    layer: int
+    head: int
+    query_role: str
+    column: int
+    key_group: str
+    mass: Estimate
+    untrained: Estimate
+    chance: float
+    held: bool
 
 
 @dataclass
 class AttentionFindings:
     head_stats: list[HeadStats]
     role_scores: list[RoleScore]
+    columns: Optional[ColumnRoles] = None
+    head_roles: list[HeadRole] = field(default_factory=list)
+    role_margin: float = float("nan")  # the margin a held key group needs over chance and the twins
 
 
 # ---------------------------------------------------------------- 2. activation patching
@@ -136,7 +185,7 @@ class LogitLensFindings:
 class CircuitComponent:
     """A candidate from correlational scores, with the causal test that confirms or rejects it."""
 
-    kind: str  # "carry_head", "operator_head", "position_head", "neuron"
+    kind: str  # "carry_head", "operator_head", "position_head", "delimiter_head", "neuron"
     layer: int
     index: int  # head or neuron index
     column: Optional[int]  # answer column it serves, where meaningful

@@ -12,21 +12,21 @@ checking layers, tokenising) is validated before any forward pass.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Iterable, Optional
 
 import numpy as np
 import torch
 
 from reportgen.analysis.api import check_layers, token_labels
-from reportgen.analysis.attention import analyze_attention, stacked_patterns
+from reportgen.analysis.attention import analyze_attention, keep_layers, stacked_patterns
 from reportgen.analysis.circuits import run_circuits
 from reportgen.analysis.config import ANALYSES, AnalysisConfig
 from reportgen.analysis.engine import greedy_predictions, is_correct, run_with_cache, untrained_twins
 from reportgen.analysis.examples import (
     ExampleBatch, build_batch, distinct, example_key, held_out_from, range_notes, records_from_texts,
 )
-from reportgen.analysis.findings import AnalysisFindings, AttentionFindings, ExampleFindings, Population
+from reportgen.analysis.findings import AnalysisFindings, ExampleFindings, Population
 from reportgen.analysis.interventions import run_interventions
 from reportgen.analysis.logit_lens import by_role as lens_by_role
 from reportgen.analysis.logit_lens import compute_lens, example_lens, target_lens
@@ -117,21 +117,23 @@ def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool =
     bar.set_postfix_str("forward pass")
     _, cache = run_with_cache(model, batch)
     twins = untrained_twins(model, cfg.untrained_twins, seed)
-    twin_cache = attention_all = None
+    twin_caches, attention_all = [], None
     if on & {"attention", "probing", "circuits", "logit_lens"}:
-        _, twin_cache = run_with_cache(twins[0], batch)
+        twin_caches = [run_with_cache(t, batch, names=twin_hooks)[1] for t in twins]
     if on & {"attention", "circuits"}:  # circuits picks its candidates from every layer's role scores
-        attention_all = analyze_attention(batch, cache, twin_cache, n_layers, list(range(n_layers)), seed)
+        attention_all = analyze_attention(batch, cache, twin_caches, n_layers, list(range(n_layers)), seed,
+                                          cfg.attention.role_margin)
     lens = compute_lens(model, tok, cache, batch)
     bar.update()
 
     runners = {
-        "attention": lambda: _keep_layers(attention_all, plan.attention_layers),
+        "attention": lambda: keep_layers(attention_all, plan.attention_layers),
         "patching": lambda: run_patching(model, tok, batch, cfg.patching, seed),
-        "logit_lens": lambda: summarize_lens(lens, compute_lens(twins[0], tok, twin_cache, batch),
+        "logit_lens": lambda: summarize_lens(lens, compute_lens(twins[0], tok, twin_caches[0], batch),
                                              [r["labels"]["stratum"] for r in batch.records], seed,
                                              lens_by_role(target_lens(model, tok, cache, batch), batch, seed)),
-        "circuits": lambda: run_circuits(model, tok, batch, cache, attention_all, twins, cfg.circuits, seed),
+        "circuits": lambda: run_circuits(model, tok, batch, cache, attention_all, twins, twin_caches, cfg.circuits,
+                                         seed),
         "probing": lambda: analyze_probing(ckpt, twins, cfg.probing, plan.probe_layers, seed, plan.questions),
         "interventions": lambda: run_interventions(model, tok, batch, cfg.interventions, seed),
     }
@@ -147,10 +149,11 @@ def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool =
     return out
 
 
-def _keep_layers(findings: AttentionFindings, layers: list[int]) -> AttentionFindings:
-    keep = set(layers)
-    return replace(findings, head_stats=[s for s in findings.head_stats if s.layer in keep],
-                   role_scores=[s for s in findings.role_scores if s.layer in keep])
+def twin_hooks(name: str) -> bool:
+    """What the analyses read of the untrained twins' runs: attention patterns (attention roles,
+    position heads), MLP activations (the neuron screen) and the residual stream the logit lens
+    decodes."""
+    return name.endswith(("attn.hook_pattern", "mlp.hook_post", "hook_resid_pre", "hook_resid_post"))
 
 
 def example_findings(ckpt: Checkpoint, records: list[dict]) -> list[ExampleFindings]:

@@ -53,6 +53,56 @@ def estimate(values, seed: int = 0, alpha: float = 0.05) -> Estimate:
 
 
 
+def bootstrap_means(values, seed: int = 0, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`bootstrap` of many columns at once: (mean, lo, hi, n) of each column of `values` [n, K].
+
+    The same resamples and percentiles as `bootstrap` (same seed, same draws), each resample's
+    column means taken as one matrix product of draw counts, so thousands of columns cost one
+    pass instead of an [resamples, n, K] array; resampled means are computed in float32 (the
+    interval ends agree with `bootstrap` to about 1e-6 of the values' scale). NaNs are ignored; a
+    column with fewer than two values has no interval.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    n, k = v.shape
+    finite = ~np.isnan(v)
+    count = finite.sum(0)
+    mean, lo, hi = (np.full(k, np.nan) for _ in range(3))
+    some = np.nonzero(count > 0)[0]
+    if some.size == 0:
+        return mean, lo, hi, count
+    zeroed = np.where(finite[:, some], v[:, some], 0.0)
+    mean[some] = zeroed.sum(0) / count[some]
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(resamples(alpha), n))  # as in `bootstrap`
+    draws = np.bincount((idx + n * np.arange(len(idx))[:, None]).ravel(), minlength=len(idx) * n)
+    draws = draws.reshape(len(idx), n).astype(np.float32)
+    # Columns often share where their values are missing: count the draws once per pattern.
+    patterns, which = np.unique(np.packbits(finite[:, some], axis=0), axis=1, return_inverse=True)
+    drawn = draws @ np.unpackbits(patterns, axis=0, count=n).astype(np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = (draws @ zeroed.astype(np.float32)) / drawn[:, which.ravel()]  # NaN where a resample drew no value
+    two = count[some] >= 2
+    ends = _nan_percentiles(means, [100 * alpha / 2, 100 * (1 - alpha / 2)]).astype(np.float64)
+    lo[some], hi[some] = np.where(two, ends, np.nan)
+    return mean, lo, hi, count
+
+
+def _nan_percentiles(x: np.ndarray, q: list[float]) -> np.ndarray:
+    """np.nanpercentile(x, q, axis=0) ('linear' method) without its per-column loop over columns
+    that hold a NaN."""
+    s = np.sort(x, axis=0)  # NaNs last
+    m = (~np.isnan(x)).sum(0)
+    out = []
+    for p in q:
+        pos = (p / 100) * np.maximum(m - 1, 0)
+        below = np.floor(pos).astype(int)
+        above = np.minimum(below + 1, np.maximum(m - 1, 0))
+        a = np.take_along_axis(s, below[None], 0)[0]
+        b = np.take_along_axis(s, above[None], 0)[0]
+        out.append(np.where(m > 0, a + (b - a) * (pos - below), np.nan))
+    return np.array(out)
+
+
 NULL_P = 0.01  # a test fails its null when this improbable under its stated error rate
 
 

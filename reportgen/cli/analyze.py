@@ -151,6 +151,7 @@ def _write_circuits(d: Path, circuits) -> None:
     _dump(d / "carry_heads.json", of("carry_head"))
     _dump(d / "operator_heads.json", of("operator_head"))
     _dump(d / "position_heads.json", of("position_head"))
+    _dump(d / "delimiter_heads.json", of("delimiter_head"))
     _dump(d / "specialized_neurons.json", {"neurons": of("neuron"), "screen": circuits.neuron_test})
     _dump(d / "recoveries.json", circuits.recoveries)
     _dump(d / "null_checks.json", circuits.nulls)

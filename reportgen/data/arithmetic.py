@@ -374,7 +374,6 @@ def target_tokens(record: dict) -> list[tuple[int, str, int | None]]:
     :func:`predicting_positions`.
     """
     prompt, target = record["prompt"], record["target"]
-    start = record["answer_span"][0]
     out = []
     if "|" in target:
         for c, ch in enumerate(target[: target.index("|")]):

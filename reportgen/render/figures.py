@@ -12,6 +12,7 @@ are independent, so they are drawn in parallel worker processes.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import io
 import json
@@ -50,11 +51,6 @@ METHOD_TEXT = {
     "mean": "mean ablation (activation replaced by its position-specific mean over a reference set)",
     "resample": "resample ablation (activation taken from another example)",
     "zero": "zero ablation (activation set to zero; off-distribution, shown for reference)",
-}
-ROLE_TEXT = {
-    "column": "the operand digits of column n",
-    "carry_source": "the operand digits of column n−1 (the carry's source)",
-    "operator": "the operator",
 }
 SITE_TEXT = {"resid_pre": "residual stream (block input)", "attn_out": "attention output", "mlp_out": "MLP output",
              "head": "single heads (the head's output z, patched at every position)"}
@@ -389,6 +385,54 @@ def plot_attention(tokens, weights, answer_positions, layer):
     return fig
 
 
+def plot_column_view(panels, xlabels, ylabels, ncols, breaks=()):
+    """Small multiples of one heatmap per head (rows: query column, columns: key group) on one
+    colour scale, framed where the head holds that group, a white line before each row in
+    `breaks` (where the query role changes); labels on the outer panels only."""
+    import matplotlib
+    from matplotlib.patches import Rectangle
+
+    cm = matplotlib.colormaps["magma_r"].with_extremes(bad="#d9d9d9")
+    ylabel_w = 0.12 + CHAR * _longest(ylabels)
+    right, gap, top, title = 0.85, 0.12, 0.05, 0.22
+
+    def cell(cols: int) -> float:
+        return min(0.24, (6.8 - ylabel_w - right - (cols - 1) * gap) / (cols * len(xlabels)))
+
+    # As many panels per row as fit with legible columns, in whole fractions of a layer's heads.
+    ncols = max([d for d in range(1, ncols + 1) if ncols % d == 0 and (d == 1 or cell(d) >= 0.1)])
+    nrows = math.ceil(len(panels) / ncols)
+    cell_w = max(0.08, cell(ncols))
+    cell_h = min(0.24, max(0.13, 1.2 / len(ylabels)))
+    size = max(5.0, min(7.0, 0.85 * 72 * cell_w))
+    bottom = 0.3 + CHAR * size / 7 * _longest(xlabels)
+    pw, ph = cell_w * len(xlabels), cell_h * len(ylabels)
+    width = ylabel_w + ncols * pw + (ncols - 1) * gap + right
+    height = top + nrows * (title + ph) + (nrows - 1) * gap + bottom
+    fig = _figure(width, height)
+    im = None
+    for i, p in enumerate(panels):
+        r, c = divmod(i, ncols)
+        y = height - top - (r + 1) * (title + ph) - r * gap
+        ax = _axes(fig, ylabel_w + c * (pw + gap), y, pw, ph)
+        m = np.asarray(p["matrix"], dtype=float)
+        im = ax.imshow(np.ma.masked_invalid(m), cmap=cm, vmin=0.0, vmax=1.0, aspect="auto")
+        for b in breaks:
+            ax.axhline(b - 0.5, color="white", linewidth=1.5)
+        for (yy, xx) in zip(*np.nonzero(np.asarray(p["held"]))):
+            ax.add_patch(Rectangle((xx - 0.5, yy - 0.5), 1, 1, fill=False, edgecolor=COLORS[0], linewidth=1.4))
+        ax.set_xticks(range(len(xlabels)), xlabels if r == nrows - 1 or i + ncols >= len(panels) else [],
+                      rotation=90, fontsize=size)
+        ax.set_yticks(range(len(ylabels)), ylabels if c == 0 else [], fontsize=size)
+        ax.tick_params(length=0)
+        ax.spines[:].set_visible(False)
+        ax.set_title(p["title"], fontsize=8, pad=2)
+    grid_h = nrows * (title + ph) + (nrows - 1) * gap - title
+    cax = _axes(fig, width - right + 0.15, bottom, 0.1, min(grid_h, 2.5))
+    fig.colorbar(im, cax=cax, label="attention mass")
+    return fig
+
+
 def plot_lens_example(layer_labels, digit_labels, prob, top):
     """P(correct digit) per layer (rows) and answer digit (columns), annotated with the top digit."""
     import matplotlib
@@ -461,6 +505,7 @@ PLOTS = {
     "line_panels": plot_line_panels,
     "heatmaps": plot_heatmaps,
     "attention": plot_attention,
+    "column_view": plot_column_view,
     "lens_example": plot_lens_example,
 }
 
@@ -546,34 +591,88 @@ def accuracy_figure(key: str, accuracy) -> ReportFigure:
     )
 
 
-def role_figure(key: str, attention) -> Optional[ReportFigure]:
-    if not attention.role_scores:
+def column_view(attention, roles: list[str], layers: Optional[list[int]] = None) -> Optional[dict]:
+    """What the per-column view of `roles` shows: heads, rows ((query role, column) with data),
+    the key groups worth a column (every "n", "n-k" group; others where some head holds them or
+    puts 0.3 of its attention; never a group of many keys), their mass [heads, rows, groups] and
+    which cells are the heads' held roles."""
+    t = attention.columns
+    if t is None:
         return None
-    roles = list(dict.fromkeys(r.role for r in attention.role_scores))
-    heads = sorted({(r.layer, r.head) for r in attention.role_scores})
-    trained = np.full((len(heads), len(roles)), np.nan)
-    untrained = np.full_like(trained, np.nan)
-    for r in attention.role_scores:
-        i, j = heads.index((r.layer, r.head)), roles.index(r.role)
-        trained[i, j], untrained[i, j] = r.score.mean, r.untrained.mean
-    ylabels = [f"L{l}H{h}" for l, h in heads]
-    rows = [[f"L{r.layer}H{r.head}", r.role, *_est_cols(r.score), r.expected, r.chance, *_est_cols(r.untrained)]
-            for r in sorted(attention.role_scores, key=lambda r: (r.layer, r.head, roles.index(r.role)))]
-    described = "; ".join(f"'{r}': {ROLE_TEXT.get(r, r)}" for r in roles)
+    if layers is not None:
+        keep = [i for i, l in enumerate(t.layers) if l in layers]
+        t = dataclasses.replace(t, layers=[t.layers[i] for i in keep], mass=t.mass[keep])
+    L, H = t.mass.shape[:2]
+    rows = [(q, c) for q, role in enumerate(t.query_roles) if role in roles for c in range(len(t.columns))
+            if np.isfinite(t.mass[:, :, q, c]).any()]
+    if not rows:
+        return None
+    mass = np.stack([t.mass[:, :, q, c] for q, c in rows], axis=2).reshape(L * H, len(rows), -1)
+    held_at = {(r.layer, r.head, r.query_role, r.column): r.key_group for r in attention.head_roles if r.held}
+    held = np.zeros_like(mass, dtype=bool)
+    for li, l in enumerate(t.layers):
+        for h in range(H):
+            for i, (q, c) in enumerate(rows):
+                g = held_at.get((l, h, t.query_roles[q], t.columns[c]))
+                if g is not None:
+                    held[li * H + h, i, t.key_groups.index(g)] = True
+    with np.errstate(invalid="ignore"):
+        top = np.nanmax(np.where(np.isfinite(mass), mass, -1), axis=(0, 1))
+    keep = [g for g, (name, kind) in enumerate(zip(t.key_groups, t.group_kinds)) if kind != "lump" and (
+        name == "n" or name.startswith("n-") or top[g] >= 0.3 or held[:, :, g].any())]
+    return {"heads": [f"L{l}H{h}" for l in t.layers for h in range(H)], "n_heads": H, "layers": list(t.layers),
+            "rows": [(t.query_roles[q], t.columns[c]) for q, c in rows], "groups": [t.key_groups[g] for g in keep],
+            "mass": mass[:, :, keep], "held": held[:, :, keep], "cells": rows, "group_index": keep}
+
+
+def column_view_figure(key: str, attention, roles: list[str], what: str,
+                       layers: Optional[list[int]] = None) -> Optional[ReportFigure]:
+    """The per-column view (DESIGN §4.1) of the queries of `roles` (e.g. ["answer"]) in `layers`
+    (default all), `what` naming them."""
+    v = column_view(attention, roles, layers)
+    if v is None:
+        return None
+    t = attention.columns
+    single = len({r for r, _ in v["rows"]}) == 1
+    ylabels = [f"n={c}" if single else f"{r} n={c}" for r, c in v["rows"]]
+    rows = []
+    for hi, head in enumerate(v["heads"]):
+        li, h = divmod(hi, v["n_heads"])
+        li = t.layers.index(v["layers"][li])
+        for (role, col), (q, c) in zip(v["rows"], v["cells"]):
+            held = {r.key_group for r in attention.head_roles if r.held and (r.layer, r.head, r.query_role, r.column)
+                    == (t.layers[li], h, role, col)}
+            for g, name in enumerate(t.key_groups):
+                if np.isfinite(t.mass[li, h, q, c, g]):
+                    rows.append([head, role, col, name, t.mass[li, h, q, c, g], t.mass_lo[li, h, q, c, g],
+                                 t.mass_hi[li, h, q, c, g], int(t.n[q, c, g]), t.untrained[li, h, q, c, g],
+                                 t.untrained_lo[li, h, q, c, g], t.untrained_hi[li, h, q, c, g], t.chance[q, c, g],
+                                 name in held])
+    margin = attention.role_margin
+    if roles == ["answer"]:
+        caption = (f"Attention mass from the position predicting the answer digit of column n (rows) to each key group "
+                   f"(columns), one panel per head; framed: the head's role at that column (its largest group, above "
+                   f"chance and the same head in {t.twins} untrained twins by at least {fmt_margin(margin)}, 95% "
+                   f"interval above theirs). A staircase of heads on n, n−1, n−2 shows as frames one column apart "
+                   f"from head to head; groups no head holds or gives 0.3 of its attention are left out (the data "
+                   f"has every group, with intervals).")
+    else:
+        caption = (f"As the answer-digit view, at {what} (rows: the digit's role in its step and the step's column "
+                   f"n); s[n].d is step n's sum digit, s[n-1].cout step n−1's carry out.")
     return ReportFigure(
-        key, "heatmaps",
-        {"panels": [{"title": "trained", "matrix": trained, "xlabels": roles, "ylabels": ylabels},
-                    {"title": "untrained (baseline)", "matrix": untrained, "xlabels": roles, "ylabels": ylabels}],
-         "vmin": 0.0, "vmax": 1.0, "cmap": "magma_r", "cbar_label": "role score (attention mass)",
-         "annotate": len(heads) <= 16},
-        f"Head role scores: mean attention mass from the position predicting answer digit n to a role's key tokens "
-        f"({described}), averaged over answer digits and examples. Left: the trained model; right: the same head in "
-        f"an untrained model of the same shape, the baseline a score must exceed. A head that followed the role's "
-        f"alignment mask exactly would score 1.",
-        "Heatmaps of attention role scores per head, trained and untrained.",
-        to_csv(["head", "role", "score", "score_lo", "score_hi", "score_n", "expected", "uniform",
-                "untrained", "untrained_lo", "untrained_hi", "untrained_n"], rows),
+        key, "column_view",
+        {"panels": [{"title": head, "matrix": v["mass"][i], "held": v["held"][i]} for i, head in enumerate(v["heads"])],
+         "xlabels": v["groups"], "ylabels": ylabels, "ncols": v["n_heads"],
+         "breaks": [i for i in range(1, len(v["rows"])) if v["rows"][i][0] != v["rows"][i - 1][0]]},
+        caption,
+        f"Small multiples of attention mass by column (rows) and key group (columns), one panel per head, at {what}.",
+        to_csv(["head", "query_role", "column", "key_group", "mass", "mass_lo", "mass_hi", "n", "untrained",
+                "untrained_lo", "untrained_hi", "uniform", "held"], rows),
     )
+
+
+def fmt_margin(x: float) -> str:
+    return f"{x:g}" if math.isfinite(x) else "the margin"
 
 
 def patching_figures(key: str, patching) -> list[ReportFigure]:

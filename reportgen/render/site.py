@@ -408,26 +408,80 @@ class SiteBuilder:
     def attention_section(self, m, att) -> list[Block]:
         stats = sorted(att.head_stats, key=lambda s: (s.layer, s.head))
         rows = [[f"L{s.layer}H{s.head}", s.entropy, s.prev_token, s.sink, s.equals, s.operator] for s in stats]
-        role_rows = []
-        for role in dict.fromkeys(r.role for r in att.role_scores):
-            best = sorted((r for r in att.role_scores if r.role == role),
-                          key=lambda r: (-_finite_or(r.score.mean), r.layer, r.head))[:3]
-            role_rows += [[role, f"L{r.layer}H{r.head}", r.score, r.untrained, r.chance] for r in best]
-        return [
-            text("Attention at the positions that predict answer digits, teacher forced on the model's own input "
-                 "format. The interactive per-example viewer is on each example's page."),
-            self.fig(F.role_figure(self.paths.figure(m, "role-scores"), att)),
-            self.table(Table(self.paths.table(m, "role-top"), "The three heads with the highest score per role "
-                             "(attention mass on the role's alignment mask; a head that followed the mask exactly "
-                             "scores 1), against the same head in an untrained model and the mass a uniform head "
-                             "would put there ('uniform': 1/visible keys per key); 95% bootstrap intervals over "
-                             "examples.", ["role", "head", "score", "untrained", "uniform"], role_rows)),
-            self.table(Table(self.paths.table(m, "head-stats"), "Per-head statistics at the answer-predicting "
-                             "positions, mean over examples with 95% bootstrap intervals: attention entropy "
-                             "normalised by log(number of visible keys) (1 = uniform), and the attention mass on the "
-                             "previous token, the first (BOS, sink) token, the '=' token and the operator.",
-                             ["head", "entropy", "previous token", "BOS (sink)", "'='", "operator"], rows)),
-        ]
+        blocks = [text("Attention at every position that predicts a digit the model writes (teacher forced on the "
+                       "model's own input format), by the column n of that digit and by key group, relative to n: "
+                       "'n', 'n-1', 'n-2', … the digits of both operands in column n, n−1, n−2 (a head's offset); "
+                       "'prev answer' the answer digit written just before; the delimiters 'BOS', 'operator', '=', "
+                       "'|'; and in scratchpad models 's[n].<place>' and 's[n-1].<place>', the tokens of step n and "
+                       "step n−1 (a, b, cin, d, cout; op, =, c, ;). Mass on a group is the sum of a head's attention "
+                       "on its keys, averaged over examples; the untrained twins are freshly initialised models of "
+                       "the same shape. The interactive per-example viewer is on each example's page.")]
+        scratch = [r for r in (att.columns.query_roles if att.columns else []) if r != "answer"]
+        blocks.append(self.fig(F.column_view_figure(self.paths.figure(m, "attention-columns"), att, ["answer"],
+                                                    "the final-answer digits")))
+        blocks.append(self.head_role_table(m, att, ["answer"], "", "the final-answer digits"))
+        if scratch:  # one figure per layer: scratchpad rows (role and column) are many
+            for l in att.columns.layers:
+                blocks.append(self.fig(F.column_view_figure(self.paths.figure(m, f"attention-columns-scratchpad-L{l}"),
+                                                            att, scratch, f"the scratchpad digits, layer {l}", [l])))
+            blocks.append(self.head_role_table(m, att, scratch, "-scratchpad", "the scratchpad digits"))
+        blocks += self.head_test_summary(m)
+        blocks.append(self.table(Table(
+            self.paths.table(m, "head-stats"), "Per-head statistics at the answer-predicting positions, mean over "
+            "examples with 95% bootstrap intervals: attention entropy normalised by log(number of visible keys) (1 = "
+            "uniform), and the attention mass on the previous token, the first (BOS, sink) token, the '=' token and "
+            "the operator.", ["head", "entropy", "previous token", "BOS (sink)", "'='", "operator"], rows)))
+        return [b for b in blocks if b is not None]
+
+    def head_role_table(self, m, att, roles: list[str], name: str, what: str) -> Optional[Block]:
+        """Each head's role (held key group and its mass) per column, from the per-column table."""
+        t = att.columns
+        if t is None:
+            return None
+        cols = list(t.columns)
+        held = {(r.layer, r.head, r.query_role, r.column): r for r in att.head_roles if r.held}
+        present = {(r.query_role, r.column) for r in att.head_roles}
+        multi = len(roles) > 1
+        rows = []
+        for l in t.layers:
+            for h in range(t.mass.shape[1]):
+                for role in roles:
+                    cells = []
+                    for n in cols:
+                        r = held.get((l, h, role, n))
+                        cells.append(f"{r.key_group} {fmt_num(r.mass.mean)}" if r else
+                                     "—" if (role, n) in present else "")
+                    if multi and not any(c not in ("—", "") for c in cells):
+                        continue  # a head holding nothing at a scratchpad role takes no row
+                    rows.append([f"L{l}H{h}", *([role] if multi else []), *cells])
+        caption = (f"Head roles at {what} per column n: the key group holding the head's attention there and its mean "
+                   f"mass, where that mass beats both chance and the untrained twins by at least "
+                   f"{F.fmt_margin(att.role_margin)} with its interval above theirs; '—': no group does.")
+        if multi:
+            caption += " Heads holding no group at a role are left out for that role."
+        return self.table(Table(self.paths.table(m, f"head-roles{name}"), caption,
+                                ["head", *(["digit"] if multi else []), *[f"column {n}" for n in cols]], rows))
+
+    def head_test_summary(self, m) -> list[Block]:
+        """The position- and delimiter-head tests (run with the circuits), each beside its untrained twins."""
+        circ = m.findings.circuits
+        checks = {c.test: c for c in (circ.nulls if circ else [])}
+        out = []
+        for kind, name in (("position_head", "Position heads"), ("delimiter_head", "Delimiter heads")):
+            c = checks.get(kind)
+            if c is None:
+                continue
+            heads = sorted({f"L{x.layer}H{x.index}" for x in circ.components if x.kind == kind and x.confirmed})
+            twins = ", ".join(map(str, c.twin_confirmed))
+            listed = f" ({', '.join(heads)})" if heads else ""
+            verdict = (f"{c.confirmed} of {c.n_tested} head-role tests confirmed{listed}" if c.passed else
+                       f"not reported: the test confirmed components on the untrained twins ({twins}) more often than "
+                       f"its error rate allows")
+            out.append(f"{name}: {verdict}; on the untrained twins, each judged by the same test against the others: "
+                       f"{twins} (family-wise error rate {c.error_rate:g}). {c.definition}")
+        if out:
+            out.append("Each confirmed head is listed with its pattern by column in the circuits section.")
+        return [text(" ".join(out))] if out else []
 
     def patching_section(self, m, pat) -> list[Block]:
         counts = sorted(pat.pair_counts.items(), key=lambda kv: F.pair_rank(kv[0].split("@")[0]) + (kv[0],))
@@ -485,8 +539,10 @@ class SiteBuilder:
                  "untrained twins of the model (freshly initialised, same shape) as its null. A carry head's output, "
                  "patched from the clean into the corrupted run of carry-flip pairs aimed at answer column n, must "
                  "restore more of the logit difference than on sum-flip pairs and than any head of its layer in the "
-                 "twins; a neuron, patched alone, likewise, against random neurons of its layer. Correlational "
-                 "candidates (AUROC) are listed apart and are not findings until their causal test confirms them."),
+                 "twins; a neuron, patched alone, likewise, against random neurons of its layer. Position and "
+                 "delimiter heads keep their attention on one key group at every column, far above the twins' "
+                 "heads. Correlational candidates (AUROC) are listed apart and are not findings until their causal "
+                 "test confirms them."),
             self.table(Table(self.paths.table(m, "null-checks"), "Each confirming test on the model and, unchanged, "
                              "on each untrained twin. A test that confirms components on the twins more often than "
                              "its error rate allows is broken, and the report states none of its findings.",
@@ -824,6 +880,9 @@ class SiteBuilder:
             for role in dict.fromkeys(r.role for r in att.role_scores):
                 best = min((r for r in att.role_scores if r.role == role),
                            key=lambda r: (-_finite_or(r.score.mean), r.layer, r.head))
+                baseline = max(_finite_or(best.untrained.mean, 0.0), _finite_or(best.chance, 0.0))
+                if _finite_or(best.score.mean) - baseline < _finite_or(att.role_margin, 0.0):
+                    continue  # no head takes this key group (e.g. one of a scratchpad's many)
                 kind = ROLE_CIRCUIT.get(role)
                 verdict = _verdict(causal.get((kind, best.layer, best.head))) if kind else "no causal test of this role"
                 rows.append([m.label, role, f"L{best.layer}H{best.head}", best.score, best.untrained,
@@ -831,10 +890,12 @@ class SiteBuilder:
         if not rows:
             return Section("heads", "Top heads per role", [not_run("attention")])
         return Section("heads", "Top heads per role", [*self._group_note("heads"), self.table(Table(
-            "tables/compare-heads", "The head with the highest role score per role and model (95% bootstrap "
-            "interval), the same head untrained, the drop in exact match when it is ablated with the model's "
-            "default method (clean − ablated; positive = the head matters), and the verdict of the circuit test of "
-            "that role (carry_source: carry head; operator: operator head).",
+            "tables/compare-heads", "The head with the highest role score per role and model (mean attention mass "
+            "from the answer digits to a key group, averaged over columns, with its 95% bootstrap interval; roles "
+            "where it does not beat chance and the untrained twins by the role margin are left out), the same head "
+            "in the untrained twins, the drop in exact match when it is ablated with the model's default method "
+            "(clean − ablated; positive = the head matters), and the verdict of the circuit test of that role "
+            "(n-1, the column below: carry head; operator: operator head).",
             ["model", "role", "head", "role score", "untrained", "ablation drop", "circuit"], rows))])
 
     def compare_ablation_section(self) -> Section:
@@ -929,7 +990,7 @@ def _answer(ex) -> str:
     return str(apply_op(a, b, op))
 
 
-ROLE_CIRCUIT = {"carry_source": "carry_head", "operator": "operator_head"}  # role score -> circuit test
+ROLE_CIRCUIT = {"n-1": "carry_head", "operator": "operator_head"}  # role (key group) -> circuit test
 
 
 def _null_row(n) -> list:

@@ -16,7 +16,7 @@ from typing import Optional
 
 from reportgen.analysis.findings import AnalysisFindings, Estimate
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 @dataclass
