@@ -45,6 +45,7 @@ RC = {
 }
 SVG_META = {"Date": None, "Creator": "reportgen"}
 PDF_META = {"CreationDate": None, "ModDate": None, "Creator": "reportgen", "Producer": "reportgen"}
+ATTENTION_CMAP = "Blues"  # attention weights, in the static figures and the interactive viewer alike
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#7f7f7f", "#17becf"]
 METHOD_TEXT = {
     "mean": "mean ablation (activation replaced by its position-specific mean over a reference set)",
@@ -114,6 +115,16 @@ def _draw(job: tuple[str, dict, str]) -> None:
         fig.savefig(pdf, format="pdf", metadata=PDF_META)
     Path(stem + ".svg").write_bytes(svg.getvalue())
     Path(stem + ".pdf").write_bytes(pdf.getvalue())
+
+
+@functools.lru_cache(maxsize=None)
+def colour_stops(cmap: str, n: int = 9) -> tuple[str, ...]:
+    """`n` evenly spaced colours of a matplotlib colour map as '#rrggbb', for the site's script to
+    interpolate between: the viewer then shows weights in the static figures' colours."""
+    import matplotlib
+
+    cm = matplotlib.colormaps[cmap]
+    return tuple(matplotlib.colors.to_hex(cm(i / (n - 1))) for i in range(n))
 
 
 # ---------------------------------------------------------------- plotting functions
@@ -368,7 +379,7 @@ def plot_attention(tokens, weights, answer_positions, layer):
     height = rows * (panel + label_w + top)
     fig = _figure(width, height)
     future = np.triu(np.ones((n_pos, n_pos), bool), 1)
-    cm = matplotlib.colormaps["Blues"].with_extremes(bad="white")
+    cm = matplotlib.colormaps[ATTENTION_CMAP].with_extremes(bad="white")
     answer = set(answer_positions)
     im = None
     for h in range(n_heads):

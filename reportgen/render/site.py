@@ -564,6 +564,8 @@ class SiteBuilder:
                      "data_js": self.paths.example_data(m, i) if has_attention else None})
 
     def viewer_context(self, m, i: int) -> dict:
+        """What the attention viewer's controls list: every model (at the same example where it has
+        it) and every example of this model, named in words; the shape; the static figures' colours."""
         ex = m.findings.examples[i]
         att = np.asarray(ex.attention)
         models = []
@@ -572,13 +574,15 @@ class SiteBuilder:
             if not keys:
                 continue
             j = keys.index(ex.key) if ex.key in keys else 0
-            models.append({"label": other.label, "href": self.paths.example(other, j), "selected": other is m})
+            models.append({"label": f"{other.label} ({task_text(other.provenance.task)})",
+                           "href": self.paths.example(other, j), "selected": other is m})
         return {
             "id": f"{self.paths.models[m.name]}/{self.paths.examples[m.name][i]}",
             "models": models,
-            "examples": [{"label": e.prompt + e.target, "href": self.paths.example(m, j), "selected": j == i}
+            "examples": [{"label": _example_words(e), "href": self.paths.example(m, j), "selected": j == i}
                          for j, e in enumerate(m.findings.examples)],
             "layers": att.shape[0], "heads": att.shape[1],
+            "ramp": F.colour_stops(F.ATTENTION_CMAP),
         }
 
     def viewer_data_js(self, m, i: int) -> str:
@@ -770,6 +774,21 @@ def _pair_count(kind: str, n: int, task: Optional[dict]):
     if kind == "operator_flip" and n == 0 and (task or {}).get("task") != "addsub":
         return Cell(0, text="not applicable: one operator")
     return n
+
+
+def _example_words(ex) -> str:
+    """An example as the viewer's list names it: the problem and answer as numbers, the written form
+    where it differs (reversed digits; a scratchpad is left to the page), the stratum in words."""
+    a, b, op = parse_problem(ex.prompt)
+    answer = str(apply_op(a, b, op))
+    written = ex.prompt + ex.target
+    shown = f"{a} {op} {b} = {answer}"
+    if ex.target != answer and "|" not in ex.target:
+        shown += f" (written {written})"
+    elif "|" in ex.target:
+        shown += " (with written steps)"
+    shown += f", {ex.stratum.replace('_', ' ')}"
+    return shown + ("" if ex.correct else f", answered {ex.prediction} (wrong)")
 
 
 def _answer(ex) -> str:
