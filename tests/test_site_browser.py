@@ -278,3 +278,23 @@ def test_dark_mode_screenshot(site, browser):
     page.screenshot(path=str(screenshot_dir() / "model-dark.png"))
     assert watch.problems == []
     context.close()
+
+
+def test_figure_labels_are_as_large_as_body_text_at_the_default_width(site, browser):
+    """Figures are drawn with 9 pt labels (the PDF's body text); the site shows them 1.25x larger, so at
+    the default width their labels match its 15 px body text."""
+    from reportgen.render.figures import svg_size
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    watch = Watch(page)
+    model = site / "models" / "tiny-2l.html"
+    page.goto(model.as_uri())
+    body = float(page.evaluate("getComputedStyle(document.body).fontSize").removesuffix("px"))
+    shown = page.eval_on_selector_all("figure.figure img", "els => els.map(e => [e.getAttribute('src'), e.clientWidth])")
+    assert len(shown) >= 5
+    for src, width in shown:
+        pt = svg_size(model.parent / src)[0]
+        label_px = 9 * width / pt  # a 9 pt label of a figure drawn `pt` wide, shown `width` px wide
+        assert label_px >= body - 0.5, (src, label_px, body)
+    assert watch.problems == []
+    page.close()

@@ -399,7 +399,8 @@ class SiteBuilder:
                                    ["pair kind", "pairs", "dropped", "meaning"],
                                    [[k, _pair_count(k, n, m.provenance.task), pat.pair_dropped.get(k, 0),
                                      F.PAIR_TEXT.get(k, "")] for k, n in counts]))]
-        blocks += [self.fig(f) for f in F.patching_figures(self.paths.figure(m, "patching"), pat)]
+        blocks += [self.fig(f) for f in F.patching_figures(self.paths.figure(m, "patching"), pat,
+                                                                   m.provenance.task)]
         if pat.attribution:
             top = sorted(pat.attribution, key=lambda a: (-abs(a.estimate), a.site, a.layer, a.index))[:12]
             blocks.append(self.table(Table(
