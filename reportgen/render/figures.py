@@ -336,7 +336,7 @@ def plot_heatmaps(panels, vmin, vmax, cmap, cbar_label, annotate=False):
     cm = matplotlib.colormaps[cmap].with_extremes(bad="#d9d9d9")
     ylabel_w = 0.15 + _widest(l for p in panels for l in p["ylabels"])
     shared_y = all(p["ylabels"] == panels[0]["ylabels"] for p in panels)
-    gap = 0.25 + (0 if shared_y else ylabel_w)
+    gap = lambda p: 0.25 + (0 if shared_y else 0.15 + _widest(p["ylabels"]))  # noqa: E731  before a panel in a row
     avail = PAGE_W - ylabel_w - CBAR_W
     pieces = [piece for p in panels for piece in _segments(p, int(avail // MIN_COL))]
     fewest = len(_flow(pieces, MIN_COL, gap, avail))
@@ -354,7 +354,8 @@ def plot_heatmaps(panels, vmin, vmax, cmap, cbar_label, annotate=False):
         below = 0.22 + max([_text_w(l) for l in labels if upright(l)] + [0.13])
         below += 0.25 if any(p.get("groups") for p in row) else 0.0
         layouts.append((row, below, cell_h * max(len(p["ylabels"]) for p in row)))
-    width = ylabel_w + max(sum(len(p["xlabels"]) * cell_w for p in row) + gap * (len(row) - 1) for row in rows) + CBAR_W
+    width = ylabel_w + max(sum(len(p["xlabels"]) * cell_w + gap(p) * (i > 0) for i, p in enumerate(row))
+                           for row in rows) + CBAR_W
     height = sum(title + h + below for _, below, h in layouts) + 0.05
     fig = _figure(width, height)
     y = height
@@ -362,6 +363,7 @@ def plot_heatmaps(panels, vmin, vmax, cmap, cbar_label, annotate=False):
         y -= title + row_h
         x = ylabel_w
         for i, p in enumerate(row):
+            x += gap(p) if i else 0.0
             m = np.asarray(p["matrix"], dtype=float)
             w = cell_w * m.shape[1]
             ax = _axes(fig, x, y + row_h - cell_h * m.shape[0], w, cell_h * m.shape[0])
@@ -381,8 +383,8 @@ def plot_heatmaps(panels, vmin, vmax, cmap, cbar_label, annotate=False):
                     if math.isfinite(v):
                         ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7.5,
                                 color="white" if (v - vmin) / (vmax - vmin) > 0.6 else "black")
-            x += w + gap
-        cax = _axes(fig, x - gap + 0.15, y + row_h - min(row_h, 3.6), 0.12, min(row_h, 3.6))
+            x += w
+        cax = _axes(fig, x + 0.15, y + row_h - min(row_h, 3.6), 0.12, min(row_h, 3.6))
         bar = fig.colorbar(im, cax=cax, label=cbar_label)
         if row_h < 1.2:  # a short bar holds three ticks
             bar.set_ticks([vmin, (vmin + vmax) / 2, vmax])
@@ -417,15 +419,16 @@ def _segments(panel: dict, max_cols: int) -> list[dict]:
     return out
 
 
-def _flow(pieces: list[dict], cell_w: float, gap: float, avail: float) -> list[list[dict]]:
-    """Pieces placed left to right, a new row when the next would pass `avail` inches."""
+def _flow(pieces: list[dict], cell_w: float, gap, avail: float) -> list[list[dict]]:
+    """Pieces placed left to right, `gap(piece)` inches before each but the first of a row, a new
+    row when the next would pass `avail` inches."""
     rows, used = [[]], 0.0
     for p in pieces:
         w = len(p["xlabels"]) * cell_w
-        if rows[-1] and used + gap + w > avail:
+        if rows[-1] and used + gap(p) + w > avail:
             rows.append([])
             used = 0.0
-        used += (gap if rows[-1] else 0.0) + w
+        used += (gap(p) if rows[-1] else 0.0) + w
         rows[-1].append(p)
     return rows
 
