@@ -10,7 +10,6 @@ import json
 import math
 import os
 import signal
-import sys
 import threading
 import time
 from collections import Counter
@@ -19,7 +18,6 @@ from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from reportgen.configfile import from_dict, to_dict
 from reportgen.data.dataset import DataSpec, generate, load_dataset, splits_hash, write_dataset
@@ -27,6 +25,7 @@ from reportgen.data.tokenizer import Tokenizer
 from reportgen.errors import Interrupted, ReportgenError
 from reportgen.model.checkpoint import load_checkpoint, read_checkpoint_payload, save_checkpoint
 from reportgen.model.transformer import Transformer
+from reportgen.progress import progress
 from reportgen.train.config import TrainConfig
 from reportgen.train.evaluate import evaluate
 
@@ -241,8 +240,7 @@ class Trainer:
     def run(self) -> dict:
         """Train to the step budget or target accuracy, then score the best checkpoint on val and test."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        bar = tqdm(total=self.cfg.optim.max_steps, initial=self.step, desc="train", file=sys.stderr,
-                   disable=not sys.stderr.isatty() and not os.environ.get("REPORTGEN_PROGRESS"))
+        bar = progress(self.cfg.optim.max_steps, "train", initial=self.step)
         em, loss = (self.history["val_exact_match"] or [0.0])[-1], float("nan")
         try:
             with ctrl_c_between_steps() as stop:
