@@ -217,9 +217,10 @@
       });
     });
 
-    /* -- the enlarged head: cells as large as the width allows (11-30 px), beside row labels */
+    /* -- the enlarged head: cells as large as the width allows (11-30 px) beside the row labels,
+       each with 1 px spacing (borders are inside a cell) */
     function cellSize() {
-      return Math.max(11, Math.min(30, Math.floor(((grid.clientWidth || 640) - 56) / n)));
+      return Math.max(11, Math.min(30, Math.floor(((grid.clientWidth || 640) - 48) / n) - 1));
     }
 
     function buildDetail() {
