@@ -29,8 +29,9 @@ def _is_terminal(stream: TextIO) -> bool:
 
 class LineProgress:
     """Progress as whole lines ('reportgen: train: 400/4000 steps (10%), loss=0.31, 12 s'): one
-    when a stage is named (set_postfix_str) and, for runs of more than MANY units, one per tenth;
-    set_postfix only changes what the next line says. `stream` None is silent."""
+    when a stage is named (set_postfix_str), for runs of more than MANY units one per tenth, and
+    one when all is done; set_postfix only changes what the next line says. `stream` None is
+    silent."""
 
     MANY = 20
 
@@ -58,7 +59,8 @@ class LineProgress:
         self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
 
     def close(self) -> None:
-        if self.stream is not None and self.n:
+        """A last line when the work is all done (not after an interruption or an early stop)."""
+        if self.total and self.n >= self.total:
             self._line(done=True)
         self.stream = None
 
