@@ -407,6 +407,9 @@ def _segments(panel: dict, max_cols: int) -> list[dict]:
         while g1 - start > max_cols:
             start += max_cols
             cuts.append(start)
+    while n - start > max_cols:  # columns after the last group
+        start += max_cols
+        cuts.append(start)
     cuts.append(n)
     out = []
     for k, (a, b) in enumerate(zip(cuts, cuts[1:])):
