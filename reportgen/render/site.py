@@ -399,8 +399,8 @@ class SiteBuilder:
                                    ["pair kind", "pairs", "dropped", "meaning"],
                                    [[k, _pair_count(k, n, m.provenance.task), pat.pair_dropped.get(k, 0),
                                      F.PAIR_TEXT.get(k, "")] for k, n in counts]))]
-        blocks += [self.fig(f) for f in F.patching_figures(self.paths.figure(m, "patching"), pat,
-                                                                   m.provenance.task)]
+        figures = F.patching_figures(self.paths.figure(m, "patching"), pat, m.provenance.task)
+        blocks += [self.fig(f) for f in figures]
         if pat.attribution:
             top = sorted(pat.attribution, key=lambda a: (-abs(a.estimate), a.site, a.layer, a.index))[:12]
             blocks.append(self.table(Table(
@@ -782,12 +782,11 @@ def _example_words(ex) -> str:
     where it differs (reversed digits; a scratchpad is left to the page), the stratum in words."""
     a, b, op = parse_problem(ex.prompt)
     answer = str(apply_op(a, b, op))
-    written = ex.prompt + ex.target
     shown = f"{a} {op} {b} = {answer}"
-    if ex.target != answer and "|" not in ex.target:
-        shown += f" (written {written})"
-    elif "|" in ex.target:
+    if "|" in ex.target:
         shown += " (with written steps)"
+    elif ex.target != answer:
+        shown += f" (written {ex.prompt}{ex.target})"
     shown += f", {ex.stratum.replace('_', ' ')}"
     return shown + ("" if ex.correct else f", answered {ex.prediction} (wrong)")
 
