@@ -67,8 +67,8 @@ def build_report(checkpoints: list[str], compare: list[str], examples: Optional[
     `examples` are problem texts ('59 + 73') analysed one by one in every model; None uses the
     config's `examples`, and when it has none the analyses choose. `config_path` None uses
     configs/interpretability.yaml if present, else the analysis defaults. `progress` receives one
-    line per step (the analyses also draw progress bars on stderr); None is silent. `pdf_summary`
-    makes report.pdf the short version.
+    line per step (the analyses also report theirs on stderr: a bar on a terminal, lines elsewhere);
+    None is silent. `pdf_summary` makes report.pdf the short version.
     """
     from reportgen.model.checkpoint import load_checkpoint
     from reportgen.train.trainer import resolve_device

@@ -356,3 +356,33 @@ def test_a_config_that_is_not_text_is_one_line(work, capsys):
     before = snapshot(work / "site")
     rc, err = run_cli(capsys, "build", "--checkpoint", "runs/add_tiny/checkpoint_best.pt", "--config", "binary.yaml")
     assert_refused(work, rc, err, before, "binary.yaml", "UTF-8")
+
+
+DEMOS = {name: str(ROOT / "runs" / name / "checkpoint_best.pt") for name in ("add3_rev", "add3_steps")}
+
+
+@pytest.mark.slow
+def test_examples_as_the_site_shows_them_are_accepted_back(tmp_path):
+    """Both demo models: each example as its page shows it, in the model's own format ('249+93=243'
+    reversed, the whole scratchpad with steps), goes back in through --examples as the same example."""
+    import html
+    import re
+
+    (tmp_path / "attention.yaml").write_text("enabled: [attention]\nn_examples: 24\nn_example_pages: 6\n")
+    first = cli_in(tmp_path, "build", "--checkpoint", DEMOS["add3_rev"], "--compare", DEMOS["add3_steps"],
+                   "--config", "attention.yaml", "--no-pdf", "--out", "site")
+    assert first.returncode == 0, first.stderr
+    for name, checkpoint in DEMOS.items():
+        pages = sorted((tmp_path / "site" / "examples" / name).glob("*.html"))
+        shown = [html.unescape(re.search(r"<h1><code>(.*?)</code></h1>", p.read_text(encoding="utf-8"))[1])
+                 for p in pages]
+        assert len(shown) == 6
+        assert all(("|" in s) == (name == "add3_steps") for s in shown)  # written in the model's own format
+        again = cli_in(tmp_path, "build", "--checkpoint", checkpoint, "--examples", *shown, "--config",
+                       "attention.yaml", "--no-pdf", "--out", f"again-{name}")
+        assert again.returncode == 0, again.stderr
+        examples = load_results(tmp_path / f"again-{name}").models[0].findings.examples
+        assert [e.prompt + e.target for e in examples[:len(shown)]] == shown
+    wrong = cli_in(tmp_path, "build", "--checkpoint", DEMOS["add3_rev"], "--examples", "59+48=710", "--config",
+                   "attention.yaml", "--no-pdf", "--out", "wrong")
+    assert wrong.returncode == 2 and "59+48=710" in wrong.stderr and "59+48=701" in wrong.stderr

@@ -20,6 +20,7 @@ from reportgen.data.arithmetic import (
     fast_stratum,
     label_problem,
     make_record,
+    parse_example,
     parse_problem,
     predicting_positions,
     target_tokens,
@@ -325,6 +326,37 @@ def test_parse_problem_accepts():
 def test_parse_problem_rejects(text, pattern):
     with pytest.raises(ReportgenError, match=pattern) as exc:
         parse_problem(text)
+    assert "\n" not in str(exc.value)
+
+
+REVERSED = {"task": "add", "with_steps": False, "answer_order": "reversed"}
+STEPS = {"task": "add", "with_steps": True, "answer_order": "plain"}
+PLAIN = {"task": "add", "with_steps": False, "answer_order": "plain"}
+
+
+@pytest.mark.parametrize("task", [REVERSED, STEPS, PLAIN, {**STEPS, "task": "addsub", "answer_order": "reversed"}])
+@pytest.mark.parametrize("a, op, b", [(59, "+", 48), (999, "+", 1), (5, "+", 0), (503, "-", 7)])
+def test_an_example_as_the_model_writes_it_reads_back(task, a, op, b):
+    """'59+48=701' for a reversed model, the whole scratchpad for a steps model: what a report shows."""
+    if op not in TASK_OPS[task["task"]]:
+        return
+    record = make_record(a, b, op, task["with_steps"], task["answer_order"])
+    assert parse_example(record["prompt"] + record["target"], task) == (a, b, op)
+    assert parse_example(f"{a} {op} {b} = {record['answer']}", task) == (a, b, op)  # the number, as before
+    assert parse_example(f"{a}{op}{b}", task) == (a, b, op)
+
+
+@pytest.mark.parametrize("text, task, pattern", [
+    ("59+48=710", REVERSED, r"answer given in '59\+48=710' is wrong: 59\+48=107, which this model writes as 59\+48=701"),
+    ("59+48=701", PLAIN, r"answer given in '59\+48=701' is wrong: 59\+48=107;"),
+    ("59+48=9+8+0=7c1;5+4+1=1c1;0+0+1=1c0|107", STEPS, r"steps given in .* are wrong: .*5\+4\+1=0c1"),
+    ("59+48=108", STEPS, r"answer given in '59\+48=108' is wrong"),
+    ("59+4x=113", REVERSED, r"'x' at position 4"),
+    ("59-48=11", REVERSED, r"operator '-'"),
+])
+def test_a_wrong_answer_in_any_format_is_refused_by_name(text, task, pattern):
+    with pytest.raises(ReportgenError, match=pattern) as exc:
+        parse_example(text, task)
     assert "\n" not in str(exc.value)
 
 

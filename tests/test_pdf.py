@@ -89,7 +89,7 @@ def test_text_is_extractable(pdf_path, report):
     text = "\n".join(page.extract_text() for page in reader.pages)
     assert "Exact-match accuracy per difficulty stratum" in text
     assert "multi_carry" in text and "cascade" in text
-    assert "Recovery = (LD_patched − LD_corrupt)/(LD_clean − LD_corrupt)" in " ".join(text.split())
+    assert "recovery = (LD_patched − LD_corrupt)/(LD_clean − LD_corrupt)" in " ".join(text.split())  # definitions, once
     assert "Page 3 of" in text
     assert "<script>alert('x')</script>" in text  # escaped in HTML, shown literally in the PDF
 

@@ -171,9 +171,29 @@ def test_pages_show_not_run_and_numbers(site):
         assert text.count(">CSV</a>") == text.count(">LaTeX</a>") == n_tab
 
 
+def test_captions_are_short_and_definitions_come_once_per_section(site):
+    """Each figure caption is a sentence or two; the full definitions are said once per section,
+    folded away in a details toggle on the site."""
+    for page in [site / "models" / "tiny-1l.html", site / "examples" / "tiny-2l" / "59plus73.html"]:
+        html = page.read_text(encoding="utf-8")
+        captions = re.findall(r'<figcaption><span class="label">Figure \d+\.</span> (.*?)\n\s*<span class="downloads">',
+                              html, re.S)
+        assert len(captions) >= 3
+        for caption in captions:
+            sentences = re.split(r"(?<=[.!?])\s+(?=[A-Z])", caption.strip())
+            assert len(sentences) <= 2 and len(caption.split()) <= 60, caption
+        for section in html.split("<section ")[1:]:
+            figures = section.count("<figure ")
+            assert section.count('<details class="fig-details">') <= 1, section[:80]
+            if figures > 1 and "patching" in section[:60]:
+                assert section.count('<details class="fig-details">') == 1
+    attention = (site / "examples" / "tiny-2l" / "59plus73.html").read_text(encoding="utf-8")
+    assert attention.count('<details class="fig-details">') == 1  # under layer 0's attention figure only
+
+
 def test_captions_say_what_numbers_mean(site):
     model = (site / "models" / "tiny-1l.html").read_text(encoding="utf-8")
-    assert "Recovery = (LD_patched − LD_corrupt)/(LD_clean − LD_corrupt)" in model
+    assert "recovery = (LD_patched − LD_corrupt)/(LD_clean − LD_corrupt)" in model
     assert "48 pairs used, 3 dropped" in model
     assert "mean ablation" in model and "zero ablation (activation set to zero" in model
     assert "operand identity alone" in model and "balanced accuracy" in model
@@ -352,27 +372,64 @@ def test_a_capped_neuron_list_says_so():
     assert "the 1 most selective (largest |AUROC − 0.5|) of the 5 selected by the screen are listed" in table.caption
 
 
-@pytest.mark.parametrize("n_pos", [12, 51])
-def test_heatmap_columns_stay_wide_enough_for_their_labels(n_pos):
-    """Three sites over 51 token positions (a scratchpad model) plus a head panel: side by side,
-    a column would be 0.04 in wide; the panels are stacked so every column holds its 7 pt label."""
+def axes_inches(ax) -> tuple[float, float, float, float]:
+    W, H = ax.figure.get_size_inches()
+    b = ax.get_position()
+    return b.x0 * W, b.y0 * H, b.width * W, b.height * H
+
+
+@pytest.mark.parametrize("n_pos", [11, 51])
+def test_patching_heatmaps_keep_body_size_labels_and_a_colour_bar_beside_each_row(n_pos):
+    """Three sites over 11 or 51 token positions (a scratchpad model: 'BOS', the prompt, four column
+    steps of ten characters, the answer) plus a head panel: labels stay at 9 pt, columns wide
+    enough for them, the figure within the page; the scratchpad splits between whole steps; every
+    row of panels has its colour bar right beside its last panel."""
     import numpy as np
 
+    from types import SimpleNamespace
+
+    from reportgen.analysis.findings import PatchSweep
     from reportgen.render import figures as F
 
-    xl = [f"s{i}" for i in range(n_pos)]
-    panels = [{"title": s, "matrix": np.zeros((2, n_pos)), "xlabels": xl, "ylabels": ["L0", "L1"]}
-              for s in ("resid_pre", "attn_out", "mlp_out")]
-    panels.append({"title": "head", "matrix": np.zeros((2, 4)), "xlabels": ["H0", "H1", "H2", "H3"],
-                   "ylabels": ["L0", "L1"]})
-    fig = F.plot_heatmaps(panels, -1, 1, "RdBu_r", "recovery")
+    def sweep(site, labels):
+        zeros = np.zeros((2, len(labels)))
+        return PatchSweep(pair_kind="carry_flip", direction="denoise", site=site, mean=zeros, lo=zeros, hi=zeros,
+                          position_labels=labels, n_pairs=40, n_dropped=2)
+
+    prompt = ["BOS", "a2", "a1", "a0", "op", "b2", "b1", "b0", "="]
+    positions = prompt + [f"s{i}" for i in range(n_pos - 11)] + ["ans3", "ans2"]
+    sweeps = [sweep(site, positions) for site in ("resid_pre", "attn_out", "mlp_out")]
+    sweeps.append(sweep("head", ["H0", "H1", "H2", "H3"]))
+    task = {"task": "add", "with_steps": n_pos > 11}
+    (figure,) = F.patching_figures("figures/m/patching", SimpleNamespace(sweeps=sweeps), task)
+    fig = F.PLOTS[figure.plot](**figure.args)
     W, _ = fig.get_size_inches()
-    heatmaps = [ax for ax in fig.axes if ax.images and ax.get_title()]
-    assert len(heatmaps) == 4
+    assert W <= F.PAGE_W + 1e-6
+    heatmaps = [ax for ax in fig.axes if ax.images]
+    bars = [ax for ax in fig.axes if ax not in heatmaps]
+    columns = []
     for ax in heatmaps:
-        cell = ax.get_position().width * W / ax.images[0].get_array().shape[1]
-        size = max(t.get_fontsize() for t in ax.get_xticklabels())
-        assert cell >= 0.1 and size <= 0.95 * 72 * cell + 1e-9, (ax.get_title(), cell, size)
+        labels = [t.get_text() for t in ax.get_xticklabels()]
+        columns.append(labels)
+        cell = axes_inches(ax)[2] / len(labels)
+        assert cell >= F.MIN_COL - 1e-9, (ax.get_title(loc="left"), cell)
+        assert min(t.get_fontsize() for t in ax.get_xticklabels() + ax.get_yticklabels()) >= 9
+        for t in ax.get_xticklabels():  # a label across its column is upright unless it fits
+            assert t.get_rotation() == 90 or F._text_w(t.get_text()) <= 0.85 * cell
+    rows = {}
+    for ax in heatmaps:
+        x, y, w, h = axes_inches(ax)
+        rows.setdefault(round(y + h, 3), []).append(x + w)
+    assert len(bars) == len(rows)
+    for bar in bars:
+        x, y, w, h = axes_inches(bar)
+        right = max(rights for top, rights in ((t, max(r)) for t, r in rows.items()) if abs(top - (y + h)) < 1e-3)
+        assert 0 < x - right < 0.3  # beside the row, not at the far edge of the page
+    flat = [label for labels in columns for label in labels]
+    if n_pos == 51:
+        assert flat[9:19] == ["a", "+", "b", "+", "ci", "=", "d", "c", "co", ";|"]  # step 0 read by its roles
+        assert len(heatmaps) >= 3 and len(columns[0]) == 9 + 20  # prompt and two whole steps, then the rest
+    assert set(positions) - {l for l in positions if l.startswith("s")} <= set(flat)
 
 
 def test_examples_show_the_answer_as_a_number():

@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from reportgen.data.arithmetic import TARGET_ROLES, make_record, parse_problem, target_tokens
+from reportgen.data.arithmetic import TARGET_ROLES, make_record, parse_example, target_tokens
 from reportgen.data.dataset import count_questions, stratified_examples
 from reportgen.data.tokenizer import Tokenizer
 from reportgen.errors import ReportgenError
@@ -110,11 +110,12 @@ def distinct(records: list[dict]) -> list[dict]:
 
 
 def records_from_texts(texts: list[str], ckpt: Checkpoint) -> list[dict]:
-    """User examples ('59 + 73', '59+73=', '59 + 73 = 132') in the checkpoint's own format."""
+    """User examples ('59 + 73', '59+73=', '59 + 73 = 132', or as the report shows them in the
+    model's own format, e.g. '59+48=701' reversed) in the checkpoint's own format."""
     task = ckpt.task
     out = []
     for text in texts:
-        a, b, op = parse_problem(text, ops_allowed=task["task"])
+        a, b, op = parse_example(text, task)
         out.append(make_record(a, b, op, task["with_steps"], task["answer_order"]))
     return out
 

@@ -26,7 +26,7 @@ import random
 from dataclasses import dataclass
 from typing import Optional
 
-from reportgen.data.arithmetic import STEP_ROLES, STEP_WIDTH, make_record, target_tokens
+from reportgen.data.arithmetic import STEP_ROLES, STEP_TOKENS, STEP_WIDTH, make_record, target_tokens
 from reportgen.errors import ReportgenError
 
 PAIR_KINDS = ("carry_flip", "sum_flip", "operator_flip")
@@ -86,7 +86,6 @@ def digit_at(record: dict, n: int, role: str = "answer") -> Optional[tuple[int, 
 
 
 STEP_OFFSETS = {role: offset for offset, role in STEP_ROLES.items()}
-STEP_TOKENS = ("a", "op1", "b", "op2", "cin", "eq", "d", "c", "cout", "sep")  # by offset in an add/sub step
 
 
 def token_roles(record: dict) -> list[str]:

@@ -11,7 +11,6 @@ checking layers, tokenising) is validated before any forward pass.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
@@ -107,13 +106,14 @@ def analyze(ckpt: Checkpoint, cfg: AnalysisConfig, examples: Optional[list[str]]
 
 
 def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool = True) -> AnalysisFindings:
-    """The analyses of a prepared plan, with a progress bar on stderr (one step per analysis)."""
-    from tqdm import tqdm
+    """The analyses of a prepared plan, with progress on stderr (one step per analysis: a bar on a
+    terminal, a line per step elsewhere)."""
+    from reportgen.progress import progress as progress_bar
 
     model, tok, batch, on, seed = ckpt.model, ckpt.tokenizer, plan.batch, plan.enabled, cfg.seed
     n_layers = model.cfg.n_layers
     order = [a for a in ANALYSES if a in on]
-    bar = tqdm(total=len(order) + 2, desc="analyze", unit="step", file=sys.stderr, disable=not progress)
+    bar = progress_bar(len(order) + 2, "analyze", enabled=progress)
     bar.set_postfix_str("forward pass")
     _, cache = run_with_cache(model, batch)
     twins = untrained_twins(model, cfg.untrained_twins, seed)

@@ -38,7 +38,7 @@ def register(sub) -> None:
                    help="where to write (default: %(default)s); replaced only when the run succeeds")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--seed", type=int, help="seed of generated examples, splits and baselines (overrides the config)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
 
 

@@ -354,6 +354,7 @@ def predicting_positions(record: dict) -> list[tuple[int, int]]:
 # 'a_n+b_n+carry_in=digit c carry_out' ('-' and 'b' for subtraction), then ';' or '|'.
 STEP_ROLES = {0: "operand_a", 2: "operand_b", 4: "carry_in", 6: "sum_digit", 8: "carry_out"}
 STEP_WIDTH = 10  # characters of one step including its separator
+STEP_TOKENS = ("a", "op1", "b", "op2", "cin", "eq", "d", "c", "cout", "sep")  # every place of a step, in order
 TARGET_ROLES = ("answer", "operand_a", "operand_b", "carry_in", "sum_digit", "carry_out", "step")
 TARGET_ROLE_DESCRIPTIONS = {
     "answer": "a digit of the final answer",
@@ -452,9 +453,34 @@ def parse_problem(text: str, ops_allowed=None) -> tuple[int, int, str]:
     return a, b, op
 
 
+def parse_example(text: str, task: dict) -> tuple[int, int, str]:
+    """A user's example for a model of `task` (a dict with ``task``, ``with_steps`` and
+    ``answer_order``): a problem as :func:`parse_problem` reads it, or one followed by its answer
+    in the model's own format, as a report shows it (``59+48=701`` for reversed answers,
+    ``59+48=9+8+0=7c1;5+4+1=0c1;0+0+1=1c0|107`` with steps). Returns ``(a, b, op)``. A given
+    answer that is neither right as a number nor the model's own target is a ReportgenError
+    naming the problem, its answer and how the model writes it."""
+    norm = Tokenizer.normalize(text) if isinstance(text, str) else ""
+    head, _, given = norm.partition("=")
+    if not given:
+        return parse_problem(text, ops_allowed=task["task"])
+    _TOKENIZER.encode(norm, bos=False)  # unknown character -> error naming it and its position
+    a, b, op = parse_problem(head, ops_allowed=task["task"])
+    answer = apply_op(a, b, op)
+    written = make_record(a, b, op, bool(task.get("with_steps")), task.get("answer_order", "plain"))["target"]
+    if given not in (written, str(answer)):
+        what = "steps" if "|" in written and given.endswith(written[written.index("|"):]) else "answer"
+        own = f", which this model writes as {a}{op}{b}={written}" if written != str(answer) else ""
+        raise ReportgenError(
+            f"the {what} given in {text!r} {'are' if what == 'steps' else 'is'} wrong: {a}{op}{b}={answer}{own}; "
+            f"give the correct {what} or leave {'them' if what == 'steps' else 'it'} out"
+        )
+    return a, b, op
+
+
 __all__ = [
     "TASKS", "TASK_OPS", "OPS", "STRATA", "STRATUM_DESCRIPTIONS", "ANSWER_ORDERS", "CHARS",
     "apply_op", "stratum_of", "label_problem", "fast_stratum", "answer_text", "steps_text",
     "make_record", "predicting_positions", "target_tokens", "TARGET_ROLES", "TARGET_ROLE_DESCRIPTIONS",
-    "parse_problem", "task_of_ops",
+    "parse_example", "parse_problem", "task_of_ops",
 ]

@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 
 from reportgen.analysis.findings import Estimate, ExampleFindings, PatchSweep
-from reportgen.data.arithmetic import STRATA
+from reportgen.data.arithmetic import STEP_TOKENS, STRATA
 from reportgen.parallel import run_jobs
 
 RC = {
@@ -32,20 +32,22 @@ RC = {
     "svg.fonttype": "none",
     "pdf.fonttype": 3,
     "font.family": ["DejaVu Sans", "sans-serif"],  # SVG text falls back to a sans font where DejaVu is missing
-    "font.size": 8,
-    "axes.titlesize": 8.5,
-    "axes.labelsize": 8,
-    "xtick.labelsize": 7,
-    "ytick.labelsize": 7,
-    "legend.fontsize": 7,
+    "font.size": 9,  # the PDF's body text; the site shows figures at 1.25x, matching its 15 px text
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 9,
     "axes.spines.top": False,
     "axes.spines.right": False,
     "figure.dpi": 100,
     "savefig.dpi": 100,
     "image.interpolation": "nearest",
 }
+SITE_SCALE = 1.25
 SVG_META = {"Date": None, "Creator": "reportgen"}
 PDF_META = {"CreationDate": None, "ModDate": None, "Creator": "reportgen", "Producer": "reportgen"}
+ATTENTION_CMAP = "Blues"  # attention weights, in the static figures and the interactive viewer alike
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#7f7f7f", "#17becf"]
 METHOD_TEXT = {
     "mean": "mean ablation (activation replaced by its position-specific mean over a reference set)",
@@ -63,7 +65,9 @@ PAIR_TEXT = {
 
 @dataclass
 class ReportFigure:
-    """One figure: `key` is its path stem from the site root; `plot` names a function in PLOTS."""
+    """One figure: `key` is its path stem from the site root; `plot` names a function in PLOTS.
+    `caption` is a sentence or two; `details` the full definitions, given once per section (the
+    site folds them away, the PDF prints them under the caption)."""
 
     key: str
     plot: str
@@ -72,6 +76,14 @@ class ReportFigure:
     alt: str
     data: str
     data_ext: str = "csv"
+    details: str = ""
+    size: tuple[float, float] = ()  # (width, height) in pt once drawn, from the SVG
+
+    @property
+    def site_size(self) -> tuple[int, int]:
+        """Width and height in CSS px at which the site shows the figure: 1.25x its size, as the site's
+        15 px body text is 1.25x the PDF's 9 pt, so labels keep body-text size in both."""
+        return tuple(round(v * 4 / 3 * SITE_SCALE) for v in self.size)
 
     @property
     def svg(self) -> str:
@@ -97,6 +109,18 @@ def render_figures(figures: list[ReportFigure], out_dir: Path, workers: Optional
     import matplotlib.backends.backend_svg  # noqa: F401
 
     run_jobs([functools.partial(_draw, (f.plot, f.args, str(out_dir / f.key))) for f in figures], workers, min_jobs=8)
+    for f in figures:
+        f.size = svg_size(out_dir / f.svg)
+
+
+def svg_size(path: Path) -> tuple[float, float]:
+    """(width, height) in pt of an SVG matplotlib wrote (its root element's attributes)."""
+    import re
+
+    with open(path, encoding="utf-8") as fh:
+        head = fh.read(2000)
+    found = re.search(r'<svg[^>]*\bwidth="([\d.]+)pt"[^>]*\bheight="([\d.]+)pt"', head)
+    return (float(found[1]), float(found[2])) if found else ()
 
 
 def _draw(job: tuple[str, dict, str]) -> None:
@@ -112,8 +136,18 @@ def _draw(job: tuple[str, dict, str]) -> None:
     Path(stem + ".pdf").write_bytes(pdf.getvalue())
 
 
+@functools.lru_cache(maxsize=None)
+def colour_stops(cmap: str, n: int = 9) -> tuple[str, ...]:
+    """`n` evenly spaced colours of a matplotlib colour map as '#rrggbb', for the site's script to
+    interpolate between: the viewer then shows weights in the static figures' colours."""
+    import matplotlib
+
+    cm = matplotlib.colormaps[cmap]
+    return tuple(matplotlib.colors.to_hex(cm(i / (n - 1))) for i in range(n))
+
+
 # ---------------------------------------------------------------- plotting functions
-CHAR = 0.058  # inches per character of a 7 pt tick label, for margins computed without a layout engine
+PAGE_W = 6.8  # inches: the widest figure (the PDF's text width; the site shows it at 1.25x)
 
 
 def _figure(w: float, h: float):
@@ -129,18 +163,29 @@ def _axes(fig, x: float, y: float, w: float, h: float):
     return fig.add_axes((x / W, y / H, w / W, h / H))
 
 
-def _longest(labels) -> int:
-    return max((len(str(l)) for l in labels), default=1)
+_EM = {**dict.fromkeys("0123456789", 0.636), **dict.fromkeys("+=<>−×±", 0.838), **dict.fromkeys(";:|.,'", 0.337),
+       " ": 0.318, "_": 0.5, "-": 0.361, "(": 0.39, ")": 0.39, "*": 0.5, "i": 0.278, "l": 0.278, "j": 0.278,
+       "r": 0.411, "t": 0.392, "f": 0.352, "m": 0.974, "w": 0.818, "M": 0.863, "W": 0.989}  # DejaVu Sans advances
+
+
+def _text_w(text, size: float = 9.0) -> float:
+    """Width in inches of `text` in DejaVu Sans at `size` pt (advance widths, no kerning): margins are
+    computed by hand, without a layout engine."""
+    return sum(_EM.get(ch, 0.62 if ch.islower() else 0.7) for ch in str(text)) * size / 72
+
+
+def _widest(labels) -> float:
+    return max((_text_w(l) for l in labels), default=0.1)
 
 
 def _xlabel_room(labels, rotation: int) -> float:
     """Height in inches that x tick labels need at a rotation of 0, 45, 60 or 90 degrees."""
     sin = {0: 0.0, 45: 0.71, 60: 0.87, 90: 1.0}[rotation]
-    return 0.3 + CHAR * _longest(labels) * sin
+    return 0.3 + _widest(labels) * sin
 
 
 def _rotation(labels, width_per_label: float) -> int:
-    return 0 if CHAR * _longest(labels) < 0.9 * width_per_label else 45
+    return 0 if _widest(labels) < 0.9 * width_per_label else 45
 
 
 def _arr(values) -> np.ndarray:
@@ -159,8 +204,8 @@ def _top_legend(fig, ax, ncols: int) -> None:
 
 
 def plot_training(steps, train_loss, val_exact_match):
-    fig = _figure(6.4, 2.6)
-    ax = _axes(fig, 0.85, 0.5, 6.4 - 0.85 - 0.75, 2.6 - 0.5 - 0.15)
+    fig = _figure(6.4, 3.0)
+    ax = _axes(fig, 0.85, 0.55, 6.4 - 0.85 - 0.8, 3.0 - 0.55 - 0.15)
     loss = _arr(train_loss)
     lines = ax.plot(steps, loss, color=COLORS[0], lw=1.2, label="train loss")
     finite = loss[np.isfinite(loss)]
@@ -237,7 +282,7 @@ def plot_lines(xlabels, series, ylabel, xlabel="", ylim=(0.0, 1.0)):
     _draw_lines(ax, xlabels, series, ylim, rotation)
     ax.set_ylabel(ylabel)
     ax.set_xlabel(xlabel)
-    ax.legend(frameon=False, fontsize=6.5, loc="best")
+    ax.legend(frameon=False, loc="best")
     return fig
 
 
@@ -250,7 +295,7 @@ def plot_line_panels(panels, ylabel, xlabel="", ylim=(0.0, 1.0)):
     all_labels = [l for p in panels for l in p["xlabels"]]
     rotation = _rotation(all_labels, panel_w / max(max(len(p["xlabels"]) for p in panels), 1))
     below = _xlabel_room(all_labels, rotation) + (0.2 if xlabel else 0)
-    gap_y, legend, top = below + 0.3, 0.35, 0.25
+    gap_y, legend, top = below + 0.3, 0.6, 0.25
     height = legend + rows * panel_h + (rows - 1) * gap_y + below + top
     fig = _figure(width, height)
     first = None
@@ -267,122 +312,190 @@ def plot_line_panels(panels, ylabel, xlabel="", ylim=(0.0, 1.0)):
         ax.set_xlabel(xlabel)
         first = first or ax
     fig.legend(*first.get_legend_handles_labels(), loc="lower center", bbox_to_anchor=(0.5, 0.0), frameon=False,
-               ncols=5)
+               ncols=3)
     return fig
 
 
-MIN_CELL = 0.13  # inches: narrower heatmap columns cannot carry a 7 pt tick label each
+MIN_COL, MAX_COL = 0.15, 0.3  # inches per heatmap column: narrower cannot carry a 9 pt label each
+CBAR_W = 0.95  # inches right of a row of heatmaps for its colour bar, ticks and label
 
 
 def plot_heatmaps(panels, vmin, vmax, cmap, cbar_label, annotate=False):
-    """Side-by-side heatmaps sharing one colour scale; NaN cells (no data) are grey. Panels too
-    wide to sit side by side with legible columns (e.g. 50 token positions) are stacked instead,
-    each as wide as the page, with smaller labels where they need it."""
+    """Heatmaps sharing one colour scale, in rows no wider than the page, each row with its colour
+    bar right beside its last panel. A panel too wide for a row at legible columns (e.g. 51 token
+    positions of a scratchpad model) is split at its column groups (`groups`: (label, start, end)
+    runs such as one scratchpad step, named under the axis) into segments on successive rows.
+    `row_breaks` draws a line above those rows (e.g. between patched sites). Labels too wide for
+    their column are turned upright. NaN cells (no data) are grey."""
     import matplotlib
 
     cm = matplotlib.colormaps[cmap].with_extremes(bad="#d9d9d9")
-    n_rows = max(len(p["ylabels"]) for p in panels)
+    ylabel_w = 0.15 + _widest(l for p in panels for l in p["ylabels"])
     shared_y = all(p["ylabels"] == panels[0]["ylabels"] for p in panels)
-    ylabel_w = 0.12 + CHAR * _longest(l for p in panels for l in p["ylabels"])
-    all_x = [l for p in panels for l in p["xlabels"]]
-    rotation = 90 if _longest(all_x) > 2 else 0
-    bottom, top, right, gap = _xlabel_room(all_x, rotation), 0.3, 1.05, 0.2
-    cell_w = min(0.3, (6.8 - ylabel_w - right - len(panels) * (gap + (0 if shared_y else ylabel_w))) / len(all_x))
+    gap = lambda p: 0.25 + (0 if shared_y else 0.15 + _widest(p["ylabels"]))  # noqa: E731  before a panel in a row
+    avail = PAGE_W - ylabel_w - CBAR_W
+    pieces = [piece for p in panels for piece in _segments(p, int(avail // MIN_COL))]
+    fewest = len(_flow(pieces, MIN_COL, gap, avail))
+    widest = max(len(p["xlabels"]) for p in pieces)
+    cell_w = next((c for c in np.arange(MAX_COL, MIN_COL, -0.01)
+                   if widest * c <= avail and len(_flow(pieces, c, gap, avail)) == fewest), MIN_COL)
+    rows = _flow(pieces, cell_w, gap, avail)
+    n_rows = max(len(p["ylabels"]) for p in panels)
     cell_h = min(max(0.3, 1.0 / n_rows), 3.6 / n_rows)  # at least an inch tall, at most 3.6
-    if cell_w < MIN_CELL:
-        return _stacked_heatmaps(panels, vmin, vmax, cm, cbar_label, ylabel_w, cell_h, rotation)
-    widths = [cell_w * len(p["xlabels"]) for p in panels]
-    inner = sum(widths) + (len(panels) - 1) * (gap + (0 if shared_y else ylabel_w))
-    width, height = ylabel_w + inner + right, bottom + cell_h * n_rows + top
+    title = 0.32 if any(p.get("title") for p in pieces) else 0.1
+    upright = lambda label: _text_w(label) > 0.85 * cell_w  # noqa: E731
+    layouts = []
+    for row in rows:
+        labels = [l for p in row for l in p["xlabels"]]
+        below = 0.22 + max([_text_w(l) for l in labels if upright(l)] + [0.13])
+        below += 0.25 if any(p.get("groups") for p in row) else 0.0
+        layouts.append((row, below, cell_h * max(len(p["ylabels"]) for p in row)))
+    width = ylabel_w + max(sum(len(p["xlabels"]) * cell_w + gap(p) * (i > 0) for i, p in enumerate(row))
+                           for row in rows) + CBAR_W
+    height = sum(title + h + below for _, below, h in layouts) + 0.05
     fig = _figure(width, height)
-    x = ylabel_w
-    im = None
-    for i, (p, w) in enumerate(zip(panels, widths)):
-        m = np.asarray(p["matrix"], dtype=float)
-        ax = _axes(fig, x, bottom + cell_h * (n_rows - m.shape[0]), w, cell_h * m.shape[0])
-        im = ax.imshow(np.ma.masked_invalid(m), cmap=cm, vmin=vmin, vmax=vmax, aspect="auto")
-        ax.set_xticks(range(m.shape[1]), p["xlabels"], rotation=rotation)
-        ax.set_yticks(range(m.shape[0]), p["ylabels"] if (i == 0 or not shared_y) else [])
-        ax.tick_params(length=0)
-        ax.set_title(p["title"])
-        ax.spines[:].set_visible(False)
-        if annotate:
-            for (r, c), v in np.ndenumerate(m):
-                if math.isfinite(v):
-                    ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6,
-                            color="white" if (v - vmin) / (vmax - vmin) > 0.6 else "black")
-        x += w + gap + (0 if shared_y else ylabel_w)
-    cax = _axes(fig, width - right + 0.15, bottom, 0.12, cell_h * n_rows)
-    fig.colorbar(im, cax=cax, label=cbar_label)
+    y = height
+    for row, below, row_h in layouts:
+        y -= title + row_h
+        x = ylabel_w
+        for i, p in enumerate(row):
+            x += gap(p) if i else 0.0
+            m = np.asarray(p["matrix"], dtype=float)
+            w = cell_w * m.shape[1]
+            ax = _axes(fig, x, y + row_h - cell_h * m.shape[0], w, cell_h * m.shape[0])
+            im = ax.imshow(np.ma.masked_invalid(m), cmap=cm, vmin=vmin, vmax=vmax, aspect="auto")
+            ax.set_xticks(range(m.shape[1]), p["xlabels"])
+            for t in ax.get_xticklabels():
+                t.set_rotation(90 if upright(t.get_text()) else 0)
+            ax.set_yticks(range(m.shape[0]), p["ylabels"] if (i == 0 or not shared_y) else [])
+            ax.tick_params(length=0)
+            ax.set_title(p.get("title", ""), loc="left")
+            ax.spines[:].set_visible(False)
+            _column_groups(ax, p.get("groups") or [], below)
+            for r in p.get("row_breaks") or []:
+                ax.axhline(r - 0.5, color="0.2", lw=1.0)
+            if annotate and cell_w >= 0.3:
+                for (r, c), v in np.ndenumerate(m):
+                    if math.isfinite(v):
+                        ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7.5,
+                                color="white" if (v - vmin) / (vmax - vmin) > 0.6 else "black")
+            x += w
+        cax = _axes(fig, x + 0.15, y + row_h - min(row_h, 3.6), 0.12, min(row_h, 3.6))
+        bar = fig.colorbar(im, cax=cax, label=cbar_label)
+        if row_h < 1.2:  # a short bar holds three ticks
+            bar.set_ticks([vmin, (vmin + vmax) / 2, vmax])
+        y -= below
     return fig
 
 
-def _stacked_heatmaps(panels, vmin, vmax, cm, cbar_label, ylabel_w, cell_h, rotation):
-    """plot_heatmaps with one panel per row, each as wide as the page allows (tick labels shrink
-    to fit their columns, down to 5 pt)."""
-    right, top, title = 1.05, 0.1, 0.3
-    span = 6.8 - ylabel_w - right
-    rows = []
-    for p in panels:
-        w = min(0.3, span / len(p["xlabels"]))
-        size = max(5.0, min(7.0, 0.9 * 72 * w))
-        room = 0.3 + CHAR * size / 7 * _longest(p["xlabels"]) * (1.0 if rotation == 90 else 0.0)
-        rows.append((p, w, size, room, cell_h * len(p["ylabels"])))
-    height = top + sum(title + h + room for _, _, _, room, h in rows)
-    fig = _figure(6.8, height)
-    y, im = height - top, None
-    for p, w, size, room, h in rows:
-        y -= title + h
-        m = np.asarray(p["matrix"], dtype=float)
-        ax = _axes(fig, ylabel_w, y, w * m.shape[1], h)
-        im = ax.imshow(np.ma.masked_invalid(m), cmap=cm, vmin=vmin, vmax=vmax, aspect="auto")
-        ax.set_xticks(range(m.shape[1]), p["xlabels"], rotation=rotation, fontsize=size)
-        ax.set_yticks(range(m.shape[0]), p["ylabels"])
-        ax.tick_params(length=0)
-        ax.set_title(p["title"])
-        ax.spines[:].set_visible(False)
-        y -= room
-    cax = _axes(fig, 6.8 - right + 0.15, y + rows[-1][3], 0.12, height - top - title - y - rows[-1][3])
-    fig.colorbar(im, cax=cax, label=cbar_label)
-    return fig
+def _segments(panel: dict, max_cols: int) -> list[dict]:
+    """`panel` as one piece, or split into pieces of at most `max_cols` columns at its groups'
+    boundaries (evenly where a single group is wider); later pieces are titled '... (cont.)'."""
+    n = len(panel["xlabels"])
+    if n <= max_cols:
+        return [panel]
+    groups = panel.get("groups") or [("", i, min(n, i + max_cols)) for i in range(0, n, max_cols)]
+    cuts, start = [0], 0
+    for _, g0, g1 in groups:
+        if g1 - start > max_cols and g0 > start:
+            cuts.append(g0)
+            start = g0
+        while g1 - start > max_cols:
+            start += max_cols
+            cuts.append(start)
+    while n - start > max_cols:  # columns after the last group
+        start += max_cols
+        cuts.append(start)
+    cuts.append(n)
+    out = []
+    for k, (a, b) in enumerate(zip(cuts, cuts[1:])):
+        m = np.asarray(panel["matrix"], dtype=float)[:, a:b]
+        title = panel.get("title", "")
+        out.append({**panel, "title": title + (" (cont.)" if k and title else ""), "matrix": m,
+                    "xlabels": panel["xlabels"][a:b],
+                    "groups": [(lab, max(g0, a) - a, min(g1, b) - a) for lab, g0, g1 in panel.get("groups") or []
+                               if g0 < b and g1 > a]})
+    return out
+
+
+def _flow(pieces: list[dict], cell_w: float, gap, avail: float) -> list[list[dict]]:
+    """Pieces placed left to right, `gap(piece)` inches before each but the first of a row, a new
+    row when the next would pass `avail` inches."""
+    rows, used = [[]], 0.0
+    for p in pieces:
+        w = len(p["xlabels"]) * cell_w
+        if rows[-1] and used + gap(p) + w > avail:
+            rows.append([])
+            used = 0.0
+        used += (gap(p) if rows[-1] else 0.0) + w
+        rows[-1].append(p)
+    return rows
+
+
+def _column_groups(ax, groups, below: float) -> None:
+    """Each group's name centred under its columns, at the foot of the tick labels, and a line
+    between neighbouring groups."""
+    if not groups:
+        return
+    H = ax.figure.get_size_inches()[1]
+    h = ax.get_position().height * H
+    for label, g0, g1 in groups:
+        if label:
+            ax.text((g0 + g1 - 1) / 2, -(below - 0.08) / h, label, transform=ax.get_xaxis_transform(),
+                    ha="center", va="bottom", color="0.25")
+        if g0 > 0:
+            ax.axvline(g0 - 0.5, color="0.35", lw=0.6)
 
 
 def plot_attention(tokens, weights, answer_positions, layer):
-    """All heads of one layer for one example. Token labels are drawn once, on the first panel of
-    each row (every panel has the same axes): text is most of the drawing time."""
+    """All heads of one layer for one example, labels drawn once, on the first panel of each row
+    (text is most of the drawing time). Up to 27 tokens every token is labelled at 9 pt (upright
+    under the panel, 0.11 in apart: four panels of a 12-token input fit the page); a longer
+    input (a scratchpad) is labelled by its runs (prompt, each step, answer) with lines between
+    them, and red marks at the rows predicting answer digits."""
     import matplotlib
 
     w = np.asarray(weights, dtype=float)
     n_heads, n_pos = w.shape[0], w.shape[-1]
-    panel = min(0.11 * n_pos, 3.0)  # long inputs (written steps) get smaller cells and labels
-    fontsize = min(6.0, 0.85 * 72 * panel / n_pos)
-    cols = min(n_heads, 4 if panel <= 1.6 else 2)
+    per_token = n_pos <= 27
+    groups = [] if per_token else token_groups(tokens)
+    names = tokens if per_token else [g[0] for g in groups]
+    label_w = (0.08 if per_token else 0.14) + _widest(names)
+    below = 0.15 + _widest(names)
+    gap, top, right = 0.1, 0.3, 0.8
+    panel = max(1.25, 0.11 * n_pos) if per_token else min(3.0, (PAGE_W - label_w - gap - right) / 2)
+    cols = min(n_heads, 4 if label_w + 4 * panel + 3 * gap + right <= PAGE_W else 2)
     rows = math.ceil(n_heads / cols)
-    label_w = 0.12 + CHAR * fontsize / 7 * _longest(tokens)
-    gap, top, right = 0.15, 0.25, 0.75
     width = label_w + cols * panel + (cols - 1) * gap + right
-    height = rows * (panel + label_w + top)
+    height = rows * (panel + top) + below
     fig = _figure(width, height)
     future = np.triu(np.ones((n_pos, n_pos), bool), 1)
-    cm = matplotlib.colormaps["Blues"].with_extremes(bad="white")
+    cm = matplotlib.colormaps[ATTENTION_CMAP].with_extremes(bad="white")
     answer = set(answer_positions)
     im = None
     for h in range(n_heads):
         r, c = divmod(h, cols)
-        ax = _axes(fig, label_w + c * (panel + gap), height - (r + 1) * (panel + top) - r * label_w, panel, panel)
+        y = height - (r + 1) * (panel + top) - (below if r else 0)
+        ax = _axes(fig, label_w + c * (panel + gap), y, panel, panel)
         im = ax.imshow(np.ma.masked_array(w[h], future), cmap=cm, vmin=0, vmax=1)
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_title(f"L{layer}H{h}", fontsize=8, pad=3)
+        ax.set_title(f"L{layer}H{h}", pad=3)
+        for _, g0, _ in groups[1:]:
+            ax.axhline(g0 - 0.5, color="0.6", lw=0.4)
+            ax.axvline(g0 - 0.5, color="0.6", lw=0.4)
         if c == 0:
-            xt, yt = ax.get_xaxis_transform(), ax.get_yaxis_transform()
-            for j, tok in enumerate(tokens):
-                strong = {"color": COLORS[3], "weight": "bold"} if j in answer else {}
-                ax.text(j, -0.02, tok, transform=xt, ha="center", va="top", rotation=90, fontsize=fontsize)
-                ax.text(-0.03, j, tok, transform=yt, ha="right", va="center", fontsize=fontsize, **strong)
-    cax = _axes(fig, width - right + 0.15, height - panel - top, 0.1, panel)
+            _token_axes(ax, tokens, groups, answer, r == 0, panel)
+    cax = _axes(fig, width - right + 0.15, height - panel - top, 0.12, panel)
     fig.colorbar(im, cax=cax, label="attention weight")
     return fig
+
+
+CHAR = 0.058  # inches per character of a 7 pt tick label, for margins computed without a layout engine
+
+
+def _longest(labels) -> int:
+    return max((len(str(l)) for l in labels), default=1)
 
 
 def plot_column_view(panels, xlabels, ylabels, ncols, breaks=()):
@@ -433,13 +546,49 @@ def plot_column_view(panels, xlabels, ylabels, ncols, breaks=()):
     return fig
 
 
+def _token_axes(ax, tokens, groups, answer, first_row: bool, panel: float) -> None:
+    """Token labels left of a panel (and under it on the first row): each token, or each run of
+    tokens with red marks at the answer-predicting rows between the labels and the panel."""
+    xt, yt = ax.get_xaxis_transform(), ax.get_yaxis_transform()
+    inch = 1 / panel  # axes fraction per inch
+    red = {"color": COLORS[3], "weight": "bold"}
+    if not groups:
+        for j, tok in enumerate(tokens):
+            ax.text(-0.04 * inch, j, tok, transform=yt, ha="right", va="center", **(red if j in answer else {}))
+            if first_row:
+                ax.text(j, -0.03 * inch, tok, transform=xt, ha="center", va="top", rotation=90)
+        return
+    for label, g0, g1 in groups:
+        ax.text(-0.1 * inch, (g0 + g1 - 1) / 2, label, transform=yt, ha="right", va="center")
+        if first_row:
+            ax.text((g0 + g1 - 1) / 2, -0.03 * inch, label, transform=xt, ha="center", va="top", rotation=90)
+    for j in answer:
+        ax.plot([-0.08 * inch, -0.02 * inch], [j, j], transform=yt, color=COLORS[3], lw=1.5, clip_on=False)
+
+
+def token_groups(tokens) -> list[tuple[str, int, int]]:
+    """Runs of a long input read as units, each (its text, start, end): BOS, the prompt (through
+    the first '='), each scratchpad step (through ';' or '|'), then the answer with EOS."""
+    runs, start = [], 0
+    for j, tok in enumerate(tokens):
+        prompt_end = tok == "=" and len(runs) <= 1
+        if tok == "BOS" or tok in (";", "|") or prompt_end or j == len(tokens) - 1:
+            runs.append((start, j + 1))
+            start = j + 1
+    return [(_run_text(tokens[a:b]), a, b) for a, b in runs]
+
+
+def _run_text(run: list[str]) -> str:
+    return "".join(run[:-1]) + " EOS" if len(run) > 1 and run[-1] == "EOS" else "".join(run)
+
+
 def plot_lens_example(layer_labels, digit_labels, prob, top):
     """P(correct digit) per layer (rows) and answer digit (columns), annotated with the top digit."""
     import matplotlib
 
     p = np.asarray(prob, dtype=float)
     n_layers, n_digits = p.shape
-    cell_w, cell_h, left, right, bottom, top_m = 0.75, 0.36, 0.6, 1.0, 0.35, 0.1
+    cell_w, cell_h, left, right, bottom, top_m = 0.85, 0.42, 0.65, 1.05, 0.4, 0.1
     width, height = left + n_digits * cell_w + right, bottom + n_layers * cell_h + top_m
     fig = _figure(width, height)
     ax = _axes(fig, left, bottom, n_digits * cell_w, n_layers * cell_h)
@@ -447,7 +596,7 @@ def plot_lens_example(layer_labels, digit_labels, prob, top):
     im = ax.imshow(np.ma.masked_invalid(p), cmap=cm, vmin=0, vmax=1, aspect="auto")
     for (i, j), v in np.ndenumerate(p):
         text = f"{v:.2f}\ntop {int(top[i][j])}" if math.isfinite(v) else "n/a"
-        ax.text(j, i, text, ha="center", va="center", fontsize=6, color="black" if v > 0.6 else "white")
+        ax.text(j, i, text, ha="center", va="center", fontsize=8, color="black" if v > 0.6 else "white")
     ax.set_xticks(range(n_digits), digit_labels)
     ax.set_yticks(range(n_layers), layer_labels)
     ax.tick_params(length=0)
@@ -675,8 +824,10 @@ def fmt_margin(x: float) -> str:
     return f"{x:g}" if math.isfinite(x) else "the margin"
 
 
-def patching_figures(key: str, patching) -> list[ReportFigure]:
-    """One figure per (pair kind, direction), a panel per patched site."""
+def patching_figures(key: str, patching, task: Optional[dict] = None) -> list[ReportFigure]:
+    """One figure per (pair kind, direction), a panel per patched site; the first carries the
+    definitions for all of them. Scratchpad positions are named and grouped by step (see
+    position_axis), so a long input splits into readable rows."""
     groups: dict[tuple[str, str, str], list[PatchSweep]] = {}
     for s in patching.sweeps:
         groups.setdefault((s.pair_kind, s.target, s.direction), []).append(s)
@@ -684,15 +835,18 @@ def patching_figures(key: str, patching) -> list[ReportFigure]:
     out = []
     for (kind, target, direction), sweeps in sorted(groups.items(), key=lambda kv: (pair_rank(kv[0][0]), kv[0][1:])):
         sweeps.sort(key=lambda s: site_order.index(s.site) if s.site in site_order else len(site_order))
-        panels = [{"title": s.site, "matrix": s.mean, "xlabels": list(s.position_labels),
-                   "ylabels": [f"L{l}" for l in range(np.asarray(s.mean).shape[0])]} for s in sweeps]
+        panels = [_sites_panel(same, task) for same in _by_axis(sweeps)]
         n_pairs, n_dropped = sweeps[0].n_pairs, sweeps[0].n_dropped
         metric = "recovery" if direction == "denoise" else "damage"
+        counts = "; ".join(sorted({f"{s.n_pairs} pairs used, {s.n_dropped} dropped" for s in sweeps}))
+        read = "" if target == "answer" else f" read at the scratchpad's {target.replace('_', ' ')} token"
+        caption = (f"Activation patching on {PAIR_SHORT.get(kind, kind + ' pairs')}{read}, {direction}: {metric} per "
+                   f"layer and token position, one panel per patched site ({counts}; grey: no pair left).")
         where = "" if target == "answer" else f"-at-{target}"
         out.append(ReportFigure(
             f"{key}-{kind}{where}-{direction}", "heatmaps",
             {"panels": panels, "vmin": -1.0, "vmax": 1.0, "cmap": "RdBu_r", "cbar_label": metric},
-            patch_caption(kind, direction, sweeps, target),
+            caption + ("" if not out else " Definitions under the first patching figure of this section."),
             f"Heatmaps of activation patching {metric} per layer and position for {kind} pairs"
             + ("" if target == "answer" else f", read at the scratchpad's {target} token") + ".",
             to_json({"pair_kind": kind, "target": target, "direction": direction, "metric": metric, "n_pairs": n_pairs,
@@ -700,8 +854,72 @@ def patching_figures(key: str, patching) -> list[ReportFigure]:
                      "sites": {s.site: {"position_labels": s.position_labels, "mean": s.mean, "lo": s.lo, "hi": s.hi}
                                for s in sweeps}}),
             "json",
+            "" if out else patch_details(patching.sweeps, task),
         ))
     return out
+
+
+def _by_axis(sweeps: list[PatchSweep]) -> list[list[PatchSweep]]:
+    """Sweeps grouped by their columns (token positions, or heads), in order of first appearance."""
+    groups: dict[tuple, list[PatchSweep]] = {}
+    for s in sweeps:
+        groups.setdefault(tuple(s.position_labels), []).append(s)
+    return list(groups.values())
+
+
+def _sites_panel(sweeps: list[PatchSweep], task: Optional[dict]) -> dict:
+    """One heatmap for sweeps over the same columns: a row per (site, layer), a line between sites,
+    so the position labels are written once for all of them."""
+    xlabels, groups = position_axis(list(sweeps[0].position_labels), task)
+    mats = [np.asarray(s.mean, dtype=float) for s in sweeps]
+    ylabels = [f"{s.site} L{l}" if l == 0 else f"L{l}" for s, m in zip(sweeps, mats) for l in range(m.shape[0])]
+    breaks = list(np.cumsum([m.shape[0] for m in mats])[:-1])
+    heads = all(s.site == "head" for s in sweeps)
+    return {"title": "per head" if heads else "per token position", "matrix": np.vstack(mats), "xlabels": xlabels,
+            "groups": groups, "ylabels": ylabels, "row_breaks": [int(b) for b in breaks]}
+
+
+PAIR_SHORT = {"carry_flip": "carry-flip pairs", "sum_flip": "sum-flip pairs", "operator_flip": "operator-flip pairs"}
+STEP_TEXT = ("Scratchpad positions are grouped by step, step n working answer column n ('9+3+0=2c1;'): a and b "
+             "its operand digits, the operator, ci and co (bi and bo) the carry (borrow) in and out, d the column's "
+             "digit, c (b) the letter before the carry out ('cb' where both occur, 'op' for either operator) and "
+             "';|' the separator (';' between steps, '|' before the answer).")
+
+
+def position_axis(labels: list[str], task: Optional[dict]) -> tuple[list[str], list[tuple[str, int, int]]]:
+    """Column labels and groups for a patching panel. Scratchpad roles of + and - steps
+    ('s1.cin': step 1's carry in; pairs.token_roles) are named by what they hold and grouped per
+    step (its answer column); a multiplication scratchpad's ('s17': the target's 18th character)
+    in tens; the prompt and the answer are groups of their own. Other labels are kept."""
+    steps = [i for i, lab in enumerate(labels) if len(lab) > 1 and lab[0] == "s" and lab[1].isdigit()]
+    if not steps:
+        return labels, []
+    names = STEP_ROLES.get((task or {}).get("task", ""), STEP_ROLES["add"])
+    out, groups = list(labels), []
+    first, last = steps[0], steps[-1] + 1
+    if first:
+        groups.append(("prompt", 0, first))
+    for i in steps:
+        step, _, place = labels[i][1:].partition(".")
+        if place:
+            out[i] = names[STEP_TOKENS.index(place)]
+            name = f"column {step}"
+        else:
+            name = f"s{10 * (int(step) // 10)}–s{10 * (int(step) // 10) + 9}"
+        if groups and groups[-1][0] == name and groups[-1][2] == i:
+            groups[-1] = (name, groups[-1][1], i + 1)
+        else:
+            groups.append((name, i, i + 1))
+    if last < len(labels):
+        groups.append(("answer", last, len(labels)))
+    return out, groups
+
+
+STEP_ROLES = {  # what each place of a step holds, in pairs.STEP_TOKENS order ('9+3+0=2c1;', data.steps_text)
+    "add": ["a", "+", "b", "+", "ci", "=", "d", "c", "co", ";|"],
+    "sub": ["a", "−", "b", "−", "bi", "=", "d", "b", "bo", ";|"],
+    "addsub": ["a", "op", "b", "op", "ci", "=", "d", "cb", "co", ";|"],
+}
 
 
 def pair_rank(kind: str) -> tuple[int, str]:
@@ -709,26 +927,31 @@ def pair_rank(kind: str) -> tuple[int, str]:
     return (order.index(kind) if kind in order else len(order), kind)
 
 
-def patch_caption(kind: str, direction: str, sweeps: list[PatchSweep], target: str = "answer") -> str:
-    pairs = PAIR_TEXT.get(kind, f"{kind} pairs")
-    if target != "answer":
-        pairs += f", read at the scratchpad's {target} token (the step digit the flip changes) instead of the answer"
-    sites = ", ".join(f"{s.site}: {SITE_TEXT.get(s.site, s.site)}" for s in sweeps)
-    counts = "; ".join(sorted({f"{s.n_pairs} pairs used, {s.n_dropped} dropped" for s in sweeps}))
-    if direction == "denoise":
-        what = ("Denoising: the clean run's activation at one (layer, position) is patched into the corrupted run. "
-                "Recovery = (LD_patched − LD_corrupt)/(LD_clean − LD_corrupt); 1 = clean behaviour restored, "
-                "0 = no effect")
-    else:
-        what = ("Noising: the corrupted run's activation at one (layer, position) is patched into the clean run. "
-                "Damage = (LD_clean − LD_patched)/(LD_clean − LD_corrupt); 1 = the patch alone gives the corrupted "
-                "behaviour, 0 = no effect")
-    return (f"Activation patching on {pairs}. {what}; LD = logit(correct digit) − logit(counterfactual digit) at the "
-            f"position predicting the affected answer digit, mean over pairs. Positions are token roles (a1: a's tens "
-            f"digit, ans0: the answer's units digit, s…: scratchpad), so pairs aimed at different answer columns are "
-            f"averaged role by role; each run reads its own answer (teacher forced), so answer digits written before "
-            f"the affected one may differ between the runs too. Panels: {sites}. {counts} (a pair is "
-            f"dropped when |LD_clean − LD_corrupt| is too small to normalise by); grey cells: no pair left.")
+def patch_details(sweeps: list[PatchSweep], task: Optional[dict] = None) -> str:
+    """The definitions behind every patching figure of a model, said once."""
+    kinds = sorted({s.pair_kind for s in sweeps}, key=pair_rank)
+    directions = sorted({s.direction for s in sweeps})
+    sites = "; ".join(f"{site}: {SITE_TEXT.get(site, site)}" for site in dict.fromkeys(s.site for s in sweeps))
+    parts = ["Pairs: " + "; ".join(PAIR_TEXT.get(k, f"{k} pairs") for k in kinds) + "."]
+    if "denoise" in directions:
+        parts.append("Denoising: the clean run's activation at one (layer, position) is patched into the corrupted "
+                     "run; recovery = (LD_patched − LD_corrupt)/(LD_clean − LD_corrupt), 1 = clean behaviour "
+                     "restored, 0 = no effect.")
+    if "noise" in directions:
+        parts.append("Noising: the corrupted run's activation is patched into the clean run; damage = (LD_clean − "
+                     "LD_patched)/(LD_clean − LD_corrupt), 1 = the patch alone gives the corrupted behaviour, 0 = no "
+                     "effect.")
+    parts.append("LD = logit(correct digit) − logit(counterfactual digit) at the position predicting the affected "
+                 "answer digit, mean over pairs; a pair is dropped when |LD_clean − LD_corrupt| is too small to "
+                 "normalise by. Positions are token roles (a1: a's tens digit, op: the operator, ans0: the answer's "
+                 "units digit), so pairs aimed at different answer columns are averaged role by role; each run reads "
+                 "its own answer (teacher forced), so answer digits written before the affected one may differ "
+                 "between the runs too.")
+    if any(position_axis(list(s.position_labels), task)[1] for s in sweeps):
+        parts.append(STEP_TEXT if STEP_ROLES.get((task or {}).get("task", "")) else
+                     "Scratchpad positions (s<k>: the k-th character of the target) are grouped in tens.")
+    parts.append(f"Sites: {sites}.")
+    return " ".join(parts)
 
 
 # Where a carry flows, stage by stage: (target role, the token the flip changes first, the token read).
@@ -784,15 +1007,15 @@ def lens_figure(key: str, lens) -> ReportFigure:
     return ReportFigure(
         key, "lines",
         {"xlabels": list(lens.layer_labels), "series": series, "ylabel": "P(correct digit)", "xlabel": "decoded after"},
-        "Logit lens: probability of the correct digit (softmax over the ten digits) when the residual stream is "
-        "decoded early, logits_l = W_U · LN_final(x_l) + b_U with LN_final recomputing its statistics on x_l; "
-        "teacher forced at the positions predicting answer digits, averaged over answer digits and examples. "
-        "'embed' is the embedding (input to block 0), 'L0', 'L1', … the residual stream after block 0, 1, …; the "
-        "band is a 95% "
-        "bootstrap interval over examples (all examples); dashed lines: per difficulty stratum; dotted grey: the "
-        "same lens on an untrained model of the same shape (the baseline; 0.1 is uniform over the digits).",
+        "Logit lens: probability of the correct digit when the residual stream after each layer is decoded "
+        "directly; dashed lines per difficulty stratum, dotted grey the same lens on an untrained model.",
         "Line plot of the probability of the correct digit by layer.",
         to_csv(header, rows),
+        details="logits_l = W_U · LN_final(x_l) + b_U with LN_final recomputing its statistics on x_l; the "
+        "probability is a softmax over the ten digits, teacher forced at the positions predicting answer digits, "
+        "averaged over answer digits and examples. 'embed' is the embedding (input to block 0), 'L0', 'L1', … the "
+        "residual stream after block 0, 1, …. Band: 95% bootstrap interval over examples (all examples). The "
+        "untrained model has the same shape (the baseline; 0.1 is uniform over the digits).",
     )
 
 
@@ -922,15 +1145,15 @@ def ablation_figure(key: str, interventions) -> Optional[ReportFigure]:
         key, "bars",
         {"categories": components, "series": series, "ylabel": "exact match after ablation",
          "reference": {"value": clean.mean, "lo": clean.lo, "hi": clean.hi, "label": "no ablation"}},
-        f"Ablation effects: exact-match accuracy on the analysis examples with one component ablated at a time "
-        f"(a head such as 'L0H1' = layer 0, head 1; a layer's whole attention 'L0.attn' or MLP 'L0.mlp'); the lower "
-        f"the bar, the "
-        f"more the answer depends on it. Methods: {methods_text}. The default is {interventions.default_method} "
-        f"ablation. Whiskers: 95% bootstrap intervals over examples; dashed line and band: the unablated model."
+        f"Ablation: exact match with one component ablated at a time (default: {interventions.default_method} "
+        f"ablation; dashed line and band: no ablation); the lower the bar, the more the answer depends on it."
         f"{_ci_note(by.values())}",
         "Bar chart of exact-match accuracy with each component ablated.",
         to_csv(["component", "method", "exact_match", "em_lo", "em_hi", "n", "digit_accuracy", "da_lo", "da_hi",
                 "da_n", "logprob", "lp_lo", "lp_hi", "lp_n"], rows),
+        details=f"Components: a head such as 'L0H1' (layer 0, head 1), a layer's whole attention 'L0.attn' or MLP "
+        f"'L0.mlp'. Methods: {methods_text}. Exact match on the analysis examples; whiskers and band: 95% bootstrap "
+        f"intervals over examples.",
     )
 
 
@@ -969,13 +1192,15 @@ def attention_example_figure(key: str, ex: ExampleFindings, layer: int) -> Repor
     return ReportFigure(
         key, "attention",
         {"tokens": list(ex.tokens), "weights": weights, "answer_positions": answer, "layer": layer},
-        f"Attention patterns of layer {layer} on {ex.prompt}{ex.target} (teacher forced): A[h, q, k] = "
-        f"softmax(q·k/√d_head + causal mask), one panel per head; rows are query tokens, columns key tokens, the "
-        f"empty upper triangle is masked. Token labels on the first panel apply to every panel; red row labels mark "
-        f"the positions that predict answer digits.",
+        f"Attention of layer {layer}'s heads on {ex.prompt}{ex.target}: rows are query tokens, columns key tokens; "
+        f"red marks the positions that predict answer digits.",
         f"Attention heatmaps of layer {layer}, one per head.",
         to_json({"tokens": ex.tokens, "layer": layer, "answer_positions": answer, "weights": np.round(weights, 4)}),
         "json",
+        "" if layer else "Teacher forced: A[h, q, k] = softmax(q·k/√d_head + causal mask), one panel per head; the "
+        "empty upper triangle is masked. Token labels left of (and, on the first row, under) the first panel of a "
+        "row apply to the whole row. A long input is labelled by its runs (prompt, each scratchpad step, answer), "
+        "with lines between them; the data download has every token.",
     )
 
 
@@ -1000,11 +1225,10 @@ def lens_example_figure(key: str, ex: ExampleFindings, layer_labels: list[str],
     return ReportFigure(
         key, "lens_example",
         {"layer_labels": layer_labels, "digit_labels": cols, "prob": prob, "top": top},
-        f"Logit lens on {ex.prompt}{ex.target}: probability of the correct digit (softmax over the ten digits) when "
-        f"the residual stream ('embed': the embedding; 'L0', 'L1', …: after each block) is decoded with the final "
-        f"LayerNorm and unembedding, at the position "
-        f"predicting each answer digit (columns, 'col n' counted from the least significant digit); each cell also "
-        f"names the top digit at that layer.",
+        f"Logit lens on {ex.prompt}{ex.target}: probability of the correct digit after each layer (rows) at the "
+        f"position predicting each answer digit (columns, 'col n' counted from the least significant), with the top "
+        f"digit in each cell. The residual stream ('embed': the embedding; 'L0', 'L1', …: after each block) is "
+        f"decoded with the final LayerNorm and unembedding, softmax over the ten digits.",
         "Heatmap of the probability of the correct digit per layer and answer digit.",
         to_csv(["layer", "answer_digit", "prob_correct", "top_digit", "entropy_nats"], rows),
     )

@@ -491,7 +491,8 @@ class SiteBuilder:
                                    ["pair kind", "pairs", "dropped", "meaning"],
                                    [[k, _pair_count(k, n, m.provenance.task), pat.pair_dropped.get(k, 0),
                                      _pair_meaning(k)] for k, n in counts]))]
-        blocks += [self.fig(f) for f in F.patching_figures(self.paths.figure(m, "patching"), pat)]
+        figures = F.patching_figures(self.paths.figure(m, "patching"), pat, m.provenance.task)
+        blocks += [self.fig(f) for f in figures]
         if pat.attribution:
             top = sorted(pat.attribution, key=lambda a: (-abs(a.estimate), a.site, a.layer, a.index))[:12]
             blocks.append(self.table(Table(
@@ -736,6 +737,8 @@ class SiteBuilder:
                      "data_js": self.paths.example_data(m, i) if has_attention else None})
 
     def viewer_context(self, m, i: int) -> dict:
+        """What the attention viewer's controls list: every model (at the same example where it has
+        it) and every example of this model, named in words; the shape; the static figures' colours."""
         ex = m.findings.examples[i]
         att = np.asarray(ex.attention)
         models = []
@@ -744,13 +747,15 @@ class SiteBuilder:
             if not keys:
                 continue
             j = keys.index(ex.key) if ex.key in keys else 0
-            models.append({"label": other.label, "href": self.paths.example(other, j), "selected": other is m})
+            models.append({"label": f"{other.label} ({task_text(other.provenance.task)})",
+                           "href": self.paths.example(other, j), "selected": other is m})
         return {
             "id": f"{self.paths.models[m.name]}/{self.paths.examples[m.name][i]}",
             "models": models,
-            "examples": [{"label": e.prompt + e.target, "href": self.paths.example(m, j), "selected": j == i}
+            "examples": [{"label": _example_words(e), "href": self.paths.example(m, j), "selected": j == i}
                          for j, e in enumerate(m.findings.examples)],
             "layers": att.shape[0], "heads": att.shape[1],
+            "ramp": F.colour_stops(F.ATTENTION_CMAP),
         }
 
     def viewer_data_js(self, m, i: int) -> str:
@@ -982,6 +987,20 @@ def _pair_meaning(key: str) -> str:
     """What a pair-count key ('carry_flip', or 'carry_flip@sum_digit' for a scratchpad target) means."""
     kind, _, target = key.partition("@")
     return F.PAIR_TEXT.get(kind, "") + (f", read at the scratchpad's {target} token" if target else "")
+
+
+def _example_words(ex) -> str:
+    """An example as the viewer's list names it: the problem and answer as numbers, the written form
+    where it differs (reversed digits; a scratchpad is left to the page), the stratum in words."""
+    a, b, op = parse_problem(ex.prompt)
+    answer = str(apply_op(a, b, op))
+    shown = f"{a} {op} {b} = {answer}"
+    if "|" in ex.target:
+        shown += " (with written steps)"
+    elif ex.target != answer:
+        shown += f" (written {ex.prompt}{ex.target})"
+    shown += f", {ex.stratum.replace('_', ' ')}"
+    return shown + ("" if ex.correct else f", answered {ex.prediction} (wrong)")
 
 
 def _answer(ex) -> str:

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import signal
-import sys
 import tempfile
 import threading
 import time
@@ -27,7 +26,6 @@ from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from reportgen.atomic import OwnedFiles
 from reportgen.configfile import from_dict, to_dict
@@ -36,6 +34,7 @@ from reportgen.data.tokenizer import Tokenizer
 from reportgen.errors import Interrupted, ReportgenError, os_error_advice
 from reportgen.model.checkpoint import checkpoint_bytes, load_checkpoint, non_finite, read_checkpoint_payload
 from reportgen.model.transformer import Transformer
+from reportgen.progress import progress
 from reportgen.train.config import TrainConfig
 from reportgen.train.evaluate import evaluate
 
@@ -381,8 +380,7 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ReportgenError(f"cannot create --output-dir {self.out_dir}: {e.strerror}; {os_error_advice(e)}") from None
-        bar = tqdm(total=self.cfg.optim.max_steps, initial=self.step, desc="train", file=sys.stderr,
-                   disable=not sys.stderr.isatty() and not os.environ.get("REPORTGEN_PROGRESS"))
+        bar = progress(self.cfg.optim.max_steps, "train", initial=self.step)
         em, loss = (self.history["val_exact_match"] or [0.0])[-1], float("nan")
         try:
             with ctrl_c_between_steps() as stop:
