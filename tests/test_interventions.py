@@ -221,8 +221,10 @@ def test_free_generation_with_the_ablation_in_place_equals_a_token_by_token_loop
     ab = Ablator(model, TOKENIZER, add_batch(model, n=10, with_steps=with_steps), seed=0, reference_size=4)
     specs = [head_spec(0, 1), {"blocks.1.hook_mlp_out": None}, {"blocks.0.mlp.hook_post": [1, 2, 3]}]
     for method in ("mean", "zero"):
-        got = ab.free_exact_match(specs, method)
-        for spec, row in zip(specs, got):
+        shortcut = ab.free_exact_match(specs, method, ab.ablated_outcome(specs, method)[1])
+        decoded = ab.free_exact_match(specs, method, torch.zeros(len(specs), len(ab.batch), dtype=torch.bool))
+        assert torch.equal(shortcut, decoded)  # teacher forcing right at every token: greedy writes the target
+        for spec, row in zip(specs, decoded):
             assert row.tolist() == loop_free_generation(ab, spec, method)
 
 
@@ -247,6 +249,9 @@ def test_a_broken_scratchpad_shows_in_free_generation_not_teacher_forcing():
     decoding, which reads its own broken scratchpad, gets most answers wrong."""
     ckpt = load_checkpoint("runs/add3_steps/checkpoint_best.pt")
     batch = batch_for(ckpt.model, stratified_examples("add", 60, 3, 1, 5, True, "plain"))
+    # the trained model predicts every target token of every problem teacher forced, so free
+    # generation needs no decoding for it: the reads line up with the tokens
+    assert Ablator(ckpt.model, TOKENIZER, batch, 0).clean_teacher_forced.all()
     f = run_interventions(ckpt.model, TOKENIZER, batch, InterventionConfig(methods=["mean"], cumulative=False,
                                                                             layers=False, reference_size=8), 0)
     l0h0 = next(e.metrics for e in f.effects if e.component == "L0H0")

@@ -43,7 +43,7 @@ from reportgen.analysis import stats
 from reportgen.analysis.api import task_of, text_batch
 from reportgen.analysis.engine import answer_digits, digit_log_probs
 from reportgen.analysis.examples import ExampleBatch, example_key, template
-from reportgen.analysis.findings import AblationEffect, InterventionFindings, Metrics
+from reportgen.analysis.findings import AblationEffect, Estimate, InterventionFindings, Metrics
 from reportgen.analysis.pairs import remake
 from reportgen.analysis.patching import head_can_write
 from reportgen.data.arithmetic import STRATA
@@ -185,16 +185,43 @@ class Ablator:
         lut[tokenizer.digit_ids] = torch.arange(10, device=lut.device)
         self.target_digits = lut[batch.target_ids]
         self.scratchpad = batch.target_mask & (batch.target_roles != 0)  # TARGET_ROLES[0] is "answer"
-        self.clean_logprobs = self._target_logprobs(logits[None])[0]
+        self._reads(batch)
+        lp, right = self._outcome(self._at_reads(logits[None]))
+        self.clean_logprobs, self.clean_teacher_forced = lp[0], right[0]
         self.templates = [template(r) for r in batch.records]
         self._reference = None
         self._values: dict[tuple, torch.Tensor] = {}
 
+    def _reads(self, batch: ExampleBatch) -> None:
+        """The positions predicting every token of each target (digits, separators and the final
+        EOS) [B, G], the tokens they should predict, and where the target digits sit among them."""
+        starts = [len(r["prompt"]) for r in batch.records]  # token c predicts character c of prompt + target
+        counts = [len(r["target"]) + 1 for r in batch.records]
+        G = max(counts)
+        step = torch.arange(G, device=batch.tokens.device)
+        start = torch.tensor(starts, device=step.device)[:, None]
+        self.read_mask = step[None] < torch.tensor(counts, device=step.device)[:, None]
+        self.read_pos = torch.where(self.read_mask, start + step, 0)
+        self.read_next = batch.tokens.gather(1, (self.read_pos + 1).clamp(max=batch.tokens.shape[1] - 1))
+        self.digit_slots = torch.where(batch.target_mask, batch.target_pos - start, 0)
+
+    def _at_reads(self, logits: torch.Tensor) -> torch.Tensor:
+        """[k, B, P, V] logits -> those at the read positions [k, B, G, V]."""
+        k, B, _, V = logits.shape
+        return logits.gather(2, self.read_pos[None, :, :, None].expand(k, B, -1, V))
+
+    def _outcome(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits at the read positions [k, B, G, V] -> (digit log-probs at the target digits
+        [k, B, T, 10], whether teacher forcing predicts every target token and EOS [k, B])."""
+        k, B, _, V = logits.shape
+        digits = digit_log_probs(logits.gather(2, self.digit_slots[None, :, :, None].expand(k, B, -1, V)),
+                                 self.tokenizer)
+        right = (logits.argmax(-1) == self.read_next) | ~self.read_mask
+        return digits, right.all(-1)
+
     def _target_logprobs(self, logits: torch.Tensor) -> torch.Tensor:
         """[k, B, P, V] -> digit log-probs at the positions predicting target digits [k, B, T, 10]."""
-        k, B, _, V = logits.shape
-        idx = self.batch.target_pos[None, :, :, None].expand(k, B, -1, V)
-        return digit_log_probs(logits.gather(2, idx), self.tokenizer)
+        return self._outcome(self._at_reads(logits))[0]
 
     def answers(self, logprobs: torch.Tensor) -> torch.Tensor:
         """Target-level log-probs [..., B, T, 10] -> those of the answer digits [..., B, A, 10]."""
@@ -256,25 +283,31 @@ class Ablator:
         return torch.tensor([source[example_key(r)] for r in self.batch.records], device=self.tokens.device)
 
     def ablated(self, specs: list[Spec], method: str) -> torch.Tensor:
-        """Digit log-probs [S, B, A, 10] with each spec's hook points replaced by `method` values.
+        """Digit log-probs [S, B, T, 10] at the target digits with each spec's hook points
+        replaced by `method` values."""
+        return self.ablated_outcome(specs, method)[0]
+
+    def ablated_outcome(self, specs: list[Spec], method: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(`ablated`'s log-probs, whether teacher forcing predicts every target token [S, B]).
 
         Specs are grouped by their first layer and each group runs resumed from that layer's input.
         """
         B = self.tokens.shape[0]
         out = self.clean_logprobs.new_empty(len(specs), *self.clean_logprobs.shape)
+        right = self.clean_teacher_forced.new_empty(len(specs), B)
         starts: dict[int, list[int]] = {}
         for i, spec in enumerate(specs):
             starts.setdefault(min(map(_layer_of, spec)), []).append(i)
         per_pass = max(1, self.max_rows // B)
         for start in starts:
             unchanged = [i for i in starts[start] if not self.changes(specs[i], method)]
-            out[unchanged] = self.clean_logprobs
+            out[unchanged], right[unchanged] = self.clean_logprobs, self.clean_teacher_forced
             starts[start] = [i for i in starts[start] if i not in unchanged]
         for start, idx in sorted(starts.items()):
             for s in range(0, len(idx), per_pass):
                 chunk = idx[s : s + per_pass]
-                out[chunk] = self._run(start, [specs[i] for i in chunk], method)
-        return out
+                out[chunk], right[chunk] = self._outcome(self._run(start, [specs[i] for i in chunk], method))
+        return out, right
 
     def changes(self, spec: Spec, method: str) -> bool:
         """Whether the ablation can change anything: some replaced value differs from the clean
@@ -299,13 +332,13 @@ class Ablator:
 
     @torch.no_grad()
     def _run(self, start: int, specs: list[Spec], method: str) -> torch.Tensor:
-        """Digit log-probs [k, B, T, 10] at the target digits of specs whose first hook points are
-        in layer `start`.
+        """Logits [k, B, G, V] at the read positions (every target token) of specs whose first hook
+        points are in layer `start`.
 
         Replacements in that layer that write linearly into the residual stream (heads' z,
         attn_out; neurons' post, mlp_out) are added as their change to resid_mid or resid_post,
         so the run resumes after them; later ones are applied by hooks. When no hook is in the
-        last block, that block runs only at the positions predicting target digits.
+        last block, that block runs only at the read positions.
         """
         k, B = len(specs), self.tokens.shape[0]
         names = {n for spec in specs for n in spec}
@@ -327,15 +360,15 @@ class Ablator:
             first, from_mid = start, False
         x = x.expand(k, -1, -1, -1)
         last = self.model.cfg.n_layers - 1
-        narrow = first <= last  # the last block runs: restrict it to the positions predicting target digits
+        narrow = first <= last  # the last block runs: restrict it to the read positions
         hooks = {name: self._hook(name, specs, method, narrow and _layer_of(name) == last and
                                   not name.endswith("hook_resid_pre"))
                  for name in sorted(names - skip)}
-        query_pos = self.batch.target_pos.repeat(k, 1) if narrow else None
+        query_pos = self.read_pos.repeat(k, 1) if narrow else None
         logits = self.model(resid=x.flatten(0, 1), start_at_layer=first, from_mid=from_mid, hooks=hooks,
                             query_pos=query_pos)
         logits = logits.view(k, B, *logits.shape[1:])
-        return digit_log_probs(logits, self.tokenizer) if narrow else self._target_logprobs(logits)
+        return logits if narrow else self._at_reads(logits)
 
     def _selection(self, name: str, specs: list[Spec], width: int) -> torch.Tensor:
         """[k, width] 1.0 where spec j replaces index i along the hook's third axis (all when None)."""
@@ -361,12 +394,12 @@ class Ablator:
         return out
 
     def _hook(self, name: str, specs: list[Spec], method: str, at_targets: bool):
-        """The hook replacing `name` per spec; `at_targets`: the activation only covers the
-        positions predicting target digits (last block run narrow)."""
+        """The hook replacing `name` per spec; `at_targets`: the activation only covers the read
+        positions (last block run narrow)."""
         k, B = len(specs), self.tokens.shape[0]
         values = self.values(method, name)
         if at_targets:
-            values = values[torch.arange(B, device=values.device)[:, None], self.batch.target_pos]
+            values = values[torch.arange(B, device=values.device)[:, None], self.read_pos]
         mask = self._selection(name, specs, values.shape[2]).bool()
         mask = mask.view(k, 1, 1, values.shape[2], *([1] * (values.dim() - 3)))
         return self._replacer(mask, values[None], k, B)
@@ -401,28 +434,51 @@ class Ablator:
     def metrics(self, logprobs: torch.Tensor, free: Optional[torch.Tensor] = None) -> Metrics:
         """Metrics (bootstrap intervals over examples) of target-digit log-probs [B, T, 10] and,
         when given, free-generation exact match [B]."""
-        s = {k: v.cpu().numpy() for k, v in self.scores(logprobs).items()}
+        return self.metrics_many(logprobs[None], None if free is None else free[None])[0]
+
+    def metrics_many(self, logprobs: torch.Tensor, free: Optional[torch.Tensor] = None) -> list[Metrics]:
+        """`metrics` of S interventions at once, logprobs [S, B, T, 10] and free [S, B]: every
+        measure of every intervention is one column of a single bootstrap over examples (per
+        stratum, over that stratum's examples), the same intervals as one estimate each."""
+        scores = {k: v.cpu().numpy() for k, v in self.scores(logprobs).items()}  # name -> [S, B]
         if free is not None:
-            s["free_exact_match"] = free.double().cpu().numpy()
+            scores["free_exact_match"] = free.double().cpu().numpy()
+        names, S = list(scores), logprobs.shape[0]
+        columns = np.concatenate([scores[k] for k in names]).T  # [B, names * S]
         strata = np.array([r["labels"]["stratum"] for r in self.batch.records])
         present = [st for st in STRATA if (strata == st).any()]
-        est = {k: stats.estimate(v, self.seed) for k, v in s.items()}
-        by = {k: {st: stats.estimate(v[strata == st], self.seed) for st in present} for k, v in s.items()}
-        return Metrics(est["exact_match"], est["digit_accuracy"], est["logprob"], by["exact_match"],
-                       by["digit_accuracy"], by["logprob"], est["margin"], by["margin"],
-                       est.get("free_exact_match"), by.get("free_exact_match", {}), est.get("scratchpad_accuracy"))
+
+        def estimates(rows: np.ndarray) -> dict[str, list[Estimate]]:
+            mean, lo, hi, n = stats.bootstrap_means(columns[rows], self.seed)
+            ests = [Estimate(float(a), float(b), float(c), int(d)) for a, b, c, d in zip(mean, lo, hi, n)]
+            return {k: ests[i * S:(i + 1) * S] for i, k in enumerate(names)}
+
+        est = estimates(np.ones(len(strata), dtype=bool))
+        by = {st: estimates(strata == st) for st in present}
+        per = lambda k, i: {st: by[st][k][i] for st in present}  # noqa: E731
+        return [Metrics(est["exact_match"][i], est["digit_accuracy"][i], est["logprob"][i], per("exact_match", i),
+                        per("digit_accuracy", i), per("logprob", i), est["margin"][i], per("margin", i),
+                        est["free_exact_match"][i] if free is not None else None,
+                        per("free_exact_match", i) if free is not None else {},
+                        est["scratchpad_accuracy"][i] if "scratchpad_accuracy" in est else None)
+                for i in range(S)]
 
     @torch.no_grad()
-    def free_exact_match(self, specs: list[Spec], method: str) -> torch.Tensor:
+    def free_exact_match(self, specs: list[Spec], method: str, teacher_forced: torch.Tensor) -> torch.Tensor:
         """[S, B] whether greedy decoding from the prompt, with each spec's replacement in place
-        at every position it generates, ends in the right final answer."""
+        at every position it generates, ends in the right final answer. Where teacher forcing
+        predicts every target token right (`teacher_forced` [S, B], from ablated_outcome), greedy
+        decoding writes the target exactly; only the other rows are decoded."""
         records, B = self.batch.records, len(self.batch.records)
-        prompts = [r["prompt"] for r in records] * len(specs)
+        out = teacher_forced.clone()
+        todo = (~teacher_forced).nonzero()  # [R, 2]: (spec, example)
+        if not len(todo):
+            return out
         names = sorted({n for spec in specs for n in spec})
         masks = {n: self._selection(n, specs, self.values(method, n).shape[2]).bool() for n in names}
 
         def hooks_for(index: torch.Tensor, positions: torch.Tensor):
-            spec, row = index // B, index % B
+            spec, row = todo[index, 0], todo[index, 1]
             inside = positions < self.P  # beyond the last answer digit there is no value to put in
             hooks = {}
             for n in names:
@@ -432,18 +488,18 @@ class Ablator:
                 hooks[n] = lambda act, _name, v=values, m=mask: torch.where(m, v, act)
             return hooks
 
-        max_new = max(len(r["target"]) for r in records) + 1
-        preds = greedy_decode(self.model, self.tokenizer, prompts, max_new, DECODE_ROWS, hooks_for)
-        right = [final_answer(p) == final_answer(records[i % B]["target"]) for i, p in enumerate(preds)]
-        return torch.tensor(right, dtype=torch.bool).view(len(specs), B)
+        rows = todo[:, 1].tolist()
+        max_new = max(len(records[i]["target"]) for i in rows) + 1
+        preds = greedy_decode(self.model, self.tokenizer, [records[i]["prompt"] for i in rows], max_new, DECODE_ROWS,
+                              hooks_for)
+        out[todo[:, 0], todo[:, 1]] = torch.tensor([final_answer(p) == final_answer(records[i]["target"])
+                                                    for i, p in zip(rows, preds)], device=out.device)
+        return out
 
     @torch.no_grad()
     def clean_free_exact_match(self) -> torch.Tensor:
         """[B] the same for the unablated model."""
-        records = self.batch.records
-        preds = greedy_decode(self.model, self.tokenizer, [r["prompt"] for r in records],
-                              max(len(r["target"]) for r in records) + 1)
-        return torch.tensor([final_answer(p) == final_answer(r["target"]) for p, r in zip(preds, records)])
+        return self.free_exact_match([{}], "mean", self.clean_teacher_forced[None])[0]
 
 
 def head_spec(layer: int, head: int) -> Spec:
@@ -470,9 +526,10 @@ def run_interventions(model: Transformer, tokenizer: Tokenizer, batch: ExampleBa
         if not components:
             break
         specs = [spec for _, spec in components]
-        lps = ab.ablated(specs, method)
-        free = ab.free_exact_match(specs, method) if method == cfg.default_method else [None] * len(specs)
-        effects += [AblationEffect(name, method, ab.metrics(lp, f)) for (name, _), lp, f in zip(components, lps, free)]
+        lps, teacher_forced = ab.ablated_outcome(specs, method)
+        free = ab.free_exact_match(specs, method, teacher_forced) if method == cfg.default_method else None
+        metrics = ab.metrics_many(lps, free)
+        effects += [AblationEffect(name, method, mt) for (name, _), mt in zip(components, metrics)]
         if method == cfg.default_method and cfg.heads:
             head_logprob = ab.scores(lps[: len(heads)])["logprob"].mean(-1)
     cumulative = []
@@ -488,7 +545,7 @@ def run_interventions(model: Transformer, tokenizer: Tokenizer, batch: ExampleBa
                 spec.setdefault(f"blocks.{heads[i][0]}.attn.hook_z", []).append(heads[i][1])
             specs.append(spec)
         lps = ab.ablated(specs, cfg.default_method)
-        cumulative = [AblationEffect(f"top-{k + 1}", cfg.default_method, ab.metrics(lp)) for k, lp in enumerate(lps)]
+        cumulative = [AblationEffect(f"top-{k + 1}", cfg.default_method, mt) for k, mt in enumerate(ab.metrics_many(lps))]
     return InterventionFindings(clean=ab.metrics(ab.clean_logprobs, ab.clean_free_exact_match()), effects=effects,
                                 cumulative=cumulative,
                                 default_method=cfg.default_method)

@@ -276,8 +276,9 @@ class Transformer(nn.Module):
 
     def prefill(self, tokens: torch.Tensor, hooks: Optional[Hooks] = None
                 ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Logits for `tokens` [batch, pos] and per-layer key/value buffers [batch, n_ctx, heads,
-        d_head] holding their keys and values, for `decode_step`; `hooks` as in forward."""
+        """Logits for `tokens` [batch, pos] and per-layer key/value buffers [batch, heads, n_ctx,
+        d_head] holding their keys and values, for `decode_step`; `hooks` as in forward. Heads come
+        before positions so that each decoding step reads them as one batched matrix product."""
         names = {f"blocks.{l}.attn.hook_{kv}" for l in range(self.cfg.n_layers) for kv in "kv"}
         logits, cache = self.run_with_cache(tokens, names=names.__contains__, hooks=hooks)
         B, P = tokens.shape
@@ -285,8 +286,8 @@ class Transformer(nn.Module):
         for l in range(self.cfg.n_layers):
             pair = []
             for name in (f"blocks.{l}.attn.hook_k", f"blocks.{l}.attn.hook_v"):
-                buf = cache[name].new_zeros(B, self.cfg.n_ctx, self.cfg.n_heads, self.cfg.d_head)
-                buf[:, :P] = cache[name]
+                buf = cache[name].new_zeros(B, self.cfg.n_heads, self.cfg.n_ctx, self.cfg.d_head)
+                buf[:, :, :P] = cache[name].transpose(1, 2)
                 pair.append(buf)
             kv.append((pair[0], pair[1]))
         return logits, kv
@@ -307,17 +308,19 @@ class Transformer(nn.Module):
         rows = torch.arange(tokens.shape[0], device=tokens.device)
         x = self.W_E[tokens] + self.W_pos[pos]
         m = int(pos.max()) + 1
+        B, H, E = tokens.shape[0], self.cfg.n_heads, self.cfg.d_head
         hidden = torch.arange(m, device=tokens.device)[None, None, :] > pos[:, None, None]
         for block, (K, V) in zip(self.blocks, kv):
             a, n = block.attn, block.name
             x = at(f"{n}.hook_resid_pre", x)
             h = block.ln1(x, _Run(None))
             q = torch.einsum("bd,hde->bhe", h, a.W_Q) + a.b_Q
-            K[rows, pos] = torch.einsum("bd,hde->bhe", h, a.W_K) + a.b_K
-            V[rows, pos] = torch.einsum("bd,hde->bhe", h, a.W_V) + a.b_V
-            scores = torch.einsum("bhe,bkhe->bhk", q, K[:, :m]) / math.sqrt(q.shape[-1])
+            K[rows, :, pos] = torch.einsum("bd,hde->bhe", h, a.W_K) + a.b_K
+            V[rows, :, pos] = torch.einsum("bd,hde->bhe", h, a.W_V) + a.b_V
+            keys, values = K[:, :, :m].reshape(B * H, m, E), V[:, :, :m].reshape(B * H, m, E)  # views
+            scores = torch.bmm(keys, q.reshape(B * H, E, 1)).view(B, H, m) / math.sqrt(E)
             pattern = scores.masked_fill(hidden, float("-inf")).softmax(-1)
-            z = at(f"{a.name}.hook_z", torch.einsum("bhk,bkhe->bhe", pattern, V[:, :m]))
+            z = at(f"{a.name}.hook_z", torch.bmm(pattern.view(B * H, 1, m), values).view(B, H, E))
             x = at(f"{n}.hook_resid_mid", x + at(f"{n}.hook_attn_out", torch.einsum("bhe,hed->bd", z, a.W_O) + a.b_O))
             mlp = block.mlp
             post = at(f"{mlp.name}.hook_post", F.gelu(block.ln2(x, _Run(None)) @ mlp.W_in + mlp.b_in))
