@@ -469,7 +469,7 @@ class Ablator:
         at every position it generates, ends in the right final answer. Where teacher forcing
         predicts every target token right (`teacher_forced` [S, B], from ablated_outcome), greedy
         decoding writes the target exactly; only the other rows are decoded."""
-        records, B = self.batch.records, len(self.batch.records)
+        records = self.batch.records
         out = teacher_forced.clone()
         todo = (~teacher_forced).nonzero()  # [R, 2]: (spec, example)
         if not len(todo):

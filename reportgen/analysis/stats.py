@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 from scipy.stats import binom
@@ -24,22 +23,15 @@ def bootstrap(values, seed: int = 0, axis: int = 0, alpha: float = 0.05) -> tupl
 
     Returns arrays shaped like `values` without `axis`. NaNs (e.g. dropped pairs) are ignored; an
     entry with fewer than two values has no interval (NaN), since resampling one value always
-    gives it back and would show a zero-width interval.
+    gives it back and would show a zero-width interval. (bootstrap_means does the work.)
     """
     v = np.moveaxis(np.asarray(values, dtype=np.float64), axis, 0)
-    n = v.shape[0]
-    if n == 0:
-        nan = np.full(v.shape[1:], np.nan)
+    shape = v.shape[1:]
+    if v.shape[0] == 0:
+        nan = np.full(shape, np.nan)
         return nan, nan, nan
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(resamples(alpha), n))
-    # An all-NaN column (every pair dropped) is reported as NaN, without numpy's warning.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=RuntimeWarning)
-        means = np.nanmean(v[idx], axis=1)
-        lo, hi = np.nanpercentile(means, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
-        few = (~np.isnan(v)).sum(0) < 2
-        return np.nanmean(v, axis=0), np.where(few, np.nan, lo), np.where(few, np.nan, hi)
+    mean, lo, hi, _ = bootstrap_means(v.reshape(v.shape[0], -1), seed, alpha)
+    return mean.reshape(shape), lo.reshape(shape), hi.reshape(shape)
 
 
 def estimate(values, seed: int = 0, alpha: float = 0.05) -> Estimate:
