@@ -397,7 +397,8 @@ def test_patching_heatmaps_keep_body_size_labels_and_a_colour_bar_beside_each_ro
                           position_labels=labels, n_pairs=40, n_dropped=2)
 
     prompt = ["BOS", "a2", "a1", "a0", "op", "b2", "b1", "b0", "="]
-    positions = prompt + [f"s{i}" for i in range(n_pos - 11)] + ["ans3", "ans2"]
+    places = ("a", "op1", "b", "op2", "cin", "eq", "d", "c", "cout", "sep")  # pairs.token_roles' step places
+    positions = prompt + [f"s{i // 10}.{places[i % 10]}" for i in range(n_pos - 11)] + ["ans3", "ans2"]
     sweeps = [sweep(site, positions) for site in ("resid_pre", "attn_out", "mlp_out")]
     sweeps.append(sweep("head", ["H0", "H1", "H2", "H3"]))
     task = {"task": "add", "with_steps": n_pos > 11}

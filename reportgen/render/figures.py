@@ -798,13 +798,15 @@ def column_view_figure(key: str, attention, roles: list[str], what: str,
                                  t.untrained_lo[li, h, q, c, g], t.untrained_hi[li, h, q, c, g], t.chance[q, c, g],
                                  name in held])
     margin = attention.role_margin
+    details = ""
     if roles == ["answer"]:
-        caption = (f"Attention mass from the position predicting the answer digit of column n (rows) to each key group "
-                   f"(columns), one panel per head; framed: the head's role at that column (its largest group, above "
-                   f"chance and the same head in {t.twins} untrained twins by at least {fmt_margin(margin)}, 95% "
-                   f"interval above theirs). A staircase of heads on n, n−1, n−2 shows as frames one column apart "
-                   f"from head to head; groups no head holds or gives 0.3 of its attention are left out (the data "
-                   f"has every group, with intervals).")
+        caption = ("Attention mass from the position predicting answer column n (rows) to each key group (columns), "
+                   "a panel per head; framed: the head's role at that column. A staircase of heads on n, n−1, n−2 "
+                   "shows as frames one column apart from head to head.")
+        details = (f"A head's role at a column is its largest key group there, held when its mass is above chance "
+                   f"and above the same head in {t.twins} untrained twins by at least {fmt_margin(margin)}, with its "
+                   f"95% interval above theirs. Groups no head holds or gives 0.3 of its attention are left out (the "
+                   f"data has every group, with intervals).")
     else:
         caption = (f"As the answer-digit view, at {what} (rows: the digit's role in its step and the step's column "
                    f"n); s[n].d is step n's sum digit, s[n-1].cout step n−1's carry out.")
@@ -817,6 +819,7 @@ def column_view_figure(key: str, attention, roles: list[str], what: str,
         f"Small multiples of attention mass by column (rows) and key group (columns), one panel per head, at {what}.",
         to_csv(["head", "query_role", "column", "key_group", "mass", "mass_lo", "mass_hi", "n", "untrained",
                 "untrained_lo", "untrained_hi", "uniform", "held"], rows),
+        details=details,
     )
 
 
@@ -1087,13 +1090,14 @@ def probe_figures(key: str, probing) -> list[ReportFigure]:
         out.append(ReportFigure(
             f"{key}-{label}", "heatmaps",
             {"panels": panels, "vmin": -1.0, "vmax": 1.0, "cmap": "RdBu_r", "cbar_label": f"selectivity ({label})"},
-            f"Probe selectivity for {label}: held-out accuracy minus the mean accuracy of the same probe on "
-            f"{probing.n_twins} untrained twins, per site (rows) and position predicting a target digit (columns: "
-            f"its role and column, e.g. 'ans1' the answer digit of column 1, 'cout0' the carry out written in "
-            f"scratchpad step 0), one panel per layout; grey: not probed (the label is constant there). The data "
-            f"download lists every probe with its baselines and intervals.",
+            f"Probe selectivity for {label}: held-out accuracy minus that of the same probe on {probing.n_twins} "
+            f"untrained twins, per site (rows) and position predicting a target digit (columns), a panel per layout.",
             f"Heatmaps of {label} probe selectivity per site and position, one per layout.",
             to_csv(header, probe_rows(probing, probes)),
+            details="" if out else ("Columns name the digit a position predicts by its role and column, e.g. 'ans1' "
+                                    "the answer digit of column 1, 'cout0' the carry out written in scratchpad step 0; "
+                                    "grey: not probed (the label is constant there). The data download lists every "
+                                    "probe with its baselines and intervals."),
         ))
     return out
 

@@ -798,10 +798,12 @@ class SiteBuilder:
         return [notice(f"Not directly comparable across groups ({aspect}): {parts}. Compare rows only within a "
                        f"group; a missing entry means the model has no such component or the analysis was not run.")]
 
-    def _highlighted(self, estimates: list, models: list, aspect: str) -> list:
-        """Cells for one row of per-model estimates: bold where one model beats every other model it is
-        comparable with (on `aspect`) by more than the 95% intervals allow, as the cells show them
-        (rounded to 2 decimals, so a reader can see it); '—' where it has none."""
+    def _highlighted(self, estimates: list, models: list, aspect: str, directional: bool = True) -> list:
+        """Cells for one row of per-model estimates, marked where one model stands apart from every
+        other model it is comparable with (on `aspect`) by more than the 95% intervals allow, as the
+        cells show them (rounded to 2 decimals, so a reader can see it); '—' where it has none.
+        `directional` (a measure where higher is better, such as accuracy): bold where highest;
+        otherwise the mark APART follows any value apart, high or low, and says nothing of better."""
         group_of = {n: i for i, g in enumerate(g for g in self.report.comparison.groups if g.aspect == aspect)
                     for n in g.models}
         cells = []
@@ -811,8 +813,12 @@ class SiteBuilder:
                 continue
             rivals = [o for j, (n, o) in enumerate(zip(models, estimates))
                       if j != i and o is not None and n.name in group_of and group_of.get(m.name) == group_of[n.name]]
-            best = bool(rivals) and all(_shown(_finite_or(e.lo)) > _shown(_finite_or(o.hi, math.inf)) for o in rivals)
-            cells.append(Cell(e, strong=best))
+            above = bool(rivals) and all(_shown(_finite_or(e.lo)) > _shown(_finite_or(o.hi, math.inf)) for o in rivals)
+            below = bool(rivals) and all(_shown(_finite_or(e.hi, math.inf)) < _shown(_finite_or(o.lo)) for o in rivals)
+            if directional:
+                cells.append(Cell(e, strong=above))
+            else:
+                cells.append(Cell(e, text=f"{fmt_est(e)} {APART}") if above or below else Cell(e))
         return cells
 
     def compare_lens_section(self) -> Section:
@@ -912,13 +918,16 @@ class SiteBuilder:
         comps = sorted({c for d in by.values() for c in d}, key=F.component_rank)
         rows = [["none (clean)", *self._highlighted([m.findings.interventions.clean.exact_match for m in models],
                                                     models, "accuracy")]]
-        rows += [[c, *self._highlighted([by[m.name].get(c) for m in models], models, "heads")] for c in comps]
+        rows += [[c, *self._highlighted([by[m.name].get(c) for m in models], models, "heads", directional=False)]
+                 for c in comps]
         methods = ", ".join(sorted({f"{m.label}: {m.findings.interventions.default_method}" for m in models}))
         return Section("ablations", "Ablation effects", [*self._group_note("heads"), self.table(Table(
             "tables/compare-ablations", f"Exact match with each component ablated (default method per model — "
             f"{methods}; mean/resample ablation unless labelled zero), 95% bootstrap intervals; '—': the model "
-            f"has no such component. Bold: higher than every model of the same shape (or, for the clean row, the same "
-            f"task), beyond the 95% intervals.", ["component", *[m.label for m in models]], rows))])
+            f"has no such component. Clean row, bold: higher than every model of the same task beyond the 95% "
+            f"intervals. Ablated rows, {APART}: apart from every model of the same shape beyond the 95% intervals, "
+            f"higher or lower; neither is better (a model that loses less to an ablation relies less on that "
+            f"component, which is a difference, not a merit).", ["component", *[m.label for m in models]], rows))])
 
     # ------------------------------------------------------------ provenance
     def provenance_page(self) -> Page:
@@ -966,6 +975,7 @@ def _pair_count(kind: str, n: int, task: Optional[dict]):
     return n
 
 
+APART = "◆"  # marks a value apart from the comparable models, with no direction implied
 CEILING_NOTE = "; 'at ceiling': 0.99 or more, where exact match can no longer tell models apart (the margin can)."
 
 
