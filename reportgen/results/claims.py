@@ -77,7 +77,7 @@ def null_text(n: Optional[NullCheck]) -> str:
 def model_claims(m: ModelResults) -> ModelClaims:
     """Every claim the results support about one model, and what was tested and not found."""
     out = ModelClaims(m.name)
-    for part in (accuracy_claims, lens_claims, circuit_claims, ablation_claims):
+    for part in (accuracy_claims, lens_claims, circuit_claims, head_role_claims, probe_claims, ablation_claims):
         found, missing = part(m)
         out.found += found
         out.not_found += missing
@@ -228,6 +228,67 @@ def neuron_claims(circ: CircuitFindings, null: NullCheck) -> tuple[list[Claim], 
     return [Claim(f"{len({r.component for r in yes})} of {tested} correlational neuron candidates carry the carry on "
                   f"their own, e.g. {names}{more}; the others do not beat random neurons of their layer.", test,
                   null_text(null), "circuits", "components")], []
+
+
+def head_role_claims(m: ModelResults) -> tuple[list[Claim], list[Claim]]:
+    """Position and delimiter heads: attention kept on one key group at every column."""
+    circ = m.findings.circuits
+    if circ is None:
+        return [], []
+    nulls = {n.test: n for n in circ.nulls}
+    found, missing = [], []
+    for kind, what in (("position_head", "position head"), ("delimiter_head", "delimiter head")):
+        n = nulls.get(kind)
+        if n is None:
+            continue
+        if not n.passed:
+            missing.append(Claim(f"The {what} test confirms heads on untrained twins more often than its error rate "
+                                 f"allows, so none of its findings is stated.", n.definition, null_text(n), "circuits",
+                                 "null-checks"))
+            continue
+        heads = [c for c in circ.components if c.kind == kind and c.confirmed]
+        if not heads:
+            missing.append(Claim(f"No {what} was confirmed.", n.definition, null_text(n), "attention"))
+            continue
+        patterns = listing([f"L{c.layer}H{c.index} ({c.note.split('; mass there')[0]}; mass {num(c.score)} against "
+                            f"{num(c.null)} in the twins)" for c in heads])
+        found.append(Claim(f"{'A ' + what if len(heads) == 1 else what.capitalize() + 's'} keep their attention on "
+                           f"one key group at every column: {patterns}.", n.definition, null_text(n), "attention"))
+    return found, missing
+
+
+def probe_claims(m: ModelResults) -> tuple[list[Claim], list[Claim]]:
+    """Per label: where a linear probe first reads it beyond the untrained twins."""
+    probing = m.findings.probing
+    if probing is None or probing.null is None:
+        return [], []
+    null = probing.null
+    test = "logistic probes against the same probes on untrained twins, Bonferroni over every probe"
+    if not null.passed:
+        return [], [Claim("The probe test confirms probes on untrained twins more often than its error rate allows, "
+                          "so none of its findings is stated.", test, null_text(null), "probing")]
+    found, missing = [], []
+    for label in dict.fromkeys(p.label for p in probing.probes):
+        probes = [p for p in probing.probes if p.label == label]
+        yes = [p for p in probes if p.confirmed]
+        if not yes:
+            missing.append(Claim(f"{label.replace('_', ' ')} was not confirmed linearly decodable beyond the untrained "
+                                 f"twins at any of {len(probes)} sites.", test, null_text(null), "probing"))
+            continue
+        first = min(yes, key=lambda p: (p.layer, _hook_order(p.hook), -p.selectivity.mean))
+        best = max(yes, key=lambda p: p.selectivity.mean)
+        found.append(Claim(
+            f"{label.replace('_', ' ').capitalize()} is linearly decodable beyond the untrained twins in {len(yes)} of "
+            f"{len(probes)} probes, first in layer {first.layer} ({first.hook.split('.')[-1].replace('hook_', '')}, "
+            f"{first.position}); the largest selectivity is {est(best.selectivity)} ({best.position}, layer "
+            f"{best.layer}), where the operand digits alone give {num(best.operand_baseline)}.", test,
+            null_text(null), "probing"))
+    return found, missing
+
+
+def _hook_order(hook: str) -> int:
+    order = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post")
+    return next((i for i, h in enumerate(order) if hook.endswith(h)), len(order))
 
 
 def ablation_claims(m: ModelResults) -> tuple[list[Claim], list[Claim]]:
