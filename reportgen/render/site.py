@@ -307,7 +307,7 @@ class SiteBuilder:
     def claim_item(self, m, c: Claim) -> dict:
         anchor = f"t-{c.item}" if c.item else c.section
         href = f"compare.html#{anchor}" if m is None else self.paths.model(m, anchor)
-        return {"text": c.text, "test": c.test, "null": c.null, "href": href}
+        return {"text": c.text, "test": c.test.rstrip("."), "null": c.null, "href": href}
 
     def accuracy_comparison_table(self, key: str = "tables/accuracy-by-stratum") -> Block:
         r = self.report

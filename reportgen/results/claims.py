@@ -91,7 +91,7 @@ def accuracy_claims(m: ModelResults) -> tuple[list[Claim], list[Claim]]:
     weakest = min(strata, key=lambda s: a.by_stratum[s].mean) if strata else None
     held = "held-out" if a.unseen else "generated (possibly seen in training)"
     text = f"{m.label} answers {pct(a.exact_match)} of {a.n} {held} questions exactly"
-    if weakest:
+    if weakest and a.by_stratum[weakest].mean < CEILING:
         text += f"; its weakest stratum is {weakest} at {pct(a.by_stratum[weakest])}"
     found = [Claim(text + ".", "greedy decoding, exact match with 95% Wilson intervals", "", "accuracy")]
     if m.harder is not None:
@@ -131,11 +131,14 @@ def lens_claims(m: ModelResults) -> tuple[list[Claim], list[Claim]]:
         at = next((i for i, e in enumerate(series) if e.mean >= FORMED), None)
         if at is not None:
             found.append(Claim(
-                f"In the scratchpad, the {role.replace('_', ' ')} digit is readable "
+                f"In the scratchpad, the {ROLE_WORDS[role]} is readable "
                 f"{'from the embedding' if at == 0 else f'after block {at - 1}'} ({est(series[at])}).",
                 "logit lens at the positions writing scratchpad digits", "", "logit-lens", "logit-lens-scratchpad"))
     return found, []
 
+
+ROLE_WORDS = {"operand_a": "copy of a's digit", "operand_b": "copy of b's digit", "carry_in": "carry in",
+              "sum_digit": "sum digit", "carry_out": "carry out", "step": "multiplication step digit"}
 
 # What heads confirmed at a target do: (verb for one head, verb for several, the rest).
 TARGET_PHRASES = {
@@ -178,33 +181,36 @@ def circuit_claims(m: ModelResults) -> tuple[list[Claim], list[Claim]]:
 
 
 def head_claims(circ: CircuitFindings, null: NullCheck, kind: str) -> tuple[list[Claim], list[Claim]]:
+    """One sentence per target token: the heads confirmed there, column by column, and the
+    columns tested where none was."""
     rows = [r for r in circ.recoveries if r.kind == kind and "H" in r.component]
-    groups: dict[tuple[str, int], list[ComponentRecovery]] = {}
-    for r in rows:
-        groups.setdefault((r.target, r.column), []).append(r)
     found, missing = [], []
     test = ("patching a head's output on carry-flip pairs aimed at the column, against sum-flip pairs and every "
             "same-layer head of the untrained twins") if kind == "carry_flip" else \
         "patching a head's output on operator-flip pairs, against every same-layer head of the untrained twins"
-    for (target, n), group in sorted(groups.items(), key=lambda kv: (TARGET_ORDER.get(kv[0][0], 9), kv[0][1])):
-        yes = sorted((r for r in group if r.confirmed), key=lambda r: -r.recovery.mean)
+    for target in sorted({r.target for r in rows}, key=lambda t: TARGET_ORDER.get(t, 9)):
+        here = [r for r in rows if r.target == target]
         one, several, rest = TARGET_PHRASES["operator" if kind == "operator_flip" else target]
-        rest = rest.format(n=n)
-        if not yes:
-            best = max(group, key=lambda r: r.recovery.mean)
-            missing.append(Claim(
-                f"No head was confirmed to {several} {rest}; the largest recovery, {best.component}'s "
-                f"{est(best.recovery)}, is not specific enough.", test, null_text(null), "circuits", "head-recovery"))
-            continue
-        names = listing([f"{r.component} ({est(r.recovery)})" for r in yes])
-        controls = [r.control.mean for r in yes if r.control is not None]
-        twins = max(r.untrained.hi for r in yes if r.untrained is not None)
-        against = (f", against at most {num(max(controls))} on sum-flip pairs" if controls else "") + \
-            f" and at most {num(twins)} for any head of the untrained twins"
-        subject = f"Head {names} {one}" if len(yes) == 1 else f"Heads {names} {several}"
-        found.append(Claim(
-            f"{subject} {rest}: patching the head's output restores that share of the {kind.replace('_', '-')} "
-            f"logit difference{against}.", test, null_text(null), "circuits", "head-recovery"))
+        parts = []
+        for n in sorted({r.column for r in here}):
+            yes = sorted((r for r in here if r.column == n and r.confirmed), key=lambda r: -r.recovery.mean)
+            if not yes:
+                best = max((r for r in here if r.column == n), key=lambda r: r.recovery.mean)
+                missing.append(Claim(
+                    f"No head was confirmed to {several} {rest.format(n=n)}; the largest recovery, {best.component}'s "
+                    f"{est(best.recovery)}, is not specific enough.", test, null_text(null), "circuits",
+                    "head-recovery"))
+                continue
+            names = listing([f"{r.component} {est(r.recovery)}" for r in yes])
+            controls = [r.control.hi for r in yes if r.control is not None]
+            twins = max(r.untrained.hi for r in yes if r.untrained is not None)
+            against = (f"sum-flip pairs at most {num(max(controls))}, " if controls else "") + \
+                f"untrained-twin heads at most {num(twins)}"
+            parts.append(f"{names} {one if len(yes) == 1 else several} {rest.format(n=n)} ({against})")
+        if parts:
+            found.append(Claim(
+                "Patching one head's output restores this share of the " + kind.replace("_", "-") + " logit "
+                "difference: " + "; ".join(parts) + ".", test, null_text(null), "circuits", "head-recovery"))
     return found, missing
 
 
@@ -222,11 +228,14 @@ def neuron_claims(circ: CircuitFindings, null: NullCheck) -> tuple[list[Claim], 
                 if tested else "no neuron passed the correlational screen")
         return [], [Claim(f"No MLP neuron was confirmed to carry the carry on its own: {what}.", test,
                           null_text(null), "circuits", "components")]
-    shown = yes[:4]
-    names = listing([f"{r.component} (column {r.column}: {est(r.recovery)})" for r in shown])
-    more = f" and {len(yes) - len(shown)} more" if len(yes) > len(shown) else ""
-    return [Claim(f"{len({r.component for r in yes})} of {tested} correlational neuron candidates carry the carry on "
-                  f"their own, e.g. {names}{more}; the others do not beat random neurons of their layer.", test,
+    by_neuron: dict[str, list[ComponentRecovery]] = {}
+    for r in yes:
+        by_neuron.setdefault(r.component, []).append(r)
+    shown = list(by_neuron.items())[:4]
+    names = listing([f"{name} ({'; '.join(f'column {r.column}: {est(r.recovery)}' for r in rs)})" for name, rs in shown])
+    more = f" and {len(by_neuron) - len(shown)} more" if len(by_neuron) > len(shown) else ""
+    return [Claim(f"{len(by_neuron)} of {tested} correlational neuron candidates carry the carry on their own, e.g. "
+                  f"{names}{more}; the others do not beat random neurons of their layer.", test,
                   null_text(null), "circuits", "components")], []
 
 
@@ -252,8 +261,9 @@ def head_role_claims(m: ModelResults) -> tuple[list[Claim], list[Claim]]:
             continue
         patterns = listing([f"L{c.layer}H{c.index} ({c.note.split('; mass there')[0]}; mass {num(c.score)} against "
                             f"{num(c.null)} in the twins)" for c in heads])
-        found.append(Claim(f"{'A ' + what if len(heads) == 1 else what.capitalize() + 's'} keep their attention on "
-                           f"one key group at every column: {patterns}.", n.definition, null_text(n), "attention"))
+        where = "a delimiter" if kind == "delimiter_head" else "positions set by the layout, not by digit values"
+        found.append(Claim(f"{what.capitalize()}s, attending to {where} at every column: {patterns}.",
+                           n.definition, null_text(n), "attention"))
     return found, missing
 
 
