@@ -150,7 +150,7 @@ class StudyBuilder:
         parts = []
         for f in reached:
             e = f.examples_to_target
-            spread = f", range {_examples(e.lo)}–{_examples(e.hi)}" if e.n > 1 else ""
+            spread = f", range {_examples(e.lo)}–{_examples(e.hi)}" if e.lo != e.hi else ""
             parts.append(f"{f.format} ({f.reached} of {_count(len(f.runs), 'run')} reached it, after "
                          f"{_examples(e.mean)} training examples on average{spread})")
         missed_text = "; ".join(f"{f.format} (0 of {_count(len(f.runs), 'run')}; last validation exact match "
@@ -183,14 +183,14 @@ class StudyBuilder:
         out = []
         if every:
             out.append("Roles confirmed in every seed (kind, layer, column; head and neuron indices are not compared): "
-                       + "; ".join(f"{role_name(k)} ({', '.join(v)})" for k, v in sorted(every.items(),
+                       + "; ".join(f"{role_name(k)} ({'; '.join(v)})" for k, v in sorted(every.items(),
                                                                                            key=lambda kv: role_order(kv[0])))
                        + ".")
         else:
             out.append("No role is confirmed in every seed of any grid point with two or more analysed seeds.")
         if some:
             out.append("Confirmed in some seeds only: " + "; ".join(
-                f"{role_name(k)} ({', '.join(v)})" for k, v in sorted(some.items(), key=lambda kv: role_order(kv[0])))
+                f"{role_name(k)} ({'; '.join(v)})" for k, v in sorted(some.items(), key=lambda kv: role_order(kv[0])))
                 + ".")
         if single:
             out.append(f"Grid points with only one analysed seed (stability unknown): {', '.join(single)}.")

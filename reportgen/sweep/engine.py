@@ -80,6 +80,15 @@ class LocalEngine:
             self._pool = None
 
 
+def _causes(e: BaseException) -> str:
+    """The messages of an exception and of the exceptions it was raised from."""
+    out = []
+    while e is not None and len(out) < 10:
+        out.append(f"{type(e).__name__}: {e}")
+        e = e.__cause__ or e.__context__
+    return " | ".join(out)
+
+
 class RayEngine:
     """Jobs as Ray tasks on the cluster at `address` ('auto': the one this machine belongs to;
     HOST:PORT: its head; 'local': a private instance started for this sweep and stopped after)."""
@@ -98,6 +107,10 @@ class RayEngine:
             ray.init(address=None if address == "local" else address, logging_level=logging.WARNING,
                      log_to_driver=False, include_dashboard=False)
         except Exception as e:  # noqa: BLE001  Ray raises ConnectionError, RuntimeError, ValueError...
+            if "AuthToken" in _causes(e) or "Authentication" in _causes(e):
+                raise ReportgenError(
+                    f"the Ray cluster at {address!r} wants its authentication token; run with RAY_AUTH_MODE=token and "
+                    "the token in ~/.ray/auth_token or RAY_AUTH_TOKEN (see Ray's token-auth documentation)") from None
             raise ReportgenError(
                 f"cannot connect to a Ray cluster at {address!r} ({' '.join(str(e).split())[:200]}); start one with "
                 "`ray start --head` or give --address HOST:PORT of a running head") from None

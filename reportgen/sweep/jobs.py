@@ -46,10 +46,10 @@ class Task:
 
 
 def execute(kind: str, kwargs: dict) -> dict:
-    """Run one job in this process, never raising: {"files": {path: bytes}, "code": ..., "seconds": ...}
-    or {"error": one line, "traceback": text, "code": ...}. Progress bars and warnings are dropped
+    """Run one job in this process, never raising: {"files": {path: bytes}, "code": ..., "seconds": ...,
+    "cpu_seconds": ...} or {"error": one line, "traceback": text, ...}. Progress bars and warnings are dropped
     (stderr is captured): many jobs run at once, and their results say what happened."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         if kind != "render":
             import torch
@@ -57,11 +57,12 @@ def execute(kind: str, kwargs: dict) -> dict:
             torch.set_num_threads(1)  # one job per core: tiny models run fastest on one thread anyway
         with contextlib.redirect_stderr(io.StringIO()):
             files = JOBS[kind](**kwargs)
-        return {"files": files, "code": code_version(), "seconds": time.perf_counter() - t0}
+        return {"files": files, "code": code_version(), "seconds": time.perf_counter() - t0,
+                "cpu_seconds": time.process_time() - c0}
     except BaseException as e:  # noqa: BLE001  a job's failure is data for the driver (KeyboardInterrupt too)
         message = str(e) if isinstance(e, ReportgenError) else f"{type(e).__name__}: {e}"
         return {"error": " ".join(message.split()) or type(e).__name__, "traceback": traceback.format_exc(),
-                "code": code_version(), "seconds": time.perf_counter() - t0}
+                "code": code_version(), "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
 
 
 @functools.lru_cache(maxsize=1)

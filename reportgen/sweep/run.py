@@ -8,7 +8,7 @@ Everything lives under --out:
     chapters/<run>/          render job: the final model's full chapter (a single-model site)
     report/                  the study report: index.html, report.pdf, study.json, models/<run>/...
     failures.json            jobs that failed every attempt, with their errors
-    jobs.jsonl               one line per finished or failed job attempt (time taken, error)
+    jobs.jsonl               one line per finished or failed job attempt (wall and CPU time, error)
 
 Each job directory is written whole by the driver (a temporary directory swapped in) with a
 job.json recording the key of its inputs: a job is skipped when its directory exists, holds that
@@ -43,7 +43,9 @@ Progress = Callable[[str], None]
 
 RUNS, RESULTS, CHAPTERS, REPORT = "runs", "results", "chapters", "report"
 MARKER, FAILURES, LOG, LOCK, JOB_FILE = "sweep.json", "failures.json", "jobs.jsonl", ".sweep.lock", "job.json"
-PRIORITY = {"render": 0, "analyse": 1, "train": 2}  # finish what has started before starting more
+# Longest jobs first: trains start as early as possible, so that the short analyses and renders
+# fill the workers at the end instead of a last training run holding up a sweep on one core.
+PRIORITY = {"train": 0, "analyse": 1, "render": 2}
 _TEMP = re.compile(r"^\..+\.(tmp|probe)-[^/]*$")  # what replace_dir / check_out_dir leave when killed
 
 
@@ -265,7 +267,8 @@ class Runner:
             except (OSError, ReportgenError) as e:
                 result = {"error": f"cannot write its outputs: {e}"}
         entry = {"job": task.id, "kind": task.kind, "run": task.run, "attempt": task.attempts,
-                 "seconds": round(seconds, 3), "job_seconds": round(result.get("seconds", 0.0), 3)}
+                 "seconds": round(seconds, 3), "job_seconds": round(result.get("seconds", 0.0), 3),
+                 "cpu_seconds": round(result.get("cpu_seconds", 0.0), 3)}
         if "error" in result:
             self._log({**entry, "status": "failed", "error": result["error"]})
             retries = self.sweep.config.retries
