@@ -23,6 +23,7 @@ process and its children), and the machine's load average is printed at the star
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import resource
 import sys
@@ -101,9 +102,7 @@ def bench_local(n: int, steps: int) -> float:
 
 
 def bench_ray(n: int, steps: int, address: str, local_seconds: float) -> None:
-    try:
-        import ray  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("ray") is None:
         print("ray: not installed (pip install -e '.[ray]'); skipped")
         return
     from reportgen.sweep.engine import RayEngine

@@ -123,3 +123,29 @@ def test_study_json_holds_what_the_pages_show(site):
     data = json.loads((site / "study.json").read_text())
     assert len(data["runs"]) == 9 and [p["format"] for p in data["points"]] == ["plain", "reversed", "scratchpad"]
     assert "nan" not in (site / "study.json").read_text().lower()
+
+
+@pytest.mark.slow
+def test_overview_sorts_and_filters_in_a_browser(site):
+    """The hand-written table script, in headless Chromium from file://: a header click sorts by the
+    cells' values (not their text), typing filters rows, and nothing errs or reaches the network."""
+    from test_site_browser import ARGS, CHROMIUM, Watch
+
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page()
+        watch = Watch(page)
+        page.goto((site / "index.html").as_uri())
+        rows = page.locator("table.sortable tbody tr")
+        first_cells = lambda: [rows.nth(i).locator("td").first.inner_text() for i in range(rows.count())]  # noqa: E731
+        page.get_by_role("button", name="steps to 99%").click()
+        assert first_cells()[:2] == ["format=scratchpad, model.n_layers=1", "format=reversed, model.n_layers=1"]
+        assert first_cells()[-1] == "format=plain, model.n_layers=1"  # never reached: empty, sorted last
+        page.get_by_role("button", name="steps to 99%").click()
+        assert first_cells()[:2] == ["format=reversed, model.n_layers=1", "format=scratchpad, model.n_layers=1"]
+        page.locator(".table-filter").fill("scratch")
+        assert [r.is_visible() for r in rows.all()].count(True) == 1
+        assert page.locator(".table-count").inner_text() == "1 of 3 rows"
+        browser.close()
+    assert not watch.problems
