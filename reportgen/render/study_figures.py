@@ -17,7 +17,7 @@ def plot_panels(panels, cols, legend, panel_w=1.55, panel_h=1.15):
     on top: the step at which something first happened). `legend`: [{name, color, ls}] shown once
     below the panels."""
     from matplotlib.lines import Line2D
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
     cols = max(1, min(cols, len(panels)))
     rows = math.ceil(len(panels) / cols)
@@ -43,12 +43,20 @@ def plot_panels(panels, cols, legend, panel_w=1.55, panel_h=1.15):
             color = F.COLORS[m.get("color", 0) % len(F.COLORS)]
             ax.axvline(m["x"], color=color, ls=":", lw=0.9)
             ax.plot([m["x"]], [1.0], marker="v", color=color, ms=4, transform=ax.get_xaxis_transform(), clip_on=False)
+        # Few ticks and no minor ones: text is most of a small panel's drawing time.
         if p.get("xlog") and p["series"]:
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=6))
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: compact(v)))
-            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.xaxis.set_minor_locator(NullLocator())
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(4))
         if p.get("ylim"):
             ax.set_ylim(*p["ylim"])
+        if p.get("ylim") and p["ylim"][0] == 0 and p["ylim"][1] in (1, 1.02):
+            ax.set_yticks([0, 0.5, 1])
+        else:
+            ax.yaxis.set_major_locator(MaxNLocator(4))
         if not p["series"]:
             ax.set_xticks([])
             ax.text(0.5, 0.5, p.get("empty", "no data"), ha="center", va="center", transform=ax.transAxes,

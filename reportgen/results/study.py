@@ -25,6 +25,7 @@ import numpy as np
 from reportgen.analysis.findings import Estimate
 from reportgen.results.schema import ModelResults
 
+STUDY_SCHEMA_VERSION = 1  # of study.json; bump when a field changes meaning or goes
 FINAL = "final"  # the checkpoint name of a run's final model (checkpoint_best.pt)
 HEADLINE_PROBE = "carry_in"  # the probe label the overview shows (others are on the run pages)
 
@@ -104,6 +105,7 @@ class Study:
     points: list[StudyPoint]
     runs: list[StudyRun]
     failures: list[JobFailure] = field(default_factory=list)
+    schema_version: int = STUDY_SCHEMA_VERSION
 
     def run(self, name: str) -> StudyRun:
         return next(r for r in self.runs if r.name == name)
