@@ -93,6 +93,19 @@ def test_out_that_is_not_a_sweep_is_refused(tmp_path, capsys):
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
+def test_snapshot_trainer_keeps_the_model_at_its_steps(tmp_path):
+    from reportgen.model.checkpoint import load_checkpoint
+    from reportgen.train.trainer import SnapshotTrainer, snapshot_path
+
+    cfg = load_sweep(write_sweep(tmp_path / "s.yaml", seeds=[0])).runs[0].train_config
+    SnapshotTrainer(cfg, tmp_path / "run", [20, 40, 1000]).run()
+    snaps = sorted(p.name for p in (tmp_path / "run" / "snapshots").iterdir())
+    assert snaps == ["step_000020.pt", "step_000040.pt"]  # a step past the budget is never reached
+    snap = load_checkpoint(snapshot_path(tmp_path / "run", 40))
+    assert snap.meta["step"] == 40 and snap.meta["history"]["step"] == [20]  # evaluations before the snapshot
+    assert "optimizer" not in snap.meta and snap.meta["train_config"]["seed"] == 0
+
+
 # ---------------------------------------------------------------- end to end
 def sweep_command(sweep: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "reportgen", "sweep", str(sweep), "--out", str(out), "--jobs", "2", *extra]

@@ -425,90 +425,89 @@ class StudyBuilder:
     def dynamics_figures(self, p: StudyPoint, runs: list[StudyRun]) -> list[Block]:
         """Four figures, one panel per seed each: accuracy per stratum, convergence layer, probe
         selectivity and the causal effect of each confirmed role, against training step."""
-        key = f"figures/points/{self.slugs[p.name]}"
         runs = [r for r in runs if r.snapshots]
         if not runs:
             return [notice("No checkpoint of this grid point has been analysed yet.")]
-        cols = min(4, len(runs))
-        blocks = []
-        # accuracy per stratum
+        key, cols = f"figures/points/{self.slugs[p.name]}", min(4, len(runs))
+        return [self.fig(make(f"{key}-{name}", p, runs, cols)) for name, make in (
+            ("accuracy", self._accuracy_figure), ("convergence", self._convergence_figure),
+            ("probes", self._probe_figure), ("roles", self._roles_figure))]
+
+    def _accuracy_figure(self, key: str, p: StudyPoint, runs: list[StudyRun], cols: int) -> F.ReportFigure:
         panels, rows = [], []
         for r in runs:
-            series = [{"x": [s.step for s in r.snapshots], "y": [s.exact_match.mean for s in r.snapshots], "color": 7,
-                       "lw": 1.4, "ls": "--"}]
-            for i, st in enumerate(self.strata):
-                series.append({"x": [s.step for s in r.snapshots],
-                               "y": [s.by_stratum[st].mean if st in s.by_stratum else None for s in r.snapshots],
-                               "color": i})
+            steps = [s.step for s in r.snapshots]
+            series = [{"x": steps, "y": [s.exact_match.mean for s in r.snapshots], "color": 7, "lw": 1.4, "ls": "--"}]
+            series += [{"x": steps, "y": [s.by_stratum[st].mean if st in s.by_stratum else None for s in r.snapshots],
+                        "color": i} for i, st in enumerate(self.strata)]
             rows += [[r.seed, s.step, s.checkpoint, s.exact_match.mean,
                       *[s.by_stratum[st].mean if st in s.by_stratum else None for st in self.strata]] for s in r.snapshots]
             panels.append(self._panel(r, "exact match", [0, 1.02], series))
         legend = [{"name": "all strata", "color": 7, "ls": "--"}] + [{"name": st, "color": i} for i, st in enumerate(self.strata)]
-        blocks.append(self.fig(SF.panels_figure(
-            f"{key}-accuracy", panels, cols, legend,
+        return SF.panels_figure(
+            key, panels, cols, legend,
             f"{p.label}: exact match on fresh stratified test problems per difficulty stratum against training step "
             "(log scale), one panel per seed; points are the analysed snapshots and the final model. "
             + "; ".join(f"{s}: {d}" for s, d in STRATUM_DESCRIPTIONS.items() if s in self.strata) + ".",
             "Small multiples of exact match per stratum against training step, one panel per seed.",
-            rows, ["seed", "step", "checkpoint", "exact_match", *self.strata])))
-        # logit-lens convergence
+            rows, ["seed", "step", "checkpoint", "exact_match", *self.strata])
+
+    def _convergence_figure(self, key: str, p: StudyPoint, runs: list[StudyRun], cols: int) -> F.ReportFigure:
         panels, rows = [], []
         for r in runs:
-            ys = [s.convergence_layer for s in r.snapshots]
             n_layers = max(s.n_layers for s in r.snapshots)
-            panels.append(self._panel(r, "convergence layer", [0, n_layers + 0.2],
-                                      [{"x": [s.step for s in r.snapshots], "y": ys, "color": 0}]))
+            panels.append(self._panel(r, "convergence layer", [0, n_layers + 0.2], [
+                {"x": [s.step for s in r.snapshots], "y": [s.convergence_layer for s in r.snapshots], "color": 0}]))
             rows += [[r.seed, s.step, s.checkpoint, s.convergence_layer] for s in r.snapshots]
-        blocks.append(self.fig(SF.panels_figure(
-            f"{key}-convergence", panels, cols, [],
+        return SF.panels_figure(
+            key, panels, cols, [],
             f"{p.label}: logit-lens convergence layer (mean over answer digits of the first layer at which the "
             "model's final answer digit is top-1 among digits; 0 = embedding, l+1 = after block l) against training "
             "step, one panel per seed. Lower: the answer is readable earlier in the network.",
             "Small multiples of the logit-lens convergence layer against training step.",
-            rows, ["seed", "step", "checkpoint", "convergence_layer"])))
-        # probe selectivity
+            rows, ["seed", "step", "checkpoint", "convergence_layer"])
+
+    def _probe_figure(self, key: str, p: StudyPoint, runs: list[StudyRun], cols: int) -> F.ReportFigure:
         labels = sorted({k for r in runs for s in r.snapshots for k in s.selectivity})
         panels, rows = [], []
         for r in runs:
             series = [{"x": [s.step for s in r.snapshots], "y": [s.selectivity.get(lab) for s in r.snapshots], "color": i}
                       for i, lab in enumerate(labels)]
-            panels.append(self._panel(r, "selectivity", [-0.1, 1.0], series if labels else []))
+            panels.append(self._panel(r, "selectivity", [-0.1, 1.0], series))
             rows += [[r.seed, s.step, s.checkpoint, lab, s.selectivity.get(lab)] for s in r.snapshots for lab in labels]
-        blocks.append(self.fig(SF.panels_figure(
-            f"{key}-probes", panels, cols, [{"name": lab, "color": i} for i, lab in enumerate(labels)][:8],
+        return SF.panels_figure(
+            key, panels, cols, [{"name": lab, "color": i} for i, lab in enumerate(labels)][:8],
             f"{p.label}: linear-probe selectivity (held-out accuracy minus control-task accuracy) per label at its "
             "best site (hook and layer; averaged over the answer positions probed there), against training step, "
             "one panel per seed. Untrained models score about 0.",
             "Small multiples of probe selectivity per label against training step.",
-            rows, ["seed", "step", "checkpoint", "label", "selectivity"])))
-        # the roles each run confirms
+            rows, ["seed", "step", "checkpoint", "label", "selectivity"])
+
+    def _roles_figure(self, key: str, p: StudyPoint, runs: list[StudyRun], cols: int) -> F.ReportFigure:
         keys = sorted({k for r in runs for s in r.snapshots for k in confirmed_roles(s)}, key=role_order)
-        color = {k: i for i, k in enumerate(keys)}
+        color = {k: i % 8 for i, k in enumerate(keys)}
         panels, rows = [], []
         for r in runs:
             series, marks = [], []
             for k in keys:
                 effects = [next((h.effect for h in s.roles if (h.kind, h.layer, h.column) == k), None) for s in r.snapshots]
                 if any(e is not None for e in effects):
-                    series.append({"x": [s.step for s in r.snapshots], "y": effects, "color": color[k] % 8})
+                    series.append({"x": [s.step for s in r.snapshots], "y": effects, "color": color[k]})
                 first = first_confirmed(r, k)
                 if first is not None:
-                    marks.append({"x": first, "color": color[k] % 8})
+                    marks.append({"x": first, "color": color[k]})
                 rows += [[r.seed, s.step, s.checkpoint, role_name(k), e, k in confirmed_roles(s)]
                          for s, e in zip(r.snapshots, effects)]
-            panel = self._panel(r, "causal effect", None, series)
-            panel["marks"], panel["empty"] = marks, "no confirmed role"
-            panels.append(panel)
-        blocks.append(self.fig(SF.panels_figure(
-            f"{key}-roles", panels, cols, [{"name": role_name(k), "color": color[k] % 8} for k in keys][:8],
+            panels.append({**self._panel(r, "causal effect", None, series), "marks": marks, "empty": "no confirmed role"})
+        return SF.panels_figure(
+            key, panels, cols, [{"name": role_name(k), "color": color[k]} for k in keys][:8],
             f"{p.label}: causal effect of each role confirmed in some analysed checkpoint (as circuit discovery "
             "measures it for that kind: e.g. the accuracy drop on carry digits when a carry head is ablated; the "
             "role's strongest component at that step) against training step, one panel per seed. Dotted lines and "
             "triangles: the first analysed step at which the role passes its test. Gaps: the role was not a "
             "candidate at that step." + (" Colours repeat after eight roles." if len(keys) > 8 else ""),
             "Small multiples of the causal effect of each confirmed role against training step, with the step it "
-            "first passes marked.", rows, ["seed", "step", "checkpoint", "role", "effect", "confirmed"])))
-        return blocks
+            "first passes marked.", rows, ["seed", "step", "checkpoint", "role", "effect", "confirmed"])
 
     def _panel(self, r: StudyRun, ylabel: str, ylim, series: list[dict]) -> dict:
         return {"title": f"seed {r.seed}", "xlabel": "step", "ylabel": ylabel, "ylim": ylim, "xlog": True,

@@ -342,7 +342,7 @@ def snapshot_path(out_dir: Path, step: int) -> Path:
 
 class SnapshotTrainer(Trainer):
     """A Trainer that also keeps the model after each of `snapshot_steps` (snapshots/step_NNNNNN.pt:
-    weights and the training history so far, no optimizer state), to follow a mechanism through
+    weights and the evaluations before it, no optimizer state), to follow a mechanism through
     training. Kept apart from Trainer: it only adds a save after a step."""
 
     def __init__(self, cfg: TrainConfig, out_dir: Path, snapshot_steps: list[int], resume: bool = False):
