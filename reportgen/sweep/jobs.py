@@ -16,7 +16,7 @@ import io
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,7 +42,6 @@ class Task:
     target: Any = None  # the job directory its files go to
     checkpoint: str = ""  # analyse: "final" or "step_000400"
     attempts: int = 0
-    seconds: list[float] = field(default_factory=list)
 
 
 def execute(kind: str, kwargs: dict) -> dict:

@@ -238,7 +238,8 @@ class Runner:
             self.chapters.add(spec.name)
             return
         self._queue(Task(f"render {spec.name}", "render", spec.name,
-                         lambda: {"results_json": json_bytes, "arrays_npz": npz_bytes}, key=key, target=d))
+                         lambda: {"results_json": (src / RESULTS_FILE).read_bytes(),
+                                  "arrays_npz": (src / ARRAYS_FILE).read_bytes()}, key=key, target=d))
 
     # -- running
     def run(self, engine) -> None:
