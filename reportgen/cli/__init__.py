@@ -13,7 +13,7 @@ import sys
 
 from reportgen.errors import Interrupted, ReportgenError, os_error_advice
 
-COMMANDS = ("data", "train", "eval", "analyze", "build", "render")
+COMMANDS = ("data", "train", "eval", "analyze", "build", "render", "sweep")
 
 
 class OneLineParser(argparse.ArgumentParser):

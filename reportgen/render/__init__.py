@@ -18,12 +18,13 @@ __all__ = ["render_site", "site_is_current"]
 
 
 def render_site(report, out_dir: Path, pdf: bool = True, log: Optional[Callable[[str], None]] = None,
-                summary: bool = False) -> None:
+                summary: bool = False, workers: Optional[int] = None) -> None:
     """Write the site (index, model, example, comparison and provenance pages, figures, tables,
     search index, results files) into `out_dir`, and `report.pdf` when `pdf` is set.
 
     Files are written in place; a caller that must never leave a half-written report renders into
-    a fresh directory and swaps it in afterwards.
+    a fresh directory and swaps it in afterwards. `workers` caps the figure-drawing processes
+    (default: the usable CPUs, at most 4).
     """
     say = log or (lambda message: None)
     out_dir = Path(out_dir)
@@ -31,7 +32,7 @@ def render_site(report, out_dir: Path, pdf: bool = True, log: Optional[Callable[
     builder = SiteBuilder(report, pdf)
     pages = builder.pages()
     say(f"rendering {len(builder.figures)} figures")
-    render_figures(builder.figures, out_dir)
+    render_figures(builder.figures, out_dir, workers)
     say(f"writing {len(pages)} pages and {len(builder.tables)} tables")
     env = environment()
     write_site(builder, pages, out_dir, env)

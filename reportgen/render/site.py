@@ -107,6 +107,9 @@ def not_run(what: str) -> Block:
     return notice(f"Not run: the {what} analysis was not part of this build, so there is nothing to show here.")
 
 
+NUMBERED_AS = {"sortable": "table"}  # block kinds numbered with another kind (a sortable table is a table)
+
+
 def number_blocks(sections: list[Section]) -> list[Section]:
     """Copies of `sections` whose figures and tables are numbered in order of appearance."""
     counters = {"figure": 0, "table": 0}
@@ -114,9 +117,10 @@ def number_blocks(sections: list[Section]) -> list[Section]:
     for s in sections:
         blocks = []
         for b in s.blocks:
-            if b.kind in counters:
-                counters[b.kind] += 1
-                b = dataclasses.replace(b, number=counters[b.kind])
+            kind = NUMBERED_AS.get(b.kind, b.kind)
+            if kind in counters:
+                counters[kind] += 1
+                b = dataclasses.replace(b, number=counters[kind])
             blocks.append(b)
         out.append(dataclasses.replace(s, blocks=blocks))
     return out

@@ -486,3 +486,26 @@ def training_curve_png(history: dict) -> bytes:
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
     return buf.getvalue()
+
+
+def snapshot_path(out_dir: Path, step: int) -> Path:
+    """Where a run keeps its model as it was after `step` steps."""
+    return out_dir / "snapshots" / f"step_{step:06d}.pt"
+
+
+class SnapshotTrainer(Trainer):
+    """A Trainer that also keeps the model after each of `snapshot_steps` (snapshots/step_NNNNNN.pt:
+    weights and the evaluations before it, no optimizer state), to follow a mechanism through
+    training. Kept apart from Trainer: it only adds a save after a step."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: Path, snapshot_steps: list[int], resume: bool = False):
+        super().__init__(cfg, out_dir, resume)
+        self.snapshot_steps = set(snapshot_steps)
+
+    def _train_step(self) -> float:
+        loss = super()._train_step()
+        if self.step in self.snapshot_steps:
+            path = snapshot_path(self.out_dir, self.step)
+            path.parent.mkdir(exist_ok=True)
+            self._save_checkpoint(str(path.relative_to(self.out_dir)), self._meta({}))
+        return loss
