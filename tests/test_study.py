@@ -34,13 +34,15 @@ def test_summarise_reads_one_models_results():
     assert s.convergence_layer == pytest.approx(sum(index[k] * n for k, n in hist.items()) / sum(hist.values()))
     by_site: dict = {}
     for p in m.findings.probing.probes:
-        by_site.setdefault((p.label, p.hook), []).append(p.selectivity)
+        by_site.setdefault((p.label, p.hook), []).append(p.selectivity.mean)
     for label, value in s.selectivity.items():
         assert value == pytest.approx(max(sum(v) / len(v) for (lab, _), v in by_site.items() if lab == label))
     hits = {(h.kind, h.layer, h.column): h for h in s.roles}
     carry = hits[("carry_head", 0, 1)]
     assert (carry.confirmed, carry.units, carry.effect) == (True, 1, pytest.approx(0.41))
-    assert not hits[("position_head", 0, None)].confirmed
+    assert hits[("position_head", 0, None)].confirmed
+    # the fixture's delimiter-head test confirms on two of three twins: broken, so nothing counts
+    assert not hits[("delimiter_head", 0, None)].confirmed
 
 
 def test_roles_are_kind_layer_and_column_never_the_head_index():
