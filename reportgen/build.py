@@ -12,12 +12,15 @@ Torch-using stages are imported inside the functions that need them: `reportgen 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import multiprocessing
 import os
 import re
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
@@ -27,6 +30,7 @@ from reportgen.atomic import check_replaceable, recover, replace_dir
 from reportgen.configfile import to_dict
 from reportgen.errors import ReportgenError, os_error_advice
 from reportgen.fingerprint import code_digest, library_version
+from reportgen.parallel import cpus, die_with_parent
 from reportgen.results.compare import compare_models
 from reportgen.results.schema import (
     SCHEMA_VERSION, Accuracy, HarderTest, ModelResults, Provenance, Report, TrainingCurve,
@@ -89,19 +93,26 @@ def build_report(checkpoints: list[str], compare: list[str], examples: Optional[
 
     say = progress or _quiet
     cache = out.parent / CACHE_DIR if use_cache else None
-    models = []
-    for i, (path, ckpt, plan, name, label) in enumerate(zip(paths, ckpts, plans, names, labels), 1):
-        run = ModelRun(ckpt, plan, cfg, examples, _prefixed(say, f"[{i}/{len(paths)}] {name}: "), progress is not None)
-        for note in plan.notes:
+    runs = [ModelRun(ckpt, plan, cfg, examples, functools.partial(_prefixed, say, f"[{i}/{len(paths)}] {name}: "),
+                     progress is not None) for i, (ckpt, plan, name) in enumerate(zip(ckpts, plans, names), 1)]
+    for run in runs:
+        for note in run.plan.notes:
             run.say(f"note: {note}")
-        models.append(_model_results(run, path, name, label, cache))
+    keys = [cache_key(run.ckpt.sha256, to_dict(cfg), examples) for run in runs]
+    results = [_cache_get(cache, key, run.say) if cache else None for run, key in zip(runs, keys)]
+    todo = [i for i, r in enumerate(results) if r is None]
+    for i, result in zip(todo, compute_all([runs[i] for i in todo], torch_device, say)):
+        results[i] = result
+        if cache:
+            _cache_put(cache, keys[i], result)
+    models = [model_name(r, path, name, label) for r, path, name, label in zip(results, paths, names, labels)]
     report = make_report(models, title)
     write_site(report, out, pdf, say, pdf_summary)
     return report
 
 
-def _prefixed(progress: Progress, prefix: str) -> Progress:
-    return lambda message: progress(prefix + message)
+def _prefixed(progress: Progress, prefix: str, message: str) -> None:
+    progress(prefix + message)
 
 
 def _run_name(path: str) -> str:
@@ -205,15 +216,45 @@ class ModelRun:
     bars: bool  # let the analyses draw progress bars
 
 
-def _model_results(run: ModelRun, path: str, name: str, label: str, cache: Optional[Path]) -> ModelResults:
-    """A model's results from the cache, or computed (and cached); named for this report."""
-    key = cache_key(run.ckpt.sha256, to_dict(run.cfg), run.examples)
-    result = _cache_get(cache, key, run.say) if cache else None
-    if result is None:
-        result = compute_model_results(run)
-        if cache:
-            _cache_put(cache, key, result)
-    return model_name(result, path, name, label)
+# The analyses of one model in jobs of comparable cost on the demos, so that the models of a build
+# keep every core busy (each job a process with one torch thread: these models are too small for
+# a second thread to pay). The first job also measures accuracy and the examples shown.
+JOB_ANALYSES = (("attention", "logit_lens", "probing", "interventions"), ("circuits",), ("patching",))
+
+
+def compute_all(runs: list[ModelRun], device: str, say: Progress = _quiet) -> list[ModelResults]:
+    """Each run's results, computed in parallel processes where there are CPUs to spare (not on a
+    GPU): every model's analyses split into JOB_ANALYSES, the first job also measuring accuracy
+    and the examples shown, then merged. Progress lines of the jobs come from this process."""
+    jobs = [(i, set(group) & run.plan.enabled, k == 0) for i, run in enumerate(runs)
+            for k, group in enumerate(JOB_ANALYSES) if k == 0 or set(group) & run.plan.enabled]
+    # Longest first (the cost grows with the input's length), so the last jobs are the short ones.
+    jobs.sort(key=lambda j: (-runs[j[0]].plan.batch.tokens.shape[1], j[0]))
+    if device != "cpu" or cpus() < 2 or len(jobs) < 2:
+        return [compute_model_results(run) for run in runs]
+    workers = min(cpus(), len(jobs))
+    say(f"evaluating and analysing {len(runs)} model(s) as {len(jobs)} jobs in {workers} processes")
+    context = multiprocessing.get_context("spawn")  # a forked torch can hang
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_job_worker, initargs=(os.getpid(),)) as pool:
+        futures = [pool.submit(compute_model_results, dataclasses.replace(runs[i], say=_quiet), analyses, first)
+                   for i, analyses, first in jobs]
+        parts = [f.result() for f in futures]
+    out: list[Optional[ModelResults]] = [None] * len(runs)
+    for (i, _, first), part in zip(jobs, parts):
+        if first:
+            out[i] = part
+    for (i, analyses, first), part in zip(jobs, parts):
+        for name in analyses if not first else ():
+            setattr(out[i].findings, name, getattr(part.findings, name))
+    return out
+
+
+def _job_worker(parent: int) -> None:
+    """A job process: one torch thread, and it ends with the build however that ends."""
+    import torch
+
+    torch.set_num_threads(1)
+    die_with_parent(parent)
 
 
 def model_name(result: ModelResults, path: str, name: Optional[str] = None, label: Optional[str] = None) -> ModelResults:
@@ -224,25 +265,28 @@ def model_name(result: ModelResults, path: str, name: Optional[str] = None, labe
     return dataclasses.replace(result, name=name, label=label, provenance=prov)
 
 
-def compute_model_results(run: ModelRun) -> ModelResults:
+def compute_model_results(run: ModelRun, analyses: Optional[set[str]] = None, first: bool = True) -> ModelResults:
     """Accuracy on a fresh stratified test set, the planned analyses and provenance of one model
-    (unnamed: the report names it)."""
+    (unnamed: the report names it). A job of compute_all runs only `analyses`, and only its
+    `first` job measures accuracy and the examples shown."""
     from reportgen.analysis.examples import held_out_from
     from reportgen.analysis.run import run_plan
 
     ckpt, say = run.ckpt, run.say
-    records, excluded = held_out_from(ckpt, EVAL_EXAMPLES, EVAL_SEED, run.plan.questions)
-    unseen = bool(excluded)
-    say(f"evaluating on {len(records)} fresh stratified examples"
-        + ("" if unseen else " (the training data could not be recovered: some may be training questions)"))
-    accuracy = _accuracy(ckpt, records, unseen)
-    harder = None
-    if run.cfg.harder_test_digits:
-        digits = run.cfg.harder_test_digits
-        say(f"evaluating on {EVAL_EXAMPLES} problems of {digits}-digit operands (the harder test)")
-        harder = HarderTest(digits, _accuracy(ckpt, harder_records(ckpt, digits), digits > ckpt.task["max_digits"]))
-    say("running the analyses")
-    findings = run_plan(ckpt, run.cfg, run.plan, progress=run.bars)
+    accuracy = harder = None
+    if first:
+        records, excluded = held_out_from(ckpt, EVAL_EXAMPLES, EVAL_SEED, run.plan.questions)
+        unseen = bool(excluded)
+        say(f"evaluating on {len(records)} fresh stratified examples"
+            + ("" if unseen else " (the training data could not be recovered: some may be training questions)"))
+        accuracy = _accuracy(ckpt, records, unseen)
+        if run.cfg.harder_test_digits:
+            digits = run.cfg.harder_test_digits
+            say(f"evaluating on {EVAL_EXAMPLES} problems of {digits}-digit operands (the harder test)")
+            harder = HarderTest(digits, _accuracy(ckpt, harder_records(ckpt, digits), digits > ckpt.task["max_digits"]))
+    plan = run.plan if analyses is None else dataclasses.replace(run.plan, enabled=analyses)
+    say("running the analyses" + ("" if analyses is None else f" ({', '.join(sorted(analyses)) or 'examples'})"))
+    findings = run_plan(ckpt, run.cfg, plan, progress=run.bars, shown=first)
     h = ckpt.meta.get("history") or {}
     training = TrainingCurve(steps=[int(s) for s in h.get("step", [])],
                              train_loss=[float(x) for x in h.get("train_loss", [])],

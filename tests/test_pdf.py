@@ -92,6 +92,8 @@ def test_text_is_extractable(pdf_path, report):
     assert "recovery = (LD_patched − LD_corrupt)/(LD_clean − LD_corrupt)" in " ".join(text.split())  # definitions, once
     assert "Page 3 of" in text
     assert "<script>alert('x')</script>" in text  # escaped in HTML, shown literally in the PDF
+    # the full per-head and per-stratum detail stays on the site, named in the PDF where it would stand
+    assert "is on the site, with its CSV (tables/" in " ".join(text.split())
 
 
 def test_page_renders_to_png(pdf_path):

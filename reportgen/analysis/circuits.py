@@ -199,8 +199,9 @@ def each_index(run: PairRun, site: str, layer: int, index: torch.Tensor, directi
 
 
 def resample_counts(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """[n_boot, n] how often each of n pairs is drawn in each bootstrap resample."""
-    counts = np.zeros((n_boot, n))
+    """[n_boot, n] how often each of n pairs is drawn in each bootstrap resample (small whole
+    numbers: float32 holds them exactly and halves the cost of the resampled sums)."""
+    counts = np.zeros((n_boot, n), dtype=np.float32)
     np.add.at(counts, (np.arange(n_boot)[:, None], rng.integers(0, n, (n_boot, n))), 1.0)
     return counts
 
@@ -209,7 +210,8 @@ def pooled(e: Effects, counts: Optional[np.ndarray] = None) -> np.ndarray:
     """Pooled effect [C], or per resample [B, C] given bootstrap `counts` [B, N]."""
     if counts is None:
         return e.weighted().sum(0) / max(e.weight.sum(), 1e-300)
-    return (counts @ e.weighted()) / np.maximum(counts @ e.weight, 1e-300)[:, None]
+    num = counts @ e.weighted().astype(np.float32)
+    return (num / np.maximum(counts @ e.weight.astype(np.float32), 1e-30)[:, None]).astype(np.float64)
 
 
 def interval(point: np.ndarray, boots: np.ndarray, n: int) -> list[Estimate]:

@@ -105,9 +105,10 @@ def analyze(ckpt: Checkpoint, cfg: AnalysisConfig, examples: Optional[list[str]]
     return run_plan(ckpt, cfg, prepare(ckpt, cfg, examples, enabled), progress)
 
 
-def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool = True) -> AnalysisFindings:
+def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool = True,
+             shown: bool = True) -> AnalysisFindings:
     """The analyses of a prepared plan, with progress on stderr (one step per analysis: a bar on a
-    terminal, a line per step elsewhere)."""
+    terminal, a line per step elsewhere); `shown`: also the examples shown one by one."""
     from reportgen.progress import progress as progress_bar
 
     model, tok, batch, on, seed = ckpt.model, ckpt.tokenizer, plan.batch, plan.enabled, cfg.seed
@@ -115,7 +116,7 @@ def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool =
     order = [a for a in ANALYSES if a in on]
     bar = progress_bar(len(order) + 2, "analyze", enabled=progress)
     bar.set_postfix_str("forward pass")
-    _, cache = run_with_cache(model, batch)
+    _, cache = run_with_cache(model, batch) if on - {"patching"} else (None, None)
     twins = untrained_twins(model, cfg.untrained_twins, seed)
     twin_caches, attention_all = [], None
     if on & {"attention", "probing", "circuits", "logit_lens"}:
@@ -123,7 +124,7 @@ def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool =
     if on & {"attention", "circuits"}:  # circuits picks its candidates from every layer's role scores
         attention_all = analyze_attention(batch, cache, twin_caches, n_layers, list(range(n_layers)), seed,
                                           cfg.attention.role_margin)
-    lens = compute_lens(model, tok, cache, batch)
+    lens = compute_lens(model, tok, cache, batch) if "logit_lens" in on else None
     bar.update()
 
     runners = {
@@ -143,7 +144,7 @@ def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool =
         setattr(out, name, runners[name]())
         bar.update()
     bar.set_postfix_str("examples")
-    out.examples = example_findings(ckpt, plan.shown)
+    out.examples = example_findings(ckpt, plan.shown) if shown else []
     bar.update()
     bar.close()
     return out

@@ -580,7 +580,8 @@ class SiteBuilder:
                  "verdict"],
                 [[r.component, r.kind, r.column, r.target, r.recovery, r.damage, r.control, r.untrained,
                   Cell("confirmed" if r.confirmed else "—", strong=r.confirmed)]
-                 for r in sorted(heads, key=lambda r: (r.kind, r.target, r.column, r.layer, r.index))])))
+                 for r in sorted(heads, key=lambda r: (r.kind, r.target, r.column, r.layer, r.index))],
+                site_only=True)))
         if circ.neuron_test:
             blocks.append(self.table(Table(self.paths.table(m, "neuron-screen"), "The correlational screen that "
                                            "lists neuron candidates (not a confirmation of any of them).",
@@ -628,7 +629,7 @@ class SiteBuilder:
             f"probe on the one-hot digits of both operands (operand identity alone). Position: the digit the position "
             f"predicts, by role and column.",
             ["label", "layout", "position", "site", "accuracy", "twins", "selectivity", "corrected bound",
-             "over best baseline", "operands only"], rows)))
+             "over best baseline", "operands only"], rows, site_only=True)))
         summary = [[r["label"], r["site"], r["positions"], r["confirmed"] if stated else "not stated",
                     r["accuracy"], r["untrained"], r["selectivity"], r["operand_baseline"]] for r in F.probe_summary(probing)]
         blocks.append(self.table(Table(
@@ -677,7 +678,8 @@ class SiteBuilder:
             self.table(Table(self.paths.table(m, "ablations-by-stratum"), f"The measures per difficulty stratum with "
                              f"each component ablated ({method}); a carry-handling component hurts the carry strata "
                              f"far more than no_carry. 95% bootstrap intervals over examples; 'n/a': no example of "
-                             f"that stratum.", ["component", "measure", *strata], stratum_rows)),
+                             f"that stratum.", ["component", "measure", *strata], stratum_rows,
+                             site_only=True)),
         ]
 
     def examples_section(self, m) -> Section:

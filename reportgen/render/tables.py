@@ -39,6 +39,7 @@ class Table:
     rows: list[list[Any]]
     note: str = ""
     digits: int = 2
+    site_only: bool = False  # a detail table the PDF names (with its CSV on the site) instead of printing
     numeric: list[bool] = field(init=False)
 
     def __post_init__(self):
