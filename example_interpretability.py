@@ -99,7 +99,11 @@ def tour(checkpoint: str, out: Path) -> None:
     carry = discovery.find_carry_detection_heads([(e, None) for e in examples])
     operator = discovery.find_operator_attention_heads(examples, sorted({r["op"] for r in records}))
     for t in carry[:3]:
-        print(f"   carry test L{t['layer']}H{t['head']}: {'confirmed' if t['confirmed'] else 'not confirmed'}; {t['note']}")
+        u = t["untrained"]
+        print(f"   carry test L{t['layer']}H{t['head']} (column {t['column']}, read at {t['target']}): "
+              f"{'confirmed' if t['confirmed'] else 'not confirmed'}; carry-flip recovery {t['recovery']:.2f}"
+              + (f", on sum-flip pairs {t['sum_flip']['mean']:.2f}" if t["sum_flip"] else "")
+              + (f", largest same-layer head in the untrained twins {u['mean']:.2f}" if u else ""))
     for d in operator[:3]:
         att = ", ".join(f"'{op}' {v:.2f}" for op, v in d["operator_attention"].items())
         print(f"   operator attention L{d['layer']}H{d['head']}: {att}")
