@@ -96,6 +96,20 @@ def test_table_downloads_unit():
     assert "\\textbf{a\\&b}" in tex
 
 
+def test_print_widths_keep_numbers_whole_and_give_text_the_rest():
+    from reportgen.render.tables import LINE_CHARS, PAD_CHARS
+
+    note = "a long explanation " * 20
+    t = Table("tables/x", "c", ["head", "recovery", "note"], [["L0H1", Estimate(0.5, 0.41, 0.62, 10), note]] * 3)
+    widths = t.print_widths()
+    assert math.isclose(sum(widths), 100, abs_tol=0.05)
+    est_chars = widths[1] / 100 * LINE_CHARS
+    assert est_chars >= len("0.50 [0.41, 0.62]") + PAD_CHARS - 0.01  # an interval is not split across lines
+    assert widths[2] > widths[0] + widths[1]  # the text column takes what the line has left
+    short = Table("tables/y", "c", ["a", "bb"], [["x", 1]]).print_widths()
+    assert math.isclose(sum(short), 100, abs_tol=0.05) and Table("tables/z", "c", ["a"], []).print_widths() == [100.0]
+
+
 def test_safe_name():
     assert safe_name("59plus73") == "59plus73"
     bad = safe_name(f"../{HOSTILE} key")

@@ -16,6 +16,9 @@ from typing import Any, Optional
 from reportgen.analysis.findings import Estimate
 
 MISSING = "n/a"
+# A printed table line holds about this many characters (digits and bold headers are wider than
+# the average letter) at 7.5 pt across A4 between the margins; a cell's padding takes about three.
+LINE_CHARS, PAD_CHARS = 120, 3
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,27 @@ class Table:
             ]
             for row in self.rows
         ]
+
+    def print_widths(self) -> list[float]:
+        """Column widths in percent of the page for the PDF's fixed table layout, as an automatic
+        layout would give them (WeasyPrint's measures every cell's text, which costs most of the
+        PDF's typesetting time): each column at least its longest word, the rest of the line
+        shared in proportion to what its longest cell lacks."""
+        least, most = [], []
+        for i, name in enumerate(self.columns):
+            cells = [self.cell_text(r[i]) for r in self.rows]
+            # a number (or an estimate with its interval) is not broken across lines
+            words = name.split() + [w for t in cells for w in ([t] if self.numeric[i] else t.split())]
+            least.append(max(map(len, words), default=0) + PAD_CHARS)
+            most.append(max(least[-1], max(map(len, [name, *cells])) + PAD_CHARS))
+        if sum(most) <= LINE_CHARS:
+            widths = most
+        elif sum(least) >= LINE_CHARS:
+            widths = least
+        else:
+            spare, lack = LINE_CHARS - sum(least), sum(most) - sum(least)
+            widths = [m + spare * (x - m) / lack for m, x in zip(least, most)]
+        return [round(100 * w / sum(widths), 2) for w in widths]
 
     def cell_text(self, c) -> str:
         return c.text if isinstance(c, Cell) and c.text is not None else fmt_value(_value(c), self.digits)
