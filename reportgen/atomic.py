@@ -19,6 +19,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -50,12 +51,10 @@ def replace_dir(out: Path, write: Callable[[Path], None]) -> None:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         recover(out)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        tmp = partial_dir(out)
     except OSError as e:
         raise write_error(out, e) from None
     try:
-        tmp.chmod(0o777 & ~umask())  # mkdtemp makes it private; outputs are as shared as the user's files
-        mark_partial(tmp)
         write(tmp)
         (tmp / MANIFEST).write_text(json.dumps({"files": file_hashes(tmp)}, indent=1, sort_keys=True) + "\n")
         with _locked(out.parent):  # a concurrent recover() must not take the finished directory for a leftover
@@ -69,9 +68,22 @@ def replace_dir(out: Path, write: Callable[[Path], None]) -> None:
         _discard(tmp)
 
 
-def mark_partial(d: Path) -> None:
-    """Mark a temporary directory as being written by this process (see recover())."""
-    (d / PARTIAL).write_text(json.dumps(_this_process()))
+def partial_dir(out: Path) -> Path:
+    """A new empty directory beside `out`, marked as being written by this process (see recover()).
+
+    Its name names this process too, so a run killed before the marker is written leaves nothing
+    recover() cannot attribute.
+    """
+    me = _this_process()
+    host = hashlib.sha256(me["host"].encode()).hexdigest()[:8]
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{me['pid']}.{me['start'] or 'x'}.{host}-", dir=out.parent))
+    try:
+        tmp.chmod(0o777 & ~umask())  # mkdtemp makes it private; outputs are as shared as the user's files
+        (tmp / PARTIAL).write_text(json.dumps(me))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
 
 
 def write_error(out: Path, e: OSError) -> ReportgenError:
@@ -289,12 +301,11 @@ def recover(out: Path) -> None:
 
 
 def _recover_tmp(path: Path, out: Path) -> None:
-    if os.path.lexists(path / PARTIAL):
-        if not _writer_alive(path / PARTIAL):
+    if os.path.lexists(path / PARTIAL) or _recorded(path) is None:  # being written, or was
+        alive = _writer_alive(path)
+        if alive is False:
             _discard(path)
-        return
-    if _recorded(path) is None:  # not (or not yet) marked as reportgen's: leave it, unless empty and stale
-        if _stale(path):
+        elif alive is None and _stale(path):  # a writer that cannot be told: only an empty one goes
             with contextlib.suppress(OSError):
                 path.rmdir()
         return
@@ -330,17 +341,25 @@ def _start_time(pid: int) -> Optional[int]:
         return None
 
 
-def _writer_alive(marker: Path) -> bool:
-    """Whether the process named in an in-progress marker is still running (an unreadable marker
-    is being written now, unless it is stale)."""
+def _writer_alive(tmp: Path) -> Optional[bool]:
+    """Whether the process writing temporary directory `tmp` still runs, read from its in-progress
+    marker or else from its name (see partial_dir); None when neither tells."""
+    marker = tmp / PARTIAL
     try:
         info = json.loads(marker.read_text())
-        pid, start, host = int(info["pid"]), info.get("start"), info.get("host")
+        pid, start, same_host = int(info["pid"]), info.get("start"), info.get("host") == socket.gethostname()
     except (OSError, ValueError, KeyError, TypeError):
-        return not _stale(marker)
-    if host != socket.gethostname():
+        named = _TMP_NAME.match(tmp.name.rpartition(".tmp-")[2])
+        if named is None:  # a directory of an older reportgen: an unreadable marker is being written now
+            return (not _stale(marker)) if os.path.lexists(marker) else None
+        pid, start = int(named["pid"]), None if named["start"] == "x" else int(named["start"])
+        same_host = named["host"] == hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    if not same_host:
         return True  # a process on another machine sharing this directory: cannot tell
     return pid_alive(pid, start)
+
+
+_TMP_NAME = re.compile(r"(?P<pid>\d+)\.(?P<start>\d+|x)\.(?P<host>[0-9a-f]{8})-")
 
 
 def pid_alive(pid: int, start: Optional[int] = None) -> bool:

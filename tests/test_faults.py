@@ -543,6 +543,12 @@ def hold():
 if pause == "exchange":
     exchange = atomic._exchange
     atomic._exchange = lambda a, b: exchange(a, b) and (hold() or True)
+elif pause == "mkdtemp":  # killed before the new directory is marked as being written
+    mkdtemp = atomic.tempfile.mkdtemp
+    def mkdtemp_and_hold(**kw):
+        mkdtemp(**kw)
+        hold()
+    atomic.tempfile.mkdtemp = mkdtemp_and_hold
 elif pause == "renames":  # a file system that cannot exchange: two renames, killed between them
     atomic._exchange = lambda a, b: False
     rename = os.rename
@@ -598,6 +604,13 @@ def test_row2_killed_between_two_renames_the_next_run_puts_the_site_back(site):
     kill_while_swapping(site, "renames")
     recover(site)  # what every build does first
     assert site_version(site) == "3" and leftovers(site.parent) == []
+
+
+def test_row2_killed_before_its_new_directory_is_marked_the_next_run_cleans_it(site):
+    kill_while_swapping(site, "mkdtemp")
+    assert site_version(site) == "1" and leftovers(site.parent)  # an empty directory, not yet marked
+    recover(site)
+    assert site_version(site) == "1" and leftovers(site.parent) == []
 
 
 def test_row2_a_note_saved_during_a_killed_swap_is_put_back(site, capsys):

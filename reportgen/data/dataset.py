@@ -41,13 +41,12 @@ import math
 import os
 import random
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Optional
 
-from reportgen.atomic import PARTIAL, mark_partial, recover, umask
+from reportgen.atomic import PARTIAL, partial_dir, recover
 from reportgen.data.arithmetic import (
     ANSWER_ORDERS,
     STRATA,
@@ -705,9 +704,7 @@ def write_dataset(spec: DataSpec, out_dir, command: str) -> dict:
     try:
         parent.mkdir(parents=True, exist_ok=True)
         recover(out)  # a temporary directory of a `reportgen data` that was killed
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
-        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it private; a data dir is not
-        mark_partial(tmp)
+        tmp = partial_dir(out)
         for name in SPLITS:
             _write_file(tmp / SPLIT_FILES[name], blobs[name])
         _write_file(tmp / MANIFEST, json.dumps(manifest, sort_keys=True, indent=2,
