@@ -15,22 +15,20 @@ import dataclasses
 import functools
 import hashlib
 import json
-import multiprocessing
 import os
 import re
 import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 from reportgen.analysis.findings import Estimate
 from reportgen.atomic import check_replaceable, recover, replace_dir
 from reportgen.configfile import to_dict
 from reportgen.errors import ReportgenError, os_error_advice
 from reportgen.fingerprint import code_digest, library_version
-from reportgen.parallel import cpus, die_with_parent
+from reportgen.parallel import cpus, exit_with_parent
 from reportgen.results.compare import compare_models
 from reportgen.results.schema import (
     SCHEMA_VERSION, Accuracy, HarderTest, ModelResults, Provenance, Report, TrainingCurve,
@@ -234,11 +232,14 @@ def compute_all(runs: list[ModelRun], device: str, say: Progress = _quiet) -> li
         return [compute_model_results(run) for run in runs]
     workers = min(cpus(), len(jobs))
     say(f"evaluating and analysing {len(runs)} model(s) as {len(jobs)} jobs in {workers} processes")
-    context = multiprocessing.get_context("spawn")  # a forked torch can hang
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_job_worker, initargs=(os.getpid(),)) as pool:
-        futures = [pool.submit(compute_model_results, dataclasses.replace(runs[i], say=_quiet), analyses, first)
-                   for i, analyses, first in jobs]
-        parts = [f.result() for f in futures]
+    parts: list[Optional[ModelResults]] = [None] * len(jobs)
+    for done, (k, part) in enumerate(_in_processes([
+            functools.partial(_job, os.getpid(), dataclasses.replace(runs[i], say=_quiet, bars=False), analyses, first)
+            for i, analyses, first in jobs], workers), 1):
+        parts[k] = part
+        i, analyses, first = jobs[k]
+        runs[i].say(f"{', '.join(sorted(analyses)) or 'evaluation'}{' and examples' if first else ''} done "
+                    f"({done} of {len(jobs)} jobs)")
     out: list[Optional[ModelResults]] = [None] * len(runs)
     for (i, _, first), part in zip(jobs, parts):
         if first:
@@ -249,12 +250,31 @@ def compute_all(runs: list[ModelRun], device: str, say: Progress = _quiet) -> li
     return out
 
 
-def _job_worker(parent: int) -> None:
-    """A job process: one torch thread, and it ends with the build however that ends."""
+def _in_processes(jobs: list[Callable[[], ModelResults]], workers: int) -> Iterator[tuple[int, ModelResults]]:
+    """(index, result) of each job as it finishes, from `workers` fresh processes with one thread
+    each (joblib's loky processes: started without re-running the caller's script, so the Python
+    API needs no `if __name__ == "__main__"` guard; they end with this process however it ends,
+    and are shut down after the last job so that their memory is free for the figures)."""
+    from joblib import Parallel, delayed, parallel_config
+    from joblib.externals.loky import get_reusable_executor
+
+    try:
+        with parallel_config(backend="loky", n_jobs=workers, inner_max_num_threads=1, max_nbytes=None):
+            yield from Parallel(return_as="generator_unordered")(delayed(_indexed)(k, job) for k, job in enumerate(jobs))
+    finally:
+        get_reusable_executor().shutdown(wait=True)
+
+
+def _indexed(k: int, job: Callable[[], ModelResults]) -> tuple[int, ModelResults]:
+    return k, job()
+
+
+def _job(parent: int, run: ModelRun, analyses: set[str], first: bool) -> ModelResults:
     import torch
 
     torch.set_num_threads(1)
-    die_with_parent(parent)
+    exit_with_parent(parent)
+    return compute_model_results(run, analyses, first)
 
 
 def model_name(result: ModelResults, path: str, name: Optional[str] = None, label: Optional[str] = None) -> ModelResults:

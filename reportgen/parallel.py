@@ -61,6 +61,22 @@ def die_with_parent(parent: int) -> None:
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch-parent").start()
 
 
+def exit_with_parent(parent: int) -> None:
+    """Make this process exit when process `parent` ends, watched by a thread started once per
+    process: for the workers of a pool started elsewhere (joblib's), which would otherwise wait
+    minutes for more work after their parent was killed."""
+    global _WATCHED
+    if _WATCHED == parent:
+        return
+    if os.getppid() != parent:
+        os._exit(1)
+    _WATCHED = parent
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch-parent").start()
+
+
+_WATCHED: Optional[int] = None
+
+
 def _watch_parent(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(PARENT_POLL_S)

@@ -386,3 +386,21 @@ def test_examples_as_the_site_shows_them_are_accepted_back(tmp_path):
     wrong = cli_in(tmp_path, "build", "--checkpoint", DEMOS["add3_rev"], "--examples", "59+48=710", "--config",
                    "attention.yaml", "--no-pdf", "--out", "wrong")
     assert wrong.returncode == 2 and "59+48=710" in wrong.stderr and "59+48=701" in wrong.stderr
+
+
+@pytest.mark.slow
+def test_the_python_api_builds_from_a_script_without_a_main_guard(work):
+    """The analysis jobs run in worker processes that must not re-run the caller's script."""
+    make_checkpoint(work / "runs" / "other" / "checkpoint_best.pt", seed=1)
+    (work / "script.py").write_text(
+        "from reportgen.build import build_report\n"
+        "print('script ran', flush=True)\n"
+        "build_report(['runs/add_tiny/checkpoint_best.pt'], ['runs/other/checkpoint_best.pt'], None, 'fast.yaml',\n"
+        "             'api-site', None, pdf=False, progress=print, use_cache=False)\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "script.py"], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("script ran") == 1
+    if build.cpus() > 1:
+        assert "jobs in 2 processes" in proc.stdout, proc.stdout
+    assert (work / "api-site" / "index.html").is_file()

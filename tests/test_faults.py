@@ -671,6 +671,21 @@ def test_row4_killed_while_figures_are_drawn_its_workers_exit_and_the_next_run_c
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file() or parallel.cpus() < 2,
+                    reason="reads child processes from /proc; models are analysed in workers only on 2 CPUs or more")
+def test_row4_killed_while_models_are_analysed_its_workers_exit(tmp_path):
+    site = tmp_path / "site"
+    proc = popen("build", "--checkpoint", ROOT / "runs/add3_rev/checkpoint_best.pt", "--compare",
+                 ROOT / "runs/add3_steps/checkpoint_best.pt", "--out", site, "--no-pdf", "--no-cache")
+    wait_for(lambda: len(children(proc.pid)) >= 3, proc=proc)  # the job processes (and joblib's trackers)
+    time.sleep(1.0)
+    workers = children(proc.pid)
+    kill9(proc)
+    wait_for(lambda: not any(map(running, workers)), timeout=10)
+    assert not site.exists() and leftovers(tmp_path) == []
+
+
 def test_data_killed_at_random_instants_leaves_nothing_behind(tmp_path, rng, capsys):
     out = tmp_path / "d"
     argv = ["data", "--task", "add", "--instances", "3000", "--max-digits", "3"]

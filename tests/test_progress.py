@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from reportgen.parallel import cpus
 from reportgen.progress import LineProgress, progress
 from test_build_cli import make_checkpoint
 from test_train import tiny_config, write_config
@@ -126,5 +127,10 @@ def test_build_progress_in_a_log(tmp_path):
     assert "\r" not in err
     lines = err.splitlines()
     assert all(line.startswith("reportgen: ") for line in lines), err
-    assert any(line.startswith("reportgen: analyze: ") for line in lines)
+    if cpus() > 1:  # the analyses run as parallel jobs: a line as each ends, no bars interleaved
+        jobs = [line for line in lines if " done (" in line and " jobs)" in line]
+        assert len(jobs) == 3 and not any(line.startswith("reportgen: analyze: ") for line in lines), err
+        assert "logit_lens" in err and "circuits done" in err and "patching done" in err
+    else:
+        assert any(line.startswith("reportgen: analyze: ") for line in lines)
     assert any("rendering" in line for line in lines) and lines[-1].startswith("reportgen: wrote ")
