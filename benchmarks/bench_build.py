@@ -1,9 +1,9 @@
 """Build benchmark: `reportgen build` of the two demo models with all analyses, site and PDF.
 
 Runs a cold build (empty result cache, no site) and then a rebuild with nothing changed, and
-prints wall and CPU time per stage (evaluation and analyses per model, figures, HTML, PDF; each
-line times the step it names, up to the next line), the cold/rebuild ratio and the peak memory
-(PSS) of this process and its figure workers during the cold build. The analysis config is
+prints wall and CPU time and peak memory per stage (evaluation and analyses per model, figures,
+HTML, PDF; each line measures the step it names, up to the next line), the cold/rebuild ratio and
+the peak memory (PSS) of this process and its workers during the cold build. The analysis config is
 configs/interpretability.yaml with n_example_pages set to --examples.
 Targets on the 2-core development machine: cold build under 60 s with 16 examples per model,
 rebuild under 5 s, peak memory under 2 GB.
@@ -48,6 +48,7 @@ class PeakMemory:
 
     def __init__(self):
         self.peak_kb = 0
+        self.step_kb = 0  # the peak since the last take()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -59,9 +60,15 @@ class PeakMemory:
         self._stop.set()
         self._thread.join()
 
+    def take(self) -> int:
+        """The peak (kB) since the last call."""
+        kb, self.step_kb = self.step_kb, 0
+        return kb
+
     def _run(self):
         while not self._stop.wait(0.1):
-            self.peak_kb = max(self.peak_kb, sum(_pss_kb(pid) for pid in _tree(os.getpid())))
+            now = sum(_pss_kb(pid) for pid in _tree(os.getpid()))
+            self.peak_kb, self.step_kb = max(self.peak_kb, now), max(self.step_kb, now)
 
 
 def _tree(pid: int) -> list[int]:
@@ -86,13 +93,15 @@ def _pss_kb(pid: int) -> int:
     return 0
 
 
-def timed_build(checkpoints: list[str], out: Path, config: Path, pdf: bool) -> tuple[float, list[tuple[str, float, float]]]:
-    """Build once; return the wall time and the (step, wall s, cpu s) of each progress step."""
-    marks = [("start", time.perf_counter(), cpu())]
+def timed_build(checkpoints: list[str], out: Path, config: Path, pdf: bool,
+                memory: PeakMemory) -> tuple[float, list[tuple[str, float, float, int]]]:
+    """Build once; return the wall time and the (step, wall s, cpu s, peak kB) of each progress step."""
+    memory.take()
+    marks = [("start", time.perf_counter(), cpu(), 0)]
     build_report(checkpoints[:1], checkpoints[1:], None, str(config), out, None, pdf=pdf,
-                 progress=lambda message: marks.append((message, time.perf_counter(), cpu())))
-    marks.append(("done", time.perf_counter(), cpu()))
-    steps = [(name, w1 - w0, c1 - c0) for (name, w0, c0), (_, w1, c1) in zip(marks, marks[1:])]
+                 progress=lambda message: marks.append((message, time.perf_counter(), cpu(), memory.take())))
+    marks.append(("done", time.perf_counter(), cpu(), memory.take()))
+    steps = [(name, w1 - w0, c1 - c0, kb) for (name, w0, c0, _), (_, w1, c1, kb) in zip(marks, marks[1:])]
     return marks[-1][1] - marks[0][1], steps
 
 
@@ -118,12 +127,13 @@ def main() -> int:
           f"(the PDF shows the config's max_pdf_examples = {raw.get('max_pdf_examples')}); "
           f"{'site only' if args.no_pdf else 'site and PDF'}")
     with PeakMemory() as memory:
-        cold, steps = timed_build(args.checkpoints, out, config, not args.no_pdf)
-    for name, wall, used in steps:
-        print(f"  {name[:70]:<70} wall {wall:6.2f} s  cpu {used:6.2f} s")
-    warm, _ = timed_build(args.checkpoints, out, config, not args.no_pdf)
+        cold, steps = timed_build(args.checkpoints, out, config, not args.no_pdf, memory)
+        for name, wall, used, kb in steps:
+            print(f"  {name[:64]:<64} wall {wall:6.2f} s  cpu {used:6.2f} s  peak {kb / 1024:5.0f} MB")
+        peak_kb = memory.peak_kb
+        warm, _ = timed_build(args.checkpoints, out, config, not args.no_pdf, memory)
     print(f"cold build {cold:.1f} s (target < 60 s); rebuild with nothing changed {warm:.2f} s (target < 5 s); "
-          f"cold/rebuild {cold / warm:.0f}x; peak memory of the cold build {memory.peak_kb / 1024:.0f} MB PSS, "
+          f"cold/rebuild {cold / warm:.0f}x; peak memory of the cold build {peak_kb / 1024:.0f} MB PSS, "
           f"process and workers (target < 2048 MB) -> {out}")
     return 0
 

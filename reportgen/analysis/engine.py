@@ -4,6 +4,9 @@ answer-predicting positions, digit-restricted logits, and an untrained twin as a
 
 from __future__ import annotations
 
+import ctypes
+import gc
+import sys
 from typing import Callable, Optional
 
 import torch
@@ -58,6 +61,17 @@ def answer_digits(batch: ExampleBatch, tokenizer: Tokenizer) -> torch.Tensor:
     lut = torch.zeros(len(tokenizer), dtype=torch.long, device=batch.answer_ids.device)
     lut[tokenizer.digit_ids] = torch.arange(10, device=lut.device)
     return torch.where(batch.answer_mask, lut[batch.answer_ids], 0)
+
+
+def release_memory() -> None:
+    """Give freed tensor memory back to the system: glibc keeps freed heap memory for reuse, and a
+    process that held large caches would stay at its peak size while other processes need it."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
 
 
 def untrained_twin(model: Transformer, seed: int) -> Transformer:

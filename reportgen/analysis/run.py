@@ -21,14 +21,14 @@ from reportgen.analysis.api import check_layers, token_labels
 from reportgen.analysis.attention import analyze_attention, keep_layers, stacked_patterns
 from reportgen.analysis.circuits import run_circuits
 from reportgen.analysis.config import ANALYSES, AnalysisConfig
-from reportgen.analysis.engine import greedy_predictions, is_correct, run_with_cache, untrained_twins
+from reportgen.analysis.engine import greedy_predictions, is_correct, release_memory, run_with_cache, untrained_twins
 from reportgen.analysis.examples import (
     ExampleBatch, build_batch, distinct, example_key, held_out_from, range_notes, records_from_texts,
 )
-from reportgen.analysis.findings import AnalysisFindings, ExampleFindings, Population
+from reportgen.analysis.findings import AnalysisFindings, AttentionFindings, ExampleFindings, Population
 from reportgen.analysis.interventions import run_interventions
 from reportgen.analysis.logit_lens import by_role as lens_by_role
-from reportgen.analysis.logit_lens import compute_lens, example_lens, target_lens
+from reportgen.analysis.logit_lens import LensArrays, compute_lens, example_lens, target_lens
 from reportgen.analysis.logit_lens import summarize as summarize_lens
 from reportgen.analysis.patching import run_patching
 from reportgen.analysis.probing import analyze_probing, check_probe_layers
@@ -112,37 +112,34 @@ def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool =
     from reportgen.progress import progress as progress_bar
 
     model, tok, batch, on, seed = ckpt.model, ckpt.tokenizer, plan.batch, plan.enabled, cfg.seed
-    n_layers = model.cfg.n_layers
-    order = [a for a in ANALYSES if a in on]
+    # The analyses that read the cached runs first; the caches are freed before the others, which
+    # make their own forward passes (probing's are the largest).
+    order = [a for a in ANALYSES if a in on and a in CACHE_READERS] + [a for a in ANALYSES if a in on - CACHE_READERS]
     bar = progress_bar(len(order) + 2, "analyze", enabled=progress)
     bar.set_postfix_str("forward pass")
-    _, cache = run_with_cache(model, batch) if on - {"patching"} else (None, None)
     twins = untrained_twins(model, cfg.untrained_twins, seed)
-    twin_caches, attention_all = [], None
-    if on & {"attention", "probing", "circuits", "logit_lens"}:
-        twin_caches = [run_with_cache(t, batch, names=twin_hooks)[1] for t in twins]
-    if on & {"attention", "circuits"}:  # circuits picks its candidates from every layer's role scores
-        attention_all = analyze_attention(batch, cache, twin_caches, n_layers, list(range(n_layers)), seed,
-                                          cfg.attention.role_margin)
-    lens = compute_lens(model, tok, cache, batch) if "logit_lens" in on else None
+    runs = _cached_runs(model, tok, batch, twins, on, seed, cfg.attention.role_margin)
     bar.update()
 
     runners = {
-        "attention": lambda: keep_layers(attention_all, plan.attention_layers),
+        "attention": lambda: keep_layers(runs.attention, plan.attention_layers),
         "patching": lambda: run_patching(model, tok, batch, cfg.patching, seed),
-        "logit_lens": lambda: summarize_lens(lens, compute_lens(twins[0], tok, twin_caches[0], batch),
+        "logit_lens": lambda: summarize_lens(runs.lens, compute_lens(twins[0], tok, runs.twin_caches[0], batch),
                                              [r["labels"]["stratum"] for r in batch.records], seed,
-                                             lens_by_role(target_lens(model, tok, cache, batch), batch, seed)),
-        "circuits": lambda: run_circuits(model, tok, batch, cache, attention_all, twins, twin_caches, cfg.circuits,
-                                         seed),
+                                             lens_by_role(target_lens(model, tok, runs.cache, batch), batch, seed)),
+        "circuits": lambda: run_circuits(model, tok, batch, runs.cache, runs.attention, twins, runs.twin_caches,
+                                         cfg.circuits, seed),
         "probing": lambda: analyze_probing(ckpt, twins, cfg.probing, plan.probe_layers, seed, plan.questions),
         "interventions": lambda: run_interventions(model, tok, batch, cfg.interventions, seed),
     }
     out = AnalysisFindings(examples=[], population=plan.population)
     for name in order:
+        if name not in CACHE_READERS:
+            runs.free()
         bar.set_postfix_str(name)
         setattr(out, name, runners[name]())
         bar.update()
+    runs.free()
     bar.set_postfix_str("examples")
     out.examples = example_findings(ckpt, plan.shown) if shown else []
     bar.update()
@@ -150,10 +147,46 @@ def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool =
     return out
 
 
-def twin_hooks(name: str) -> bool:
-    """What the analyses read of the untrained twins' runs: attention patterns (attention roles,
-    position heads), MLP activations (the neuron screen) and the residual stream the logit lens
-    decodes."""
+CACHE_READERS = {"attention", "logit_lens", "circuits"}  # the analyses reading the cached forward passes
+
+
+@dataclass
+class CachedRuns:
+    """The model's and the twins' cached forward passes over the batch, and what is computed from
+    them for several analyses."""
+
+    cache: Optional[dict]
+    twin_caches: list
+    attention: Optional[AttentionFindings]
+    lens: Optional[LensArrays]
+
+    def free(self) -> None:
+        """Drop the caches (hundreds of MB on long inputs) and give their memory back to the system."""
+        if self.cache is None and not self.twin_caches:
+            return
+        self.cache, self.twin_caches, self.lens = None, [], None
+        release_memory()
+
+
+def _cached_runs(model, tok, batch: ExampleBatch, twins: list, on: set[str], seed: int,
+                 role_margin: float) -> CachedRuns:
+    """The forward passes the analyses in `on` read (none for those making their own)."""
+    if not on & CACHE_READERS:
+        return CachedRuns(None, [], None, None)
+    n_layers = model.cfg.n_layers
+    _, cache = run_with_cache(model, batch, names=cached_hooks)
+    twin_caches = [run_with_cache(t, batch, names=cached_hooks)[1] for t in twins]
+    attention = None
+    if on & {"attention", "circuits"}:  # circuits picks its candidates from every layer's role scores
+        attention = analyze_attention(batch, cache, twin_caches, n_layers, list(range(n_layers)), seed, role_margin)
+    lens = compute_lens(model, tok, cache, batch) if "logit_lens" in on else None
+    return CachedRuns(cache, twin_caches, attention, lens)
+
+
+def cached_hooks(name: str) -> bool:
+    """What the analyses read of the cached runs (the model's and its twins'): attention patterns
+    (attention roles, position heads), MLP activations (the neuron screen) and the residual stream
+    the logit lens decodes."""
     return name.endswith(("attn.hook_pattern", "mlp.hook_post", "hook_resid_pre", "hook_resid_post"))
 
 
