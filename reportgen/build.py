@@ -364,7 +364,10 @@ def _provenance(ckpt: Checkpoint, cfg: AnalysisConfig, examples: Optional[list[s
     meta = ckpt.meta
     return Provenance(
         checkpoint=ckpt.path, file_name=Path(ckpt.path).name, sha256=ckpt.sha256,
-        model_config=dict(meta["model_config"]), train_config=dict(meta.get("train_config") or {}),
+        model_config=dict(meta["model_config"]),
+        # An imported model (`reportgen import`) was trained elsewhere: its table says where it came from.
+        train_config=dict(meta.get("train_config")
+                          or ({"imported_from": meta["imported_from"]} if "imported_from" in meta else {})),
         task=dict(ckpt.task), seed=meta.get("seed"), data_manifest_hash=meta.get("data_manifest_hash"),
         versions_training=dict(meta.get("versions") or {}), versions_analysis=library_versions(),
         analysis_config=to_dict(cfg), examples=list(cfg.examples if examples is None else examples),

@@ -1,4 +1,5 @@
-"""`reportgen` command line: one module per subcommand, each with `register(subparsers)`.
+"""`reportgen` command line: one module per subcommand, each with `register(subparsers)`
+(`reportgen import` lives in import_.py: `import` is a Python keyword).
 
 Subcommand modules import heavy libraries (torch) only inside `run`, so `reportgen render`
 works without torch.
@@ -13,7 +14,7 @@ import sys
 
 from reportgen.errors import Interrupted, ReportgenError, os_error_advice
 
-COMMANDS = ("data", "train", "eval", "analyze", "build", "render", "sweep")
+COMMANDS = ("data", "train", "eval", "analyze", "build", "render", "sweep", "export", "import_")  # modules
 
 
 class OneLineParser(argparse.ArgumentParser):
