@@ -17,8 +17,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 PARENT_POLL_S = 0.5
 
@@ -27,48 +26,19 @@ _JOBS: list[Callable[[], None]] = []
 
 def run_jobs(jobs: list[Callable[[], None]], workers: Optional[int] = None, min_jobs: int = 4) -> None:
     """Run every job once; exceptions propagate. `workers` defaults to the usable CPUs (at most 4)."""
-    workers = min(workers or min(4, cpus()), len(jobs))
-    if workers < 2 or len(jobs) < min_jobs or not _can_fork():
-        for job in jobs:
-            job()
-        return
-    with _forked(jobs, workers) as pool:
-        list(pool.map(_run, range(len(jobs)), chunksize=max(1, len(jobs) // (workers * 4))))
-
-
-@contextmanager
-def jobs_in_background(jobs: list[Callable[[], None]]) -> Iterator[None]:
-    """Run every job once in worker processes (the usable CPUs but one, at most 3) while the
-    caller's block runs in this process, and wait for them at its end; exceptions propagate.
-    Without a CPU to spare (or fork) the jobs run after the block."""
-    workers = min(3, cpus() - 1, len(jobs))
-    if workers < 1 or not _can_fork():
-        yield
-        for job in jobs:
-            job()
-        return
-    with _forked(jobs, workers) as pool:
-        futures = [pool.submit(_run, i) for i in range(len(jobs))]  # every worker forked before the block
-        yield
-        for future in futures:
-            future.result()
-
-
-def _can_fork() -> bool:
-    return "fork" in multiprocessing.get_all_start_methods()
-
-
-@contextmanager
-def _forked(jobs: list[Callable[[], None]], workers: int) -> Iterator[ProcessPoolExecutor]:
-    """A pool of `workers` processes forked with `jobs` in their memory."""
     global _JOBS
+    workers = min(workers or min(4, cpus()), len(jobs))
+    if workers < 2 or len(jobs) < min_jobs or "fork" not in multiprocessing.get_all_start_methods():
+        for job in jobs:
+            job()
+        return
     import matplotlib.figure  # noqa: F401  imported once here, not in every worker
 
     _JOBS = jobs
     try:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
                                  initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
-            yield pool
+            list(pool.map(_run, range(len(jobs)), chunksize=max(1, len(jobs) // (workers * 4))))
     finally:
         _JOBS = []
 

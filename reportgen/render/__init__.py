@@ -8,8 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional
 
-from reportgen.parallel import jobs_in_background
-from reportgen.render.figures import pdf_jobs, render_figures
+from reportgen.render.figures import render_figures
 from reportgen.render.pdf import render_pdf
 from reportgen.render.site import SiteBuilder, environment, write_site
 from reportgen.render.stamp import fingerprint, is_current, write_stamp
@@ -33,7 +32,7 @@ def render_site(report, out_dir: Path, pdf: bool = True, log: Optional[Callable[
     builder = SiteBuilder(report, pdf)
     pages = builder.pages()
     say(f"rendering {len(builder.figures)} figures")
-    render_figures(builder.figures, out_dir, workers, figure_pdfs=not pdf)
+    render_figures(builder.figures, out_dir, workers)
     say(f"writing {len(pages)} pages and {len(builder.tables)} tables")
     env = environment()
     write_site(builder, pages, out_dir, env)
@@ -41,9 +40,8 @@ def render_site(report, out_dir: Path, pdf: bool = True, log: Optional[Callable[
     (out_dir / RESULTS_FILE).write_bytes(json_bytes)
     (out_dir / ARRAYS_FILE).write_bytes(npz_bytes)
     if pdf:
-        say("typesetting report.pdf (and drawing each figure as PDF beside it)")
-        with jobs_in_background(pdf_jobs(builder.figures, out_dir)):
-            render_pdf(builder, pages, out_dir, env, {RESULTS_FILE: json_bytes, ARRAYS_FILE: npz_bytes}, summary)
+        say("typesetting report.pdf")
+        render_pdf(builder, pages, out_dir, env, {RESULTS_FILE: json_bytes, ARRAYS_FILE: npz_bytes}, summary)
     write_stamp(out_dir, fingerprint(json_bytes, npz_bytes, pdf, summary))
 
 

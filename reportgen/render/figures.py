@@ -19,7 +19,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -99,10 +99,8 @@ class ReportFigure:
 
 
 # ---------------------------------------------------------------- rendering
-def render_figures(figures: list[ReportFigure], out_dir: Path, workers: Optional[int] = None,
-                   figure_pdfs: bool = True) -> None:
-    """Write every figure's SVG and data file under `out_dir` (in parallel where it pays), and its
-    PDF unless `figure_pdfs` is False (then `pdf_jobs` write them)."""
+def render_figures(figures: list[ReportFigure], out_dir: Path, workers: Optional[int] = None) -> None:
+    """Write every figure's SVG, PDF and data file under `out_dir` (in parallel where it pays)."""
     for f in figures:
         path = out_dir / f.data_path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,17 +108,9 @@ def render_figures(figures: list[ReportFigure], out_dir: Path, workers: Optional
     import matplotlib.backends.backend_pdf  # noqa: F401  imported once here, not in every worker
     import matplotlib.backends.backend_svg  # noqa: F401
 
-    formats = ("svg", "pdf") if figure_pdfs else ("svg",)
-    run_jobs([functools.partial(_draw, f.plot, f.args, str(out_dir / f.key), formats) for f in figures], workers,
-             min_jobs=8)
+    run_jobs([functools.partial(_draw, (f.plot, f.args, str(out_dir / f.key))) for f in figures], workers, min_jobs=8)
     for f in figures:
         f.size = svg_size(out_dir / f.svg)
-
-
-def pdf_jobs(figures: list[ReportFigure], out_dir: Path) -> list[Callable[[], None]]:
-    """Jobs writing each figure's PDF, drawn again: the site renders them while it typesets the
-    report, which takes one CPU for as long as drawing them takes another."""
-    return [functools.partial(_draw, f.plot, f.args, str(out_dir / f.key), ("pdf",)) for f in figures]
 
 
 def svg_size(path: Path) -> tuple[float, float]:
@@ -133,18 +123,17 @@ def svg_size(path: Path) -> tuple[float, float]:
     return (float(found[1]), float(found[2])) if found else ()
 
 
-def _draw(plot: str, args: dict, stem: str, formats: tuple[str, ...]) -> None:
+def _draw(job: tuple[str, dict, str]) -> None:
     import matplotlib
 
+    plot, args, stem = job
     with matplotlib.rc_context(RC):
         fig = PLOTS[plot](**args)
-        files = {}
-        for fmt in formats:
-            buffer = io.BytesIO()
-            fig.savefig(buffer, format=fmt, metadata=SVG_META if fmt == "svg" else PDF_META)
-            files[fmt] = buffer.getvalue()
-    for fmt, data in files.items():
-        Path(f"{stem}.{fmt}").write_bytes(data)
+        svg, pdf = io.BytesIO(), io.BytesIO()
+        fig.savefig(svg, format="svg", metadata=SVG_META)
+        fig.savefig(pdf, format="pdf", metadata=PDF_META)
+    Path(stem + ".svg").write_bytes(svg.getvalue())
+    Path(stem + ".pdf").write_bytes(pdf.getvalue())
 
 
 @functools.lru_cache(maxsize=None)
