@@ -53,6 +53,20 @@ def test_accuracy_at_ceiling_points_to_the_margin():
     assert ceiling and f"{margin.mean:.2f} [{margin.lo:.2f}, {margin.hi:.2f}]" in ceiling[0].text
 
 
+def test_a_scratchpad_digit_is_readable_only_beyond_always_guessing_its_most_common_value():
+    m = make_model("m", "model m", 2)
+    lens = m.findings.logit_lens
+    layers = len(lens.prob_correct)
+    series = {"carry_out": [Estimate(0.56, 0.54, 0.59, 300)] * layers,  # a carry: 0 or 1, mostly 0
+              "sum_digit": [Estimate(0.2, 0.18, 0.22, 300)] + [Estimate(0.97, 0.96, 0.98, 300)] * (layers - 1)}
+    steps = dataclasses.replace(lens, prob_by_role=series, majority_by_role={"carry_out": 0.56, "sum_digit": 0.13})
+    claims = model_claims(dataclasses.replace(m, findings=dataclasses.replace(m.findings, logit_lens=steps)))
+    assert "the sum digit is readable after block 0 (0.97 [0.96, 0.98], against 0.13" in texts(claims.found)
+    assert "carry out" not in texts(claims.found)
+    assert "never reads the carry out better than always guessing its most common digit (0.56)" in \
+        texts(claims.not_found)
+
+
 def test_the_summary_is_the_first_findings():
     claims = model_claims(make_model("m", "model m", 2))
     assert claims.summary.startswith(claims.found[0].text) and claims.found[1].text in claims.summary

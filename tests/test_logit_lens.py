@@ -140,9 +140,14 @@ def test_lens_at_every_scratchpad_digit_ends_at_the_models_own_prediction():
     own = engine.digit_log_probs(engine.gather_at(logits, batch.target_pos), TOKENIZER).exp()
     right = own.gather(-1, engine.target_digits(batch, TOKENIZER)[..., None])[..., 0]
     assert torch.allclose(arrays.prob[-1][batch.target_mask], right[batch.target_mask], atol=1e-6)
-    probs, hists = logit_lens.by_role(arrays, batch, 0)
-    assert set(probs) == {"operand_a", "operand_b", "carry_in", "sum_digit", "carry_out"}
+    probs, hists, guess = logit_lens.by_role(arrays, batch, 0)
+    assert set(probs) == {"operand_a", "operand_b", "carry_in", "sum_digit", "carry_out"} == set(guess)
+    digits = engine.target_digits(batch, TOKENIZER)
     for r, role in enumerate(TARGET_ROLES):
         if role in hists:
-            assert sum(hists[role].values()) == int((batch.target_mask & (batch.target_roles == r)).sum())
+            at = batch.target_mask & (batch.target_roles == r)
+            assert sum(hists[role].values()) == int(at.sum())
             assert probs[role][-1].n == len(batch)
+            written = digits[at].tolist()
+            assert guess[role] == max(written.count(d) for d in set(written)) / len(written)
+    assert set(digits[batch.target_mask & (batch.target_roles == TARGET_ROLES.index("carry_out"))].tolist()) <= {0, 1}

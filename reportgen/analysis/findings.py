@@ -178,6 +178,7 @@ class LogitLensFindings:
     # Scratchpad models: the same at the positions predicting each kind of scratchpad digit.
     prob_by_role: dict[str, list[Estimate]] = field(default_factory=dict)  # role -> prob_correct per layer
     convergence_by_role: dict[str, dict[str, int]] = field(default_factory=dict)
+    majority_by_role: dict[str, float] = field(default_factory=dict)  # share of the role's most common digit
 
 
 # ---------------------------------------------------------------- 4. circuits

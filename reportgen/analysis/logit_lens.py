@@ -59,6 +59,7 @@ class LensArrays:
     top: torch.Tensor  # top-1 digit
     convergence: torch.Tensor  # [B, A] first lens index at which the final top-1 digit is top-1
     mask: torch.Tensor  # [B, A]
+    correct: torch.Tensor  # [B, A] the correct digits
 
 
 def lens_arrays(logp: torch.Tensor, correct: torch.Tensor, mask: torch.Tensor) -> LensArrays:
@@ -76,6 +77,7 @@ def lens_arrays(logp: torch.Tensor, correct: torch.Tensor, mask: torch.Tensor) -
         top=top,
         convergence=(top == top[-1:]).int().argmax(0),  # argmax: the first of equal maxima
         mask=mask,
+        correct=correct,
     )
 
 
@@ -91,12 +93,14 @@ def target_lens(model: Transformer, tokenizer: Tokenizer, cache: dict, batch: Ex
     return lens_arrays(logp, target_digits(batch, tokenizer), batch.target_mask)
 
 
-def by_role(arrays: LensArrays, batch: ExampleBatch, seed: int) -> tuple[dict, dict]:
+def by_role(arrays: LensArrays, batch: ExampleBatch, seed: int) -> tuple[dict, dict, dict]:
     """Per target role of a scratchpad model (data.TARGET_ROLES, besides the answer): P(correct)
-    per lens index (estimates over examples) and the convergence histogram."""
+    per lens index (estimates over examples), the convergence histogram, and the share of the
+    role's most common correct digit (what always guessing that digit scores: carries are 0 or 1,
+    so about 0.5 is no evidence)."""
     n_idx = arrays.prob.shape[0]
     labels = layer_labels(n_idx - 1)
-    probs, hists = {}, {}
+    probs, hists, majority = {}, {}, {}
     for r, role in enumerate(TARGET_ROLES):
         mask = arrays.mask & (batch.target_roles == r)
         if role == "answer" or not mask.any():
@@ -106,7 +110,8 @@ def by_role(arrays: LensArrays, batch: ExampleBatch, seed: int) -> tuple[dict, d
         probs[role] = [stats.estimate(per[keep, i], seed) for i in range(n_idx)]
         conv = arrays.convergence[mask].cpu().numpy()
         hists[role] = {label: int((conv == i).sum()) for i, label in enumerate(labels)}
-    return probs, hists
+        majority[role] = float(torch.bincount(arrays.correct[mask].flatten()).max()) / int(mask.sum())
+    return probs, hists, majority
 
 
 def _per_example(x: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
@@ -116,7 +121,7 @@ def _per_example(x: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
 
 
 def summarize(arrays: LensArrays, untrained: LensArrays, strata: list[str], seed: int,
-              roles: tuple[dict, dict] = ({}, {})) -> LogitLensFindings:
+              roles: tuple[dict, dict, dict] = ({}, {}, {})) -> LogitLensFindings:
     """LogitLensFindings: per-layer estimates over examples, convergence histogram, strata,
     P(correct) of the same lens on an untrained twin (the baseline that shows a layer's
     probability to be noise: about 0.1 for ten digits), and `roles` (by_role's output)."""
@@ -136,7 +141,7 @@ def summarize(arrays: LensArrays, untrained: LensArrays, strata: list[str], seed
         layer_labels=labels, prob_correct=series["prob"], rank_correct=series["rank"],
         entropy=series["entropy"], kl_to_final=series["kl"], convergence_hist=hist, by_stratum=by_stratum,
         untrained_prob_correct=[stats.estimate(untrained_prob[:, i], seed) for i in range(n_idx)],
-        prob_by_role=roles[0], convergence_by_role=roles[1],
+        prob_by_role=roles[0], convergence_by_role=roles[1], majority_by_role=roles[2],
     )
 
 

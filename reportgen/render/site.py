@@ -531,11 +531,14 @@ class SiteBuilder:
         if not lens.prob_by_role:
             return []
         roles = [r for r in TARGET_ROLES if r in lens.prob_by_role]
-        rows = [[role, TARGET_ROLE_DESCRIPTIONS[role], *lens.prob_by_role[role]] for role in roles]
+        guess = lens.majority_by_role
+        rows = [[role, TARGET_ROLE_DESCRIPTIONS[role], guess[role] if role in guess else "", *lens.prob_by_role[role]]
+                for role in roles]
         return [self.table(Table(self.paths.table(m, "logit-lens-scratchpad"), "Logit lens at the positions "
                                  "predicting each kind of scratchpad digit: probability of the correct digit among "
-                                 "digits after each layer (95% bootstrap intervals over examples).",
-                                 ["digit written", "meaning", *lens.layer_labels], rows))]
+                                 "digits after each layer (95% bootstrap intervals over examples), beside what "
+                                 "always guessing the most common digit of that kind scores (carries are 0 or 1).",
+                                 ["digit written", "meaning", "guess", *lens.layer_labels], rows))]
 
     def circuits_section(self, m, circ) -> list[Block]:
         broken = {n.test for n in circ.nulls if not n.passed}

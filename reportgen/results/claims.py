@@ -127,14 +127,24 @@ def lens_claims(m: ModelResults) -> tuple[list[Claim], list[Claim]]:
             f"{before}{est(probs[formed])} after it, against {est(untrained)} on an untrained twin.")
     found = [Claim(text, "logit lens (final LayerNorm and unembedding on the residual stream), mean over answer "
                    "digits", f"an untrained twin gives {est(untrained)}", "logit-lens")]
+    missing = []
     for role, series in lens.prob_by_role.items():
-        at = next((i for i, e in enumerate(series) if e.mean >= FORMED), None)
+        guess = lens.majority_by_role.get(role, 1.0)  # unknown (older results): no claim
+        at = next((i for i, e in enumerate(series) if e.mean >= FORMED and e.lo > guess), None)
+        test = "logit lens at the positions writing scratchpad digits, against always guessing the most common digit"
+        null = f"always guessing the most common digit scores {guess:.2f}"
         if at is not None:
             found.append(Claim(
                 f"In the scratchpad, the {ROLE_WORDS[role]} is readable "
-                f"{'from the embedding' if at == 0 else f'after block {at - 1}'} ({est(series[at])}).",
-                "logit lens at the positions writing scratchpad digits", "", "logit-lens", "logit-lens-scratchpad"))
-    return found, []
+                f"{'from the embedding' if at == 0 else f'after block {at - 1}'} ({est(series[at])}, against "
+                f"{guess:.2f} for always guessing its most common digit).", test, null, "logit-lens",
+                "logit-lens-scratchpad"))
+        elif role in lens.majority_by_role:
+            missing.append(Claim(
+                f"In the scratchpad, the logit lens never reads the {ROLE_WORDS[role]} better than always guessing "
+                f"its most common digit ({guess:.2f}); the last layer gives {est(series[-1])}.", test, null,
+                "logit-lens", "logit-lens-scratchpad"))
+    return found, missing
 
 
 ROLE_WORDS = {"operand_a": "copy of a's digit", "operand_b": "copy of b's digit", "carry_in": "carry in",
