@@ -20,8 +20,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from reportgen.analysis import engine  # noqa: E402
+from reportgen.analysis.attention import ROLE_MARGIN  # noqa: E402
 from reportgen.analysis.circuits import CircuitConfig, run_circuits  # noqa: E402
 from reportgen.analysis.examples import build_batch, held_out_records  # noqa: E402
+from reportgen.analysis.run import cached_runs  # noqa: E402
 from reportgen.model.checkpoint import load_checkpoint  # noqa: E402
 from scipy.stats import binomtest  # noqa: E402
 
@@ -37,8 +39,9 @@ def rates(demo: str, n_models: int) -> dict[str, list[int]]:
     for i in range(n_models):
         subject = engine.untrained_twin(ckpt.model, SEED_BASE + 4 * i)
         twins = [engine.untrained_twin(ckpt.model, SEED_BASE + 4 * i + k) for k in (1, 2, 3)]
-        _, cache = engine.run_with_cache(subject, batch)
-        f = run_circuits(subject, ckpt.tokenizer, batch, cache, None, twins, CircuitConfig(), seed=i)
+        runs = cached_runs(subject, ckpt.tokenizer, batch, twins, {"circuits"}, i, ROLE_MARGIN)
+        f = run_circuits(subject, ckpt.tokenizer, batch, runs.cache, runs.attention, twins, runs.twin_caches,
+                         CircuitConfig(), seed=i)
         for null in f.nulls:
             out.setdefault(null.test, []).append(null.confirmed)
         print(f"  {demo} untrained model {i + 1}/{n_models}: "

@@ -118,7 +118,7 @@ def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool =
     bar = progress_bar(len(order) + 2, "analyze", enabled=progress)
     bar.set_postfix_str("forward pass")
     twins = untrained_twins(model, cfg.untrained_twins, seed)
-    runs = _cached_runs(model, tok, batch, twins, on, seed, cfg.attention.role_margin)
+    runs = cached_runs(model, tok, batch, twins, on, seed, cfg.attention.role_margin)
     bar.update()
 
     runners = {
@@ -168,7 +168,7 @@ class CachedRuns:
         release_memory()
 
 
-def _cached_runs(model, tok, batch: ExampleBatch, twins: list, on: set[str], seed: int,
+def cached_runs(model, tok, batch: ExampleBatch, twins: list, on: set[str], seed: int,
                  role_margin: float) -> CachedRuns:
     """The forward passes the analyses in `on` read (none for those making their own)."""
     if not on & CACHE_READERS:
