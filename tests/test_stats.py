@@ -46,3 +46,13 @@ def test_many_columns_at_once_give_bootstrap_s_intervals():
             assert np.allclose(got, want, equal_nan=True, rtol=0, atol=1e-6)
         assert n.tolist() == (~np.isnan(v)).sum(0).tolist()
     assert np.isnan(lo[4]) and mean[5] == 0.5 and np.isnan(hi[5])
+
+
+def test_draw_counts_are_the_multiplicities_of_each_resample():
+    rng = np.random.default_rng(3)
+    idx = rng.integers(0, 7, (50, 11))
+    expected = np.zeros((50, 7))
+    np.add.at(expected, (np.arange(50)[:, None], idx), 1.0)
+    counts = stats.draw_counts(idx, 7, np.float32)
+    assert counts.dtype == np.float32 and np.array_equal(counts, expected)
+    assert (counts.sum(1) == 11).all()

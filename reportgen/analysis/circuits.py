@@ -201,9 +201,7 @@ def each_index(run: PairRun, site: str, layer: int, index: torch.Tensor, directi
 def resample_counts(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """[n_boot, n] how often each of n pairs is drawn in each bootstrap resample (small whole
     numbers: float32 holds them exactly and halves the cost of the resampled sums)."""
-    counts = np.zeros((n_boot, n), dtype=np.float32)
-    np.add.at(counts, (np.arange(n_boot)[:, None], rng.integers(0, n, (n_boot, n))), 1.0)
-    return counts
+    return stats.draw_counts(rng.integers(0, n, (n_boot, n)), n, np.float32)
 
 
 def pooled(e: Effects, counts: Optional[np.ndarray] = None) -> np.ndarray:

@@ -58,6 +58,7 @@ import numpy as np
 import torch
 
 from reportgen.analysis.api import check_layers, pyplot, save_figure, task_of, text_batch
+from reportgen.analysis import stats
 from reportgen.analysis.engine import run_with_cache, untrained_twins
 from reportgen.analysis.examples import ExampleBatch, build_batch, example_key, template
 from reportgen.analysis.findings import Estimate, NullCheck, ProbeLayout, ProbeResult, ProbingFindings
@@ -450,10 +451,7 @@ def _operand_predictions(records, label_rows, positions, is_test, cfg: ProbingCo
 # ---------------------------------------------------------------- scoring, intervals, the null
 def multiplicities(n: int, seed) -> np.ndarray:
     """[N_BOOT, n] how often each held-out row appears in each bootstrap resample."""
-    idx = np.random.default_rng(seed).integers(0, n, size=(N_BOOT, n))
-    counts = np.zeros((N_BOOT, n))
-    np.add.at(counts, (np.arange(N_BOOT)[:, None], idx), 1.0)
-    return counts
+    return stats.draw_counts(np.random.default_rng(seed).integers(0, n, size=(N_BOOT, n)), n)
 
 
 def resampled_scores(weights: np.ndarray, correct: np.ndarray, y: np.ndarray, balanced: bool) -> np.ndarray:

@@ -108,3 +108,11 @@ def null_passed(twin_confirmed: list[int], error_rate: float) -> bool:
     """
     k = sum(1 for c in twin_confirmed if c > 0)
     return k == 0 or float(binom.sf(k - 1, len(twin_confirmed), error_rate)) >= NULL_P
+
+
+def draw_counts(idx: np.ndarray, n: int, dtype=np.float64) -> np.ndarray:
+    """[B, n] how often each of n items is drawn in each row of the draws `idx` [B, m] (the
+    multiplicities of bootstrap resamples; one bincount, where np.add.at is tens of times slower)."""
+    b = idx.shape[0]
+    flat = (idx + n * np.arange(b)[:, None]).ravel()
+    return np.bincount(flat, minlength=b * n).reshape(b, n).astype(dtype)
