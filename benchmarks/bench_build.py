@@ -43,10 +43,11 @@ def cpu() -> float:
 
 class PeakMemory:
     """Samples the proportional set size (PSS: shared pages split between the processes sharing
-    them, so forked figure workers are not counted twice) of this process and its descendants
-    every 100 ms, keeping the largest total (Linux /proc)."""
+    them, so forked figure workers are not counted twice) of process `pid` (default: this one) and
+    its descendants every 100 ms, keeping the largest total (Linux /proc)."""
 
-    def __init__(self):
+    def __init__(self, pid: int | None = None):
+        self.pid = pid or os.getpid()
         self.peak_kb = 0
         self.step_kb = 0  # the peak since the last take()
         self._stop = threading.Event()
@@ -67,7 +68,7 @@ class PeakMemory:
 
     def _run(self):
         while not self._stop.wait(0.1):
-            now = sum(_pss_kb(pid) for pid in _tree(os.getpid()))
+            now = sum(_pss_kb(pid) for pid in _tree(self.pid))
             self.peak_kb, self.step_kb = max(self.peak_kb, now), max(self.step_kb, now)
 
 

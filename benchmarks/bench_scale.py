@@ -1,0 +1,94 @@
+"""Scaling benchmark: `reportgen analyze --all` on randomly initialised models of growing size.
+
+The shapes are those of issue 15, all trained (nominally) on reversed addition with d_mlp =
+4 d_model: small = 2 layers, 4 heads, d_model 64, 3 digits (add3_rev's shape); medium = 4 layers,
+4 heads, d_model 256, 5 digits; large = 6 layers, 8 heads, d_model 512, 6 digits. Random weights
+cost the analyses what trained ones do (same forward passes, same number of probes and tests).
+Each run is a fresh `python -m reportgen` process; the script prints its wall time and peak memory
+(PSS of that process and its workers, sampled every 100 ms) and the growth factors from one shape
+to the next. Targets on two CPU cores (issue 15): large in at most 60 s and 2 GB.
+
+    python benchmarks/bench_scale.py [--shapes small,medium,large] [--config analysis.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_build import PeakMemory  # noqa: E402
+from reportgen.data.tokenizer import Tokenizer  # noqa: E402
+from reportgen.model.checkpoint import save_checkpoint  # noqa: E402
+from reportgen.model.transformer import ModelConfig, Transformer  # noqa: E402
+
+SHAPES = {  # name: (layers, heads, d_model, max digits)
+    "small": (2, 4, 64, 3),
+    "medium": (4, 4, 256, 5),
+    "large": (6, 8, 512, 6),
+}
+N_CTX = 48  # add3_rev's; 6-digit reversed addition needs 23 tokens
+
+
+def make_checkpoint(path: Path, layers: int, heads: int, d_model: int, digits: int) -> int:
+    """A randomly initialised reversed-addition checkpoint of this shape; returns its parameter count."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(n_layers=layers, n_heads=heads, d_model=d_model, d_mlp=4 * d_model, n_ctx=N_CTX))
+    task = {"task": "add", "max_digits": digits, "min_digits": 1, "with_steps": False, "answer_order": "reversed"}
+    save_checkpoint(path, model, Tokenizer(), data=task, seed=0)
+    return sum(p.numel() for p in model.parameters())
+
+
+def analyze(checkpoint: Path, out: Path, config: str | None) -> tuple[float, int]:
+    """Wall seconds and peak PSS (kB) of `python -m reportgen analyze --all` (which must succeed)."""
+    argv = [sys.executable, "-m", "reportgen", "analyze", "--checkpoint", str(checkpoint), "--all",
+            "--output-dir", str(out), "--quiet", *(["--config", config] if config else [])]
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    with PeakMemory(proc.pid) as memory:
+        _, err = proc.communicate()
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        sys.exit(f"analyze {checkpoint} failed: {err.strip()[-500:]}")
+    return wall, memory.peak_kb
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default="small,medium,large", help="comma-separated subset of "
+                        f"{', '.join(SHAPES)} (default: %(default)s)")
+    parser.add_argument("--config", help="analysis YAML (default: configs/interpretability.yaml)")
+    args = parser.parse_args()
+    names = args.shapes.split(",")
+    if unknown := sorted(set(names) - set(SHAPES)):
+        parser.error(f"unknown shape {unknown[0]!r}; choose from {', '.join(SHAPES)}")
+    config = str(Path(args.config).resolve()) if args.config else None
+    work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; config {config or 'configs/interpretability.yaml'}")
+    rows = []
+    for name in names:
+        layers, heads, d_model, digits = SHAPES[name]
+        checkpoint = work / f"{name}.pt"
+        params = make_checkpoint(checkpoint, layers, heads, d_model, digits)
+        wall, kb = analyze(checkpoint, work / f"analyze-{name}", config)
+        print(f"  {name:<7} {layers} layers, {heads} heads, d_model {d_model:>3}, {digits} digits, "
+              f"{params / 1e6:5.2f} M parameters: wall {wall:6.1f} s, peak {kb / 1024:6.0f} MB PSS", flush=True)
+        rows.append((name, params, wall, kb))
+    for (a, pa, wa, ma), (b, pb, wb, mb) in zip(rows, rows[1:]):
+        print(f"  {a} -> {b}: parameters x{pb / pa:.1f}, wall x{wb / wa:.1f}, peak memory x{mb / ma:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
