@@ -3,10 +3,11 @@
 The shapes are those of issue 15, all trained (nominally) on reversed addition with d_mlp =
 4 d_model: small = 2 layers, 4 heads, d_model 64, 3 digits (add3_rev's shape); medium = 4 layers,
 4 heads, d_model 256, 5 digits; large = 6 layers, 8 heads, d_model 512, 6 digits. Random weights
-cost the analyses what trained ones do (same forward passes, same number of probes and tests).
-Each run is a fresh `python -m reportgen` process; the script prints its wall time and peak memory
-(PSS of that process and its workers, sampled every 100 ms) and the growth factors from one shape
-to the next. Targets on two CPU cores (issue 15): large in at most 60 s and 2 GB.
+cost roughly what trained ones do (the same forward passes and probes; only the number of neuron
+candidates tested causally depends on the weights). Each run is a fresh `python -m reportgen`
+process; the script prints its wall time, CPU time and peak memory (PSS of that process and its
+workers, sampled every 100 ms) and the growth factors from one shape to the next. Targets on two
+CPU cores (issue 15): large in at most 60 s and 2 GB.
 
     python benchmarks/bench_scale.py [--shapes small,medium,large] [--config analysis.yaml]
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -49,19 +51,25 @@ def make_checkpoint(path: Path, layers: int, heads: int, d_model: int, digits: i
     return sum(p.numel() for p in model.parameters())
 
 
-def analyze(checkpoint: Path, out: Path, config: str | None) -> tuple[float, int]:
-    """Wall seconds and peak PSS (kB) of `python -m reportgen analyze --all` (which must succeed)."""
+def child_cpu() -> float:
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def analyze(checkpoint: Path, out: Path, config: str | None) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds and peak PSS (kB) of `python -m reportgen analyze --all` (which
+    must succeed). CPU time shows what the run cost when other jobs share the cores."""
     argv = [sys.executable, "-m", "reportgen", "analyze", "--checkpoint", str(checkpoint), "--all",
             "--output-dir", str(out), "--quiet", *(["--config", config] if config else [])]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), child_cpu()
     proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     with PeakMemory(proc.pid) as memory:
         _, err = proc.communicate()
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, child_cpu() - cpu
     if proc.returncode:
         sys.exit(f"analyze {checkpoint} failed: {err.strip()[-500:]}")
-    return wall, memory.peak_kb
+    return wall, cpu, memory.peak_kb
 
 
 def main() -> int:
@@ -81,12 +89,14 @@ def main() -> int:
         layers, heads, d_model, digits = SHAPES[name]
         checkpoint = work / f"{name}.pt"
         params = make_checkpoint(checkpoint, layers, heads, d_model, digits)
-        wall, kb = analyze(checkpoint, work / f"analyze-{name}", config)
+        wall, cpu, kb = analyze(checkpoint, work / f"analyze-{name}", config)
         print(f"  {name:<7} {layers} layers, {heads} heads, d_model {d_model:>3}, {digits} digits, "
-              f"{params / 1e6:5.2f} M parameters: wall {wall:6.1f} s, peak {kb / 1024:6.0f} MB PSS", flush=True)
-        rows.append((name, params, wall, kb))
-    for (a, pa, wa, ma), (b, pb, wb, mb) in zip(rows, rows[1:]):
-        print(f"  {a} -> {b}: parameters x{pb / pa:.1f}, wall x{wb / wa:.1f}, peak memory x{mb / ma:.1f}")
+              f"{params / 1e6:5.2f} M parameters: wall {wall:6.1f} s, cpu {cpu:6.1f} s, peak {kb / 1024:6.0f} MB PSS",
+              flush=True)
+        rows.append((name, params, wall, cpu, kb))
+    for (a, pa, wa, ca, ma), (b, pb, wb, cb, mb) in zip(rows, rows[1:]):
+        print(f"  {a} -> {b}: parameters x{pb / pa:.1f}, wall x{wb / wa:.1f}, cpu x{cb / ca:.1f}, "
+              f"peak memory x{mb / ma:.1f}")
     return 0
 
 
