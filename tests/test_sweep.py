@@ -6,6 +6,7 @@ on."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ import yaml
 
 from reportgen.cli import main
 from reportgen.sweep.config import SnapshotConfig, load_sweep
+from test_faults import children, running
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -196,6 +198,29 @@ def test_killed_sweep_reruns_only_unfinished_jobs(tmp_path):
     assert f"{len(before)} jobs already done" in second.stderr
     assert all(p.stat().st_mtime_ns == t for p, t in job_files.items())  # finished jobs untouched
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads child processes from /proc")
+def test_workers_end_with_a_killed_sweep(tmp_path):
+    sweep, out = write_sweep(tmp_path / "tiny.yaml"), tmp_path / "study"
+    proc = subprocess.Popen(sweep_command(sweep, out, "--no-pdf"), cwd=ROOT, env=env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not (workers := children(proc.pid)) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert workers, "the sweep started no worker"
+        time.sleep(2.0)  # the workers have started their jobs
+        proc.kill()  # the sweep alone, not its process group
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while any(map(running, workers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(map(running, workers))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ import os
 from typing import Any, Optional
 
 from reportgen.errors import ReportgenError
-from reportgen.parallel import cpus
+from reportgen.parallel import cpus, exit_with_parent
 from reportgen.sweep.jobs import Task, execute
 
 ENGINES = ("local", "ray")
@@ -38,9 +38,11 @@ def make_engine(name: str, jobs: Optional[int], address: str, device: str) -> "L
 
 
 def _worker_init() -> None:
-    """Before a worker imports torch: one OpenMP/MKL thread (the pool runs one job per core)."""
+    """Before a worker imports torch: one OpenMP/MKL thread (the pool runs one job per core). The
+    worker ends with the sweep, however the sweep ends (else it waits for work forever)."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
+    exit_with_parent(os.getppid())
 
 
 class LocalEngine:
