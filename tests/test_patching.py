@@ -41,7 +41,7 @@ def loop_sweep(model, run: PairRun, pb, site: str, direction: str) -> torch.Tens
     source = run.clean if direction == "denoise" else run.corrupt
     L, P = model.cfg.n_layers, tokens.shape[1]
     width = model.cfg.n_heads if site == "head" else P
-    out = torch.zeros(run.n_kept, L, width)
+    out = torch.zeros(run.n_kept, L, width, dtype=next(model.parameters()).dtype)
     for l in range(L):
         name = hook_name(site, l)
         for j in range(width):
@@ -130,6 +130,14 @@ def test_batched_sweep_equals_one_forward_per_patch(site, direction):
     assert run.n_kept >= 5
     batched = run.sweep(site, direction)
     assert torch.allclose(batched, loop_sweep(model, run, pb, site, direction), atol=1e-5)
+
+
+def test_a_float64_model_is_swept_in_float64():
+    model = strong_model(1).double()
+    run, pb = _run(model, sites=("head",))
+    batched = run.sweep("head", "denoise")
+    assert batched.dtype == torch.float64
+    assert torch.allclose(batched, loop_sweep(model, run, pb, "head", "denoise"), rtol=0, atol=1e-12)
 
 
 def test_whole_residual_patch_recovers_exactly():

@@ -201,7 +201,7 @@ class PairRun:
             groups = zip(ends.tolist(), counts.tolist())
         else:  # few rows: one pass costs less than one per group
             groups = [(base.shape[1], len(rows))]
-        out, start_row = torch.empty(len(rows), device=rows.device), 0
+        out, start_row = torch.empty(len(rows), dtype=base.dtype, device=rows.device), 0
         L = self.model.cfg.n_layers
         for end, count in groups:
             for s in range(start_row, start_row + count, self.max_rows):
@@ -242,7 +242,7 @@ class PairRun:
         P = target[hook_name("resid_pre", 0)].shape[1]
         upto = torch.arange(P, device=self.pred_pos.device)[None, :] <= self.pred_pos[:, None]  # [N, P]
         width = self.model.cfg.n_heads if site == "head" else P
-        out = torch.zeros(N, L, width, device=self.pred_pos.device)
+        out = torch.zeros(N, L, width, dtype=target[hook_name("resid_pre", 0)].dtype, device=self.pred_pos.device)
         for l in range(L):
             name = hook_name(site, l)
             if site == "head":
