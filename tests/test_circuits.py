@@ -140,6 +140,14 @@ def test_benjamini_hochberg():
     assert benjamini_hochberg(p, 0.05).tolist() == [True, True] + [False] * 8
     assert benjamini_hochberg(np.array([0.01, 0.02, 0.03]), 0.05).tolist() == [True, True, True]
     assert not benjamini_hochberg(np.array([0.5, 0.9]), 0.05).any()
+    rng = np.random.default_rng(0)  # the step-up rule written out, on p-values with ties and strong signals
+    for _ in range(200):
+        p = np.round(np.concatenate([rng.uniform(size=40), rng.uniform(0, 0.01, size=rng.integers(0, 10))]), 3)
+        order = np.argsort(p, kind="stable")
+        below = np.nonzero(p[order] <= 0.05 * np.arange(1, p.size + 1) / p.size)[0]
+        expected = np.zeros(p.size, dtype=bool)
+        expected[order[: below[-1] + 1] if below.size else []] = True
+        assert benjamini_hochberg(p, 0.05).tolist() == expected.tolist()
 
 
 def test_circuit_discovery_api():
