@@ -156,19 +156,27 @@ def render_pdf(builder: SiteBuilder, pages: list[Page], out_dir: Path, env: Envi
                attachments: dict[str, bytes], summary: bool = False) -> Path:
     """Write `out_dir/report.pdf` from the site's pages (figures must already be on disk); the
     short version (`summary`) has the findings, the comparison and a short chapter per model."""
-    from weasyprint import HTML, Attachment
-    from weasyprint.urls import URLFetcher
-
     report = builder.report
     parts = document_parts(builder, pages, summary)
     hashes = [f"{m.name} sha256:{m.provenance.sha256}" for m in report.models]
     html = env.get_template("report_pdf.html").render(
-        report=report, parts=parts, toc=table_of_contents(parts), pdf=True, attachment_names=sorted(attachments),
+        report=report, doc=report, parts=parts, toc=table_of_contents(parts), pdf=True,
+        attachment_names=sorted(attachments),
         abstract=[(m.label, builder.claims[m.name].summary) for m in report.models],
         subject="Checkpoints: " + "; ".join(hashes),
         keywords=", ".join(["reportgen", "mechanistic interpretability", *hashes]),
     )
-    when = _date(report.generated_at)
+    return typeset(html, out_dir, attachments, report.generated_at)
+
+
+def typeset(html: str, out_dir: Path, attachments: dict[str, bytes], generated_at: str) -> Path:
+    """Write `out_dir/report.pdf` from `html` (relative links resolve in `out_dir`), with the
+    `attachments` embedded and an identifier derived from them, so that the same inputs give the
+    same bytes."""
+    from weasyprint import HTML, Attachment
+    from weasyprint.urls import URLFetcher
+
+    when = _date(generated_at)
     files = [Attachment(file_obj=io.BytesIO(data), name=name, description=f"reportgen {name}", created=when,
                         modified=when, relationship="Data")
              for name, data in sorted(attachments.items())]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import math
 import shutil
@@ -661,10 +660,7 @@ def render_study_pdf(builder: StudyBuilder, pages: list[Page], out_dir: Path, en
     """report.pdf: the grid summarised (brief, overview, formats, roles, dynamics, provenance); each
     grid point's dynamics only for studies of at most MAX_PDF_POINTS points. Model chapters stay on
     the site."""
-    from weasyprint import HTML, Attachment
-    from weasyprint.urls import URLFetcher
-
-    from reportgen.render.pdf import Part, PdfLinks, _date, _numbered, _quiet, table_of_contents
+    from reportgen.render.pdf import Part, PdfLinks, _numbered, table_of_contents, typeset
 
     study = builder.study
     by_path = {p.path: p for p in pages}
@@ -689,15 +685,6 @@ def render_study_pdf(builder: StudyBuilder, pages: list[Page], out_dir: Path, en
                           "of the site.")
     parts = _numbered(parts)
     html = env.get_template("study_pdf.html").render(
-        report=study, study=study, parts=parts, toc=table_of_contents(parts), pdf=True,
+        report=study, study=study, doc=study, parts=parts, toc=table_of_contents(parts), pdf=True,
         attachment_names=sorted(attachments), n_runs=len(study.runs), n_seeds=len({r.seed for r in study.runs}))
-    when = _date(study.generated_at)
-    files = [Attachment(file_obj=io.BytesIO(data), name=name, description=f"reportgen {name}",
-                        created=when, modified=when, relationship="Data") for name, data in sorted(attachments.items())]
-    identifier = hashlib.sha256(b"".join(attachments[n] for n in sorted(attachments))).hexdigest()[:32].encode()
-    target = out_dir / "report.pdf"
-    fetcher = URLFetcher(allowed_protocols={"file", "data"}, fail_on_errors=True)
-    with _quiet("weasyprint"):
-        document = HTML(string=html, base_url=str(out_dir.resolve()) + "/", url_fetcher=fetcher).render()
-        document.write_pdf(target, attachments=files, pdf_identifier=identifier)
-    return target
+    return typeset(html, out_dir, attachments, study.generated_at)
