@@ -91,7 +91,7 @@ def wait_for(predicate, timeout: float = 120.0, proc: subprocess.Popen | None = 
     end = time.monotonic() + timeout
     while not predicate():
         if proc is not None and proc.poll() is not None:
-            pytest.fail(f"the process ended before the expected instant: {proc.communicate()[1][-2000:]}")
+            pytest.fail(f"the process ended before the expected instant: {(proc.communicate()[1] or '')[-2000:]}")
         assert time.monotonic() < end, "timed out"
         time.sleep(0.01)
 

@@ -20,7 +20,7 @@ import yaml
 
 from reportgen.cli import main
 from reportgen.sweep.config import SnapshotConfig, load_sweep
-from test_faults import children, running
+from test_faults import children, running, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -172,21 +172,26 @@ def test_tiny_sweep_local_engine(tmp_path):
     assert sorted(j.split()[0] for j in rerun) == ["analyse"] * 12 + ["render"] * 4  # no training
 
 
-@pytest.mark.slow
-def test_killed_sweep_reruns_only_unfinished_jobs(tmp_path):
-    sweep, out = write_sweep(tmp_path / "tiny.yaml"), tmp_path / "study"
+@contextlib.contextmanager
+def sweep_in_background(sweep: Path, out: Path):
+    """A `reportgen sweep` running in its own process group, killed whole (it and its workers) at
+    the end of the block."""
     proc = subprocess.Popen(sweep_command(sweep, out, "--no-pdf"), cwd=ROOT, env=env(), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (out / "jobs.jsonl").is_file() and any(j.startswith("analyse") for j in done_jobs(out)):
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, "the sweep finished before it could be killed"
+        yield proc
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its workers: the group this test started
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+@pytest.mark.slow
+def test_killed_sweep_reruns_only_unfinished_jobs(tmp_path):
+    sweep, out = write_sweep(tmp_path / "tiny.yaml"), tmp_path / "study"
+    with sweep_in_background(sweep, out) as proc:
+        wait_for(lambda: (out / "jobs.jsonl").is_file() and any(j.startswith("analyse") for j in done_jobs(out)),
+                 timeout=600, proc=proc)
     before = set(done_jobs(out))
     job_files = {p: p.stat().st_mtime_ns for p in out.rglob("job.json")}
     assert before and len(job_files) == len(before)
@@ -204,23 +209,13 @@ def test_killed_sweep_reruns_only_unfinished_jobs(tmp_path):
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads child processes from /proc")
 def test_workers_end_with_a_killed_sweep(tmp_path):
     sweep, out = write_sweep(tmp_path / "tiny.yaml"), tmp_path / "study"
-    proc = subprocess.Popen(sweep_command(sweep, out, "--no-pdf"), cwd=ROOT, env=env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while not (workers := children(proc.pid)) and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.1)
-        assert workers, "the sweep started no worker"
+    with sweep_in_background(sweep, out) as proc:
+        wait_for(lambda: children(proc.pid), timeout=300, proc=proc)
         time.sleep(2.0)  # the workers have started their jobs
+        workers = children(proc.pid)
         proc.kill()  # the sweep alone, not its process group
         proc.wait()
-        deadline = time.monotonic() + 10
-        while any(map(running, workers)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not any(map(running, workers))
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        wait_for(lambda: not any(map(running, workers)), timeout=10)
 
 
 @pytest.mark.slow

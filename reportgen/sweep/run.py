@@ -24,14 +24,13 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import os
 import re
 import shutil
 import time
 from pathlib import Path, PurePosixPath
 from typing import Callable, Optional
 
-from reportgen.atomic import replace_dir, unchanged, check_replaceable
+from reportgen.atomic import check_replaceable, replace_dir, unchanged, write_file
 from reportgen.configfile import to_dict
 from reportgen.errors import Interrupted, ReportgenError
 from reportgen.fingerprint import code_digest
@@ -46,7 +45,7 @@ MARKER, FAILURES, LOG, LOCK, JOB_FILE = "sweep.json", "failures.json", "jobs.jso
 # Longest jobs first: trains start as early as possible, so that the short analyses and renders
 # fill the workers at the end instead of a last training run holding up a sweep on one core.
 PRIORITY = {"train": 0, "analyse": 1, "render": 2}
-_TEMP = re.compile(r"^\..+\.(tmp|probe)-[^/]*$")  # what replace_dir / check_out_dir leave when killed
+_TEMP = re.compile(r"^\..+(\.(tmp|probe)-[^/]*|\.tmp)$")  # what replace_dir, check_out_dir, write_file leave when killed
 
 
 def run_sweep(sweep_file: str, out: str | Path, engine: str = "local", address: str = "auto",
@@ -106,16 +105,16 @@ def _claimed(out: Path):
         for parent in [out, out / RUNS, out / CHAPTERS, *(sorted((out / RESULTS).glob("*")))]:
             if parent.is_dir():
                 for p in parent.iterdir():
-                    if _TEMP.match(p.name):
+                    if _TEMP.match(p.name) and p.is_dir():
                         shutil.rmtree(p, ignore_errors=True)
+                    elif _TEMP.match(p.name):
+                        p.unlink(missing_ok=True)
         yield
 
 
 def _write_json(path: Path, data) -> None:
-    """Atomically (a killed sweep leaves the old file or the new one)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    """Whole (a killed sweep leaves the old file or the new one)."""
+    write_file(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
 
 
 def is_done(d: Path, key: str) -> bool:
