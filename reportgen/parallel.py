@@ -49,22 +49,20 @@ def _run(i: int) -> None:
 
 def die_with_parent(parent: int) -> None:
     """Make this (forked) process exit when process `parent` ends: on Linux the kernel kills it
-    (PR_SET_PDEATHSIG); a thread watching the parent's id covers other systems and a parent that
-    died before that was set."""
+    (PR_SET_PDEATHSIG); exit_with_parent's thread covers other systems and a parent that died
+    before that was set."""
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             pass
-    if os.getppid() != parent:
-        os._exit(1)
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch-parent").start()
+    exit_with_parent(parent)
 
 
 def exit_with_parent(parent: int) -> None:
     """Make this process exit when process `parent` ends, watched by a thread started once per
-    process: for the workers of a pool started elsewhere (joblib's), which would otherwise wait
-    minutes for more work after their parent was killed."""
+    process (for workers of pools started elsewhere, joblib's or the sweep's, which would otherwise
+    wait for more work after their parent was killed)."""
     global _WATCHED
     if _WATCHED == parent:
         return
