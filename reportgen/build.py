@@ -216,8 +216,10 @@ class ModelRun:
 
 # The analyses of one model in jobs of comparable cost on the demos, so that the models of a build
 # keep every core busy (each job a process with one torch thread: these models are too small for
-# a second thread to pay). The first job also measures accuracy and the examples shown.
-JOB_ANALYSES = (("attention", "logit_lens", "probing", "interventions"), ("circuits",), ("patching",))
+# a second thread to pay). The analyses that read the cached forward passes of the model and its
+# twins (run.CACHE_READERS) share a job, so those passes run once. The first job also measures
+# accuracy and the examples shown.
+JOB_ANALYSES = (("probing", "interventions"), ("attention", "logit_lens", "circuits"), ("patching",))
 
 
 def compute_all(runs: list[ModelRun], device: str, say: Progress = _quiet) -> list[ModelResults]:

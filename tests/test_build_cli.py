@@ -404,3 +404,10 @@ def test_the_python_api_builds_from_a_script_without_a_main_guard(work):
     if build.cpus() > 1:
         assert "jobs in 2 processes" in proc.stdout, proc.stdout
     assert (work / "api-site" / "index.html").is_file()
+
+
+def test_the_analyses_reading_the_cached_runs_share_one_job():
+    """Else every job among them repeats the forward passes of the model and its twins."""
+    from reportgen.analysis.run import CACHE_READERS
+
+    assert sum(bool(set(group) & CACHE_READERS) for group in build.JOB_ANALYSES) == 1

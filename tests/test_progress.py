@@ -130,7 +130,7 @@ def test_build_progress_in_a_log(tmp_path):
     if cpus() > 1:  # the analyses run as parallel jobs: a line as each ends, no bars interleaved
         jobs = [line for line in lines if " done (" in line and " jobs)" in line]
         assert len(jobs) == 3 and not any(line.startswith("reportgen: analyze: ") for line in lines), err
-        assert "logit_lens" in err and "circuits done" in err and "patching done" in err
+        assert "attention, circuits, logit_lens done" in err and "patching done" in err
     else:
         assert any(line.startswith("reportgen: analyze: ") for line in lines)
     assert any("rendering" in line for line in lines) and lines[-1].startswith("reportgen: wrote ")
