@@ -131,7 +131,7 @@ def lens_claims(m: ModelResults) -> tuple[list[Claim], list[Claim]]:
     for role, series in lens.prob_by_role.items():
         guess = lens.majority_by_role.get(role, 1.0)  # unknown (older results): no claim
         at = next((i for i, e in enumerate(series) if e.mean >= FORMED and e.lo > guess), None)
-        test = "logit lens at the positions writing scratchpad digits, against always guessing the most common digit"
+        test = "logit lens at the positions writing scratchpad digits"
         null = f"always guessing the most common digit scores {guess:.2f}"
         if at is not None:
             found.append(Claim(
