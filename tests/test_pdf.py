@@ -113,3 +113,33 @@ def test_pdf_is_deterministic(pdf_path, report, tmp_path):
 
     render_site(report, tmp_path, pdf=True)
     assert (tmp_path / "report.pdf").read_bytes() == pdf_path.read_bytes()
+
+
+def test_each_figure_is_drawn_from_its_own_pdf_into_its_laid_out_box(tmp_path):
+    """A known answer: a figure that is one black rectangle, laid out 30 mm from the left and
+    60 mm from the top at 80 x 40 mm, is drawn upright at exactly that box."""
+    from matplotlib.figure import Figure
+    from PIL import Image
+    import numpy as np
+
+    from reportgen.render.figures import ReportFigure
+    from reportgen.render.pdf import typeset
+
+    if shutil.which("pdftoppm") is None:
+        pytest.skip("pdftoppm (poppler-utils) is not installed")
+    fig = Figure(figsize=(2.0, 1.0))
+    fig.patches.append(fig.patch)
+    fig.patch.set_facecolor("black")
+    fig.savefig(tmp_path / "box.pdf", format="pdf")
+    figure = ReportFigure(key="box", plot="", args={}, caption="", alt="", data="", size=(144.0, 72.0))
+    html = (f'<style>@page {{ size: 210mm 297mm; margin: 0 }} body {{ margin: 0 }}</style>'
+            f'<img data-figure="box.pdf" src="{figure.placeholder}" '
+            f'style="position: absolute; left: 30mm; top: 60mm; width: 80mm; height: 40mm">')
+    typeset(html, tmp_path, {}, "")
+    subprocess.run(["pdftoppm", "-r", "100", "-gray", "-png", "-singlefile", str(tmp_path / "report.pdf"),
+                    str(tmp_path / "page")], check=True, timeout=60)
+    page = np.asarray(Image.open(tmp_path / "page.png").convert("L"), dtype=float)
+    rows, cols = np.nonzero(page < 128)
+    mm = 25.4 / 100
+    assert abs(rows.min() * mm - 60) < 0.6 and abs((rows.max() + 1) * mm - 100) < 0.6
+    assert abs(cols.min() * mm - 30) < 0.6 and abs((cols.max() + 1) * mm - 110) < 0.6

@@ -1,16 +1,17 @@
 """Figures made at render time from the results: what each shows (with its caption and data), the
 plotting functions, and a deterministic renderer that writes each figure once as SVG (shown in
-the site and the PDF) and PDF (for papers).
+the site) and PDF (for papers, and placed as it is into the PDF report).
 
 Plotting uses matplotlib's object API (no pyplot, no global state) under a fixed rc context:
 `svg.hashsalt` fixed and dates left out of the metadata, so the same data always gives the same
-bytes. SVG text stays text (WeasyPrint typesets it several times faster than glyph outlines).
+bytes. SVG text stays text (smaller files, selectable in the browser).
 Layouts are computed by hand in inches: a layout engine would double the drawing time. Figures
 are independent, so they are drawn in parallel worker processes.
 """
 
 from __future__ import annotations
 
+import base64
 import csv
 import dataclasses
 import functools
@@ -96,6 +97,14 @@ class ReportFigure:
     @property
     def data_path(self) -> str:
         return f"{self.key}.{self.data_ext}"
+
+    @property
+    def placeholder(self) -> str:
+        """An empty SVG of the figure's size, as a data URI: what WeasyPrint lays out in the PDF
+        report, where the figure's own PDF is then placed (pdf.place_figures)."""
+        w, h = self.size
+        svg = f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}pt" height="{h}pt" viewBox="0 0 {w} {h}"/>'
+        return "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
 
 
 # ---------------------------------------------------------------- rendering

@@ -1,5 +1,6 @@
 """The PDF report: the site's sections placed in one document (report_pdf.html + print.css) and
-typeset by WeasyPrint, with the results attached.
+typeset by WeasyPrint, with the results attached. WeasyPrint lays out an empty placeholder of
+each figure's size; each figure's own PDF is then drawn into that box.
 
 Deterministic: figures and tables are numbered through the document, the PDF dates come from
 `report.generated_at` (or a fixed 1980-01-01 when undated), the file identifier is a hash of
@@ -20,6 +21,7 @@ from typing import Optional
 
 from jinja2 import Environment
 
+from reportgen.atomic import write_file
 from reportgen.render.site import Page, Section, SiteBuilder, number_blocks
 
 UNDATED = datetime(1980, 1, 1, tzinfo=timezone.utc)
@@ -186,8 +188,97 @@ def typeset(html: str, out_dir: Path, attachments: dict[str, bytes], generated_a
     fetcher = URLFetcher(allowed_protocols={"file", "data"}, fail_on_errors=True)
     with _quiet("weasyprint"):
         document = HTML(string=html, base_url=str(out_dir.resolve()) + "/", url_fetcher=fetcher).render()
-        document.write_pdf(target, attachments=files, pdf_identifier=identifier)
+        spots = figure_spots(document)
+        typeset_pdf = document.write_pdf(attachments=files, pdf_identifier=identifier)
+    write_file(target, place_figures(typeset_pdf, spots, out_dir))
     return target
+
+
+@dataclass
+class FigureSpot:
+    """Where WeasyPrint laid out a figure's placeholder: page index, the figure's own PDF (relative
+    to the site) and its box in PDF points from the page's bottom-left corner."""
+
+    page: int
+    path: str
+    x: float
+    y: float
+    width: float
+    height: float
+
+
+def figure_spots(document) -> list[FigureSpot]:
+    """The placeholder images (`data-figure` attribute) of a rendered WeasyPrint document."""
+    from weasyprint.formatting_structure.boxes import ReplacedBox
+
+    pt = 0.75  # CSS px to PDF points
+    spots = []
+    for k, page in enumerate(document.pages):
+        # WeasyPrint has no public API for box positions; placeholders=True includes positioned boxes
+        for box in page._page_box.descendants(placeholders=True):
+            if isinstance(box, ReplacedBox) and box.element is not None and box.element.get("data-figure"):
+                top = box.content_box_y() + box.height
+                spots.append(FigureSpot(k, box.element.get("data-figure"), box.content_box_x() * pt,
+                                        page.height * pt - top * pt, box.width * pt, box.height * pt))
+    return spots
+
+
+def place_figures(typeset_pdf: bytes, spots: list[FigureSpot], out_dir: Path) -> bytes:
+    """`typeset_pdf` with each figure's own PDF (as matplotlib drew it) drawn into its spot as a form
+    XObject: the PDF shows exactly the vector figure offered for download, and WeasyPrint does not
+    redraw a few hundred SVG elements per figure (about 40% of its time on the demo report)."""
+    import pypdf
+    from pypdf.generic import ArrayObject, DictionaryObject, FloatObject, NameObject
+
+    if not spots:
+        return typeset_pdf
+    writer = pypdf.PdfWriter(clone_from=pypdf.PdfReader(io.BytesIO(typeset_pdf)))
+    wrapped = set()
+    for n, spot in enumerate(spots):
+        figure = pypdf.PdfReader(out_dir / spot.path).pages[0]
+        form = _single_stream(figure).clone(writer)
+        form.update({NameObject("/Type"): NameObject("/XObject"), NameObject("/Subtype"): NameObject("/Form"),
+                     NameObject("/BBox"): ArrayObject(FloatObject(v) for v in figure.mediabox),
+                     NameObject("/Resources"): figure["/Resources"].clone(writer)})
+        name = NameObject(f"/ReportgenFigure{n}")
+        page = writer.pages[spot.page]
+        resources = page["/Resources"].get_object()
+        if "/XObject" not in resources:
+            resources[NameObject("/XObject")] = DictionaryObject()
+        resources["/XObject"].get_object()[name] = writer._add_object(form)
+        scale = spot.width / float(figure.mediabox.width)
+        # WeasyPrint's page stream leaves a y-flipped matrix behind: it is wrapped in q ... Q first.
+        contents = page["/Contents"].get_object()
+        streams = list(contents) if isinstance(contents, ArrayObject) else [page.raw_get("/Contents")]
+        draw = f"q {scale:.6f} 0 0 {scale:.6f} {spot.x:.3f} {spot.y:.3f} cm {name} Do Q"
+        if page.indirect_reference not in wrapped:
+            wrapped.add(page.indirect_reference)
+            streams = [_stream(writer, "q"), *streams, _stream(writer, "Q")]
+        page[NameObject("/Contents")] = ArrayObject([*streams, _stream(writer, draw)])
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def _stream(writer, operators: str):
+    """An indirect content stream of `operators`, added to `writer`."""
+    from pypdf.generic import DecodedStreamObject
+
+    stream = DecodedStreamObject()
+    stream.set_data(operators.encode())
+    return writer._add_object(stream)
+
+
+def _single_stream(page):
+    """A page's content as one stream object (matplotlib writes one, kept compressed as it is)."""
+    from pypdf.generic import ArrayObject, DecodedStreamObject
+
+    contents = page["/Contents"].get_object()
+    if not isinstance(contents, ArrayObject):
+        return contents
+    joined = DecodedStreamObject()
+    joined.set_data(page.get_contents().get_data())
+    return joined
 
 
 @contextmanager

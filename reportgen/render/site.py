@@ -974,7 +974,7 @@ class SiteBuilder:
         return Page("provenance.html", "provenance.html", "Provenance", sections)
 
 
-RENDER_LIBRARIES = ("jinja2", "matplotlib", "numpy", "weasyprint")  # what draws and typesets a report
+RENDER_LIBRARIES = ("jinja2", "matplotlib", "numpy", "pypdf", "weasyprint")  # what draws and typesets a report
 
 
 def _pair_count(kind: str, n: int, task: Optional[dict]):
