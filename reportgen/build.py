@@ -28,7 +28,7 @@ from reportgen.atomic import check_replaceable, recover, replace_dir
 from reportgen.configfile import to_dict
 from reportgen.errors import ReportgenError, os_error_advice
 from reportgen.fingerprint import code_digest, library_version
-from reportgen.parallel import cpus, exit_with_parent
+from reportgen.parallel import cpus, die_with_parent
 from reportgen.results.compare import compare_models
 from reportgen.results.schema import (
     SCHEMA_VERSION, Accuracy, HarderTest, ModelResults, Provenance, Report, TrainingCurve,
@@ -236,7 +236,7 @@ def compute_all(runs: list[ModelRun], device: str, say: Progress = _quiet) -> li
     say(f"evaluating and analysing {len(runs)} model(s) as {len(jobs)} jobs in {workers} processes")
     parts: list[Optional[ModelResults]] = [None] * len(jobs)
     for done, (k, part) in enumerate(_in_processes([
-            functools.partial(_job, os.getpid(), dataclasses.replace(runs[i], say=_quiet, bars=False), analyses, first)
+            functools.partial(_job, dataclasses.replace(runs[i], say=_quiet, bars=False), analyses, first)
             for i, analyses, first in jobs], workers), 1):
         parts[k] = part
         i, analyses, first = jobs[k]
@@ -261,7 +261,10 @@ def _in_processes(jobs: list[Callable[[], ModelResults]], workers: int) -> Itera
     from joblib.externals.loky import get_reusable_executor
 
     try:
-        with parallel_config(backend="loky", n_jobs=workers, inner_max_num_threads=1, max_nbytes=None):
+        # Each worker watches this process from its start, before it imports torch and unpickles a
+        # job: a build killed in those seconds would otherwise leave workers idling for minutes.
+        with parallel_config(backend="loky", n_jobs=workers, inner_max_num_threads=1, max_nbytes=None,
+                             initializer=die_with_parent, initargs=(os.getpid(),)):
             yield from Parallel(return_as="generator_unordered")(delayed(_indexed)(k, job) for k, job in enumerate(jobs))
     finally:
         get_reusable_executor().shutdown(wait=True)
@@ -271,11 +274,10 @@ def _indexed(k: int, job: Callable[[], ModelResults]) -> tuple[int, ModelResults
     return k, job()
 
 
-def _job(parent: int, run: ModelRun, analyses: set[str], first: bool) -> ModelResults:
+def _job(run: ModelRun, analyses: set[str], first: bool) -> ModelResults:
     import torch
 
     torch.set_num_threads(1)
-    exit_with_parent(parent)
     return compute_model_results(run, analyses, first)
 
 
