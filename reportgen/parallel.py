@@ -17,7 +17,8 @@ import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
-from typing import Callable, Optional
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
 
 PARENT_POLL_S = 0.5
 
@@ -26,9 +27,23 @@ _JOBS: list[Callable[[], None]] = []
 
 def run_jobs(jobs: list[Callable[[], None]], workers: Optional[int] = None, min_jobs: int = 4) -> None:
     """Run every job once; exceptions propagate. `workers` defaults to the usable CPUs (at most 4)."""
-    global _JOBS
     workers = min(workers or min(4, cpus()), len(jobs))
-    if workers < 2 or len(jobs) < min_jobs or "fork" not in multiprocessing.get_all_start_methods():
+    if workers < 2 or len(jobs) < min_jobs or not _can_fork():
+        for job in jobs:
+            job()
+        return
+    with jobs_in_background(jobs, workers):
+        pass
+
+
+@contextmanager
+def jobs_in_background(jobs: list[Callable[[], None]], workers: int) -> Iterator[None]:
+    """Run every job in `workers` forked processes while the caller's block runs in this one, and
+    wait for them when it ends (exceptions propagate; an exception in the block cancels the jobs
+    not yet started). With no workers, or where fork is unavailable, the jobs run here after it."""
+    global _JOBS
+    if not jobs or workers < 1 or not _can_fork():
+        yield
         for job in jobs:
             job()
         return
@@ -36,11 +51,22 @@ def run_jobs(jobs: list[Callable[[], None]], workers: Optional[int] = None, min_
 
     _JOBS = jobs
     try:
+        # A fork pool starts all its workers at the first submit, so they inherit _JOBS as set here.
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
                                  initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
-            list(pool.map(_run, range(len(jobs)), chunksize=max(1, len(jobs) // (workers * 4))))
+            done = pool.map(_run, range(len(jobs)), chunksize=max(1, len(jobs) // (workers * 4)))
+            try:
+                yield
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            list(done)
     finally:
         _JOBS = []
+
+
+def _can_fork() -> bool:
+    return "fork" in multiprocessing.get_all_start_methods()
 
 
 def _run(i: int) -> None:

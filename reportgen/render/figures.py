@@ -18,15 +18,16 @@ import functools
 import io
 import json
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
 from reportgen.analysis.findings import Estimate, ExampleFindings, PatchSweep
 from reportgen.data.arithmetic import STEP_TOKENS, STRATA
-from reportgen.parallel import run_jobs
+from reportgen.parallel import jobs_in_background, run_jobs
 
 RC = {
     "svg.hashsalt": "reportgen",
@@ -110,6 +111,20 @@ class ReportFigure:
 # ---------------------------------------------------------------- rendering
 def render_figures(figures: list[ReportFigure], out_dir: Path, workers: Optional[int] = None) -> None:
     """Write every figure's SVG, PDF and data file under `out_dir` (in parallel where it pays)."""
+    run_jobs(_draw_jobs(figures, out_dir), workers, min_jobs=8)
+    _measure(figures, out_dir)
+
+
+@contextmanager
+def figures_in_background(figures: list[ReportFigure], out_dir: Path, workers: int) -> Iterator[None]:
+    """render_figures in `workers` processes while the caller's block runs (e.g. the PDF)."""
+    with jobs_in_background(_draw_jobs(figures, out_dir), workers):
+        yield
+    _measure(figures, out_dir)
+
+
+def _draw_jobs(figures: list[ReportFigure], out_dir: Path) -> list[Callable[[], None]]:
+    """Write each figure's data file; the jobs that draw the figures."""
     for f in figures:
         path = out_dir / f.data_path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -117,7 +132,10 @@ def render_figures(figures: list[ReportFigure], out_dir: Path, workers: Optional
     import matplotlib.backends.backend_pdf  # noqa: F401  imported once here, not in every worker
     import matplotlib.backends.backend_svg  # noqa: F401
 
-    run_jobs([functools.partial(_draw, (f.plot, f.args, str(out_dir / f.key))) for f in figures], workers, min_jobs=8)
+    return [functools.partial(_draw, (f.plot, f.args, str(out_dir / f.key))) for f in figures]
+
+
+def _measure(figures: list[ReportFigure], out_dir: Path) -> None:
     for f in figures:
         f.size = svg_size(out_dir / f.svg)
 

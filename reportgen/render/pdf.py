@@ -125,6 +125,13 @@ def document_parts(builder: SiteBuilder, pages: list[Page], summary: bool = Fals
     return _numbered(parts)
 
 
+def figure_keys(builder: SiteBuilder, pages: list[Page], summary: bool = False) -> set[str]:
+    """The keys of the figures the PDF shows (the site shows more: every example)."""
+    parts = document_parts(builder, pages, summary)
+    sections = [s for p in parts for s in p.sections + [s for e in p.examples for s in e.sections]]
+    return {b.item.key for s in sections for b in s.blocks if b.kind == "figure"}
+
+
 def _numbered(parts: list[Part]) -> list[Part]:
     """Number figures and tables through the whole document, in reading order."""
     flat = [s for p in parts for s in p.sections + [s for e in p.examples for s in e.sections]]

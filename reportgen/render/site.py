@@ -1123,7 +1123,7 @@ def nav_model(builder: SiteBuilder) -> list[dict]:
 
 
 def write_site(builder: SiteBuilder, pages: list[Page], out_dir: Path, env: Environment) -> None:
-    """Every page, table download, viewer data file, the search index and the static assets."""
+    """Every page, table download, viewer data file and the search index."""
     for page in pages:
         html = env.get_template(page.template).render(**page_context(builder, page, SiteLinks(page.path)))
         write_text(out_dir / page.path, html)
@@ -1136,6 +1136,10 @@ def write_site(builder: SiteBuilder, pages: list[Page], out_dir: Path, env: Envi
                 write_text(out_dir / builder.paths.example_data(m, i), builder.viewer_data_js(m, i))
     sections = [(sid, title) for _, sid, title in ANALYSES]
     write_text(out_dir / "search-index.js", search_index_js(builder.report, builder.paths, sections))
+
+
+def copy_static(out_dir: Path) -> None:
+    """The stylesheets and scripts the pages (and the PDF) load, into `out_dir/static`."""
     static = out_dir / "static"
     static.mkdir(parents=True, exist_ok=True)
     for src in sorted((TEMPLATES / "static").iterdir()):

@@ -27,7 +27,7 @@ from reportgen.fingerprint import library_version
 from reportgen.render import figures as F
 from reportgen.render import study_figures as SF
 from reportgen.render.site import (
-    RENDER_LIBRARIES, TEMPLATES, Block, Page, Section, SiteLinks, kv_rows, links, notes, notice, number_blocks,
+    RENDER_LIBRARIES, Block, Page, Section, SiteLinks, kv_rows, links, notes, notice, number_blocks,
     safe_name, text, write_text,
 )
 from reportgen.render.stamp import STAMP_FILE, fingerprint, is_current, write_stamp
@@ -594,7 +594,7 @@ def render_study_site(study: Study, out_dir: Path, chapters: dict[str, Path], pd
                       log: Optional[Callable[[str], None]] = None, workers: Optional[int] = None) -> None:
     """Write the study site (pages, figures, tables, search index, study.json, the chapters under
     models/<run>/) into `out_dir`, and report.pdf when `pdf` is set."""
-    from reportgen.render.site import environment
+    from reportgen.render.site import copy_static, environment
 
     say = log or (lambda message: None)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -615,10 +615,7 @@ def render_study_site(study: Study, out_dir: Path, chapters: dict[str, Path], pd
         write_text(out_dir / t.csv_path, t.to_csv())
         write_text(out_dir / t.tex_path, t.to_latex())
     write_text(out_dir / "search-index.js", search_js(builder))
-    static = out_dir / "static"
-    static.mkdir(parents=True, exist_ok=True)
-    for src in sorted((TEMPLATES / "static").iterdir()):
-        shutil.copyfile(src, static / src.name)
+    copy_static(out_dir)
     data = study_json(study)
     (out_dir / STUDY_FILE).write_bytes(data)
     for run, src in sorted(chapters.items()):
