@@ -89,9 +89,19 @@ def test_analyze_fills_findings_and_one_example_per_distinct_problem(ckpt):
     assert ex.lens_prob.shape == ex.lens_top.shape == ex.lens_entropy.shape == (L + 1, 3)
     assert len(ex.convergence) == 3 and ex.stratum == "multi_carry"  # 9+3 and 5+7+1 carry
     assert ex.correct == (ex.prediction == "132")
+    assert ex.problem == "59 + 73" and ex.answer == "132"
     assert f.attention is not None and f.logit_lens is not None and f.probing is not None
     assert f.patching is None and f.circuits is None and f.interventions is None
     assert 40 <= f.logit_lens.prob_correct[0].n <= 42  # user examples + 40 generated, de-duplicated
+
+
+def test_examples_store_the_answer_as_a_number(ckpt):
+    """The renderer shows `answer` (it holds no arithmetic), not the reversed digits the model writes."""
+    from reportgen.analysis.run import example_findings
+    from reportgen.data.arithmetic import make_record
+
+    (rev,) = example_findings(ckpt, [make_record(836, 672, "+", answer_order="reversed")])
+    assert (rev.target, rev.problem, rev.answer) == ("8051", "836 + 672", "1508")
 
 
 @pytest.mark.parametrize("examples, cfg_kw, message", [
@@ -115,7 +125,7 @@ def test_prepare_rejects_bad_input_before_any_forward_pass(ckpt, monkeypatch, ex
 def test_findings_module_does_not_import_torch():
     import subprocess
 
-    code = "import reportgen.analysis.findings, reportgen.analysis, sys; print('torch' in sys.modules)"
+    code = "import reportgen.findings, reportgen.analysis, sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from reportgen.analysis.findings import Estimate
+from reportgen.findings import Estimate
 from reportgen.render.site import safe_name
 from reportgen.render.tables import Cell, Table, fmt_est
 
@@ -338,7 +338,7 @@ def test_top_head_verdicts_come_from_the_circuit_test_of_that_role():
 
     from render_fixtures import make_report
 
-    from reportgen.analysis.findings import Estimate as E, RoleScore
+    from reportgen.findings import Estimate as E, RoleScore
     from reportgen.render.site import SiteBuilder
 
     report = make_report(N_EXAMPLES)
@@ -402,7 +402,7 @@ def test_patching_heatmaps_keep_body_size_labels_and_a_colour_bar_beside_each_ro
 
     from types import SimpleNamespace
 
-    from reportgen.analysis.findings import PatchSweep
+    from reportgen.findings import PatchSweep
     from reportgen.render import figures as F
 
     def sweep(site, labels):
@@ -448,7 +448,7 @@ def test_patching_heatmaps_keep_body_size_labels_and_a_colour_bar_beside_each_ro
 
 
 def test_examples_show_the_answer_as_a_number():
-    """A reversed-answer model reads '836+672=8051': the table also gives 1508."""
+    """A reversed-answer model reads '836+672=8051': the table also gives the stored answer 1508."""
     import dataclasses
 
     from render_fixtures import make_report
@@ -457,7 +457,8 @@ def test_examples_show_the_answer_as_a_number():
 
     report = make_report(N_EXAMPLES)
     m = report.models[0]
-    m.findings.examples[0] = dataclasses.replace(m.findings.examples[0], prompt="836+672=", target="8051")
+    m.findings.examples[0] = dataclasses.replace(m.findings.examples[0], prompt="836+672=", target="8051",
+                                                 problem="836 + 672", answer="1508")
     m.provenance = dataclasses.replace(m.provenance, task={**m.provenance.task, "answer_order": "reversed"})
     builder = SiteBuilder(report, pdf=False)
     builder.examples_section(m)

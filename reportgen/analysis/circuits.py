@@ -53,7 +53,7 @@ from reportgen.analysis.api import task_of, text_records
 from reportgen.analysis.attention import head_tests
 from reportgen.analysis.engine import untrained_twins
 from reportgen.analysis.examples import ExampleBatch, build_batch, distinct
-from reportgen.analysis.findings import (
+from reportgen.findings import (
     AttentionFindings, CircuitComponent, CircuitFindings, ComponentRecovery, Estimate, NullCheck,
 )
 from reportgen.analysis.pairs import TARGETS, make_pairs, targets_of

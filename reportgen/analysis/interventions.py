@@ -43,7 +43,7 @@ from reportgen.analysis import stats
 from reportgen.analysis.api import task_of, text_batch
 from reportgen.analysis.engine import answer_digits, digit_log_probs
 from reportgen.analysis.examples import ExampleBatch, example_key, template
-from reportgen.analysis.findings import AblationEffect, Estimate, InterventionFindings, Metrics
+from reportgen.findings import AblationEffect, Estimate, InterventionFindings, Metrics
 from reportgen.analysis.pairs import remake
 from reportgen.analysis.patching import head_can_write
 from reportgen.data.arithmetic import STRATA

@@ -36,7 +36,7 @@ import torch
 from reportgen.analysis import stats
 from reportgen.analysis.api import task_of, text_records
 from reportgen.analysis.examples import ExampleBatch, template
-from reportgen.analysis.findings import AttributionScore, PatchingFindings, PatchSweep
+from reportgen.findings import AttributionScore, PatchingFindings, PatchSweep
 from reportgen.analysis.pairs import (
     PAIR_KINDS, MinimalPair, make_pairs, record_format, role_order, targets_of, token_roles,
 )

@@ -61,7 +61,7 @@ from reportgen.analysis.api import check_layers, pyplot, save_figure, task_of, t
 from reportgen.analysis import stats
 from reportgen.analysis.engine import run_with_cache, untrained_twins
 from reportgen.analysis.examples import ExampleBatch, build_batch, example_key, template
-from reportgen.analysis.findings import Estimate, NullCheck, ProbeLayout, ProbeResult, ProbingFindings
+from reportgen.findings import Estimate, NullCheck, ProbeLayout, ProbeResult, ProbingFindings
 from reportgen.analysis.stats import N_BOOT, null_passed
 from reportgen.data.arithmetic import target_tokens
 from reportgen.data.dataset import count_questions, stratified_examples

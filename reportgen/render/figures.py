@@ -23,7 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from reportgen.analysis.findings import Estimate, ExampleFindings, PatchSweep
+from reportgen.findings import Estimate, ExampleFindings, PatchSweep
 from reportgen.data.arithmetic import STEP_TOKENS, STRATA
 from reportgen.parallel import run_jobs
 

@@ -25,7 +25,7 @@ import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from reportgen.data.arithmetic import (
-    STRATUM_DESCRIPTIONS, TARGET_ROLE_DESCRIPTIONS, TARGET_ROLES, apply_op, parse_problem,
+    STRATUM_DESCRIPTIONS, TARGET_ROLE_DESCRIPTIONS, TARGET_ROLES,
 )
 from reportgen.errors import ReportgenError
 from reportgen.fingerprint import library_version
@@ -689,7 +689,7 @@ class SiteBuilder:
         exs = m.findings.examples
         if not exs:
             return Section("examples", "Examples", [notice("No examples were analysed for this model.")])
-        rows = [[Cell(ex.prompt + ex.target, self.paths.example(m, i)), _answer(ex), ex.prediction,
+        rows = [[Cell(ex.prompt + ex.target, self.paths.example(m, i)), ex.answer, ex.prediction,
                  Cell("yes" if ex.correct else "no", strong=not ex.correct), ex.stratum]
                 for i, ex in enumerate(exs)]
         return Section("examples", "Examples", [self.table(Table(
@@ -702,7 +702,7 @@ class SiteBuilder:
     def example_page(self, m, i: int) -> Page:
         ex = m.findings.examples[i]
         labels = ex.labels if isinstance(ex.labels, dict) else {}
-        facts = [["prompt + target", ex.prompt + ex.target], ["answer", _answer(ex)],
+        facts = [["prompt + target", ex.prompt + ex.target], ["answer", ex.answer],
                  ["task and format", task_text(m.provenance.task)], ["greedy prediction", ex.prediction],
                  ["correct", Cell("yes" if ex.correct else "no", strong=not ex.correct)], ["stratum", ex.stratum]]
         facts += [[k, labels[k]] for k in ("n_carries", "longest_cascade") if k in labels]
@@ -1011,21 +1011,13 @@ def _pair_meaning(key: str) -> str:
 def _example_words(ex) -> str:
     """An example as the viewer's list names it: the problem and answer as numbers, the written form
     where it differs (reversed digits; a scratchpad is left to the page), the stratum in words."""
-    a, b, op = parse_problem(ex.prompt)
-    answer = str(apply_op(a, b, op))
-    shown = f"{a} {op} {b} = {answer}"
+    shown = f"{ex.problem} = {ex.answer}"
     if "|" in ex.target:
         shown += " (with written steps)"
-    elif ex.target != answer:
+    elif ex.target != ex.answer:
         shown += f" (written {ex.prompt}{ex.target})"
     shown += f", {ex.stratum.replace('_', ' ')}"
     return shown + ("" if ex.correct else f", answered {ex.prediction} (wrong)")
-
-
-def _answer(ex) -> str:
-    """The example's answer as a number (its target may hold steps or reversed digits)."""
-    a, b, op = parse_problem(ex.prompt)
-    return str(apply_op(a, b, op))
 
 
 ROLE_CIRCUIT = {"n-1": "carry_head", "operator": "operator_head"}  # role (key group) -> circuit test

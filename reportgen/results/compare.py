@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from reportgen.analysis.findings import AnalysisFindings, Estimate
+from reportgen.findings import AnalysisFindings, Estimate
 from reportgen.data.arithmetic import STRATA
 from reportgen.results.schema import ComparableGroup, Comparison, ModelResults, StratumLeader
 

@@ -1,6 +1,8 @@
-"""What the six analyses find: typed, torch-free records that the results stage serialises.
+"""What the six analyses find: the list of analyses and the typed, torch-free records of their
+findings, which the analysis stage fills, the results stage stores and judges, and render draws.
 
-This module imports only numpy so that `reportgen render` can load results without torch.
+It sits below the stages that use it (analysis, results, render) and imports only numpy, so that
+`reportgen render` can load results without torch (the import contract in pyproject.toml).
 Arrays are numpy arrays (the results stage stores them in an .npz beside results.json);
 everything else is plain JSON data. Layer index conventions: "site" arrays over layers use
 index l for `blocks.{l}`; logit-lens arrays use index 0 for the embedding (resid_pre of block 0)
@@ -325,6 +327,8 @@ class ExampleFindings:
     key: str  # stable, derived from the example text (safe for file names and URLs)
     prompt: str
     target: str
+    problem: str  # the problem as a person writes it, e.g. "59 + 73"
+    answer: str  # the answer as a number (the target may hold steps or reversed digits)
     prediction: str  # greedy decoding
     correct: bool
     stratum: str
@@ -358,3 +362,30 @@ class AnalysisFindings:
     circuits: Optional[CircuitFindings] = None
     probing: Optional[ProbingFindings] = None
     interventions: Optional[InterventionFindings] = None
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One of the six analyses: the one list (ANALYSES) from which the config's `enabled` keys,
+    `reportgen analyze`'s flags and output directories, the report's sections and the comparison
+    are derived."""
+
+    name: str  # AnalysisFindings attribute, config key and `reportgen analyze` output directory
+    section: str  # the report's section id (a URL fragment)
+    title: str  # the report's section title
+
+    @property
+    def flag(self) -> str:
+        """`reportgen analyze`'s option that runs it."""
+        return "--" + self.name.replace("_", "-")
+
+
+ANALYSES: tuple[Analysis, ...] = (
+    Analysis("attention", "attention", "Attention patterns"),
+    Analysis("patching", "patching", "Activation patching"),
+    Analysis("logit_lens", "logit-lens", "Logit lens"),
+    Analysis("circuits", "circuits", "Circuits"),
+    Analysis("probing", "probing", "Linear probes"),
+    Analysis("interventions", "ablations", "Ablations"),
+)
+ANALYSIS_NAMES: tuple[str, ...] = tuple(a.name for a in ANALYSES)
