@@ -1,5 +1,5 @@
-"""What the six analyses find: the list of analyses and the typed, torch-free records of their
-findings, which the analysis stage fills, the results stage stores and judges, and render draws.
+"""What the six analyses find: typed, torch-free records, which the analysis stage fills, the
+results stage stores and judges, and render draws.
 
 It sits below the stages that use it (analysis, results, render) and imports only numpy, so that
 `reportgen render` can load results without torch (the import contract in pyproject.toml).
@@ -363,29 +363,3 @@ class AnalysisFindings:
     probing: Optional[ProbingFindings] = None
     interventions: Optional[InterventionFindings] = None
 
-
-@dataclass(frozen=True)
-class Analysis:
-    """One of the six analyses: the one list (ANALYSES) from which the config's `enabled` keys,
-    `reportgen analyze`'s flags and output directories, the report's sections and the comparison
-    are derived."""
-
-    name: str  # AnalysisFindings attribute, config key and `reportgen analyze` output directory
-    section: str  # the report's section id (a URL fragment)
-    title: str  # the report's section title
-
-    @property
-    def flag(self) -> str:
-        """`reportgen analyze`'s option that runs it."""
-        return "--" + self.name.replace("_", "-")
-
-
-ANALYSES: tuple[Analysis, ...] = (
-    Analysis("attention", "attention", "Attention patterns"),
-    Analysis("patching", "patching", "Activation patching"),
-    Analysis("logit_lens", "logit-lens", "Logit lens"),
-    Analysis("circuits", "circuits", "Circuits"),
-    Analysis("probing", "probing", "Linear probes"),
-    Analysis("interventions", "ablations", "Ablations"),
-)
-ANALYSIS_NAMES: tuple[str, ...] = tuple(a.name for a in ANALYSES)

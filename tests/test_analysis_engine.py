@@ -11,8 +11,7 @@ import torch
 
 from conftest import TOKENIZER, answer_writer_model, batch_for, random_model, records
 from reportgen.analysis import engine
-from reportgen.analysis.config import AnalysisConfig, load_analysis_config
-from reportgen.analysis.probing import ProbingConfig
+from reportgen.analysis.config import AnalysisConfig, ProbingConfig, load_analysis_config
 from reportgen.errors import ReportgenError
 
 
@@ -130,11 +129,20 @@ def test_findings_module_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
-def test_cli_lists_the_same_analyses_as_the_config():
-    from reportgen.analysis.config import ANALYSES
-    from reportgen.cli import analyze
+def test_the_one_list_of_analyses_is_what_the_results_cli_and_build_use():
+    import dataclasses
 
-    assert analyze.ANALYSES == ANALYSES
+    from reportgen.build import JOB_ANALYSES
+    from reportgen.catalog import ANALYSES, ANALYSIS_NAMES
+    from reportgen.cli import build_parser
+    from reportgen.findings import AnalysisFindings
+
+    fields = [f.name for f in dataclasses.fields(AnalysisFindings) if f.name not in ("examples", "population")]
+    assert list(ANALYSIS_NAMES) == fields
+    assert sorted(a for group in JOB_ANALYSES for a in group) == sorted(ANALYSIS_NAMES)
+    args = build_parser().parse_args(["analyze", "--checkpoint", "c.pt", *(a.flag for a in ANALYSES)])
+    assert all(getattr(args, a.name) for a in ANALYSES)
+    assert AnalysisConfig().enabled == list(ANALYSIS_NAMES)
 
 
 def test_config_refuses_more_examples_than_memory_allows():

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from reportgen.catalog import ANALYSIS_NAMES
 from reportgen.findings import Estimate
 from reportgen.render.site import safe_name
 from reportgen.render.tables import Cell, Table, fmt_est
@@ -23,7 +24,6 @@ from reportgen.render.tables import Cell, Table, fmt_est
 ROOT = Path(__file__).resolve().parents[1]
 HOSTILE = "<script>alert('x')</script>"
 N_EXAMPLES = 2
-ANALYSES = ("attention", "patching", "logit_lens", "circuits", "probing", "interventions")
 
 RENDER_WITHOUT_TORCH = """
 import sys
@@ -273,13 +273,13 @@ def test_analyses_not_run(tmp_path):
     from reportgen.results.compare import compare_models
     from reportgen.results.schema import Report
 
-    bare = make_model("bare", "bare model", 1, 1, seed=3, skip=ANALYSES)
+    bare = make_model("bare", "bare model", 1, 1, seed=3, skip=ANALYSIS_NAMES)
     for ex in bare.findings.examples:
         ex.attention, ex.lens_prob = np.zeros((0,)), np.zeros((0, 0))
     bare.training.steps, bare.training.train_loss, bare.training.val_exact_match = [], [], []
     render_site(Report(1, "bare", "", [bare], compare_models([bare])), tmp_path, pdf=False)
     model = (tmp_path / "models" / "bare.html").read_text(encoding="utf-8")
-    assert model.count("Not run") == len(ANALYSES)
+    assert model.count("Not run") == len(ANALYSIS_NAMES)
     assert "No training history" in model
     example = (tmp_path / "examples" / "bare" / "59plus73.html").read_text(encoding="utf-8")
     assert "No attention was recorded" in example and "data.js" not in example
