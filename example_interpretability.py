@@ -22,7 +22,8 @@ from reportgen.analysis import (
 )
 from reportgen.analysis.api import text_records
 from reportgen.analysis.examples import generated_records
-from reportgen.analysis.probing import ProbingConfig, held_out_layouts
+from reportgen.analysis.config import ProbingConfig
+from reportgen.analysis.probing import held_out_layouts
 from reportgen.errors import ReportgenError
 
 

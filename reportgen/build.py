@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
-from reportgen.analysis.findings import Estimate
+from reportgen.findings import Estimate
 from reportgen.atomic import check_replaceable, recover, replace_dir
 from reportgen.configfile import to_dict
 from reportgen.errors import ReportgenError, os_error_advice
@@ -47,7 +47,7 @@ EVAL_EXAMPLES = 512  # fresh stratified test set per model (128 per stratum)
 EVAL_SEED = 1234  # the same seed `reportgen eval` uses by default
 CACHE_DIR = ".reportgen-cache"
 MAX_SHOWN = 100  # examples shown one by one, each with a page and figures (100 took 650 MB and 6 min on two busy cores)
-_RESULT_CODE = ("data", "model", "train", "analysis", "results", "build.py")  # code that determines results
+_RESULT_CODE = ("data", "model", "train", "analysis", "findings.py", "catalog.py", "results", "build.py")  # code that determines results
 
 
 def _quiet(message: str) -> None:

@@ -14,11 +14,11 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)  # also where OMP_NUM_THREADS was set otherwise
 
-from reportgen.analysis.examples import build_batch
-from reportgen.data.arithmetic import make_record
-from reportgen.data.tokenizer import Tokenizer
-from reportgen.model.checkpoint import load_checkpoint, save_checkpoint
-from reportgen.model.transformer import ModelConfig, Transformer
+from reportgen.analysis.examples import build_batch  # noqa: E402
+from reportgen.data.arithmetic import make_record  # noqa: E402
+from reportgen.data.tokenizer import Tokenizer  # noqa: E402
+from reportgen.model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from reportgen.model.transformer import ModelConfig, Transformer  # noqa: E402
 
 ADD_TASK = {"task": "add", "max_digits": 3, "min_digits": 1, "with_steps": False, "answer_order": "plain"}
 TOKENIZER = Tokenizer()

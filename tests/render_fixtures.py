@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from reportgen.analysis.findings import (
+from reportgen.findings import (
     AblationEffect,
     AnalysisFindings,
     AttentionFindings,
@@ -79,6 +79,8 @@ def _example(rng, a: int, b: int, n_layers: int, n_heads: int, key: str | None =
         key=key or f"{a}plus{b}",
         prompt=rec["prompt"],
         target=rec["target"],
+        problem=f"{rec['a']} {rec['op']} {rec['b']}",
+        answer=str(rec["answer"]),
         prediction=prediction,
         correct=bool(correct),
         stratum=rec["labels"]["stratum"],

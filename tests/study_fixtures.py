@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from reportgen.analysis.findings import Estimate
+from reportgen.findings import Estimate
 from reportgen.data.arithmetic import STRATA
 from reportgen.results.study import FINAL, RoleHit, Snapshot, Study, StudyPoint, StudyRun
 

@@ -11,8 +11,7 @@ import torch
 
 from conftest import TOKENIZER, answer_writer_model, batch_for, random_model, records
 from reportgen.analysis import engine
-from reportgen.analysis.config import AnalysisConfig, load_analysis_config
-from reportgen.analysis.probing import ProbingConfig
+from reportgen.analysis.config import AnalysisConfig, ProbingConfig, load_analysis_config
 from reportgen.errors import ReportgenError
 
 
@@ -89,9 +88,19 @@ def test_analyze_fills_findings_and_one_example_per_distinct_problem(ckpt):
     assert ex.lens_prob.shape == ex.lens_top.shape == ex.lens_entropy.shape == (L + 1, 3)
     assert len(ex.convergence) == 3 and ex.stratum == "multi_carry"  # 9+3 and 5+7+1 carry
     assert ex.correct == (ex.prediction == "132")
+    assert ex.problem == "59 + 73" and ex.answer == "132"
     assert f.attention is not None and f.logit_lens is not None and f.probing is not None
     assert f.patching is None and f.circuits is None and f.interventions is None
     assert 40 <= f.logit_lens.prob_correct[0].n <= 42  # user examples + 40 generated, de-duplicated
+
+
+def test_examples_store_the_answer_as_a_number(ckpt):
+    """The renderer shows `answer` (it holds no arithmetic), not the reversed digits the model writes."""
+    from reportgen.analysis.run import example_findings
+    from reportgen.data.arithmetic import make_record
+
+    (rev,) = example_findings(ckpt, [make_record(836, 672, "+", answer_order="reversed")])
+    assert (rev.target, rev.problem, rev.answer) == ("8051", "836 + 672", "1508")
 
 
 @pytest.mark.parametrize("examples, cfg_kw, message", [
@@ -112,19 +121,31 @@ def test_prepare_rejects_bad_input_before_any_forward_pass(ckpt, monkeypatch, ex
         run_mod.analyze(ckpt, cfg, examples, {"attention"}, progress=False)
 
 
-def test_findings_module_does_not_import_torch():
+def test_result_types_and_analysis_configs_import_neither_torch_nor_scipy():
+    """The build and the command line read the config before any analysis runs (a test beside the
+    import contracts: it also sees the analysis package's lazy imports)."""
     import subprocess
 
-    code = "import reportgen.analysis.findings, reportgen.analysis, sys; print('torch' in sys.modules)"
+    code = ("import reportgen.findings, reportgen.catalog, reportgen.analysis.config, sys; "
+            "print([m for m in ('torch', 'scipy') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "[]"
 
 
-def test_cli_lists_the_same_analyses_as_the_config():
-    from reportgen.analysis.config import ANALYSES
-    from reportgen.cli import analyze
+def test_the_one_list_of_analyses_is_what_the_results_cli_and_build_use():
+    import dataclasses
 
-    assert analyze.ANALYSES == ANALYSES
+    from reportgen.build import JOB_ANALYSES
+    from reportgen.catalog import ANALYSES, ANALYSIS_NAMES
+    from reportgen.cli import build_parser
+    from reportgen.findings import AnalysisFindings
+
+    fields = [f.name for f in dataclasses.fields(AnalysisFindings) if f.name not in ("examples", "population")]
+    assert list(ANALYSIS_NAMES) == fields
+    assert sorted(a for group in JOB_ANALYSES for a in group) == sorted(ANALYSIS_NAMES)
+    args = build_parser().parse_args(["analyze", "--checkpoint", "c.pt", *(a.flag for a in ANALYSES)])
+    assert all(getattr(args, a.name) for a in ANALYSES)
+    assert AnalysisConfig().enabled == list(ANALYSIS_NAMES)
 
 
 def test_config_refuses_more_examples_than_memory_allows():

@@ -12,8 +12,9 @@ from sklearn.metrics import roc_auc_score
 import planted_carry
 from conftest import TOKENIZER, batch_for, operator_head_model, random_model
 from reportgen.analysis import circuits, engine
+from reportgen.analysis.config import CircuitConfig
 from reportgen.analysis.circuits import (
-    CircuitConfig, CircuitDiscovery, auroc_test, benjamini_hochberg, run_circuits,
+    CircuitDiscovery, auroc_test, benjamini_hochberg, run_circuits,
 )
 from reportgen.configfile import from_dict
 from reportgen.data.dataset import stratified_examples

@@ -7,7 +7,7 @@ import dataclasses
 
 from render_fixtures import make_model, make_report
 
-from reportgen.analysis.findings import Estimate
+from reportgen.findings import Estimate
 from reportgen.results.claims import comparison_claims, model_claims
 
 

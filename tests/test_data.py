@@ -240,7 +240,7 @@ def test_steps_examples():
 def test_generated_steps_are_correct_and_in_vocabulary(task):
     spec = DataSpec(task=task, instances=400, max_digits=4, with_steps=True, seed=3)
     splits = generate(spec)
-    for name, records in splits.items():
+    for records in splits.values():
         for rec in records:
             text = rec["prompt"] + rec["target"]
             assert set(text) <= set(CHARS)
@@ -274,7 +274,7 @@ def test_answer_span_columns_and_predicting_positions(with_steps, order):
         ids = TOK.encode(full, eos=True)
         positions = predicting_positions(rec)
         assert [n for _, n in positions] == rec["answer_columns"]
-        for (pos, n), ch in zip(positions, written):
+        for (pos, _), ch in zip(positions, written):
             # the token at pos predicts the next token, which is the answer digit ch
             assert TOK.vocab[ids[pos + 1]] == ch
             assert TOK.vocab[ids[pos]] in (CHARS + ("<bos>",))

@@ -265,7 +265,7 @@ def test_row3_killed_right_after_the_first_checkpoint_the_run_resumes(target, tm
 def test_train_killed_at_random_instants_always_resumes(tmp_path, data_dir, tiny_yaml, rng, capsys):
     out = tmp_path / "run"
     last = out / "checkpoint_last.pt"
-    for attempt in range(2):
+    for _ in range(2):
         extra = ["--resume"] if last.exists() else []
         proc = popen(*train_argv(out, data_dir, tiny_yaml, *extra))
         start = last.stat().st_mtime_ns if extra else 0

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from conftest import TOKENIZER, batch_for, records
+from reportgen.analysis.config import InterventionConfig
 from reportgen.analysis.interventions import (
-    Ablator, InterventionAnalyzer, InterventionConfig, head_spec, reference_records, run_interventions,
+    Ablator, InterventionAnalyzer, head_spec, reference_records, run_interventions,
 )
 from reportgen.analysis.examples import template
 from reportgen.configfile import from_dict

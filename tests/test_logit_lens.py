@@ -11,7 +11,7 @@ import torch
 
 from conftest import TOKENIZER, answer_writer_model, batch_for, random_model, records
 from reportgen.analysis import engine, logit_lens
-from reportgen.analysis.findings import ExampleFindings
+from reportgen.findings import ExampleFindings
 from reportgen.data.dataset import stratified_examples
 from reportgen.data.arithmetic import TARGET_ROLES
 from test_patching import strong_model
@@ -101,7 +101,8 @@ def test_example_arrays_and_files(tmp_path):
     fields = logit_lens.example_lens(arrays, 0)
     assert fields["lens_prob"].shape == (3, 3) and fields["convergence"] == [2, 2, 2]
     assert fields["lens_top"][:, 0].tolist() == [3, 3, 7]
-    ex = ExampleFindings(key="59plus73", prompt="59+73=", target="132", prediction="777", correct=False,
+    ex = ExampleFindings(key="59plus73", prompt="59+73=", target="132", problem="59 + 73", answer="132",
+                         prediction="777", correct=False,
                          stratum="one_carry", labels=recs[0]["labels"], tokens=["BOS", *"59+73=132", "EOS"],
                          answer_positions=[6, 7, 8], attention=np.zeros((2, 2, 11, 11)), **fields)
     logit_lens.plot_evolution(ex, tmp_path / "e.png")

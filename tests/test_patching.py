@@ -9,8 +9,9 @@ import torch
 
 from conftest import TOKENIZER, batch_for, random_model, records
 from reportgen.analysis.pairs import MinimalPair, digit_at, make_pairs, token_roles
+from reportgen.analysis.config import PatchingConfig
 from reportgen.analysis.patching import (
-    ActivationPatcher, PairRun, PatchingConfig, answer_order, hook_name, logit_diff, pair_batch, patch_pairs,
+    ActivationPatcher, PairRun, answer_order, hook_name, logit_diff, pair_batch, patch_pairs,
     run_patching,
 )
 from reportgen.configfile import from_dict

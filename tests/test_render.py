@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from reportgen.analysis.findings import Estimate
+from reportgen.catalog import ANALYSIS_NAMES
+from reportgen.findings import Estimate
 from reportgen.render.site import safe_name
 from reportgen.render.tables import Cell, Table, fmt_est
 
 ROOT = Path(__file__).resolve().parents[1]
 HOSTILE = "<script>alert('x')</script>"
 N_EXAMPLES = 2
-ANALYSES = ("attention", "patching", "logit_lens", "circuits", "probing", "interventions")
 
 RENDER_WITHOUT_TORCH = """
 import sys
@@ -273,13 +273,13 @@ def test_analyses_not_run(tmp_path):
     from reportgen.results.compare import compare_models
     from reportgen.results.schema import Report
 
-    bare = make_model("bare", "bare model", 1, 1, seed=3, skip=ANALYSES)
+    bare = make_model("bare", "bare model", 1, 1, seed=3, skip=ANALYSIS_NAMES)
     for ex in bare.findings.examples:
         ex.attention, ex.lens_prob = np.zeros((0,)), np.zeros((0, 0))
     bare.training.steps, bare.training.train_loss, bare.training.val_exact_match = [], [], []
     render_site(Report(1, "bare", "", [bare], compare_models([bare])), tmp_path, pdf=False)
     model = (tmp_path / "models" / "bare.html").read_text(encoding="utf-8")
-    assert model.count("Not run") == len(ANALYSES)
+    assert model.count("Not run") == len(ANALYSIS_NAMES)
     assert "No training history" in model
     example = (tmp_path / "examples" / "bare" / "59plus73.html").read_text(encoding="utf-8")
     assert "No attention was recorded" in example and "data.js" not in example
@@ -338,7 +338,7 @@ def test_top_head_verdicts_come_from_the_circuit_test_of_that_role():
 
     from render_fixtures import make_report
 
-    from reportgen.analysis.findings import Estimate as E, RoleScore
+    from reportgen.findings import Estimate as E, RoleScore
     from reportgen.render.site import SiteBuilder
 
     report = make_report(N_EXAMPLES)
@@ -402,7 +402,7 @@ def test_patching_heatmaps_keep_body_size_labels_and_a_colour_bar_beside_each_ro
 
     from types import SimpleNamespace
 
-    from reportgen.analysis.findings import PatchSweep
+    from reportgen.findings import PatchSweep
     from reportgen.render import figures as F
 
     def sweep(site, labels):
@@ -448,7 +448,7 @@ def test_patching_heatmaps_keep_body_size_labels_and_a_colour_bar_beside_each_ro
 
 
 def test_examples_show_the_answer_as_a_number():
-    """A reversed-answer model reads '836+672=8051': the table also gives 1508."""
+    """A reversed-answer model reads '836+672=8051': the table also gives the stored answer 1508."""
     import dataclasses
 
     from render_fixtures import make_report
@@ -457,7 +457,8 @@ def test_examples_show_the_answer_as_a_number():
 
     report = make_report(N_EXAMPLES)
     m = report.models[0]
-    m.findings.examples[0] = dataclasses.replace(m.findings.examples[0], prompt="836+672=", target="8051")
+    m.findings.examples[0] = dataclasses.replace(m.findings.examples[0], prompt="836+672=", target="8051",
+                                                 problem="836 + 672", answer="1508")
     m.provenance = dataclasses.replace(m.provenance, task={**m.provenance.task, "answer_order": "reversed"})
     builder = SiteBuilder(report, pdf=False)
     builder.examples_section(m)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reportgen.analysis.findings import AnalysisFindings, Estimate
+from reportgen.findings import AnalysisFindings, Estimate
 from reportgen.errors import ReportgenError
 from reportgen.results import compare_models, load_results, save_results
 from reportgen.results.schema import (

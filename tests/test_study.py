@@ -16,7 +16,7 @@ import pytest
 from render_fixtures import make_report
 from study_fixtures import synthetic_study
 
-from reportgen.analysis.findings import CircuitComponent
+from reportgen.findings import CircuitComponent
 from reportgen.render.study import render_study_site
 from reportgen.results.study import (
     FINAL, format_summaries, point_summary, role_stability, roles, steps_to_target, summarise,

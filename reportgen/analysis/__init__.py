@@ -1,7 +1,7 @@
 """The six analyses and their public API.
 
-Imports are lazy (module `__getattr__`) so that `reportgen.analysis.findings`, which the
-renderer reads, can be imported without importing torch.
+Imports are lazy (module `__getattr__`) so that `reportgen.analysis.config`, which the command
+line and the build read before any analysis runs, can be imported without importing torch.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ from reportgen.analysis import stats
 from reportgen.analysis.api import check_layers, pyplot, save_figure, task_of, text_batch, token_labels
 from reportgen.analysis.engine import run_with_cache, untrained_twins
 from reportgen.analysis.examples import ExampleBatch, template
-from reportgen.analysis.findings import (
+from reportgen.findings import (
     AttentionFindings, CircuitComponent, ColumnRoles, Estimate, HeadRole, HeadStats, NullCheck, RoleScore,
 )
 from reportgen.analysis.pairs import token_roles

@@ -51,9 +51,10 @@ from scipy.stats import norm, rankdata
 from reportgen.analysis import stats
 from reportgen.analysis.api import task_of, text_records
 from reportgen.analysis.attention import head_tests
+from reportgen.analysis.config import CircuitConfig
 from reportgen.analysis.engine import untrained_twins
 from reportgen.analysis.examples import ExampleBatch, build_batch, distinct
-from reportgen.analysis.findings import (
+from reportgen.findings import (
     AttentionFindings, CircuitComponent, CircuitFindings, ComponentRecovery, Estimate, NullCheck,
 )
 from reportgen.analysis.pairs import TARGETS, make_pairs, targets_of
@@ -64,33 +65,6 @@ from reportgen.errors import ReportgenError
 from reportgen.model.transformer import Transformer
 
 ALPHA = 0.05  # family-wise error rate of every confirming test, per model
-
-
-@dataclass
-class CircuitConfig:
-    n_pairs: int = 128  # carry-flip and sum-flip pairs per target token
-    min_pairs: int = 10  # pairs a column needs (of each kind compared) to be tested
-    min_recovery: float = 0.1  # pooled recovery a carry or operator head needs
-    operator_pairs: int = 64
-    neuron_min_recovery: float = 0.05  # pooled recovery a carry neuron needs
-    max_neuron_candidates: int = 16  # correlational candidates tested causally (most selective first)
-    null_neurons: int = 32  # random neurons per layer patched as the in-model null of the neuron test
-    neuron_min_selectivity: float = 0.1  # |AUROC - 0.5| a correlational candidate needs besides significance
-    fdr: float = 0.05  # Benjamini-Hochberg false discovery rate of the correlational screen
-    neuron_permutations: int = 200  # label shuffles for the reported null AUROC
-    max_listed_neurons: int = 20  # correlational candidates listed in the report
-    position_min_mass: float = 0.5  # fixed-position attention mass a position or delimiter head needs
-    position_margin: float = 0.2  # lower bound of that mass minus the untrained twins' a confirmed head needs
-    max_rows: int = 512
-
-    def __post_init__(self):
-        if not 0 < self.fdr < 1:
-            raise ReportgenError(f"circuits fdr must be between 0 and 1, got {self.fdr}")
-        for name in ("n_pairs", "min_pairs", "operator_pairs", "max_rows", "neuron_permutations", "null_neurons"):
-            if getattr(self, name) < 1:
-                raise ReportgenError(f"circuits {name} must be >= 1, got {getattr(self, name)}")
-        if self.max_neuron_candidates < 0 or self.max_listed_neurons < 0:
-            raise ReportgenError("circuits max_neuron_candidates and max_listed_neurons must be >= 0")
 
 
 # ---------------------------------------------------------------- helpers

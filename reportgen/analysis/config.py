@@ -1,5 +1,8 @@
 """`configs/interpretability.yaml` as a typed config: which analyses run, on which examples, and
 the settings of each analysis. Unknown keys and wrong types are one-line errors naming the key.
+
+Every analysis's config lives here, apart from the analysis itself, so that the command line and
+the build read and check a config without importing torch or scipy.
 """
 
 from __future__ import annotations
@@ -8,16 +11,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, get_args
 
-from reportgen.analysis.circuits import CircuitConfig
-from reportgen.analysis.interventions import InterventionConfig
-from reportgen.analysis.patching import PatchingConfig
-from reportgen.analysis.probing import ProbingConfig
+from reportgen.analysis.pairs import PAIR_KINDS
 from reportgen.configfile import from_dict, load_yaml
 from reportgen.errors import ReportgenError
+from reportgen.catalog import ANALYSIS_NAMES
 
 MAX_EXAMPLES = 5000  # one cached forward pass holds every activation of every example in memory
-Analysis = Literal["attention", "patching", "logit_lens", "circuits", "probing", "interventions"]
-ANALYSES: tuple[str, ...] = get_args(Analysis)
+AnalysisName = Literal[ANALYSIS_NAMES]
+ANALYSES: tuple[str, ...] = ANALYSIS_NAMES  # the names, in the catalog's order
+
+PairKind = Literal["carry_flip", "sum_flip", "operator_flip"]
+Site = Literal["resid_pre", "attn_out", "mlp_out", "head"]
+Direction = Literal["denoise", "noise"]
+SITES: tuple[str, ...] = get_args(Site)
+DIRECTIONS: tuple[str, ...] = get_args(Direction)
+Method = Literal["zero", "mean", "resample"]
+METHODS: tuple[str, ...] = get_args(Method)
+Label = Literal["carry_in", "carry_out", "digit", "a_digit", "operator", "cascade"]
+Hook = Literal["hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out"]
+LABELS: tuple[str, ...] = get_args(Label)
+MIN_TEST = 12  # held-out problems below which a probe's accuracy means little
+MIN_TRAIN = 20
 
 
 @dataclass
@@ -32,10 +46,118 @@ class AttentionConfig:
 
 
 @dataclass
+class PatchingConfig:
+    pair_kinds: list[PairKind] = field(default_factory=lambda: list(PAIR_KINDS))
+    n_pairs: int = 64  # per kind, drawn from the analysis batch
+    sites: list[Site] = field(default_factory=lambda: list(SITES))
+    directions: list[Direction] = field(default_factory=lambda: list(DIRECTIONS))
+    min_denominator: float = 0.5  # |LD_clean - LD_corrupt| below this (in logits) drops the pair
+    attribution_top_k: int = 10  # attribution candidates confirmed by exact patching
+    attribution_kind: PairKind = "carry_flip"  # the pair kind attribution patching ranks
+    max_rows: int = 512  # rows of one patched forward pass (expanded batch is chunked)
+
+    def __post_init__(self):
+        for name in ("n_pairs", "max_rows"):
+            if getattr(self, name) < 1:
+                raise ReportgenError(f"patching {name} must be >= 1, got {getattr(self, name)}")
+        if self.min_denominator < 0 or self.attribution_top_k < 0:
+            raise ReportgenError("patching min_denominator and attribution_top_k must be >= 0")
+
+
+@dataclass
+class CircuitConfig:
+    n_pairs: int = 128  # carry-flip and sum-flip pairs per target token
+    min_pairs: int = 10  # pairs a column needs (of each kind compared) to be tested
+    min_recovery: float = 0.1  # pooled recovery a carry or operator head needs
+    operator_pairs: int = 64
+    neuron_min_recovery: float = 0.05  # pooled recovery a carry neuron needs
+    max_neuron_candidates: int = 16  # correlational candidates tested causally (most selective first)
+    null_neurons: int = 32  # random neurons per layer patched as the in-model null of the neuron test
+    neuron_min_selectivity: float = 0.1  # |AUROC - 0.5| a correlational candidate needs besides significance
+    fdr: float = 0.05  # Benjamini-Hochberg false discovery rate of the correlational screen
+    neuron_permutations: int = 200  # label shuffles for the reported null AUROC
+    max_listed_neurons: int = 20  # correlational candidates listed in the report
+    position_min_mass: float = 0.5  # fixed-position attention mass a position or delimiter head needs
+    position_margin: float = 0.2  # lower bound of that mass minus the untrained twins' a confirmed head needs
+    max_rows: int = 512
+
+    def __post_init__(self):
+        if not 0 < self.fdr < 1:
+            raise ReportgenError(f"circuits fdr must be between 0 and 1, got {self.fdr}")
+        for name in ("n_pairs", "min_pairs", "operator_pairs", "max_rows", "neuron_permutations", "null_neurons"):
+            if getattr(self, name) < 1:
+                raise ReportgenError(f"circuits {name} must be >= 1, got {getattr(self, name)}")
+        if self.max_neuron_candidates < 0 or self.max_listed_neurons < 0:
+            raise ReportgenError("circuits max_neuron_candidates and max_listed_neurons must be >= 0")
+
+
+@dataclass
+class ProbingConfig:
+    """Which probes to fit and how (see analysis.probing's docstring for the protocol)."""
+
+    labels: list[Label] = field(default_factory=lambda: ["carry_in", "carry_out", "cascade", "operator"])
+    scratchpad_labels: list[Label] = field(default_factory=lambda: ["carry_in", "carry_out"])
+    # Per layer; blocks.{l}.hook_resid_pre equals blocks.{l-1}.hook_resid_post and is probed once.
+    hooks: list[Hook] = field(default_factory=lambda: ["hook_resid_mid", "hook_resid_post"])
+    layers: Optional[list[int]] = None  # None: every layer
+    layouts: int = 2  # the most common layouts of the longest operands
+    n_examples: int = 300  # held-out problems drawn per layout
+    test_fraction: float = 0.4
+    max_iter: int = 30  # Newton iterations (they converge in ~6-10 on these problems)
+    C: float = 1.0  # inverse L2 regularisation strength
+    alpha: float = 0.05  # family-wise error rate of the confirmations, over all probes of a model
+
+    def __post_init__(self):
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ReportgenError(f"probing test_fraction must be between 0 and 1, got {self.test_fraction}")
+        least = min_problems(self.test_fraction)
+        if self.n_examples < least:
+            raise ReportgenError(f"probing n_examples must be at least {least} (to hold out {MIN_TEST} problems "
+                                 f"at test_fraction {self.test_fraction}), got {self.n_examples}")
+        if self.layouts < 1:
+            raise ReportgenError(f"probing layouts must be at least 1, got {self.layouts}")
+        if self.max_iter < 1 or self.C <= 0:
+            raise ReportgenError("probing max_iter must be >= 1 and C > 0")
+        if not 0.0 < self.alpha < 1.0:
+            raise ReportgenError(f"probing alpha must be between 0 and 1, got {self.alpha}")
+
+
+def min_problems(test_fraction: float) -> int:
+    """Fewest distinct problems that hold out MIN_TEST and train on MIN_TRAIN."""
+    n = MIN_TEST + MIN_TRAIN
+    while round(n * test_fraction) < MIN_TEST or n - round(n * test_fraction) < MIN_TRAIN:
+        n += 1
+    return n
+
+
+@dataclass
+class InterventionConfig:
+    methods: list[Method] = field(default_factory=lambda: ["mean", "resample", "zero"])
+    default_method: Method = "mean"  # ranks heads for cumulative ablation
+    heads: bool = True  # ablate each head
+    layers: bool = True  # ablate each layer's attention and MLP
+    cumulative: bool = True  # ablate the top-1, top-2, ... heads together
+    cumulative_max_k: int = 0  # 0: up to every head
+    reference_size: int = 32  # reference examples per template (mean and resample)
+    max_rows: int = 512  # examples x components in one forward pass
+
+    def __post_init__(self):
+        if not self.methods:
+            raise ReportgenError("interventions methods must name at least one of zero, mean, resample")
+        if self.default_method not in self.methods:
+            raise ReportgenError(f"interventions default_method {self.default_method!r} must be one of methods {self.methods}")
+        for name in ("reference_size", "max_rows"):
+            if getattr(self, name) < 1:
+                raise ReportgenError(f"interventions {name} must be >= 1, got {getattr(self, name)}")
+        if self.cumulative_max_k < 0:
+            raise ReportgenError("interventions cumulative_max_k must be >= 0")
+
+
+@dataclass
 class AnalysisConfig:
     """Everything `reportgen analyze` and the report's analysis stage can be told."""
 
-    enabled: list[Analysis] = field(default_factory=lambda: list(ANALYSES))
+    enabled: list[AnalysisName] = field(default_factory=lambda: list(ANALYSES))
     n_examples: int = 300  # generated stratified examples the aggregate analyses run on
     seed: int = 0
     untrained_twins: int = 3  # freshly initialised models of the same shape every confirming test also runs on

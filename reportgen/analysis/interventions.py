@@ -33,17 +33,17 @@ cached input of layer l.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 
 from reportgen.analysis import stats
 from reportgen.analysis.api import task_of, text_batch
+from reportgen.analysis.config import METHODS, InterventionConfig, Method
 from reportgen.analysis.engine import answer_digits, digit_log_probs
 from reportgen.analysis.examples import ExampleBatch, example_key, template
-from reportgen.analysis.findings import AblationEffect, Estimate, InterventionFindings, Metrics
+from reportgen.findings import AblationEffect, Estimate, InterventionFindings, Metrics
 from reportgen.analysis.pairs import remake
 from reportgen.analysis.patching import head_can_write
 from reportgen.data.arithmetic import STRATA
@@ -52,34 +52,9 @@ from reportgen.errors import ReportgenError
 from reportgen.model.transformer import Transformer
 from reportgen.train.evaluate import final_answer, greedy_decode
 
-METHODS = ("zero", "mean", "resample")
-Method = Literal["zero", "mean", "resample"]
 DECODE_ROWS = 2048  # rows decoded together in free generation (each decoding step is mostly overhead)
 REFERENCE_TRIES = 100  # draws per wanted reference example, uniform and then perturbed
 Spec = dict[str, Optional[list[int]]]  # hook name -> indices along its third axis (heads, neurons), None = all
-
-
-@dataclass
-class InterventionConfig:
-    methods: list[Method] = field(default_factory=lambda: ["mean", "resample", "zero"])
-    default_method: Method = "mean"  # ranks heads for cumulative ablation
-    heads: bool = True  # ablate each head
-    layers: bool = True  # ablate each layer's attention and MLP
-    cumulative: bool = True  # ablate the top-1, top-2, ... heads together
-    cumulative_max_k: int = 0  # 0: up to every head
-    reference_size: int = 32  # reference examples per template (mean and resample)
-    max_rows: int = 512  # examples x components in one forward pass
-
-    def __post_init__(self):
-        if not self.methods:
-            raise ReportgenError("interventions methods must name at least one of zero, mean, resample")
-        if self.default_method not in self.methods:
-            raise ReportgenError(f"interventions default_method {self.default_method!r} must be one of methods {self.methods}")
-        for name in ("reference_size", "max_rows"):
-            if getattr(self, name) < 1:
-                raise ReportgenError(f"interventions {name} must be >= 1, got {getattr(self, name)}")
-        if self.cumulative_max_k < 0:
-            raise ReportgenError("interventions cumulative_max_k must be >= 0")
 
 
 def _number(rng: random.Random, digits: int) -> int:

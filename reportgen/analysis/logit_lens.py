@@ -24,7 +24,7 @@ from reportgen.analysis import stats
 from reportgen.analysis.api import pyplot, save_figure, task_of, text_batch
 from reportgen.analysis.engine import answer_digits, digit_log_probs, gather_at, run_with_cache, target_digits
 from reportgen.analysis.examples import ExampleBatch
-from reportgen.analysis.findings import ExampleFindings, LogitLensFindings
+from reportgen.findings import ExampleFindings, LogitLensFindings
 from reportgen.data.arithmetic import STRATA, TARGET_ROLES
 from reportgen.data.tokenizer import Tokenizer
 from reportgen.errors import ReportgenError

@@ -27,25 +27,24 @@ runs, a head whose W_O is zero) and positions after the predicting one are exact
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
 
 from reportgen.analysis import stats
 from reportgen.analysis.api import task_of, text_records
+from reportgen.analysis.config import PatchingConfig
 from reportgen.analysis.examples import ExampleBatch, template
-from reportgen.analysis.findings import AttributionScore, PatchingFindings, PatchSweep
+from reportgen.findings import AttributionScore, PatchingFindings, PatchSweep
 from reportgen.analysis.pairs import (
-    PAIR_KINDS, MinimalPair, make_pairs, record_format, role_order, targets_of, token_roles,
+    MinimalPair, make_pairs, record_format, role_order, targets_of, token_roles,
 )
 from reportgen.data.tokenizer import Tokenizer
 from reportgen.errors import ReportgenError
 from reportgen.model.transformer import Transformer
 
-SITES = ("resid_pre", "attn_out", "mlp_out", "head")
-DIRECTIONS = ("denoise", "noise")
 GROUP_ROWS = 256
 # Where a patch of each site re-enters the residual stream: (cached hook of blocks.{l} the run
 # resumes from, layers to skip, whether the run starts at that block's resid_mid).
@@ -56,28 +55,6 @@ RESUME = {
     "mlp_out": ("hook_resid_post", 1, False),
     "neuron": ("hook_resid_post", 1, False),
 }  # patched rows of one layer from which they are run in groups cut at their predicting position
-PairKind = Literal["carry_flip", "sum_flip", "operator_flip"]
-Site = Literal["resid_pre", "attn_out", "mlp_out", "head"]
-Direction = Literal["denoise", "noise"]
-
-
-@dataclass
-class PatchingConfig:
-    pair_kinds: list[PairKind] = field(default_factory=lambda: list(PAIR_KINDS))
-    n_pairs: int = 64  # per kind, drawn from the analysis batch
-    sites: list[Site] = field(default_factory=lambda: list(SITES))
-    directions: list[Direction] = field(default_factory=lambda: list(DIRECTIONS))
-    min_denominator: float = 0.5  # |LD_clean - LD_corrupt| below this (in logits) drops the pair
-    attribution_top_k: int = 10  # attribution candidates confirmed by exact patching
-    attribution_kind: PairKind = "carry_flip"  # the pair kind attribution patching ranks
-    max_rows: int = 512  # rows of one patched forward pass (expanded batch is chunked)
-
-    def __post_init__(self):
-        for name in ("n_pairs", "max_rows"):
-            if getattr(self, name) < 1:
-                raise ReportgenError(f"patching {name} must be >= 1, got {getattr(self, name)}")
-        if self.min_denominator < 0 or self.attribution_top_k < 0:
-            raise ReportgenError("patching min_denominator and attribution_top_k must be >= 0")
 
 
 def hook_name(site: str, layer: int) -> str:

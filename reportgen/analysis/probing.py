@@ -51,71 +51,28 @@ stats.null_passed judges them.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Literal, Optional, get_args
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
 
 from reportgen.analysis.api import check_layers, pyplot, save_figure, task_of, text_batch
 from reportgen.analysis import stats
+from reportgen.analysis.config import MIN_TEST, ProbingConfig, min_problems
 from reportgen.analysis.engine import run_with_cache, untrained_twins
 from reportgen.analysis.examples import ExampleBatch, build_batch, example_key, template
-from reportgen.analysis.findings import Estimate, NullCheck, ProbeLayout, ProbeResult, ProbingFindings
+from reportgen.findings import Estimate, NullCheck, ProbeLayout, ProbeResult, ProbingFindings
 from reportgen.analysis.stats import N_BOOT, null_passed
 from reportgen.data.arithmetic import target_tokens
 from reportgen.data.dataset import count_questions, stratified_examples
 from reportgen.errors import ReportgenError
 from reportgen.model.transformer import Transformer
 
-Label = Literal["carry_in", "carry_out", "digit", "a_digit", "operator", "cascade"]
-Hook = Literal["hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out"]
-LABELS: tuple[str, ...] = get_args(Label)
 OPS = ("+", "-", "*")
 IMBALANCE_RATIO = 1.5
-MIN_TEST = 12  # held-out problems below which a probe's accuracy means little
-MIN_TRAIN = 20
 SCRATCHPAD_ROLES = ("operand_a", "operand_b", "carry_in", "sum_digit", "carry_out")
 CHUNK_VALUES = 10_000_000  # feature values of the problems solved together (80 MB in float64)
-
-
-def min_problems(test_fraction: float) -> int:
-    """Fewest distinct problems that hold out MIN_TEST and train on MIN_TRAIN."""
-    n = MIN_TEST + MIN_TRAIN
-    while round(n * test_fraction) < MIN_TEST or n - round(n * test_fraction) < MIN_TRAIN:
-        n += 1
-    return n
-
-
-@dataclass
-class ProbingConfig:
-    """Which probes to fit and how (see the module docstring for the protocol)."""
-
-    labels: list[Label] = field(default_factory=lambda: ["carry_in", "carry_out", "cascade", "operator"])
-    scratchpad_labels: list[Label] = field(default_factory=lambda: ["carry_in", "carry_out"])
-    # Per layer; blocks.{l}.hook_resid_pre equals blocks.{l-1}.hook_resid_post and is probed once.
-    hooks: list[Hook] = field(default_factory=lambda: ["hook_resid_mid", "hook_resid_post"])
-    layers: Optional[list[int]] = None  # None: every layer
-    layouts: int = 2  # the most common layouts of the longest operands
-    n_examples: int = 300  # held-out problems drawn per layout
-    test_fraction: float = 0.4
-    max_iter: int = 30  # Newton iterations (they converge in ~6-10 on these problems)
-    C: float = 1.0  # inverse L2 regularisation strength
-    alpha: float = 0.05  # family-wise error rate of the confirmations, over all probes of a model
-
-    def __post_init__(self):
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ReportgenError(f"probing test_fraction must be between 0 and 1, got {self.test_fraction}")
-        least = min_problems(self.test_fraction)
-        if self.n_examples < least:
-            raise ReportgenError(f"probing n_examples must be at least {least} (to hold out {MIN_TEST} problems "
-                                 f"at test_fraction {self.test_fraction}), got {self.n_examples}")
-        if self.layouts < 1:
-            raise ReportgenError(f"probing layouts must be at least 1, got {self.layouts}")
-        if self.max_iter < 1 or self.C <= 0:
-            raise ReportgenError("probing max_iter must be >= 1 and C > 0")
-        if not 0.0 < self.alpha < 1.0:
-            raise ReportgenError(f"probing alpha must be between 0 and 1, got {self.alpha}")
 
 
 # ---------------------------------------------------------------- the probe core

@@ -25,7 +25,7 @@ from reportgen.analysis.engine import greedy_predictions, is_correct, release_me
 from reportgen.analysis.examples import (
     ExampleBatch, build_batch, distinct, example_key, held_out_from, range_notes, records_from_texts,
 )
-from reportgen.analysis.findings import AnalysisFindings, AttentionFindings, ExampleFindings, Population
+from reportgen.findings import AnalysisFindings, AttentionFindings, ExampleFindings, Population
 from reportgen.analysis.interventions import run_interventions
 from reportgen.analysis.logit_lens import by_role as lens_by_role
 from reportgen.analysis.logit_lens import LensArrays, compute_lens, example_lens, target_lens
@@ -204,6 +204,8 @@ def example_findings(ckpt: Checkpoint, records: list[dict]) -> list[ExampleFindi
             key=example_key(r),
             prompt=r["prompt"],
             target=r["target"],
+            problem=f"{r['a']} {r['op']} {r['b']}",
+            answer=str(r["answer"]),
             prediction=pred,
             correct=is_correct(r, pred),
             stratum=r["labels"]["stratum"],

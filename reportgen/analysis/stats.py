@@ -7,7 +7,7 @@ import math
 import numpy as np
 from scipy.stats import binom
 
-from reportgen.analysis.findings import Estimate
+from reportgen.findings import Estimate
 
 N_BOOT = 1000
 

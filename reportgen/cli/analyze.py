@@ -16,9 +16,9 @@ import math
 import sys
 from pathlib import Path
 
+from reportgen.catalog import ANALYSES, ANALYSIS_NAMES
 from reportgen.parallel import run_jobs
 
-ANALYSES = ("attention", "patching", "logit_lens", "circuits", "probing", "interventions")  # = config.ANALYSES
 DEFAULT_CONFIG = Path("configs/interpretability.yaml")
 
 
@@ -28,8 +28,8 @@ def register(sub) -> None:
                                    "probing and ablation analyses; write figures and JSON per analysis.")
     p.add_argument("--checkpoint", required=True, help="checkpoint file, e.g. runs/add3_rev/checkpoint_best.pt")
     p.add_argument("--all", action="store_true", help="run all six analyses")
-    for name in ANALYSES:
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, action="store_true", help=f"run {name.replace('_', ' ')}")
+    for a in ANALYSES:
+        p.add_argument(a.flag, dest=a.name, action="store_true", help=f"run {a.name.replace('_', ' ')}")
     p.add_argument("--examples", nargs="*", metavar="PROBLEM",
                    help="problems to show one by one, e.g. \"59 + 73\" \"12 + 34\" (default: from the config, "
                         "else generated examples)")
@@ -55,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
     if args.seed is not None:
         cfg = dataclasses.replace(cfg, seed=args.seed)
     check_shown(args.examples, cfg)
-    chosen = [name for name in ANALYSES if getattr(args, name)]
-    enabled = list(ANALYSES) if args.all else (chosen or None)
+    chosen = [name for name in ANALYSIS_NAMES if getattr(args, name)]
+    enabled = list(ANALYSIS_NAMES) if args.all else (chosen or None)
     out = Path(args.output_dir).resolve()
     check_out_dir(out, "--output-dir", "the analysis")
     ckpt = load_checkpoint(args.checkpoint, device=str(resolve_device(args.device)))
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     findings = model.findings
     n = len(findings.examples)
     correct = sum(e.correct for e in findings.examples)
-    print(f"analysed {args.checkpoint}: {', '.join(a for a in ANALYSES if a in plan.enabled)}; "
+    print(f"analysed {args.checkpoint}: {', '.join(a for a in ANALYSIS_NAMES if a in plan.enabled)}; "
           f"{len(plan.batch)} held-out problems, {n} examples shown ({correct} answered correctly); "
           f"exact match {model.accuracy.exact_match.mean:.3f} on {model.accuracy.n} fresh examples")
     print(f"wrote {out}")
@@ -101,7 +101,7 @@ def write_outputs(root: Path, model, plan, cfg) -> None:
         "interventions": lambda d: [lambda: _write_interventions(d, findings.interventions)],
     }
     jobs = []
-    for name in ANALYSES:
+    for name in ANALYSIS_NAMES:
         part = getattr(findings, name)
         if part is None:
             continue

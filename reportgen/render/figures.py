@@ -25,7 +25,7 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from reportgen.analysis.findings import Estimate, ExampleFindings, PatchSweep
+from reportgen.findings import Estimate, ExampleFindings, PatchSweep
 from reportgen.data.arithmetic import STEP_TOKENS, STRATA
 from reportgen.parallel import jobs_in_background, run_jobs
 

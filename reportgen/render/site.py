@@ -24,8 +24,9 @@ from typing import Any, Optional
 import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from reportgen.catalog import ANALYSES
 from reportgen.data.arithmetic import (
-    STRATUM_DESCRIPTIONS, TARGET_ROLE_DESCRIPTIONS, TARGET_ROLES, apply_op, parse_problem,
+    STRATUM_DESCRIPTIONS, TARGET_ROLE_DESCRIPTIONS, TARGET_ROLES,
 )
 from reportgen.errors import ReportgenError
 from reportgen.fingerprint import library_version
@@ -43,14 +44,6 @@ def _templates_dir() -> Path:
 
 
 TEMPLATES = _templates_dir()
-ANALYSES = [  # (findings attribute, section id, title)
-    ("attention", "attention", "Attention patterns"),
-    ("patching", "patching", "Activation patching"),
-    ("logit_lens", "logit-lens", "Logit lens"),
-    ("circuits", "circuits", "Circuits"),
-    ("probing", "probing", "Linear probes"),
-    ("interventions", "ablations", "Ablations"),
-]
 
 
 # ---------------------------------------------------------------- page model
@@ -278,7 +271,7 @@ class SiteBuilder:
         contents = []
         for m in r.models:
             contents.append((f"{m.label}: model page", self.paths.model(m)))
-            contents += [(f"{m.label}: {title}", self.paths.model(m, sid)) for _, sid, title in ANALYSES]
+            contents += [(f"{m.label}: {a.title}", self.paths.model(m, a.section)) for a in ANALYSES]
             contents.append((f"{m.label}: examples ({len(m.findings.examples)})", self.paths.model(m, "examples")))
         contents += [("Comparison of the models", "compare.html"),
                      ("Provenance: checkpoints, configs, versions", "provenance.html"),
@@ -358,10 +351,10 @@ class SiteBuilder:
         builders = {"attention": self.attention_section, "patching": self.patching_section,
                     "logit_lens": self.lens_section, "circuits": self.circuits_section,
                     "probing": self.probing_section, "interventions": self.ablation_section}
-        for attr, sid, title in ANALYSES:
-            found = getattr(fd, attr)
-            blocks = builders[attr](m, found) if found is not None else [not_run(title.lower())]
-            sections.append(Section(sid, title, [b for b in blocks if b is not None]))
+        for a in ANALYSES:
+            found = getattr(fd, a.name)
+            blocks = builders[a.name](m, found) if found is not None else [not_run(a.title.lower())]
+            sections.append(Section(a.section, a.title, [b for b in blocks if b is not None]))
         sections.append(self.examples_section(m))
         return Page(self.paths.model(m), "model.html", m.label, sections, {"model": m})
 
@@ -689,7 +682,7 @@ class SiteBuilder:
         exs = m.findings.examples
         if not exs:
             return Section("examples", "Examples", [notice("No examples were analysed for this model.")])
-        rows = [[Cell(ex.prompt + ex.target, self.paths.example(m, i)), _answer(ex), ex.prediction,
+        rows = [[Cell(ex.prompt + ex.target, self.paths.example(m, i)), ex.answer, ex.prediction,
                  Cell("yes" if ex.correct else "no", strong=not ex.correct), ex.stratum]
                 for i, ex in enumerate(exs)]
         return Section("examples", "Examples", [self.table(Table(
@@ -702,7 +695,7 @@ class SiteBuilder:
     def example_page(self, m, i: int) -> Page:
         ex = m.findings.examples[i]
         labels = ex.labels if isinstance(ex.labels, dict) else {}
-        facts = [["prompt + target", ex.prompt + ex.target], ["answer", _answer(ex)],
+        facts = [["prompt + target", ex.prompt + ex.target], ["answer", ex.answer],
                  ["task and format", task_text(m.provenance.task)], ["greedy prediction", ex.prediction],
                  ["correct", Cell("yes" if ex.correct else "no", strong=not ex.correct)], ["stratum", ex.stratum]]
         facts += [[k, labels[k]] for k in ("n_carries", "longest_cascade") if k in labels]
@@ -1011,21 +1004,13 @@ def _pair_meaning(key: str) -> str:
 def _example_words(ex) -> str:
     """An example as the viewer's list names it: the problem and answer as numbers, the written form
     where it differs (reversed digits; a scratchpad is left to the page), the stratum in words."""
-    a, b, op = parse_problem(ex.prompt)
-    answer = str(apply_op(a, b, op))
-    shown = f"{a} {op} {b} = {answer}"
+    shown = f"{ex.problem} = {ex.answer}"
     if "|" in ex.target:
         shown += " (with written steps)"
-    elif ex.target != answer:
+    elif ex.target != ex.answer:
         shown += f" (written {ex.prompt}{ex.target})"
     shown += f", {ex.stratum.replace('_', ' ')}"
     return shown + ("" if ex.correct else f", answered {ex.prediction} (wrong)")
-
-
-def _answer(ex) -> str:
-    """The example's answer as a number (its target may hold steps or reversed digits)."""
-    a, b, op = parse_problem(ex.prompt)
-    return str(apply_op(a, b, op))
 
 
 ROLE_CIRCUIT = {"n-1": "carry_head", "operator": "operator_head"}  # role (key group) -> circuit test
@@ -1114,7 +1099,7 @@ def nav_model(builder: SiteBuilder) -> list[dict]:
     items = [{"title": "Overview", "href": "index.html", "children": []},
              {"title": "Comparison", "href": "compare.html", "children": []}]
     for m in builder.report.models:
-        children = [{"title": title, "href": builder.paths.model(m, sid)} for _, sid, title in ANALYSES]
+        children = [{"title": a.title, "href": builder.paths.model(m, a.section)} for a in ANALYSES]
         examples = [{"title": ex.prompt + ex.target, "href": builder.paths.example(m, i)}
                     for i, ex in enumerate(m.findings.examples)]
         items.append({"title": m.label, "href": builder.paths.model(m), "children": children, "examples": examples})
@@ -1134,7 +1119,7 @@ def write_site(builder: SiteBuilder, pages: list[Page], out_dir: Path, env: Envi
         for i, ex in enumerate(m.findings.examples):
             if _has_attention(ex):
                 write_text(out_dir / builder.paths.example_data(m, i), builder.viewer_data_js(m, i))
-    sections = [(sid, title) for _, sid, title in ANALYSES]
+    sections = [(a.section, a.title) for a in ANALYSES]
     write_text(out_dir / "search-index.js", search_index_js(builder.report, builder.paths, sections))
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from reportgen.analysis.findings import Estimate
+from reportgen.findings import Estimate
 from reportgen.atomic import MANIFEST, check_replaceable, replace_dir
 from reportgen.data.arithmetic import STRATUM_DESCRIPTIONS
 from reportgen.fingerprint import library_version

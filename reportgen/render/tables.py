@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from reportgen.analysis.findings import Estimate
+from reportgen.findings import Estimate
 
 MISSING = "n/a"
 # A printed table line holds about this many characters (digits and bold headers are wider than

@@ -2,7 +2,7 @@
 and what differs between models, generated from the results alone.
 
 A finding is stated only from a test that confirms it and that passed its null (the same test
-on the untrained twins, analysis.findings.NullCheck); each Claim carries its number and interval
+on the untrained twins, findings.NullCheck); each Claim carries its number and interval
 in the sentence, the test behind it, that test's result on the twins, and where in the report
 the evidence is (a section id and, where there is one, the table or figure name).
 """
@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-from reportgen.analysis.findings import CircuitFindings, ComponentRecovery, Estimate, NullCheck
+from reportgen.findings import CircuitFindings, ComponentRecovery, Estimate, NullCheck
 from reportgen.data.arithmetic import STRATA
 from reportgen.results.schema import ModelResults, Report
 

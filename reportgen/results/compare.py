@@ -12,9 +12,9 @@ Comparability is decided per aspect from each model's task and shape:
 
 from __future__ import annotations
 
-import dataclasses
 
-from reportgen.analysis.findings import AnalysisFindings, Estimate
+from reportgen.findings import Estimate
+from reportgen.catalog import ANALYSIS_NAMES
 from reportgen.data.arithmetic import STRATA
 from reportgen.results.schema import ComparableGroup, Comparison, ModelResults, StratumLeader
 
@@ -24,7 +24,6 @@ ASPECTS = {
     "heads": ("Per-head tables", "the same number of layers and heads"),
     "layers": ("Per-layer results (logit lens, probes, layer ablations)", "the same number of layers"),
 }
-ANALYSES = tuple(f.name for f in dataclasses.fields(AnalysisFindings) if f.name != "examples")
 
 
 def compare_models(models: list[ModelResults]) -> Comparison:
@@ -94,7 +93,7 @@ def _notes(groups: list[ComparableGroup], models: list[ModelResults]) -> list[st
             notes.append(f"{', '.join(g.models)} write their answers in different formats ({parts}); "
                          "their accuracies compare the final answer only.")
     for m in models:
-        missing = [a for a in ANALYSES if getattr(m.findings, a) is None]
+        missing = [a for a in ANALYSIS_NAMES if getattr(m.findings, a) is None]
         if missing and len(models) > 1:
             notes.append(f"{m.name}: not analysed with {', '.join(missing)}, so it is missing from those comparisons.")
     return notes

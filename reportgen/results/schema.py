@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from reportgen.analysis.findings import AnalysisFindings, Estimate
+from reportgen.findings import AnalysisFindings, Estimate
 
 SCHEMA_VERSION = 6
 

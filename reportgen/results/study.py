@@ -22,7 +22,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from reportgen.analysis.findings import Estimate
+from reportgen.findings import Estimate
 from reportgen.results.schema import ModelResults
 
 STUDY_SCHEMA_VERSION = 1  # of study.json; bump when a field changes meaning or goes

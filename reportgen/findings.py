@@ -1,6 +1,8 @@
-"""What the six analyses find: typed, torch-free records that the results stage serialises.
+"""What the six analyses find: typed, torch-free records, which the analysis stage fills, the
+results stage stores and judges, and render draws.
 
-This module imports only numpy so that `reportgen render` can load results without torch.
+It sits below the stages that use it (analysis, results, render) and imports only numpy, so that
+`reportgen render` can load results without torch (the import contract in pyproject.toml).
 Arrays are numpy arrays (the results stage stores them in an .npz beside results.json);
 everything else is plain JSON data. Layer index conventions: "site" arrays over layers use
 index l for `blocks.{l}`; logit-lens arrays use index 0 for the embedding (resid_pre of block 0)
@@ -325,6 +327,8 @@ class ExampleFindings:
     key: str  # stable, derived from the example text (safe for file names and URLs)
     prompt: str
     target: str
+    problem: str  # the problem as a person writes it, e.g. "59 + 73"
+    answer: str  # the answer as a number (the target may hold steps or reversed digits)
     prediction: str  # greedy decoding
     correct: bool
     stratum: str
@@ -358,3 +362,4 @@ class AnalysisFindings:
     circuits: Optional[CircuitFindings] = None
     probing: Optional[ProbingFindings] = None
     interventions: Optional[InterventionFindings] = None
+
