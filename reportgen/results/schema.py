@@ -16,7 +16,7 @@ from typing import Optional
 
 from reportgen.findings import AnalysisFindings, Estimate
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 @dataclass
