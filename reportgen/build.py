@@ -37,7 +37,7 @@ from reportgen.results.store import load_results, normalized, save_results
 
 if TYPE_CHECKING:
     from reportgen.analysis.config import AnalysisConfig
-    from reportgen.analysis.run import Plan
+    from reportgen.analysis.plan import Plan
     from reportgen.model.checkpoint import Checkpoint
 
 Progress = Callable[[str], None]
@@ -137,7 +137,7 @@ def unique_names(labels: list[str]) -> list[str]:
 def _prepare(ckpt: Checkpoint, name: str, cfg: AnalysisConfig, examples: Optional[list[str]]) -> Plan:
     """The analyses' validated plan for one model: examples of its task that fit its context,
     layers it has. Errors name the model."""
-    from reportgen.analysis.run import prepare
+    from reportgen.analysis.plan import prepare
 
     t = ckpt.task
     try:

@@ -262,13 +262,13 @@ def test_untrained_models_of_the_demo_configs_confirm_no_probe(run):
     from pathlib import Path
 
     from reportgen.analysis.config import AnalysisConfig
+    from reportgen.analysis.plan import prepare
     from reportgen.model.checkpoint import load_checkpoint
-    from reportgen.train.trainer import training_questions
 
     ckpt = load_checkpoint(Path(__file__).resolve().parents[1] / "runs" / run / "checkpoint_best.pt")
-    questions = training_questions(ckpt.meta)
     cfg = AnalysisConfig()
-    layers = probing.check_probe_layers(cfg.probing, ckpt.model.cfg.n_layers)
+    plan = prepare(ckpt, cfg)
+    layers, questions = plan.probe_layers, plan.questions
     for seed in (1, 2, 3):
         untrained = dataclasses.replace(ckpt, model=engine.untrained_twin(ckpt.model, 500 + seed))
         f = probing.analyze_probing(untrained, engine.untrained_twins(ckpt.model, cfg.untrained_twins, seed),

@@ -57,7 +57,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from reportgen.analysis.api import check_layers, pyplot, save_figure, task_of, text_batch
+from reportgen.analysis.api import pyplot, save_figure, task_of, text_batch
 from reportgen.analysis import stats
 from reportgen.analysis.config import MIN_TEST, ProbingConfig, min_problems
 from reportgen.analysis.engine import run_with_cache, untrained_twins
@@ -647,7 +647,3 @@ def _check_one_layout(batch: ExampleBatch, name: str) -> None:
         shown = ", ".join(f"{t} ({n})" for t, n in counts.most_common(3))
         raise ReportgenError(f"probe {name!r}: the examples have {len(counts)} layouts ({shown}); a probe reads one "
                              f"position role, so give problems of one layout (same operand and answer lengths)")
-
-
-def check_probe_layers(cfg: ProbingConfig, n_layers: int) -> list[int]:
-    return check_layers(range(n_layers) if cfg.layers is None else cfg.layers, n_layers, "probing layer")

@@ -97,7 +97,7 @@ def analyse(checkpoint: bytes, checkpoint_path: str, name: str, label: str, anal
     """Evaluate and analyse one checkpoint exactly as `reportgen build` does; its results name the
     checkpoint by `checkpoint_path` (its place under --out)."""
     from reportgen.analysis.config import AnalysisConfig
-    from reportgen.analysis.run import prepare
+    from reportgen.analysis.plan import prepare
     from reportgen.build import ModelRun, compute_model_results, make_report, model_name
     from reportgen.configfile import from_dict
     from reportgen.model.checkpoint import load_checkpoint
