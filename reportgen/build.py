@@ -28,7 +28,7 @@ from reportgen.atomic import check_replaceable, recover, replace_dir
 from reportgen.configfile import to_dict
 from reportgen.errors import ReportgenError, os_error_advice
 from reportgen.fingerprint import code_digest, library_version
-from reportgen.parallel import cpus, die_with_parent
+from reportgen.parallel import cpus, die_with_parent, map_in_processes
 from reportgen.results.compare import compare_models
 from reportgen.results.schema import (
     SCHEMA_VERSION, Accuracy, HarderTest, ModelResults, Provenance, Report, TrainingCurve,
@@ -85,7 +85,8 @@ def build_report(checkpoints: list[str], compare: list[str], examples: Optional[
     cfg = _load_config(config_path)
     examples = list(examples) if examples else None
     check_shown(examples, cfg)
-    plans = [_prepare(ckpt, name, cfg, examples) for ckpt, name in zip(ckpts, names)]
+    plans = [_prepare(ckpt, name, cfg, examples, questions)
+             for ckpt, name, questions in zip(ckpts, names, _training_questions(ckpts))]
     out = Path(out_dir).resolve()
     check_out_dir(out)
 
@@ -134,15 +135,24 @@ def unique_names(labels: list[str]) -> list[str]:
     return out
 
 
-def _prepare(ckpt: Checkpoint, name: str, cfg: AnalysisConfig, examples: Optional[list[str]]) -> Plan:
+def _training_questions(ckpts: list[Checkpoint]) -> list[Optional[dict]]:
+    """Each model's training questions, its data set regenerated (seconds of pure Python per model)
+    in processes side by side."""
+    from reportgen.train.trainer import training_questions
+
+    return map_in_processes(training_questions, [ckpt.meta for ckpt in ckpts])
+
+
+def _prepare(ckpt: Checkpoint, name: str, cfg: AnalysisConfig, examples: Optional[list[str]],
+             questions: Optional[dict]) -> Plan:
     """The analyses' validated plan for one model: examples of its task that fit its context,
     layers it has. Errors name the model."""
-    from reportgen.analysis.plan import prepare
+    from reportgen.analysis.plan import prepare_with
 
     t = ckpt.task
     try:
         check_harder_fits(ckpt, cfg.harder_test_digits)
-        return prepare(ckpt, cfg, examples)
+        return prepare_with(ckpt, cfg, questions, examples)
     except ReportgenError as e:
         raise ReportgenError(
             f"model {name} ({ckpt.path}; trained on {t['task']}, {t['min_digits']}-{t['max_digits']} digits): {e}"

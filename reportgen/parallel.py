@@ -18,9 +18,11 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, TypeVar
 
 PARENT_POLL_S = 0.5
+T = TypeVar("T")
+R = TypeVar("R")
 
 _JOBS: list[Callable[[], None]] = []
 
@@ -63,6 +65,17 @@ def jobs_in_background(jobs: list[Callable[[], None]], workers: int) -> Iterator
             list(done)
     finally:
         _JOBS = []
+
+
+def map_in_processes(fn: Callable[[T], R], items: list[T]) -> list[R]:
+    """[fn(item) for item in items], in forked processes (one per item, up to the CPUs) where there
+    are several items and CPUs; `fn` must not use torch (see above) and its results are pickled."""
+    workers = min(len(items), cpus())
+    if workers < 2 or not _can_fork():
+        return [fn(item) for item in items]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                             initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+        return list(pool.map(fn, items))
 
 
 def _can_fork() -> bool:

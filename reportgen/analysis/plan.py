@@ -67,6 +67,13 @@ def select_records(ckpt: Checkpoint, cfg: AnalysisConfig, examples: Optional[lis
 def prepare(ckpt: Checkpoint, cfg: AnalysisConfig, examples: Optional[list[str]] = None,
             enabled: Optional[Iterable[str]] = None) -> Plan:
     """Validate everything cheap: analyses, layers, examples, and their fit to the context."""
+    return prepare_with(ckpt, cfg, training_questions(ckpt.meta), examples, enabled)
+
+
+def prepare_with(ckpt: Checkpoint, cfg: AnalysisConfig, questions: Optional[dict],
+                 examples: Optional[list[str]] = None, enabled: Optional[Iterable[str]] = None) -> Plan:
+    """prepare, given the model's training questions (trainer.training_questions, e.g. regenerated
+    for several models side by side)."""
     chosen = parse_enabled(enabled, cfg)
     n_layers = ckpt.model.cfg.n_layers
     att_layers = cfg.attention.layers_to_analyze
@@ -74,7 +81,6 @@ def prepare(ckpt: Checkpoint, cfg: AnalysisConfig, examples: Optional[list[str]]
                                     "attention layer")
     probe_layers = check_layers(range(n_layers) if cfg.probing.layers is None else cfg.probing.layers,
                                 n_layers, "probing layer")
-    questions = training_questions(ckpt.meta)
     records, population, shown = select_records(ckpt, cfg, examples, questions)
     batch = build_batch(records, ckpt.tokenizer, ckpt.model.cfg.n_ctx, device=ckpt.model.device)
     build_batch(shown, ckpt.tokenizer, ckpt.model.cfg.n_ctx)  # the shown examples fit the context
