@@ -31,7 +31,7 @@ sys.modules["torch"] = None  # any `import torch` now fails
 sys.path.insert(0, {tests!r})
 from pathlib import Path
 from render_fixtures import make_report
-from reportgen.render import render_site
+from reportgen.render.report import render_site
 render_site(make_report({n}), Path({out!r}), pdf=False)
 assert "torch" not in [m for m in sys.modules if sys.modules[m] is not None]
 """
@@ -254,7 +254,7 @@ def test_render_is_deterministic(site, tmp_path):
     """Same report, byte-identical site, even after a save/load round trip reorders its dicts."""
     from render_fixtures import make_report
 
-    from reportgen.render import render_site
+    from reportgen.render.report import render_site
     from reportgen.results.store import normalized
 
     render_site(normalized(make_report(N_EXAMPLES)), tmp_path, pdf=False)
@@ -269,7 +269,7 @@ def test_analyses_not_run(tmp_path):
     import numpy as np
     from render_fixtures import make_model
 
-    from reportgen.render import render_site
+    from reportgen.render.report import render_site
     from reportgen.results.compare import compare_models
     from reportgen.results.schema import Report
 
