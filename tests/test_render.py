@@ -565,3 +565,18 @@ def test_the_per_column_view_frames_each_heads_role_by_column_and_offset():
     tests = len(panels)
     assert f"Position heads: 1 of {tests} head-role tests confirmed (L0H0); on the untrained twins" in said
     assert "Delimiter heads: not reported: the test confirmed components on the untrained twins (0, 1, 1)" in said
+
+
+def test_every_caption_in_the_captions_template_is_used_and_reads_as_one_line():
+    """templates/captions.txt defines exactly the captions the page builders ask for, and each
+    comes out as one line of plain text (no markup escaped into it, no stray whitespace)."""
+    from reportgen.render.site import TEMPLATES, caption
+
+    defined = set(re.findall(r"\{% macro (\w+)\(\) %\}", (TEMPLATES / "captions.txt").read_text()))
+    used = {name for f in (ROOT / "reportgen" / "render").rglob("*.py")
+            for name in re.findall(r'\bcaption\("(\w+)"\)', f.read_text())}
+    assert defined == used and used
+    for name in used:
+        text = caption(name)
+        assert text == " ".join(text.split()) and "&#" not in text and "&amp;" not in text, name
+    assert caption("head_stats").endswith("the '=' token and the operator.")

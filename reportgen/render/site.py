@@ -12,6 +12,7 @@ Every path comes from `safe_name`; no text from results is ever used raw in a pa
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import posixpath
@@ -252,6 +253,17 @@ def environment() -> Environment:
     env.filters["est"] = fmt_est
     env.filters["num"] = fmt_num
     return env
+
+
+@functools.cache
+def _captions():
+    """templates/captions.txt as a module of macros (plain text: autoescaping is for .html only)."""
+    return environment().get_template("captions.txt").module
+
+
+def caption(name: str) -> str:
+    """The caption or prose `name` of templates/captions.txt, on one line."""
+    return " ".join(str(getattr(_captions(), name)()).split())
 
 
 class SiteLinks:

@@ -9,7 +9,7 @@ from reportgen.render import figures as F
 from reportgen.render.pages.shared import (
     accuracy_comparison_table, claim_item, delta, finite_or, groups_table, shown,
 )
-from reportgen.render.site import Block, Page, Section, Site, not_run, notes, notice, text
+from reportgen.render.site import Block, Page, Section, Site, caption, not_run, notes, notice, text
 from reportgen.render.tables import Cell, Table, fmt_est
 from reportgen.results.claims import comparison_claims
 
@@ -21,11 +21,9 @@ def page(site: Site) -> Page:
         Section("differences", "What differs between the models", [Block("claims", {
             "title": "", "href": None, "not_found": [],
             "found": [claim_item(site, None, c) for c in differences]})] if differences else [
-            text("No difference between the models is larger than their 95% intervals on the measures "
-                 "compared here (exact match, margin, where the answer forms).")]),
+            text(caption("no_differences"))]),
         Section("notes", "What is comparable", [
-            text("Models are compared per aspect only where they share what that aspect needs; the notes say "
-                 "what is not comparable and why."),
+            text(caption("comparable_intro")),
             groups_table(site),
             notes(list(r.comparison.notes) or ["All models are comparable on every aspect."])]),
         Section("accuracy", "Accuracy per stratum", [accuracy_comparison_table(site, "tables/compare-accuracy")]),
@@ -86,11 +84,7 @@ def lens_section(site: Site) -> Section:
             row.append(hist[lab] / total if lab in hist and total else None)
         rows.append(row)
     return Section("logit-lens", "Logit-lens convergence", [*group_note(site, "layers"), site.table(Table(
-        "tables/compare-logit-lens", "Logit lens per model: probability of the correct digit after the last "
-        "layer (95% bootstrap interval), and the share of answer digits whose final answer first becomes top-1 "
-        "among digits at each layer. Layer labels mean the same depth "
-        "only between models with the same number of layers. Bold: higher than every model with the same number "
-        "of layers, beyond the 95% intervals.", ["quantity", *[m.label for m in models]], rows))])
+        "tables/compare-logit-lens", caption("compare_logit_lens"), ["quantity", *[m.label for m in models]], rows))])
 
 
 def probe_section(site: Site) -> Section:
@@ -118,11 +112,7 @@ def probe_section(site: Site) -> Section:
     missing = [m.label for m in site.report.models if m.findings.probing is None]
     extra = [notice(f"Probing not run for: {', '.join(missing)}.")] if missing else []
     table = site.table(Table(
-        "tables/compare-probes", "Probes per label and site: held-out accuracy (balanced accuracy where the "
-        "label's classes are unbalanced) and selectivity (accuracy − the same probe's mean accuracy on untrained "
-        "twins), averaged over the positions probed (each probe reads one position of one layout), and how many "
-        "of those positions the model's test confirmed (the CSV holds the share; 'not stated' where the test "
-        "failed its null on the untrained twins); 'n/a': no such site in that model.",
+        "tables/compare-probes", caption("compare_probes"),
         ["label", "site", "metric", *[f"{m.label} {q}" for m in models for q in ("accuracy", "selectivity",
                                                                                  "confirmed")]], rows))
     return Section("probing", "Probe accuracy per layer and label", [*group_note(site, "layers"), *extra, table])
@@ -153,12 +143,7 @@ def heads_section(site: Site) -> Section:
     if not rows:
         return Section("heads", "Top heads per role", [not_run("attention")])
     return Section("heads", "Top heads per role", [*group_note(site, "heads"), site.table(Table(
-        "tables/compare-heads", "The head with the highest role score per role and model (mean attention mass "
-        "from the answer digits to a key group, averaged over columns, with its 95% bootstrap interval; roles "
-        "where it does not beat chance and the untrained twins by the role margin are left out), the same head "
-        "in the untrained twins, the drop in exact match when it is ablated with the model's default method "
-        "(clean − ablated; positive = the head matters), and the verdict of the circuit test of that role "
-        "(n-1, the column below: carry head; operator: operator head).",
+        "tables/compare-heads", caption("compare_heads"),
         ["model", "role", "head", "role score", "untrained", "ablation drop", "circuit"], rows))])
 
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 
 from reportgen.render import figures as F
-from reportgen.render.site import Block, Page, Section, Site, layer_labels, notice, task_text
+from reportgen.render.site import Block, Page, Section, Site, caption, layer_labels, notice, task_text
 from reportgen.render.tables import Cell, Table
 
 
@@ -28,9 +28,7 @@ def page(site: Site, m, i: int) -> Page:
         keys = [k for k in ("n", "a", "b", "carry_in", "carry_out", "digit", "propagate", "cascade_len")
                 if k in columns[0]]
         sections[0].blocks.append(site.table(Table(
-            site.paths.table(m, f"examples/{slug}-columns"), "Ground truth per answer column (n = 0 is the least "
-            "significant): operand digits, carry in and out, the column's answer digit, whether a carry would "
-            "cascade through it (propagate) and the length of the carry chain it belongs to.",
+            site.paths.table(m, f"examples/{slug}-columns"), caption("example_columns"),
             keys, [[c.get(k) for k in keys] for c in columns])))
     attention = has_attention(ex)
     attn_blocks = [Block("viewer", viewer_context(site, m, i))] if attention else []
@@ -47,8 +45,7 @@ def page(site: Site, m, i: int) -> Page:
         conv = [labels_l[c] if c is not None and 0 <= c < len(labels_l) else "never" for c in ex.convergence]
         digits = F.digit_labels(ex, answer_order)
         lens_blocks.append(site.table(Table(
-            site.paths.table(m, f"examples/{slug}-lens"), "Per answer digit: the first layer at which the final "
-            "answer is top-1 among digits, and the probability of the correct digit at the last layer.",
+            site.paths.table(m, f"examples/{slug}-lens"), caption("example_lens"),
             ["answer digit", "converges at", "final P(correct)"],
             [[d, c, float(prob[-1, j])] for j, (d, c) in enumerate(zip(digits, conv))])))
     sections.append(Section("lens", "Logit lens", lens_blocks or [notice("No logit-lens data for this example.")]))

@@ -6,16 +6,14 @@ from __future__ import annotations
 from reportgen.catalog import ANALYSES
 from reportgen.data.arithmetic import STRATUM_DESCRIPTIONS
 from reportgen.render.pages.shared import accuracy_comparison_table, claims_block, groups_table
-from reportgen.render.site import Page, Section, Site, links, model_shape, notes, short_hash, task_text, text
+from reportgen.render.site import Page, Section, Site, caption, links, model_shape, notes, short_hash, task_text, text
 from reportgen.render.tables import Cell, Table
 
 
 def page(site: Site) -> Page:
     r = site.report
     models = site.table(Table(
-        "tables/models", "The models in this report: task, shape, checkpoint (first 12 hex digits of its SHA-256; the CSV "
-        "has all 64) "
-        "and exact-match accuracy on the model's own stratified test set with its 95% interval.",
+        "tables/models", caption("models"),
         ["model", "task", "shape", "checkpoint", "exact match", "test problems", "examples"],
         [[Cell(m.label, site.paths.model(m)), task_text(m.provenance.task), model_shape(m),
           Cell(m.provenance.sha256, text=short_hash(m.provenance.sha256)), m.accuracy.exact_match, m.accuracy.n, len(m.findings.examples)]

@@ -10,7 +10,7 @@ from reportgen.data.arithmetic import TARGET_ROLE_DESCRIPTIONS, TARGET_ROLES
 from reportgen.render import figures as F
 from reportgen.render.pages.shared import claims_block, delta
 from reportgen.render.site import (
-    Block, Page, Section, Site, kv_rows, links, not_run, notes, notice, task_text, text,
+    Block, Page, Section, Site, caption, kv_rows, links, not_run, notes, notice, task_text, text,
 )
 from reportgen.render.tables import Cell, Table, fmt_est, fmt_num
 from reportgen.results.claims import CEILING
@@ -49,8 +49,7 @@ def overview_section(site: Site, m) -> Section:
             ["training seed", p.seed], ["analysis problems", population_text(m.findings.population)]]
     rows += kv_rows(p.model_config)
     return Section("overview", "Configuration", [site.table(Table(
-        site.paths.table(m, "config"), "Model configuration and task; the full training and analysis "
-        "configuration is on the provenance page.", ["setting", "value"], rows)),
+        site.paths.table(m, "config"), caption("config"), ["setting", "value"], rows)),
         links([("Provenance of this model", f"provenance.html#model-{site.paths.models[m.name]}")])])
 
 
@@ -87,14 +86,7 @@ def harder_blocks(site: Site, m) -> list[Block]:
 def attention_section(site: Site, m, att) -> list[Block]:
     stats = sorted(att.head_stats, key=lambda s: (s.layer, s.head))
     rows = [[f"L{s.layer}H{s.head}", s.entropy, s.prev_token, s.sink, s.equals, s.operator] for s in stats]
-    blocks = [text("Attention at every position that predicts a digit the model writes (teacher forced on the "
-                   "model's own input format), by the column n of that digit and by key group, relative to n: "
-                   "'n', 'n-1', 'n-2', … the digits of both operands in column n, n−1, n−2 (a head's offset); "
-                   "'prev answer' the answer digit written just before; the delimiters 'BOS', 'operator', '=', "
-                   "'|'; and in scratchpad models 's[n].<place>' and 's[n-1].<place>', the tokens of step n and "
-                   "step n−1 (a, b, cin, d, cout; op, =, c, ;). Mass on a group is the sum of a head's attention "
-                   "on its keys, averaged over examples; the untrained twins are freshly initialised models of "
-                   "the same shape. The interactive per-example viewer is on each example's page.")]
+    blocks = [text(caption("attention_intro"))]
     scratch = [r for r in (att.columns.query_roles if att.columns else []) if r != "answer"]
     blocks.append(site.fig(F.column_view_figure(site.paths.figure(m, "attention-columns"), att, ["answer"],
                                                 "the final-answer digits")))
@@ -106,10 +98,8 @@ def attention_section(site: Site, m, att) -> list[Block]:
         blocks.append(head_role_table(site, m, att, scratch, "-scratchpad", "the scratchpad digits"))
     blocks += head_test_summary(site, m)
     blocks.append(site.table(Table(
-        site.paths.table(m, "head-stats"), "Per-head statistics at the answer-predicting positions, mean over "
-        "examples with 95% bootstrap intervals: attention entropy normalised by log(number of visible keys) (1 = "
-        "uniform), and the attention mass on the previous token, the first (BOS, sink) token, the '=' token and "
-        "the operator.", ["head", "entropy", "previous token", "BOS (sink)", "'='", "operator"], rows)))
+        site.paths.table(m, "head-stats"), caption("head_stats"),
+        ["head", "entropy", "previous token", "BOS (sink)", "'='", "operator"], rows)))
     return [b for b in blocks if b is not None]
 
 
@@ -167,9 +157,7 @@ def head_test_summary(site: Site, m) -> list[Block]:
 
 def patching_section(site: Site, m, pat) -> list[Block]:
     counts = sorted(pat.pair_counts.items(), key=lambda kv: F.pair_rank(kv[0].split("@")[0]) + (kv[0],))
-    blocks = [site.table(Table(site.paths.table(m, "patch-pairs"), "Minimal pairs generated from the ground "
-                               "truth, per kind, and how many were dropped because the clean and corrupted "
-                               "logit differences were too close to normalise by.",
+    blocks = [site.table(Table(site.paths.table(m, "patch-pairs"), caption("patch_pairs"),
                                ["pair kind", "pairs", "dropped", "meaning"],
                                [[k, _pair_count(k, n, m.provenance.task), pat.pair_dropped.get(k, 0),
                                  _pair_meaning(k)] for k, n in counts]))]
@@ -178,9 +166,7 @@ def patching_section(site: Site, m, pat) -> list[Block]:
     if pat.attribution:
         top = sorted(pat.attribution, key=lambda a: (-abs(a.estimate), a.site, a.layer, a.index))[:12]
         blocks.append(site.table(Table(
-            site.paths.table(m, "attribution"), "Attribution patching: first-order (gradient) estimates of a "
-            "patch's effect, used only to rank candidates (largest |estimate| first), per site, layer and token "
-            "role or head; 'exact' is the exact patching result where it was run to confirm.",
+            site.paths.table(m, "attribution"), caption("attribution"),
             ["site", "layer", "role / head", "estimate", "exact"],
             [[a.site, a.layer, a.label, a.estimate, a.exact] for a in top])))
     return blocks
@@ -195,14 +181,10 @@ def lens_section(site: Site, m, lens) -> list[Block]:
             for lab in order if lab in lens.convergence_hist]
     return [
         site.fig(F.lens_figure(site.paths.figure(m, "logit-lens"), lens)),
-        site.table(Table(site.paths.table(m, "logit-lens"), "Logit lens per layer, means over answer digits "
-                         "and examples with 95% bootstrap intervals: probability of the correct digit among "
-                         "digits, the same on an untrained model of the same shape (baseline), its rank among "
-                         "digits (0 = top-1), entropy of the digit distribution (nats) and KL(final ‖ layer) "
-                         "(nats).", ["layer", "P(correct)", "untrained", "rank", "entropy", "KL to final"], rows)),
-        site.table(Table(site.paths.table(m, "convergence"), "Convergence layer: the first layer at which the "
-                         "model's final answer digit is top-1 among digits (later layers may still change "
-                         "their top-1 before the last), counted over answer digits.", ["layer", "answer digits", "share"], hist)),
+        site.table(Table(site.paths.table(m, "logit-lens"), caption("logit_lens"),
+                         ["layer", "P(correct)", "untrained", "rank", "entropy", "KL to final"], rows)),
+        site.table(Table(site.paths.table(m, "convergence"), caption("convergence"),
+                         ["layer", "answer digits", "share"], hist)),
     ] + lens_roles_table(site, m, lens)
 
 
@@ -214,27 +196,15 @@ def lens_roles_table(site: Site, m, lens) -> list[Block]:
     guess = lens.majority_by_role
     rows = [[role, TARGET_ROLE_DESCRIPTIONS[role], guess[role] if role in guess else "", *lens.prob_by_role[role]]
             for role in roles]
-    return [site.table(Table(site.paths.table(m, "logit-lens-scratchpad"), "Logit lens at the positions "
-                             "predicting each kind of scratchpad digit: probability of the correct digit among "
-                             "digits after each layer (95% bootstrap intervals over examples), beside what "
-                             "always guessing the most common digit of that kind scores (carries are 0 or 1).",
+    return [site.table(Table(site.paths.table(m, "logit-lens-scratchpad"), caption("logit_lens_scratchpad"),
                              ["digit written", "meaning", "guess", *lens.layer_labels], rows))]
 
 
 def circuits_section(site: Site, m, circ) -> list[Block]:
     broken = {n.test for n in circ.nulls if not n.passed}
     blocks = [
-        text("Every component here is tested causally and specifically, and every test also runs unchanged on "
-             "untrained twins of the model (freshly initialised, same shape) as its null. A carry head's output, "
-             "patched from the clean into the corrupted run of carry-flip pairs aimed at answer column n, must "
-             "restore more of the logit difference than on sum-flip pairs and than any head of its layer in the "
-             "twins; a neuron, patched alone, likewise, against random neurons of its layer. Position and "
-             "delimiter heads keep their attention on one key group at every column, far above the twins' "
-             "heads. Correlational candidates (AUROC) are listed apart and are not findings until their causal "
-             "test confirms them."),
-        site.table(Table(site.paths.table(m, "null-checks"), "Each confirming test on the model and, unchanged, "
-                         "on each untrained twin. A test that confirms components on the twins more often than "
-                         "its error rate allows is broken, and the report states none of its findings.",
+        text(caption("circuits_intro")),
+        site.table(Table(site.paths.table(m, "null-checks"), caption("null_checks"),
                          ["test", "definition", "tested", "confirmed", "confirmed on twins", "error rate",
                           "verdict"], [_null_row(n) for n in circ.nulls])),
     ]
@@ -255,11 +225,7 @@ def circuits_section(site: Site, m, circ) -> list[Block]:
     heads = [r for r in circ.recoveries if "H" in r.component]
     if heads:
         blocks.append(site.table(Table(
-            site.paths.table(m, "head-recovery"), "Per-column patching of every head: pooled recovery (denoising) "
-            "and damage (noising) on carry-flip (operator-flip) pairs aimed at answer column n, read at each "
-            "target token the flip changes (the answer digit; in a scratchpad also the step's sum digit, the "
-            "carry it reads in and the carry the previous step writes out), the same on sum-flip pairs, and "
-            "the largest same-layer head of the untrained twins; 95% bootstrap intervals over pairs.",
+            site.paths.table(m, "head-recovery"), caption("head_recovery"),
             ["head", "pairs", "column", "read at", "recovery", "damage", "sum-flip", "untrained (largest)",
              "verdict"],
             [[r.component, r.kind, r.column, r.target, r.recovery, r.damage, r.control, r.untrained,
@@ -267,8 +233,7 @@ def circuits_section(site: Site, m, circ) -> list[Block]:
              for r in sorted(heads, key=lambda r: (r.kind, r.target, r.column, r.layer, r.index))],
             site_only=True)))
     if circ.neuron_test:
-        blocks.append(site.table(Table(site.paths.table(m, "neuron-screen"), "The correlational screen that "
-                                       "lists neuron candidates (not a confirmation of any of them).",
+        blocks.append(site.table(Table(site.paths.table(m, "neuron-screen"), caption("neuron_screen"),
                                        ["quantity", "value"], kv_rows(circ.neuron_test))))
     return blocks
 
@@ -318,9 +283,7 @@ def probing_section(site: Site, m, probing) -> list[Block]:
     summary = [[r["label"], r["site"], r["positions"], r["confirmed"] if stated else "not stated",
                 r["accuracy"], r["untrained"], r["selectivity"], r["operand_baseline"]] for r in F.probe_summary(probing)]
     blocks.append(site.table(Table(
-        site.paths.table(m, "probes-by-site"), "Probes per label and site: positions probed (over all layouts), "
-        "how many were confirmed, and means over those positions of the accuracy, the twins' accuracy, the "
-        "selectivity and the operands-only baseline.",
+        site.paths.table(m, "probes-by-site"), caption("probes_by_site"),
         ["label", "site", "positions", "confirmed", "mean accuracy", "mean twins", "mean selectivity",
          "mean operands only"], summary)))
     return blocks

@@ -4,14 +4,13 @@ library versions and every configuration."""
 from __future__ import annotations
 
 from reportgen.fingerprint import library_version
-from reportgen.render.site import RENDER_LIBRARIES, Page, Section, Site, kv_rows, links, text
+from reportgen.render.site import RENDER_LIBRARIES, Page, Section, Site, caption, kv_rows, links, text
 from reportgen.render.tables import Table
 
 
 def page(site: Site) -> Page:
     sections = [Section("data", "Results data", [
-        text("Everything in this report is rendered from these files (the PDF carries them as attachments); "
-             "`reportgen render` re-renders them without a model or torch."),
+        text(caption("results_data")),
         links([("results.json (all results except arrays)", "results.json"),
                ("arrays.npz (the arrays results.json refers to)", "arrays.npz")]),
         site.table(Table("tables/render-versions", "Versions of the libraries that drew the figures and "

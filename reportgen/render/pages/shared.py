@@ -7,7 +7,7 @@ import math
 from typing import Optional
 
 from reportgen.render import figures as F
-from reportgen.render.site import Block, Site
+from reportgen.render.site import Block, Site, caption
 from reportgen.render.tables import Cell, Table, fmt_num
 from reportgen.results.claims import Claim
 
@@ -54,9 +54,7 @@ def groups_table(site: Site) -> Block:
              "yes" if len(gs) == 1 else "only within each group"]
             for aspect, gs in from_aspect.items()]
     return site.table(Table(
-        "tables/comparability", "Comparability of the models per aspect: models in the same group share what the "
-        "aspect needs (accuracy: task and digit range; positions: also the input format; heads: layers and "
-        "heads; layers: number of layers).", ["aspect", "groups", "all comparable"], rows))
+        "tables/comparability", caption("comparability"), ["aspect", "groups", "all comparable"], rows))
 
 
 def delta(a, b) -> Optional[float]:
