@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from render_fixtures import make_report  # noqa: E402
 
-from reportgen.render import render_site  # noqa: E402
+from reportgen.render.report import render_site  # noqa: E402
 
 
 def cpu() -> float:

@@ -435,7 +435,7 @@ def write_site(report: Report, out: Path, pdf: bool, progress: Progress = _quiet
     """Render `report` (render_site also writes results.json and arrays.npz into the site) into a
     temporary directory, then swap it in for `out`. A site already rendered from the same inputs
     and untouched since is left as it is."""
-    from reportgen.render import render_site, site_is_current
+    from reportgen.render.report import render_site, site_is_current
 
     if site_is_current(report, out, pdf, summary):
         progress(f"{out} is up to date (same results, templates and settings); nothing to render")

@@ -154,7 +154,7 @@ def test_a_site_with_a_file_added_or_edited_is_refused(work, capsys):
 # ---------------------------------------------------------------- atomic swap (renderer failure injected)
 def _renderer(monkeypatch, render_site) -> None:
     fake = types.SimpleNamespace(render_site=render_site, site_is_current=lambda *a: False)
-    monkeypatch.setitem(sys.modules, "reportgen.render", fake)
+    monkeypatch.setitem(sys.modules, "reportgen.render.report", fake)
 
 
 @pytest.mark.parametrize("error", [RuntimeError("renderer broke"), KeyboardInterrupt()])
@@ -293,7 +293,7 @@ def test_cached_rebuild_does_no_torch_work_and_gives_the_same_files(built, monke
 
 @pytest.mark.slow
 def test_unchanged_site_is_not_rendered_again_and_an_edited_one_is_kept(built, monkeypatch, capsys):
-    import reportgen.render as render
+    import reportgen.render.report as render
 
     monkeypatch.chdir(built)
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")

@@ -30,7 +30,7 @@ def report():
 
 @pytest.fixture(scope="module")
 def pdf_path(report, tmp_path_factory) -> Path:
-    from reportgen.render import render_site
+    from reportgen.render.report import render_site
 
     out = tmp_path_factory.mktemp("pdf-site")
     render_site(report, out, pdf=True)
@@ -109,7 +109,7 @@ def test_page_renders_to_png(pdf_path):
 
 
 def test_pdf_is_deterministic(pdf_path, report, tmp_path):
-    from reportgen.render import render_site
+    from reportgen.render.report import render_site
 
     render_site(report, tmp_path, pdf=True)
     assert (tmp_path / "report.pdf").read_bytes() == pdf_path.read_bytes()

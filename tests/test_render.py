@@ -31,7 +31,7 @@ sys.modules["torch"] = None  # any `import torch` now fails
 sys.path.insert(0, {tests!r})
 from pathlib import Path
 from render_fixtures import make_report
-from reportgen.render import render_site
+from reportgen.render.report import render_site
 render_site(make_report({n}), Path({out!r}), pdf=False)
 assert "torch" not in [m for m in sys.modules if sys.modules[m] is not None]
 """
@@ -254,7 +254,7 @@ def test_render_is_deterministic(site, tmp_path):
     """Same report, byte-identical site, even after a save/load round trip reorders its dicts."""
     from render_fixtures import make_report
 
-    from reportgen.render import render_site
+    from reportgen.render.report import render_site
     from reportgen.results.store import normalized
 
     render_site(normalized(make_report(N_EXAMPLES)), tmp_path, pdf=False)
@@ -269,7 +269,7 @@ def test_analyses_not_run(tmp_path):
     import numpy as np
     from render_fixtures import make_model
 
-    from reportgen.render import render_site
+    from reportgen.render.report import render_site
     from reportgen.results.compare import compare_models
     from reportgen.results.schema import Report
 
@@ -298,15 +298,16 @@ def test_comparison_of_logit_lens_convergence_shows_the_known_shares():
 
     from render_fixtures import make_report
 
-    from reportgen.render.site import SiteBuilder
+    from reportgen.render.pages import comparison
+    from reportgen.render.site import Site
 
     report = make_report(N_EXAMPLES)
     hists = [{"embed": 1, "L0": 7}, {"embed": 0, "L0": 2, "L1": 6}]
     for m, hist in zip(report.models, hists):
         m.findings.logit_lens = dataclasses.replace(m.findings.logit_lens, convergence_hist=hist)
-    builder = SiteBuilder(report, pdf=False)
-    builder.compare_page()
-    (table,) = [t for t in builder.tables if t.key == "tables/compare-logit-lens"]
+    site = Site(report, pdf=False)
+    comparison.page(site)
+    (table,) = [t for t in site.tables if t.key == "tables/compare-logit-lens"]
     rows = {r[0]: [c.value if isinstance(c, Cell) else c for c in r[1:]] for r in table.rows}
     assert rows["share converging at embed"] == [1 / 8, 0.0]
     assert rows["share converging at L0"] == [7 / 8, 2 / 8]
@@ -320,15 +321,16 @@ def test_bold_only_where_the_shown_intervals_separate():
     so neither is bold; 0.90 [0.85, 0.95] vs 0.50 [0.40, 0.60] is."""
     from render_fixtures import make_report
 
-    from reportgen.render.site import SiteBuilder
+    from reportgen.render.pages import comparison
+    from reportgen.render.site import Site
 
     report = make_report(N_EXAMPLES)
     models = report.models[:2]
     assert any(g.aspect == "accuracy" and {m.name for m in models} <= set(g.models) for g in report.comparison.groups)
-    builder = SiteBuilder(report, pdf=False)
-    close = builder._highlighted([Estimate(0.99998, 0.99997, 0.99998, 99), Estimate(0.99839, 0.99756, 0.99913, 99)],
+    site = Site(report, pdf=False)
+    close = comparison.highlighted(site, [Estimate(0.99998, 0.99997, 0.99998, 99), Estimate(0.99839, 0.99756, 0.99913, 99)],
                                  models, "accuracy")
-    apart = builder._highlighted([Estimate(0.9, 0.85, 0.95, 99), Estimate(0.5, 0.4, 0.6, 99)], models, "accuracy")
+    apart = comparison.highlighted(site, [Estimate(0.9, 0.85, 0.95, 99), Estimate(0.5, 0.4, 0.6, 99)], models, "accuracy")
     assert [c.strong for c in close] == [False, False] and [c.strong for c in apart] == [True, False]
 
 
@@ -339,7 +341,8 @@ def test_top_head_verdicts_come_from_the_circuit_test_of_that_role():
     from render_fixtures import make_report
 
     from reportgen.findings import Estimate as E, RoleScore
-    from reportgen.render.site import SiteBuilder
+    from reportgen.render.pages import comparison
+    from reportgen.render.site import Site
 
     report = make_report(N_EXAMPLES)
     m = report.models[0]
@@ -347,9 +350,9 @@ def test_top_head_verdicts_come_from_the_circuit_test_of_that_role():
     scores = [RoleScore(0, 1, role, E(0.9, 0.85, 0.95, 10), 1.0, E(0.1, 0.05, 0.15, 10))
               for role in ("n", "n-1", "operator")]
     m.findings.attention = dataclasses.replace(m.findings.attention, role_scores=scores)
-    builder = SiteBuilder(report, pdf=False)
-    builder.compare_page()
-    (table,) = [t for t in builder.tables if t.key == "tables/compare-heads"]
+    site = Site(report, pdf=False)
+    comparison.page(site)
+    (table,) = [t for t in site.tables if t.key == "tables/compare-heads"]
     verdicts = {r[1]: r[-1] for r in table.rows if r[0] == m.label}
     assert verdicts == {"n": "no causal test of this role", "n-1": "carry_head: confirmed",
                         "operator": "not a candidate"}
@@ -361,11 +364,12 @@ def test_probe_comparison_csv_holds_numbers():
 
     from render_fixtures import make_report
 
-    from reportgen.render.site import SiteBuilder
+    from reportgen.render.pages import comparison
+    from reportgen.render.site import Site
 
-    builder = SiteBuilder(make_report(N_EXAMPLES), pdf=False)
-    builder.compare_page()
-    (table,) = [t for t in builder.tables if t.key == "tables/compare-probes"]
+    site = Site(make_report(N_EXAMPLES), pdf=False)
+    comparison.page(site)
+    (table,) = [t for t in site.tables if t.key == "tables/compare-probes"]
     rows = list(csv.reader(io.StringIO(table.to_csv())))
     assert rows[0][:3] == ["label", "site", "metric"] and rows[0][3].endswith(" accuracy")
     for row in rows[1:]:
@@ -376,13 +380,14 @@ def test_probe_comparison_csv_holds_numbers():
 def test_a_capped_neuron_list_says_so():
     from render_fixtures import make_report
 
-    from reportgen.render.site import SiteBuilder
+    from reportgen.render.pages import model
+    from reportgen.render.site import Site
 
     report = make_report(N_EXAMPLES)
     m = report.models[0]
-    builder = SiteBuilder(report, pdf=False)
-    builder.circuits_section(m, m.findings.circuits)
-    (table,) = [t for t in builder.tables if t.key.endswith("/components")]
+    site = Site(report, pdf=False)
+    model.circuits_section(site, m, m.findings.circuits)
+    (table,) = [t for t in site.tables if t.key.endswith("/components")]
     assert "the 1 most selective (largest |AUROC − 0.5|) of the 5 selected by the screen are listed" in table.caption
 
 
@@ -453,16 +458,17 @@ def test_examples_show_the_answer_as_a_number():
 
     from render_fixtures import make_report
 
-    from reportgen.render.site import SiteBuilder
+    from reportgen.render.pages import model
+    from reportgen.render.site import Site
 
     report = make_report(N_EXAMPLES)
     m = report.models[0]
     m.findings.examples[0] = dataclasses.replace(m.findings.examples[0], prompt="836+672=", target="8051",
                                                  problem="836 + 672", answer="1508")
     m.provenance = dataclasses.replace(m.provenance, task={**m.provenance.task, "answer_order": "reversed"})
-    builder = SiteBuilder(report, pdf=False)
-    builder.examples_section(m)
-    (table,) = [t for t in builder.tables if t.key.endswith("/examples")]
+    site = Site(report, pdf=False)
+    model.examples_section(site, m)
+    (table,) = [t for t in site.tables if t.key.endswith("/examples")]
     assert table.columns[:2] == ["example", "answer"] and table.rows[0][1] == "1508"
     assert "reversed answer order" in table.caption
 
@@ -487,16 +493,17 @@ def test_tables_show_the_findings_numbers():
     from render_fixtures import make_report
 
     from reportgen.render import figures as F
-    from reportgen.render.site import SiteBuilder
+    from reportgen.render.pages import comparison, model
+    from reportgen.render.site import Site
 
     report = make_report(N_EXAMPLES)
     m = report.models[0]
-    builder = SiteBuilder(report, pdf=False)
-    builder.ablation_section(m, m.findings.interventions)
-    builder.attention_section(m, m.findings.attention)
-    builder.lens_section(m, m.findings.logit_lens)
-    builder.compare_page()
-    table = {t.key.rsplit("/", 1)[-1]: t for t in builder.tables}
+    site = Site(report, pdf=False)
+    model.ablation_section(site, m, m.findings.interventions)
+    model.attention_section(site, m, m.findings.attention)
+    model.lens_section(site, m, m.findings.logit_lens)
+    comparison.page(site)
+    table = {t.key.rsplit("/", 1)[-1]: t for t in site.tables}
 
     iv = m.findings.interventions
     effect = next(e for e in iv.effects if e.method == iv.default_method)
@@ -523,11 +530,11 @@ def test_tables_show_the_findings_numbers():
     assert [r[2] for r in table["logit-lens"].rows] == lens.untrained_prob_correct
 
     probes = list(csv.DictReader(io.StringIO(table["compare-probes"].to_csv())))
-    for model in [m for m in report.models if m.findings.probing is not None]:
-        summary = {(r["label"], r["site"]): r for r in F.probe_summary(model.findings.probing)}
+    for probed in [m for m in report.models if m.findings.probing is not None]:
+        summary = {(r["label"], r["site"]): r for r in F.probe_summary(probed.findings.probing)}
         for row in probes:
             r = summary.get((row["label"], row["site"]))
-            assert (row[f"{model.label} accuracy"], row[f"{model.label} selectivity"]) == (
+            assert (row[f"{probed.label} accuracy"], row[f"{probed.label} selectivity"]) == (
                 ("", "") if r is None else (repr(r["accuracy"]), repr(r["selectivity"])))
 
 
@@ -537,13 +544,14 @@ def test_the_per_column_view_frames_each_heads_role_by_column_and_offset():
     import numpy as np
     from render_fixtures import make_report
 
-    from reportgen.render.site import SiteBuilder
+    from reportgen.render.pages import model
+    from reportgen.render.site import Site
 
     report = make_report(N_EXAMPLES)
     m = report.models[0]
-    builder = SiteBuilder(report, pdf=False)
-    blocks = builder.attention_section(m, m.findings.attention)
-    (fig,) = [f for f in builder.figures if f.key.endswith("/attention-columns")]
+    site = Site(report, pdf=False)
+    blocks = model.attention_section(site, m, m.findings.attention)
+    (fig,) = [f for f in site.figures if f.key.endswith("/attention-columns")]
     xlabels, panels = fig.args["xlabels"], fig.args["panels"]
     assert xlabels[:4] == ["n", "n-1", "n-2", "n-3"] and "earlier answers" not in xlabels
     for h, group in enumerate(["n", "n-1", "n-2", "="]):
@@ -557,3 +565,18 @@ def test_the_per_column_view_frames_each_heads_role_by_column_and_offset():
     tests = len(panels)
     assert f"Position heads: 1 of {tests} head-role tests confirmed (L0H0); on the untrained twins" in said
     assert "Delimiter heads: not reported: the test confirmed components on the untrained twins (0, 1, 1)" in said
+
+
+def test_every_caption_in_the_captions_template_is_used_and_reads_as_one_line():
+    """templates/captions.txt defines exactly the captions the page builders ask for, and each
+    comes out as one line of plain text (no markup escaped into it, no stray whitespace)."""
+    from reportgen.render.site import TEMPLATES, caption
+
+    defined = set(re.findall(r"\{% macro (\w+)\(\) %\}", (TEMPLATES / "captions.txt").read_text()))
+    used = {name for f in (ROOT / "reportgen" / "render").rglob("*.py")
+            for name in re.findall(r'\bcaption\("(\w+)"\)', f.read_text())}
+    assert defined == used and used
+    for name in used:
+        text = caption(name)
+        assert text == " ".join(text.split()) and "&#" not in text and "&amp;" not in text, name
+    assert caption("head_stats").endswith("the '=' token and the operator.")

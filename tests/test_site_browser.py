@@ -24,7 +24,7 @@ pytestmark = [
 def site(tmp_path_factory) -> Path:
     from render_fixtures import make_report
 
-    from reportgen.render import render_site
+    from reportgen.render.report import render_site
 
     out = tmp_path_factory.mktemp("browser-site")
     render_site(make_report(3), out, pdf=False)

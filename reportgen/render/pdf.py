@@ -22,7 +22,7 @@ from typing import Optional
 from jinja2 import Environment
 
 from reportgen.atomic import write_file
-from reportgen.render.site import Page, Section, SiteBuilder, number_blocks
+from reportgen.render.site import Page, Section, Site, number_blocks
 
 UNDATED = datetime(1980, 1, 1, tzinfo=timezone.utc)
 DEFAULT_MAX_EXAMPLES = 8
@@ -81,11 +81,11 @@ SUMMARY_SECTIONS = {"index": ("findings", "models", "accuracy"), "compare": ("di
                     "model": ("findings", "accuracy")}
 
 
-def document_parts(builder: SiteBuilder, pages: list[Page], summary: bool = False) -> list[Part]:
+def document_parts(site: Site, pages: list[Page], summary: bool = False) -> list[Part]:
     """Summary, comparison, each model and its (capped) examples, provenance: in that order. The
     summary version keeps the findings, the comparison and a short chapter per model."""
     by_path = {p.path: p for p in pages}
-    report, paths = builder.report, builder.paths
+    report, paths = site.report, site.paths
     anchors = {"index.html": "summary", "compare.html": "comparison", "provenance.html": "provenance"}
     chosen = {}
     for m in report.models:
@@ -125,9 +125,9 @@ def document_parts(builder: SiteBuilder, pages: list[Page], summary: bool = Fals
     return _numbered(parts)
 
 
-def figure_keys(builder: SiteBuilder, pages: list[Page], summary: bool = False) -> set[str]:
+def figure_keys(site: Site, pages: list[Page], summary: bool = False) -> set[str]:
     """The keys of the figures the PDF shows (the site shows more: every example)."""
-    parts = document_parts(builder, pages, summary)
+    parts = document_parts(site, pages, summary)
     sections = [s for p in parts for s in p.sections + [s for e in p.examples for s in e.sections]]
     return {b.item.key for s in sections for b in s.blocks if b.kind == "figure"}
 
@@ -161,17 +161,17 @@ def _date(generated_at: str) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
-def render_pdf(builder: SiteBuilder, pages: list[Page], out_dir: Path, env: Environment,
+def render_pdf(site: Site, pages: list[Page], out_dir: Path, env: Environment,
                attachments: dict[str, bytes], summary: bool = False) -> Path:
     """Write `out_dir/report.pdf` from the site's pages (figures must already be on disk); the
     short version (`summary`) has the findings, the comparison and a short chapter per model."""
-    report = builder.report
-    parts = document_parts(builder, pages, summary)
+    report = site.report
+    parts = document_parts(site, pages, summary)
     hashes = [f"{m.name} sha256:{m.provenance.sha256}" for m in report.models]
     html = env.get_template("report_pdf.html").render(
         report=report, doc=report, parts=parts, toc=table_of_contents(parts), pdf=True,
         attachment_names=sorted(attachments),
-        abstract=[(m.label, builder.claims[m.name].summary) for m in report.models],
+        abstract=[(m.label, site.claims[m.name].summary) for m in report.models],
         subject="Checkpoints: " + "; ".join(hashes),
         keywords=", ".join(["reportgen", "mechanistic interpretability", *hashes]),
     )

@@ -18,7 +18,7 @@ from reportgen.render.site import RENDER_LIBRARIES, TEMPLATES
 
 STAMP_FILE = ".reportgen-site.json"
 # reportgen code a site's bytes depend on: the renderer, the results it reads, and what it uses of earlier stages
-RENDER_CODE = ("render", "results", "findings.py", "catalog.py", "data/arithmetic.py", "data/tokenizer.py", "atomic.py")
+RENDER_CODE = ("render", "render/pages", "results", "findings.py", "catalog.py", "data/arithmetic.py", "data/tokenizer.py", "atomic.py")
 
 
 def fingerprint(json_bytes: bytes, npz_bytes: bytes, pdf: bool, summary: bool = False) -> str:

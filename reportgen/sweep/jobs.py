@@ -117,7 +117,7 @@ def analyse(checkpoint: bytes, checkpoint_path: str, name: str, label: str, anal
 def render(results_json: bytes, arrays_npz: bytes) -> dict[str, bytes]:
     """One model's full chapter: the single-model site `reportgen render` makes, without a PDF
     (the study's PDF summarises the grid); figures drawn in this process only."""
-    from reportgen.render import render_site
+    from reportgen.render.report import render_site
     from reportgen.results.store import parse_results
 
     report = parse_results(results_json, arrays_npz, "the model's results")
