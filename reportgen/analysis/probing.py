@@ -66,6 +66,7 @@ from reportgen.analysis.stats import N_BOOT, null_passed
 from reportgen.data.arithmetic import target_tokens
 from reportgen.data.dataset import count_questions, stratified_examples
 from reportgen.errors import ReportgenError
+from reportgen.model import hooks as hp
 from reportgen.model.transformer import Transformer
 
 Label = Literal["carry_in", "carry_out", "digit", "a_digit", "operator", "cascade"]
@@ -321,9 +322,9 @@ def held_out_layouts(ckpt, cfg: ProbingConfig, seed: int, questions=LOAD) -> tup
 def probe_sites(layers: list[int], hooks: list[str]) -> list[tuple[int, str]]:
     """(layer, hook name) to probe, in forward order; resid_pre of a layer whose previous layer's
     resid_post is probed is the same tensor and is left out."""
-    sites = [(l, f"blocks.{l}.{h}") for l in sorted(set(layers)) for h in HOOK_ORDER if h in hooks]
+    sites = [(l, hp.in_block(l, h)) for l in sorted(set(layers)) for h in HOOK_ORDER if h in hooks]
     have = {name for _, name in sites}
-    return [(l, n) for l, n in sites if not (n.endswith("hook_resid_pre") and f"blocks.{l - 1}.hook_resid_post" in have)]
+    return [(l, n) for l, n in sites if not (n == hp.resid_pre(l) and hp.resid_post(l - 1) in have)]
 
 
 HOOK_ORDER = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
@@ -656,7 +657,7 @@ class ProbingClassifier:
         if np.unique(y[~is_test]).size < 2:
             raise ReportgenError(f"probe {name!r}: the training split has one class; give more examples")
         n_layers = self.model.cfg.n_layers
-        sites = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_post" for l in range(n_layers)]
+        sites = [hp.resid_pre(0)] + [hp.resid_post(l) for l in range(n_layers)]
         rows = torch.arange(len(y), device=batch.tokens.device)
         feats = []
         for subject in [self.model, *untrained_twins(self.model, self.n_twins, self.seed)]:
