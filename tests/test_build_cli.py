@@ -19,6 +19,7 @@ from reportgen.cli import main
 from reportgen.data.tokenizer import Tokenizer
 from reportgen.errors import ReportgenError
 from reportgen.model.checkpoint import save_checkpoint
+from reportgen.names import unique_names
 from reportgen.model.transformer import ModelConfig, Transformer
 from reportgen.results.store import ARRAYS_FILE, RESULTS_FILE, load_results, save_results
 from test_results import sample_report
@@ -188,7 +189,7 @@ def test_swap_replaces_the_site_whole(work, monkeypatch):
 
 # ---------------------------------------------------------------- helpers
 def test_unique_names_are_safe_and_deterministic():
-    assert build.unique_names(["add3_1layer", "add3_1layer", "Add3 1Layer!", "", "../x"]) == [
+    assert unique_names(["add3_1layer", "add3_1layer", "Add3 1Layer!", "", "../x"]) == [
         "add3_1layer", "add3_1layer-2", "add3-1layer", "model", "x"]
 
 

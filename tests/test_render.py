@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from reportgen.analysis.findings import Estimate
-from reportgen.render.site import safe_name
+from reportgen.names import safe_name
 from reportgen.render.tables import Cell, Table, fmt_est
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,11 +10,9 @@ Every path comes from `safe_name`; no text from results is ever used raw in a pa
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import posixpath
-import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -29,10 +27,12 @@ from reportgen.data.arithmetic import (
 )
 from reportgen.errors import ReportgenError
 from reportgen.fingerprint import library_version
+from reportgen.names import safe_name
 from reportgen.render import figures as F
 from reportgen.render.search import search_index_js
 from reportgen.render.tables import Cell, Table, fmt_est, fmt_num
 from reportgen.results.claims import CEILING, Claim, comparison_claims, model_claims
+from reportgen.results.compare import apart
 
 def _templates_dir() -> Path:
     """templates/ of the source tree (editable install), else the copy a wheel installs."""
@@ -127,18 +127,6 @@ def number_blocks(sections: list[Section]) -> list[Section]:
 
 
 # ---------------------------------------------------------------- names and paths
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
-
-
-def safe_name(raw: str) -> str:
-    """A file- and URL-safe name: unsafe characters become '-', and a changed name gets a short
-    hash of the original so that two different raw names never collide."""
-    name = _UNSAFE.sub("-", str(raw)).strip("-")[:60] or "x"
-    if name != raw:
-        name = f"{name}-{hashlib.sha256(str(raw).encode()).hexdigest()[:8]}"
-    return name
-
-
 class Paths:
     """Every site path of a report, derived once: model slugs and example slugs per model."""
 
@@ -317,7 +305,7 @@ class SiteBuilder:
         r = self.report
         strata = F.ordered_strata({s for m in r.models for s in m.accuracy.by_stratum})
         leaders = {(l.stratum, l.best) for l in r.comparison.leaders  # apart as the cells show them, too
-                   if not l.ci_overlap and _shown(l.exact_match.lo) > _shown(l.runner_up_exact_match.hi)}
+                   if apart(l.exact_match, [l.runner_up_exact_match], _shown) == "above"}
         rows = []
         for s in ["all", *strata]:
             row = [s]
@@ -822,12 +810,11 @@ class SiteBuilder:
                 continue
             rivals = [o for j, (n, o) in enumerate(zip(models, estimates))
                       if j != i and o is not None and n.name in group_of and group_of.get(m.name) == group_of[n.name]]
-            above = bool(rivals) and all(_shown(_finite_or(e.lo)) > _shown(_finite_or(o.hi, math.inf)) for o in rivals)
-            below = bool(rivals) and all(_shown(_finite_or(e.hi, math.inf)) < _shown(_finite_or(o.lo)) for o in rivals)
+            side = apart(e, rivals, _shown)
             if directional:
-                cells.append(Cell(e, strong=above))
+                cells.append(Cell(e, strong=side == "above"))
             else:
-                cells.append(Cell(e, text=f"{fmt_est(e)} {APART}") if above or below else Cell(e))
+                cells.append(Cell(e, text=f"{fmt_est(e)} {APART}") if side else Cell(e))
         return cells
 
     def compare_lens_section(self) -> Section:
