@@ -46,7 +46,6 @@ EVAL_EXAMPLES = 512  # fresh stratified test set per model (128 per stratum)
 EVAL_SEED = 1234  # the same seed `reportgen eval` uses by default
 CACHE_DIR = ".reportgen-cache"
 MAX_SHOWN = 100  # examples shown one by one, each with a page and figures (100 took 650 MB and 6 min on two busy cores)
-_RESULT_CODE = ("data", "model", "train", "analysis", "results", "build.py")  # code that determines results
 
 
 def _quiet(message: str) -> None:
@@ -151,7 +150,7 @@ def cache_key(checkpoint_sha256: str, analysis_config: dict, examples: Optional[
     """sha256 of everything that determines a model's results except the checkpoint's path,
     including the code of every stage up to the results and the numeric libraries' versions."""
     payload = {
-        "code": code_digest(_RESULT_CODE, ("torch", "numpy", "scikit-learn")),
+        "code": code_digest(("torch", "numpy", "scikit-learn"), upto="results"),
         "checkpoint_sha256": checkpoint_sha256,
         "analysis_config": analysis_config,
         "examples": examples,

@@ -146,7 +146,7 @@ def train_key(spec: RunSpec) -> str:
     from reportgen.build import reportgen_version
 
     return _digest({"config": to_dict(spec.train_config), "snapshots": spec.snapshot_steps,
-                    "code": code_digest(("data", "model", "train"), ("torch", "numpy")),
+                    "code": code_digest(("torch", "numpy"), upto="train"),
                     "reportgen_version": reportgen_version()})
 
 
