@@ -71,7 +71,7 @@ def build_report(checkpoints: list[str], compare: list[str], examples: Optional[
     None is silent. `pdf_summary` makes report.pdf the short version.
     """
     from reportgen.model.checkpoint import load_checkpoint
-    from reportgen.train.trainer import resolve_device
+    from reportgen.model.device import resolve_device
 
     paths = list(checkpoints) + list(compare)
     if not paths:

@@ -111,12 +111,12 @@ def test_probes_read_problems_of_one_layout_outside_the_training_split(ckpt):
 
 
 def test_held_out_layouts_exclude_the_training_questions(ckpt, monkeypatch):
-    from reportgen.train import trainer
+    from reportgen.train import splits
 
     cfg = probing.ProbingConfig(**FAST)
     drawn = {(r["a"], r["op"], r["b"]) for rs in probing.held_out_layouts(ckpt, cfg, 0)[0] for r in rs}
     seen = set(list(drawn)[:100])
-    monkeypatch.setattr(trainer, "training_questions", lambda meta: {"train": seen, "val": set(), "test": set()})
+    monkeypatch.setattr(splits, "training_questions", lambda meta: {"train": seen, "val": set(), "test": set()})
     layouts, note = probing.held_out_layouts(ckpt, cfg, 0)
     assert not seen & {(r["a"], r["op"], r["b"]) for rs in layouts for r in rs}
     assert note == "none of the model's training, validation or test questions"
@@ -263,7 +263,7 @@ def test_untrained_models_of_the_demo_configs_confirm_no_probe(run):
 
     from reportgen.analysis.config import AnalysisConfig
     from reportgen.model.checkpoint import load_checkpoint
-    from reportgen.train.trainer import training_questions
+    from reportgen.train.splits import training_questions
 
     ckpt = load_checkpoint(Path(__file__).resolve().parents[1] / "runs" / run / "checkpoint_best.pt")
     questions = training_questions(ckpt.meta)

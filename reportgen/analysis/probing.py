@@ -292,7 +292,7 @@ def held_out_layouts(ckpt, cfg: ProbingConfig, seed: int, questions=LOAD) -> tup
     `cfg.n_examples` problems each (fewer where a layout has fewer; layouts under the minimum
     dropped), in its own format, none of its training questions; and a sentence saying which
     questions were excluded."""
-    from reportgen.train.trainer import training_questions
+    from reportgen.train.splits import training_questions
 
     t = ckpt.task
     D = t["max_digits"]
@@ -353,7 +353,7 @@ def analyze_probing(ckpt, twins: list[Transformer], cfg: ProbingConfig, layers: 
                     questions=LOAD) -> ProbingFindings:
     """Every configured probe on held-out problems of the checkpoint's task, one layout per probe,
     calibrated against the untrained `twins` (engine.untrained_twins; at least two). `questions`:
-    train.trainer.training_questions(ckpt.meta) where the caller has it (it regenerates the data
+    train.splits.training_questions(ckpt.meta) where the caller has it (it regenerates the data
     set, seconds), else it is computed here."""
     layouts, note = held_out_layouts(ckpt, cfg, seed, questions)
     return probe_layouts(ckpt.model, twins, ckpt.tokenizer, layouts, cfg, layers, seed, note)

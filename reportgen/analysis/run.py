@@ -36,7 +36,7 @@ from reportgen.data.arithmetic import predicting_positions
 from reportgen.data.dataset import count_questions
 from reportgen.errors import ReportgenError
 from reportgen.model.checkpoint import Checkpoint
-from reportgen.train.trainer import training_questions
+from reportgen.train.splits import training_questions
 
 
 @dataclass
@@ -46,7 +46,7 @@ class Plan:
     batch: ExampleBatch  # the aggregate analyses' held-out problems
     shown: list[dict]  # the examples shown one by one
     population: Population
-    questions: Optional[dict]  # the model's data splits as question sets (trainer.training_questions), or None
+    questions: Optional[dict]  # the model's data splits as question sets (train.splits.training_questions), or None
     enabled: set[str]
     attention_layers: list[int]
     probe_layers: list[int]
@@ -66,7 +66,7 @@ def parse_enabled(names: Optional[Iterable[str]], cfg: AnalysisConfig) -> set[st
 
 def select_records(ckpt: Checkpoint, cfg: AnalysisConfig, examples: Optional[list[str]], questions: Optional[dict]):
     """(held-out records of the aggregate analyses, their Population, records shown one by one);
-    `questions`: the model's data splits (trainer.training_questions)."""
+    `questions`: the model's data splits (train.splits.training_questions)."""
     texts = cfg.examples if examples is None else examples
     if examples is not None and not examples:
         raise ReportgenError("the example list is empty; give problems like --examples '59 + 73' or leave it out")

@@ -53,7 +53,7 @@ def run_sweep(sweep_file: str, out: str | Path, engine: str = "local", address: 
               progress: Optional[Progress] = None) -> Study:
     """Run (or resume) the sweep in `sweep_file` into `out` and render its study report."""
     from reportgen.sweep.engine import make_engine
-    from reportgen.train.trainer import resolve_device
+    from reportgen.model.device import resolve_device
 
     say = progress or (lambda message: None)
     sweep = load_sweep(sweep_file, device)
