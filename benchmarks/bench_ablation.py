@@ -21,6 +21,7 @@ import torch
 
 from reportgen.analysis.examples import build_batch, generated_records
 from reportgen.analysis.interventions import Ablator, head_spec
+from reportgen.model import hooks as hp
 from reportgen.model.checkpoint import load_checkpoint
 from reportgen.model.transformer import Transformer
 from workloads import TOKENIZER, model_of, problems, timed, timing_args
@@ -36,7 +37,7 @@ def naive(ab: Ablator, tokens: torch.Tensor) -> torch.Tensor:
     model = ab.model
     with torch.no_grad():
         for l in range(model.cfg.n_layers):
-            name = f"blocks.{l}.attn.hook_z"
+            name = hp.attn_z(l)
             values = ab.values(METHOD, name)
             for h in range(model.cfg.n_heads):
                 def hook(z, _n, h=h):
@@ -65,7 +66,7 @@ def compare(what: str, model: Transformer, batch, repeats: int) -> None:
     L = model.cfg.n_layers
     specs = [head_spec(l, h) for l in range(L) for h in range(model.cfg.n_heads)]
     for l in range(L):  # both methods use the same cached replacement values
-        ab.values(METHOD, f"blocks.{l}.attn.hook_z")
+        ab.values(METHOD, hp.attn_z(l))
     t_fast, fast = timed(lambda: ab.ablated(specs, METHOD), repeats)
     t_full, slow = timed(lambda: naive(ab, batch.tokens), repeats)
     t_cut, cut = timed(lambda: naive(ab, ab.tokens), repeats)

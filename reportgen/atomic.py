@@ -68,6 +68,24 @@ def replace_dir(out: Path, write: Callable[[Path], None]) -> None:
         _discard(tmp)
 
 
+def check_out_dir(out: Path, flag: str = "--out", what: str = "the site") -> None:
+    """Refuse an output that is not a directory we may replace (empty, or holding exactly what a
+    reportgen run wrote there), or whose parent is not writable. Leftovers of an earlier run that
+    was killed while it wrote `out` are cleaned up (or put back) first. `flag` and `what` name it
+    in errors."""
+    if out.exists() and not out.is_dir():
+        raise ReportgenError(f"{flag} {out} is a file; give a directory for {what}")
+    recover(out)
+    check_replaceable(out, flag, what)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Path(tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=out.parent)).rmdir()
+    except OSError as e:
+        raise ReportgenError(
+            f"cannot write {what} to {out}: {e.strerror or e} ({e.filename}); {os_error_advice(e)}"
+        ) from None
+
+
 def partial_dir(out: Path) -> Path:
     """A new empty directory beside `out`, marked as being written by this process (see recover()).
 

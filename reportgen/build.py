@@ -16,18 +16,17 @@ import functools
 import hashlib
 import json
 import os
-import re
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 from reportgen.findings import Estimate
-from reportgen.atomic import check_replaceable, recover, replace_dir
+from reportgen.atomic import check_out_dir, replace_dir
 from reportgen.configfile import to_dict
-from reportgen.errors import ReportgenError, os_error_advice
+from reportgen.errors import ReportgenError
 from reportgen.fingerprint import code_digest, library_version
+from reportgen.names import run_name, unique_names
 from reportgen.parallel import cpus, die_with_parent, map_in_processes
 from reportgen.results.compare import compare_models
 from reportgen.results.schema import (
@@ -47,7 +46,6 @@ EVAL_EXAMPLES = 512  # fresh stratified test set per model (128 per stratum)
 EVAL_SEED = 1234  # the same seed `reportgen eval` uses by default
 CACHE_DIR = ".reportgen-cache"
 MAX_SHOWN = 100  # examples shown one by one, each with a page and figures (100 took 650 MB and 6 min on two busy cores)
-_RESULT_CODE = ("data", "model", "train", "analysis", "findings.py", "catalog.py", "results", "build.py")  # code that determines results
 
 
 def _quiet(message: str) -> None:
@@ -73,14 +71,14 @@ def build_report(checkpoints: list[str], compare: list[str], examples: Optional[
     None is silent. `pdf_summary` makes report.pdf the short version.
     """
     from reportgen.model.checkpoint import load_checkpoint
-    from reportgen.train.trainer import resolve_device
+    from reportgen.model.device import resolve_device
 
     paths = list(checkpoints) + list(compare)
     if not paths:
         raise ReportgenError("no checkpoint given; pass --checkpoint runs/NAME/checkpoint_best.pt")
     torch_device = str(resolve_device(device))
     ckpts = [load_checkpoint(p, device=torch_device) for p in paths]
-    labels = [_run_name(p) for p in paths]
+    labels = [run_name(p) for p in paths]
     names = unique_names(labels)
     cfg = _load_config(config_path)
     examples = list(examples) if examples else None
@@ -114,31 +112,10 @@ def _prefixed(progress: Progress, prefix: str, message: str) -> None:
     progress(prefix + message)
 
 
-def _run_name(path: str) -> str:
-    """The run directory's name (runs/add3_1layer/checkpoint_best.pt -> 'add3_1layer')."""
-    p = Path(path).resolve()
-    return p.parent.name or p.stem
-
-
-def unique_names(labels: list[str]) -> list[str]:
-    """Slugs of [a-z0-9_-] for `labels`, made unique in order by suffixes -2, -3, ..."""
-    taken: set[str] = set()
-    out = []
-    for label in labels:
-        base = re.sub(r"[^a-z0-9_-]+", "-", label.lower()).strip("-") or "model"
-        name, k = base, 1
-        while name in taken:
-            k += 1
-            name = f"{base}-{k}"
-        taken.add(name)
-        out.append(name)
-    return out
-
-
 def _training_questions(ckpts: list[Checkpoint]) -> list[Optional[dict]]:
     """Each model's training questions, its data set regenerated (seconds of pure Python per model)
     in processes side by side."""
-    from reportgen.train.trainer import training_questions
+    from reportgen.train.splits import training_questions
 
     return map_in_processes(training_questions, [ckpt.meta for ckpt in ckpts])
 
@@ -178,30 +155,12 @@ def _load_config(config_path: Optional[str]) -> AnalysisConfig:
     return load_analysis_config(config_path)
 
 
-def check_out_dir(out: Path, flag: str = "--out", what: str = "the site") -> None:
-    """Refuse an output that is not a directory we may replace (empty, or holding exactly what a
-    reportgen run wrote there), or whose parent is not writable. Leftovers of an earlier run that
-    was killed while it wrote `out` are cleaned up (or put back) first. `flag` and `what` name it
-    in errors."""
-    if out.exists() and not out.is_dir():
-        raise ReportgenError(f"{flag} {out} is a file; give a directory for {what}")
-    recover(out)
-    check_replaceable(out, flag, what)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        Path(tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=out.parent)).rmdir()
-    except OSError as e:
-        raise ReportgenError(
-            f"cannot write {what} to {out}: {e.strerror or e} ({e.filename}); {os_error_advice(e)}"
-        ) from None
-
-
 # ---------------------------------------------------------------- one model
 def cache_key(checkpoint_sha256: str, analysis_config: dict, examples: Optional[list[str]]) -> str:
     """sha256 of everything that determines a model's results except the checkpoint's path,
     including the code of every stage up to the results and the numeric libraries' versions."""
     payload = {
-        "code": code_digest(_RESULT_CODE, ("torch", "numpy", "scikit-learn")),
+        "code": code_digest(("torch", "numpy", "scikit-learn"), upto="results"),
         "checkpoint_sha256": checkpoint_sha256,
         "analysis_config": analysis_config,
         "examples": examples,
@@ -293,7 +252,7 @@ def _job(run: ModelRun, analyses: set[str], first: bool) -> ModelResults:
 
 def model_name(result: ModelResults, path: str, name: Optional[str] = None, label: Optional[str] = None) -> ModelResults:
     """`result` named for a report: by default after its run directory (runs/add3_rev/... -> add3_rev)."""
-    label = label or _run_name(path)
+    label = label or run_name(path)
     name = name or unique_names([label])[0]
     prov = dataclasses.replace(result.provenance, checkpoint=str(path), file_name=Path(path).name)
     return dataclasses.replace(result, name=name, label=label, provenance=prov)

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 PACKAGE = Path(__file__).resolve().parent
+# The stages in the order data flows through them (DESIGN): no module imports from a later stage.
+STAGES = (("data",), ("model", "train"), ("analysis",), ("results",), ("render",))
 
 
 def feed(h, data: bytes) -> None:
@@ -26,15 +28,28 @@ def feed_files(h, root: Path, paths: Iterable[Path]) -> None:
             feed(h, path.read_bytes())
 
 
-def code_digest(parts: Iterable[str], libraries: Iterable[str]) -> str:
-    """sha256 over reportgen's Python sources in `parts` (subpackages or single modules, relative
-    to the package) and the installed versions of `libraries`."""
+def code_digest(libraries: Iterable[str], upto: Optional[str] = None) -> str:
+    """sha256 over reportgen's Python sources and the installed versions of `libraries`.
+
+    Every source file of the package counts, as found on disk (so a new module cannot be left
+    out), but those of the stages after stage `upto` (a subpackage named in STAGES; None: none
+    left out): those cannot change what `upto` makes. Shared modules outside the stages (atomic,
+    parallel, the commands, ...) always count."""
     h = hashlib.sha256()
-    paths = [PACKAGE / part for part in parts]
-    feed_files(h, PACKAGE, [f for p in paths for f in (sorted(p.glob("*.py")) if p.is_dir() else [p])])
+    feed_files(h, PACKAGE, source_files(upto))
     for lib in libraries:
         feed(h, f"{lib}={library_version(lib)}".encode())
     return h.hexdigest()
+
+
+def source_files(upto: Optional[str] = None) -> list[Path]:
+    """The package's Python files, but those of the stages after `upto`, in a fixed order."""
+    later: set[str] = set()
+    if upto is not None:
+        (at,) = [i for i, stage in enumerate(STAGES) if upto in stage]
+        later = {name for stage in STAGES[at + 1:] for name in stage}
+    return sorted((p for p in PACKAGE.rglob("*.py") if p.relative_to(PACKAGE).parts[0] not in later),
+                  key=lambda p: p.relative_to(PACKAGE).as_posix())
 
 
 def library_version(lib: str) -> Optional[str]:

@@ -13,6 +13,7 @@ from conftest import TOKENIZER, answer_writer_model, batch_for, random_model, re
 from reportgen.analysis import engine
 from reportgen.analysis.config import AnalysisConfig, ProbingConfig, load_analysis_config
 from reportgen.errors import ReportgenError
+from reportgen.model import hooks as hp
 
 
 def test_gather_and_answer_digits_follow_the_predicting_positions():
@@ -25,8 +26,8 @@ def test_gather_and_answer_digits_follow_the_predicting_positions():
     assert engine.answer_digits(batch, TOKENIZER)[1].tolist() == [1, 2, 0]  # '7+5=12', one pad slot
     gathered = engine.gather_at_answers(logits, batch)
     assert torch.equal(gathered[0, 1], logits[0, 7])
-    assert torch.equal(engine.gather_at_answers(cache["blocks.1.hook_resid_post"], batch)[1, 0],
-                       cache["blocks.1.hook_resid_post"][1, 4])
+    assert torch.equal(engine.gather_at_answers(cache[hp.resid_post(1)], batch)[1, 0],
+                       cache[hp.resid_post(1)][1, 4])
     logp = engine.digit_log_probs(logits, TOKENIZER)
     assert logp.shape[-1] == 10
     assert torch.allclose(logp.exp().sum(-1), torch.ones(logp.shape[:-1]))

@@ -15,6 +15,7 @@ from reportgen.analysis import attention, engine
 from reportgen.data.arithmetic import predicting_positions
 from reportgen.data.dataset import stratified_examples
 from reportgen.errors import ReportgenError
+from reportgen.model import hooks as hp
 
 
 def _analyze(model, recs, layers=None, seed=0, twins=3):
@@ -100,7 +101,7 @@ def test_column_table_is_the_mean_mass_on_each_group_over_examples():
 
     def mass(m):
         _, cache = engine.run_with_cache(m, batch)
-        pattern = cache["blocks.1.attn.hook_pattern"][:, 0]  # [B, P, P]
+        pattern = cache[hp.attn_pattern(1)][:, 0]  # [B, P, P]
         out = []
         for i, r in enumerate(recs):
             q = dict((n, q) for q, n in predicting_positions(r))[1]

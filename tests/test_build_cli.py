@@ -19,6 +19,7 @@ from reportgen.cli import main
 from reportgen.data.tokenizer import Tokenizer
 from reportgen.errors import ReportgenError
 from reportgen.model.checkpoint import save_checkpoint
+from reportgen.names import unique_names
 from reportgen.model.transformer import ModelConfig, Transformer
 from reportgen.results.store import ARRAYS_FILE, RESULTS_FILE, load_results, save_results
 from test_results import sample_report
@@ -188,7 +189,7 @@ def test_swap_replaces_the_site_whole(work, monkeypatch):
 
 # ---------------------------------------------------------------- helpers
 def test_unique_names_are_safe_and_deterministic():
-    assert build.unique_names(["add3_1layer", "add3_1layer", "Add3 1Layer!", "", "../x"]) == [
+    assert unique_names(["add3_1layer", "add3_1layer", "Add3 1Layer!", "", "../x"]) == [
         "add3_1layer", "add3_1layer-2", "add3-1layer", "model", "x"]
 
 
@@ -220,10 +221,33 @@ def test_cache_key_changes_with_the_analysis_code(tmp_path, monkeypatch):
     monkeypatch.setattr(fingerprint, "PACKAGE", copy)
     key = build.cache_key("ab" * 32, {"seed": 0}, None)
     (copy / "render" / "site.py").write_text("# render code does not change results\n")
+    (copy / "render" / "new_page.py").write_text("# nor does a new render module\n")
     assert build.cache_key("ab" * 32, {"seed": 0}, None) == key
-    lens = copy / "analysis" / "logit_lens.py"
-    lens.write_text(lens.read_text() + "\n# changed\n")
-    assert build.cache_key("ab" * 32, {"seed": 0}, None) != key
+    # any other source, changed or new, does: none is listed by hand
+    for name in ["analysis/logit_lens.py", "parallel.py", "fingerprint.py", "names.py", "model/hooks.py",
+                 "sweep/jobs.py", "analysis/new_analysis.py", "new_helper.py"]:
+        path = copy / name
+        path.write_text((path.read_text() if path.exists() else "") + "\n# changed\n")
+        assert build.cache_key("ab" * 32, {"seed": 0}, None) != key, name
+        key = build.cache_key("ab" * 32, {"seed": 0}, None)
+
+
+def test_site_fingerprint_changes_with_any_reportgen_source(tmp_path, monkeypatch):
+    """A site is re-rendered after any change to reportgen's code, a new module included."""
+    from reportgen import fingerprint
+    from reportgen.render.stamp import fingerprint as site_fingerprint
+
+    copy = tmp_path / "reportgen"
+    shutil.copytree(fingerprint.PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(fingerprint, "PACKAGE", copy)
+    stamp = site_fingerprint(b"{}", b"", pdf=False)
+    assert site_fingerprint(b"{}", b"", pdf=False) == stamp
+    for name in ["render/site.py", "results/compare.py", "names.py", "parallel.py", "fingerprint.py",
+                 "analysis/findings.py", "render/new_page.py", "new_helper.py"]:
+        path = copy / name
+        path.write_text((path.read_text() if path.exists() else "") + "\n# changed\n")
+        assert site_fingerprint(b"{}", b"", pdf=False) != stamp, name
+        stamp = site_fingerprint(b"{}", b"", pdf=False)
 
 
 # ---------------------------------------------------------------- end to end (real analyses and renderer)

@@ -594,7 +594,7 @@ def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
         Path(path).write_bytes(data)
 
-    monkeypatch.setattr(dataset, "_write_file", failing_write)
+    monkeypatch.setattr(dataset, "write_file", failing_write)
     with pytest.raises(ReportgenError, match="could not write.*No space left"):
         write_dataset(DataSpec(task="add", instances=50, max_digits=2), tmp_path / "d", "c")
     assert list(tmp_path.iterdir()) == []

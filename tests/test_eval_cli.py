@@ -20,7 +20,7 @@ from reportgen.errors import ReportgenError
 from reportgen.model.checkpoint import load_checkpoint
 from reportgen.train import evaluate as evaluate_module
 from reportgen.train.evaluate import evaluate, final_answer, greedy_decode, wilson_interval
-from reportgen.train.trainer import training_questions
+from reportgen.train.splits import training_questions
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["1+2=", "99+1=", "123+4567=", "5=", "12*34=", "0+0=", "9999+9999=", "7-3=", "", "314+15="]
@@ -270,11 +270,11 @@ def test_a_task_the_data_set_nearly_exhausts(tmp_path, monkeypatch):
 
 def test_a_huge_training_set_is_not_regenerated(monkeypatch):
     """A checkpoint's config decides the size; past MAX_REGENERATED the data set is not rebuilt."""
-    from reportgen.train import trainer
+    from reportgen.train import splits
 
     meta = load_checkpoint(ROOT / "runs" / "add3_rev" / "checkpoint_best.pt").meta
-    monkeypatch.setattr(trainer, "generate", lambda spec: pytest.fail("regenerated"))
-    huge = {**meta["train_config"], "data": {**meta["train_config"]["data"], "instances": trainer.MAX_REGENERATED + 1}}
+    monkeypatch.setattr(splits, "generate", lambda spec: pytest.fail("regenerated"))
+    huge = {**meta["train_config"], "data": {**meta["train_config"]["data"], "instances": splits.MAX_REGENERATED + 1}}
     assert training_questions({**meta, "train_config": huge}) is None
 
 

@@ -34,7 +34,7 @@ import yaml
 from conftest import ADD_TASK, TOKENIZER, random_model
 from reportgen import atomic, parallel
 from reportgen.atomic import OwnedFiles, recover, replace_dir, unchanged
-from reportgen.build import check_out_dir
+from reportgen.atomic import check_out_dir
 from reportgen.cli import main
 from reportgen.model.checkpoint import checkpoint_bytes, load_checkpoint, read_checkpoint_payload, save_checkpoint
 from reportgen.results.store import ARRAYS_FILE, RESULTS_FILE, load_results, save_results

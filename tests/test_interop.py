@@ -17,6 +17,7 @@ import torch
 from reportgen.cli import main
 from reportgen.data.dataset import stratified_examples
 from reportgen.data.tokenizer import Tokenizer
+from reportgen.model import hooks as hp
 from reportgen.model.checkpoint import load_checkpoint, save_checkpoint
 from reportgen.model.interop import task_tokens
 from reportgen.model.transformer import ModelConfig, Transformer
@@ -129,6 +130,27 @@ def test_demo_exported_to_transformer_lens_computes_the_same_logits_and_answers(
     assert greedy_answers(model32, ckpt.tokenizer, records) == ours
     assert sum(a == r["target"] for a, r in zip(ours, records)) >= 0.95 * len(records)  # real answers compared
     assert json.loads((out / "vocab.json").read_text()) == {t: i for i, t in enumerate(ckpt.tokenizer.vocab)}
+
+
+@pytest.mark.parametrize("demo", sorted(DEMOS))
+def test_every_hook_point_records_what_transformer_lens_records_under_its_name(demo, tmp_path, capsys):
+    """Each reportgen hook point (`ln1.hook_normalized` before the LayerNorm's weight and bias
+    included) holds TransformerLens's activation of the same name, in float64."""
+    tl = transformer_lens()
+    ckpt = load_checkpoint(DEMOS[demo])
+    out = export(capsys, DEMOS[demo], "transformer-lens", tmp_path / "tl")
+    tokens = task_tokens(ckpt.task, ckpt.tokenizer, 64)
+    model64 = copy.deepcopy(ckpt.model).double()
+    with torch.no_grad():
+        _, theirs = tl_model(tl, out, torch.float64).run_with_cache(tokens)
+        _, ours = model64.run_with_cache(tokens)
+    assert list(ours) == hp.all_names(ckpt.model.cfg.n_layers)
+    for name, value in ours.items():
+        gap = (value - theirs[name]).nan_to_num(posinf=0, neginf=0).abs().max()  # masked scores are -inf in both
+        assert value.shape == theirs[name].shape and float(gap) < 1e-9, (name, float(gap))
+        assert torch.equal(value.isinf(), theirs[name].isinf()), name
+    ln1, normalized = model64.blocks[0].ln1, ours[hp.ln1_normalized(0)]
+    assert float((normalized * ln1.w.detach() + ln1.b.detach() - normalized).abs().max()) > 0.5  # w, b tell apart
 
 
 @pytest.mark.parametrize("demo", sorted(DEMOS))

@@ -18,6 +18,7 @@ from reportgen.analysis.examples import template
 from reportgen.configfile import from_dict
 from reportgen.data.dataset import stratified_examples
 from reportgen.errors import ReportgenError
+from reportgen.model import hooks as hp
 from reportgen.model.checkpoint import load_checkpoint
 from test_patching import strong_model
 
@@ -31,7 +32,7 @@ def loop_head_ablation(ab: Ablator, method: str) -> torch.Tensor:
     """One full forward pass per head: [L*H, B, A, 10] digit log-probs."""
     model, out = ab.model, []
     for l in range(model.cfg.n_layers):
-        name = f"blocks.{l}.attn.hook_z"
+        name = hp.attn_z(l)
         values = ab.values(method, name)
         for h in range(model.cfg.n_heads):
             def hook(z, _n, h=h):
@@ -78,12 +79,12 @@ def test_every_kind_of_batched_ablation_equals_a_plain_forward_with_hooks(method
     model = strong_model(0)
     ab = Ablator(model, TOKENIZER, add_batch(model), seed=0, reference_size=8)
     specs = [
-        {"blocks.0.hook_attn_out": None}, {"blocks.1.hook_mlp_out": None}, {"blocks.0.hook_mlp_out": None},
-        {"blocks.0.mlp.hook_post": [1, 5, 9]}, {"blocks.1.mlp.hook_post": [0, 3]},
-        {"blocks.0.mlp.hook_post": [2], "blocks.1.mlp.hook_post": [4, 7]},
-        {"blocks.0.attn.hook_z": [0], "blocks.0.mlp.hook_post": [3], "blocks.1.attn.hook_z": [1]},
-        {"blocks.1.attn.hook_z": None}, {"blocks.1.hook_resid_pre": None},
-        {"blocks.0.hook_resid_pre": None, "blocks.1.hook_attn_out": None},
+        {hp.attn_out(0): None}, {hp.mlp_out(1): None}, {hp.mlp_out(0): None},
+        {hp.mlp_post(0): [1, 5, 9]}, {hp.mlp_post(1): [0, 3]},
+        {hp.mlp_post(0): [2], hp.mlp_post(1): [4, 7]},
+        {hp.attn_z(0): [0], hp.mlp_post(0): [3], hp.attn_z(1): [1]},
+        {hp.attn_z(1): None}, {hp.resid_pre(1): None},
+        {hp.resid_pre(0): None, hp.attn_out(1): None},
     ]
     together = ab.ablated(specs, method)  # grouped by first layer, so resumed from the earliest point any needs
     for spec, got in zip(specs, together):
@@ -118,7 +119,7 @@ def test_mean_values_are_position_means_over_a_separate_reference_set_of_the_sam
     batch_keys = {(r["a"], r["b"], r["op"]) for r in batch.records}
     assert not batch_keys & {(r["a"], r["b"], r["op"]) for r in refs}
     assert set(ref_templates) == set(ab.templates)
-    name = "blocks.0.hook_attn_out"
+    name = hp.attn_out(0)
     values = ab.values("mean", name)
     for i, t in enumerate(ab.templates):
         rows = [j for j, rt in enumerate(ref_templates) if rt == t]
@@ -154,7 +155,7 @@ def test_copies_of_a_problem_never_resample_from_each_other():
 def test_ablation_keeps_the_model_dtype():
     model = strong_model(3).double()
     ab = Ablator(model, TOKENIZER, add_batch(model, n=8), seed=0, reference_size=4)
-    out = ab.ablated([head_spec(0, 0), {"blocks.1.hook_mlp_out": None}], "mean")
+    out = ab.ablated([head_spec(0, 0), {hp.mlp_out(1): None}], "mean")
     assert out.dtype == torch.float64 and torch.isfinite(out).all()
 
 
@@ -220,7 +221,7 @@ def loop_free_generation(ab: Ablator, spec: dict, method: str) -> list[bool]:
 def test_free_generation_with_the_ablation_in_place_equals_a_token_by_token_loop(with_steps):
     model = strong_model(7, n_ctx=64)
     ab = Ablator(model, TOKENIZER, add_batch(model, n=10, with_steps=with_steps), seed=0, reference_size=4)
-    specs = [head_spec(0, 1), {"blocks.1.hook_mlp_out": None}, {"blocks.0.mlp.hook_post": [1, 2, 3]}]
+    specs = [head_spec(0, 1), {hp.mlp_out(1): None}, {hp.mlp_post(0): [1, 2, 3]}]
     for method in ("mean", "zero"):
         shortcut = ab.free_exact_match(specs, method, ab.ablated_outcome(specs, method)[1])
         decoded = ab.free_exact_match(specs, method, torch.zeros(len(specs), len(ab.batch), dtype=torch.bool))

@@ -18,6 +18,7 @@ from reportgen.configfile import from_dict
 from reportgen.data.arithmetic import make_record
 from reportgen.data.dataset import stratified_examples
 from reportgen.errors import ReportgenError
+from reportgen.model import hooks as hp
 
 
 def strong_model(seed: int = 0, **overrides):
@@ -216,7 +217,7 @@ def test_attribution_is_zero_where_nothing_differs():
     model = strong_model(6)
     run, _ = _run(model, sites=("resid_pre",))
     est = run.attribution(("resid_pre",))["resid_pre"]
-    same = (run.clean["blocks.0.hook_resid_pre"] == run.corrupt["blocks.0.hook_resid_pre"]).all(-1)
+    same = (run.clean[hp.resid_pre(0)] == run.corrupt[hp.resid_pre(0)]).all(-1)
     assert torch.all(est[:, 0][same] == 0)
 
 

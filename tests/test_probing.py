@@ -13,6 +13,7 @@ from reportgen.analysis import engine, probing
 from reportgen.analysis.examples import template
 from reportgen.data.dataset import stratified_examples
 from reportgen.errors import ReportgenError
+from reportgen.model import hooks as hp
 
 RNG = np.random.default_rng(0)
 FAST = dict(n_examples=150, hooks=["hook_resid_pre", "hook_resid_mid", "hook_resid_post"])
@@ -110,12 +111,12 @@ def test_probes_read_problems_of_one_layout_outside_the_training_split(ckpt):
 
 
 def test_held_out_layouts_exclude_the_training_questions(ckpt, monkeypatch):
-    from reportgen.train import trainer
+    from reportgen.train import splits
 
     cfg = probing.ProbingConfig(**FAST)
     drawn = {(r["a"], r["op"], r["b"]) for rs in probing.held_out_layouts(ckpt, cfg, 0)[0] for r in rs}
     seen = set(list(drawn)[:100])
-    monkeypatch.setattr(trainer, "training_questions", lambda meta: {"train": seen, "val": set(), "test": set()})
+    monkeypatch.setattr(splits, "training_questions", lambda meta: {"train": seen, "val": set(), "test": set()})
     layouts, note = probing.held_out_layouts(ckpt, cfg, 0)
     assert not seen & {(r["a"], r["op"], r["b"]) for rs in layouts for r in rs}
     assert note == "none of the model's training, validation or test questions"
@@ -175,10 +176,9 @@ def test_a_planted_label_is_confirmed_where_it_is_written_and_nowhere_else(ckpt)
     only probes of it are at the positions predicting column 2 (3-digit operands)."""
     f = _analyze(planted_model(), ckpt, labels=["a_digit", "carry_in", "carry_out"])
     confirmed = {(p.label, p.column, p.hook, p.layout) for p in f.probes if p.confirmed}
-    after = ["blocks.0.hook_resid_mid", "blocks.0.hook_resid_post", "blocks.1.hook_resid_mid",
-             "blocks.1.hook_resid_post"]
+    after = [hp.resid_mid(0), hp.resid_post(0), hp.resid_mid(1), hp.resid_post(1)]
     assert confirmed == {("a_digit", 2, hook, layout) for hook in after for layout in (0, 1)}
-    embed = [p for p in f.probes if p.label == "a_digit" and p.column == 2 and p.hook == "blocks.0.hook_resid_pre"]
+    embed = [p for p in f.probes if p.label == "a_digit" and p.column == 2 and p.hook == hp.resid_pre(0)]
     assert embed and not any(p.confirmed for p in embed)
     assert f.null.passed
 

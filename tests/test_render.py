@@ -18,7 +18,7 @@ import pytest
 
 from reportgen.catalog import ANALYSIS_NAMES
 from reportgen.findings import Estimate
-from reportgen.render.site import safe_name
+from reportgen.names import safe_name
 from reportgen.render.tables import Cell, Table, fmt_est
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,6 +20,7 @@ import pytest
 from reportgen.findings import AnalysisFindings, Estimate
 from reportgen.errors import ReportgenError
 from reportgen.results import compare_models, load_results, save_results
+from reportgen.results.compare import apart
 from reportgen.results.schema import (
     SCHEMA_VERSION, Accuracy, ModelResults, Provenance, Report, TrainingCurve,
 )
@@ -259,6 +260,18 @@ def test_different_tasks_and_shapes_get_notes():
     assert "m (mul, 1-2 digits)" in text
     assert "with steps" in text and "final answer only" in text
     assert "2 layers x 4 heads" in text
+
+
+def test_apart_is_one_interval_beyond_every_other_as_shown():
+    e = lambda lo, hi: Estimate(mean=(lo + hi) / 2, lo=lo, hi=hi, n=10)  # noqa: E731
+    assert apart(e(0.5, 0.6), [e(0.1, 0.4), e(0.2, 0.49)]) == "above"
+    assert apart(e(0.1, 0.2), [e(0.3, 0.4), e(0.21, 0.5)]) == "below"
+    assert apart(e(0.5, 0.6), [e(0.1, 0.4), e(0.2, 0.5)]) is None  # touches one of them
+    assert apart(e(0.5, 0.6), []) is None
+    assert apart(e(0.5, 0.6), [e(0.1, float("nan"))]) is None  # a missing bound is unbounded
+    two_digits = lambda x: round(x, 2)  # noqa: E731
+    assert apart(e(0.501, 0.6), [e(0.1, 0.499)]) == "above"
+    assert apart(e(0.501, 0.6), [e(0.1, 0.499)], two_digits) is None  # the printed intervals touch
 
 
 def test_single_model_has_no_leaders_or_notes():

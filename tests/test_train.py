@@ -25,7 +25,8 @@ from reportgen.errors import Interrupted, ReportgenError
 from reportgen.model.checkpoint import load_checkpoint, read_checkpoint_payload
 from reportgen.model.transformer import ModelConfig, Transformer
 from reportgen.train.config import DataConfig, OptimConfig, TrainConfig, load_train_config
-from reportgen.train.trainer import Trainer, lr_at, tokenize_records, training_questions
+from reportgen.train.splits import training_questions
+from reportgen.train.trainer import Trainer, lr_at, tokenize_records
 
 ROOT = Path(__file__).resolve().parents[1]
 TWO_DIGIT_ADD = {"task": "add", "max_digits": 2, "min_digits": 1, "with_steps": False, "answer_order": "plain"}

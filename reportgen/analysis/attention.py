@@ -64,6 +64,7 @@ from reportgen.findings import (
 from reportgen.analysis.pairs import token_roles
 from reportgen.data.arithmetic import TARGET_ROLES, predicting_positions, target_tokens
 from reportgen.data.tokenizer import Tokenizer
+from reportgen.model import hooks as hp
 from reportgen.model.transformer import Transformer
 
 STATS = ("entropy", "prev_token", "sink", "equals", "operator")
@@ -230,7 +231,7 @@ def stacked_patterns(cache: dict[str, torch.Tensor], n_layers: int) -> torch.Ten
 
 def layer_patterns(cache: dict[str, torch.Tensor], n_layers: int) -> list[torch.Tensor]:
     """Each layer's attention pattern [B, H, P, P] from a cache (not copied)."""
-    return [cache[f"blocks.{l}.attn.hook_pattern"] for l in range(n_layers)]
+    return [cache[hp.attn_pattern(l)] for l in range(n_layers)]
 
 
 @dataclass

@@ -62,6 +62,7 @@ from reportgen.analysis.patching import PairBatch, PairRun, pair_batch
 from reportgen.data.arithmetic import TARGET_ROLES
 from reportgen.data.tokenizer import Tokenizer
 from reportgen.errors import ReportgenError
+from reportgen.model import hooks as hp
 from reportgen.model.transformer import Transformer
 
 ALPHA = 0.05  # family-wise error rate of every confirming test, per model
@@ -441,7 +442,7 @@ def neuron_screen(cache: dict, batch: ExampleBatch, target: str, n_layers: int, 
     if y.sum() < cfg.min_pairs or (~y).sum() < cfg.min_pairs:
         return np.zeros(0, dtype=int), None, None, None, {"note": "not tested: too few carry tokens with and without a carry"}
     B = batch.tokens.shape[0]
-    x = torch.cat([cache[f"blocks.{l}.mlp.hook_post"][torch.arange(B, device=rows.device)[:, None], batch.target_pos][rows]
+    x = torch.cat([cache[hp.mlp_post(l)][torch.arange(B, device=rows.device)[:, None], batch.target_pos][rows]
                    for l in range(n_layers)], -1).double().cpu().numpy()
     auroc, p, null = auroc_test(x, y, groups, cfg.neuron_permutations, seed)
     selected = benjamini_hochberg(p, cfg.fdr) & (np.abs(auroc - 0.5) >= cfg.neuron_min_selectivity)
@@ -617,7 +618,7 @@ class CircuitDiscovery:
         op_pos = torch.tensor([r["prompt"].index(r["op"]) + 1 for r in records], device=batch.tokens.device)
         B = len(records)
         mass = torch.stack([
-            cache[f"blocks.{l}.attn.hook_pattern"][torch.arange(B)[:, None], :, batch.pred_pos, op_pos[:, None]]
+            cache[hp.attn_pattern(l)][torch.arange(B)[:, None], :, batch.pred_pos, op_pos[:, None]]
             for l in range(L)])  # [L, B, A, H]
         m = batch.answer_mask[None, :, :, None]
         per_example = ((mass * m).sum(2) / m.sum(2)).cpu().numpy()  # [L, B, H]

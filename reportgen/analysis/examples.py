@@ -17,7 +17,7 @@ from reportgen.data.dataset import count_questions, stratified_examples
 from reportgen.data.tokenizer import Tokenizer
 from reportgen.errors import ReportgenError
 from reportgen.model.checkpoint import Checkpoint
-from reportgen.train.trainer import training_questions
+from reportgen.train.splits import training_questions
 
 @dataclass
 class ExampleBatch:
@@ -152,7 +152,7 @@ def held_out_records(ckpt: Checkpoint, n: int, seed: int) -> tuple[list[dict], s
 
 
 def held_out_from(ckpt: Checkpoint, n: int, seed: int, splits: Optional[dict]) -> tuple[list[dict], str]:
-    """`held_out_records` given the model's data splits (trainer.training_questions; None: not
+    """`held_out_records` given the model's data splits (train.splits.training_questions; None: not
     recoverable), which take seconds to regenerate and so are computed once per model."""
     if splits is None:
         return generated_records(ckpt, n, seed), ""

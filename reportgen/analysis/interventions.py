@@ -49,6 +49,7 @@ from reportgen.analysis.patching import head_can_write
 from reportgen.data.arithmetic import STRATA
 from reportgen.data.tokenizer import Tokenizer
 from reportgen.errors import ReportgenError
+from reportgen.model import hooks as hp
 from reportgen.model.transformer import Transformer
 from reportgen.train.evaluate import final_answer, greedy_decode
 
@@ -111,10 +112,6 @@ def _cycle(items: list[int], rng: random.Random) -> dict[int, int]:
         j = rng.randrange(i)
         perm[i], perm[j] = perm[j], perm[i]
     return dict(zip(items, perm))
-
-
-def _layer_of(name: str) -> int:
-    return int(name.split(".")[1])
 
 
 def _tokens(records: list[dict], tokenizer: Tokenizer, P: int) -> torch.Tensor:
@@ -272,7 +269,7 @@ class Ablator:
         right = self.clean_teacher_forced.new_empty(len(specs), B)
         starts: dict[int, list[int]] = {}
         for i, spec in enumerate(specs):
-            starts.setdefault(min(map(_layer_of, spec)), []).append(i)
+            starts.setdefault(min(map(hp.layer_of, spec)), []).append(i)
         per_pass = max(1, self.max_rows // B)
         for start in starts:
             unchanged = [i for i in starts[start] if not self.changes(specs[i], method)]
@@ -297,9 +294,9 @@ class Ablator:
         if key not in self._values:
             differs = (self.values(method, name) != self.cache[name]).flatten(0, 1)
             if name.endswith("attn.hook_z"):
-                live = differs.any(-1).any(0) & head_can_write(self.model, _layer_of(name))
+                live = differs.any(-1).any(0) & head_can_write(self.model, hp.layer_of(name))
             elif name.endswith("mlp.hook_post"):
-                live = differs.any(0) & self.model.blocks[_layer_of(name)].mlp.W_out.detach().ne(0).any(1)
+                live = differs.any(0) & self.model.blocks[hp.layer_of(name)].mlp.W_out.detach().ne(0).any(1)
             else:
                 live = differs.any().expand(differs.shape[-1])
             self._values[key] = live
@@ -317,31 +314,31 @@ class Ablator:
         """
         k, B = len(specs), self.tokens.shape[0]
         names = {n for spec in specs for n in spec}
-        here = {n.split(".", 2)[2] for n in names if _layer_of(n) == start}
+        here = {hp.site_of(n) for n in names if hp.layer_of(n) == start}
         if here <= _AFTER_MLP:
-            resume, skip = "post", {f"blocks.{start}.{n}" for n in here}
+            resume, skip = "post", {hp.in_block(start, n) for n in here}
         elif here <= _AFTER_ATTN | _MLP_SIDE:
-            resume, skip = "mid", {f"blocks.{start}.{n}" for n in here & _AFTER_ATTN}
+            resume, skip = "mid", {hp.in_block(start, n) for n in here & _AFTER_ATTN}
         else:
             resume, skip = "pre", set()
         if resume == "post":
-            x = self.cache[f"blocks.{start}.hook_resid_post"][None] + self._delta(specs, skip, method)
+            x = self.cache[hp.resid_post(start)][None] + self._delta(specs, skip, method)
             first, from_mid = start + 1, False
         elif resume == "mid":
-            x = self.cache[f"blocks.{start}.hook_resid_mid"][None] + self._delta(specs, skip, method)
+            x = self.cache[hp.resid_mid(start)][None] + self._delta(specs, skip, method)
             first, from_mid = start, True
         else:
-            x = self.cache[f"blocks.{start}.hook_resid_pre"][None]
+            x = self.cache[hp.resid_pre(start)][None]
             first, from_mid = start, False
         x = x.expand(k, -1, -1, -1)
         last = self.model.cfg.n_layers - 1
         narrow = first <= last  # the last block runs: restrict it to the read positions
-        hooks = {name: self._hook(name, specs, method, narrow and _layer_of(name) == last and
+        hooks = {name: self._hook(name, specs, method, narrow and hp.layer_of(name) == last and
                                   not name.endswith("hook_resid_pre"))
                  for name in sorted(names - skip)}
         query_pos = self.read_pos.repeat(k, 1) if narrow else None
-        logits = self.model(resid=x.flatten(0, 1), start_at_layer=first, from_mid=from_mid, hooks=hooks,
-                            query_pos=query_pos)
+        run_from = self.model.run_from_mid if from_mid else self.model.run_from
+        logits = run_from(x.flatten(0, 1), first, hooks=hooks, query_pos=query_pos)
         logits = logits.view(k, B, *logits.shape[1:])
         return logits if narrow else self._at_reads(logits)
 
@@ -357,7 +354,7 @@ class Ablator:
         """[k, B, P, d_model]: how each spec's replacements at `names` change the residual stream."""
         out = 0
         for name in sorted(names):
-            block = self.model.blocks[_layer_of(name)]
+            block = self.model.blocks[hp.layer_of(name)]
             diff = self.values(method, name) - self.cache[name]
             sel = self._selection(name, specs, diff.shape[2])
             if name.endswith("attn.hook_z"):
@@ -478,7 +475,7 @@ class Ablator:
 
 
 def head_spec(layer: int, head: int) -> Spec:
-    return {f"blocks.{layer}.attn.hook_z": [head]}
+    return {hp.attn_z(layer): [head]}
 
 
 def run_interventions(model: Transformer, tokenizer: Tokenizer, batch: ExampleBatch, cfg: InterventionConfig,
@@ -494,8 +491,7 @@ def run_interventions(model: Transformer, tokenizer: Tokenizer, batch: ExampleBa
         components += [(f"L{l}H{h}", head_spec(l, h)) for l, h in heads]
     if cfg.layers:
         for l in range(L):
-            components += [(f"L{l}.attn", {f"blocks.{l}.hook_attn_out": None}),
-                           (f"L{l}.mlp", {f"blocks.{l}.hook_mlp_out": None})]
+            components += [(f"L{l}.attn", {hp.attn_out(l): None}), (f"L{l}.mlp", {hp.mlp_out(l): None})]
     effects, head_logprob = [], None
     for method in cfg.methods:
         if not components:
@@ -517,7 +513,7 @@ def run_interventions(model: Transformer, tokenizer: Tokenizer, batch: ExampleBa
         for k in range(1, K + 1):
             spec: Spec = {}
             for i in order[:k]:
-                spec.setdefault(f"blocks.{heads[i][0]}.attn.hook_z", []).append(heads[i][1])
+                spec.setdefault(hp.attn_z(heads[i][0]), []).append(heads[i][1])
             specs.append(spec)
         lps = ab.ablated(specs, cfg.default_method)
         cumulative = [AblationEffect(f"top-{k + 1}", cfg.default_method, mt) for k, mt in enumerate(ab.metrics_many(lps))]
@@ -546,7 +542,8 @@ class InterventionAnalyzer:
             raise ReportgenError(f"component must be 'attn' or 'mlp', got {component!r}")
         batch = text_batch(self.model, self.tokenizer, examples, self.task)
         ab = Ablator(self.model, self.tokenizer, batch, self.seed)
-        specs = [{f"blocks.{l}.hook_{component}_out": None} for l in range(self.model.cfg.n_layers)]
+        out = {"attn": hp.attn_out, "mlp": hp.mlp_out}[component]
+        specs = [{out(l): None} for l in range(self.model.cfg.n_layers)]
         clean = {k: float(v.mean()) for k, v in ab.scores(ab.clean_logprobs).items()}
         ablated = ab.scores(ab.ablated(specs, self.method))
         return {l: {k: clean[k] - float(v[l].mean()) for k, v in ablated.items()} for l in range(len(specs))}

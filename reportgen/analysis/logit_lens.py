@@ -28,6 +28,7 @@ from reportgen.findings import ExampleFindings, LogitLensFindings
 from reportgen.data.arithmetic import STRATA, TARGET_ROLES
 from reportgen.data.tokenizer import Tokenizer
 from reportgen.errors import ReportgenError
+from reportgen.model import hooks as hp
 from reportgen.model.transformer import Transformer
 
 
@@ -37,15 +38,14 @@ def layer_labels(n_layers: int) -> list[str]:
 
 
 def lens_hooks(n_layers: int) -> list[str]:
-    return ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_post" for l in range(n_layers)]
+    return [hp.resid_pre(0)] + [hp.resid_post(l) for l in range(n_layers)]
 
 
 def lens_log_probs(model: Transformer, tokenizer: Tokenizer, cache: dict, pos: torch.Tensor) -> torch.Tensor:
     """Digit log-probabilities of every lens index at positions `pos` [B, K]: [L+1, B, K, 10]."""
     resid = torch.stack([gather_at(cache[name], pos) for name in lens_hooks(model.cfg.n_layers)])
     with torch.no_grad():
-        normed = model.ln_final(resid, lambda _name, x: x)
-        return digit_log_probs(normed @ model.W_U + model.b_U, tokenizer)
+        return digit_log_probs(model.unembed(resid), tokenizer)
 
 
 @dataclass

@@ -43,29 +43,28 @@ from reportgen.analysis.pairs import (
 )
 from reportgen.data.tokenizer import Tokenizer
 from reportgen.errors import ReportgenError
+from reportgen.model import hooks as hp
 from reportgen.model.transformer import Transformer
 
 GROUP_ROWS = 256
-# Where a patch of each site re-enters the residual stream: (cached hook of blocks.{l} the run
+# Where a patch of each site re-enters the residual stream: (cached hook of block l the run
 # resumes from, layers to skip, whether the run starts at that block's resid_mid).
 RESUME = {
-    "resid_pre": ("hook_resid_pre", 0, False),
-    "attn_out": ("hook_resid_mid", 0, True),
-    "head": ("hook_resid_mid", 0, True),
-    "mlp_out": ("hook_resid_post", 1, False),
-    "neuron": ("hook_resid_post", 1, False),
+    "resid_pre": (hp.resid_pre, 0, False),
+    "attn_out": (hp.resid_mid, 0, True),
+    "head": (hp.resid_mid, 0, True),
+    "mlp_out": (hp.resid_post, 1, False),
+    "neuron": (hp.resid_post, 1, False),
 }  # patched rows of one layer from which they are run in groups cut at their predicting position
+
+
+SITE_HOOKS = {"resid_pre": hp.resid_pre, "attn_out": hp.attn_out, "mlp_out": hp.mlp_out, "head": hp.attn_z,
+              "neuron": hp.mlp_post}
 
 
 def hook_name(site: str, layer: int) -> str:
     """The hook point a patching site names at a layer."""
-    return {
-        "resid_pre": f"blocks.{layer}.hook_resid_pre",
-        "attn_out": f"blocks.{layer}.hook_attn_out",
-        "mlp_out": f"blocks.{layer}.hook_mlp_out",
-        "head": f"blocks.{layer}.attn.hook_z",
-        "neuron": f"blocks.{layer}.mlp.hook_post",
-    }[site]
+    return SITE_HOOKS[site](layer)
 
 
 @dataclass
@@ -122,7 +121,7 @@ class PairRun:
         self.model, self.max_rows = model, max_rows
         L = model.cfg.n_layers
         names = {hook_name(s, l) for s in sites for l in range(L)}
-        names |= {f"blocks.{l}.{hook}" for l in range(L) for hook in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post")}
+        names |= {hook(l) for l in range(L) for hook in (hp.resid_pre, hp.resid_mid, hp.resid_post)}
         args = (pb.pred_pos, pb.correct, pb.counterfactual)
         cached = names.__contains__
         with torch.no_grad():
@@ -168,7 +167,7 @@ class PairRun:
         (causality), unless there are too few rows for the saving to pay for the extra passes."""
         target, source = self._sides(direction)
         resume, start, from_mid = RESUME[site]
-        base = target[f"blocks.{layer}.{resume}"]
+        base = target[resume(layer)]
         name = hook_name(site, layer)
         delta = source[name] - target[name]
         order = torch.argsort(self.pred_pos[rows], stable=True)
@@ -179,7 +178,7 @@ class PairRun:
         else:  # few rows: one pass costs less than one per group
             groups = [(base.shape[1], len(rows))]
         out, start_row = torch.empty(len(rows), dtype=base.dtype, device=rows.device), 0
-        L = self.model.cfg.n_layers
+        run_from = self.model.run_from_mid if from_mid else self.model.run_from
         for end, count in groups:
             for s in range(start_row, start_row + count, self.max_rows):
                 stop = min(s + self.max_rows, start_row + count)
@@ -190,11 +189,7 @@ class PairRun:
                     x[r, ix] = source[name][pi, ix]
                 else:
                     x = base[pi, :end] + self._change(site, layer, delta, pi, ix, r, end)
-                q = self.pred_pos[pi][:, None]
-                if layer + start == L:  # nothing left to run but the unembedding, at the predicting position
-                    logits = self.model(resid=x[r, q[:, 0]][:, None], start_at_layer=L)
-                else:
-                    logits = self.model(resid=x, start_at_layer=layer + start, from_mid=from_mid, query_pos=q)
+                logits = run_from(x, layer + start, query_pos=self.pred_pos[pi][:, None])
                 out[s:stop] = logit_diff(logits, torch.zeros_like(pi), self.correct[pi], self.cf[pi])
             start_row += count
         return out[torch.argsort(order)]
@@ -216,10 +211,10 @@ class PairRun:
         """Effects [pairs, layers, positions] (or [pairs, layers, heads] for site 'head')."""
         target, source = self._sides(direction)
         L, N = self.model.cfg.n_layers, self.n_kept
-        P = target[hook_name("resid_pre", 0)].shape[1]
+        P = target[hp.resid_pre(0)].shape[1]
         upto = torch.arange(P, device=self.pred_pos.device)[None, :] <= self.pred_pos[:, None]  # [N, P]
         width = self.model.cfg.n_heads if site == "head" else P
-        out = torch.zeros(N, L, width, dtype=target[hook_name("resid_pre", 0)].dtype, device=self.pred_pos.device)
+        out = torch.zeros(N, L, width, dtype=target[hp.resid_pre(0)].dtype, device=self.pred_pos.device)
         for l in range(L):
             name = hook_name(site, l)
             if site == "head":
@@ -236,9 +231,9 @@ class PairRun:
     def whole(self, layer: int, sites, direction: str) -> torch.Tensor:
         """Effect per pair of patching every position of `sites` at `layer` at once."""
         target, source = self._sides(direction)
-        x = (source if "resid_pre" in sites else target)[hook_name("resid_pre", layer)]
+        x = (source if "resid_pre" in sites else target)[hp.resid_pre(layer)]
         hooks = {hook_name(s, layer): (lambda act, n: source[n]) for s in sites if s != "resid_pre"}
-        logits = self.model(resid=x, start_at_layer=layer, hooks=hooks)
+        logits = self.model.run_from(x, layer, hooks=hooks)
         rows = torch.arange(self.n_kept, device=x.device)
         return self.effect(logit_diff(logits, self.pred_pos, self.correct, self.cf), rows, direction)
 
@@ -253,8 +248,8 @@ class PairRun:
             acts[name] = x
 
         with torch.enable_grad():
-            r0 = self.corrupt[hook_name("resid_pre", 0)].clone().requires_grad_(True)
-            logits = self.model(resid=r0, start_at_layer=0, hooks={n: keep for n in names})
+            r0 = self.corrupt[hp.resid_pre(0)].clone().requires_grad_(True)
+            logits = self.model.run_from(r0, 0, hooks={n: keep for n in names})
             ld = logit_diff(logits, self.pred_pos, self.correct, self.cf)
             grads = dict(zip(names, torch.autograd.grad(ld.sum(), [acts[n] for n in names])))
         den = (self.ld_clean - self.ld_corrupt)[:, None]

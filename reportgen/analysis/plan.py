@@ -18,7 +18,7 @@ from reportgen.data.dataset import count_questions
 from reportgen.errors import ReportgenError
 from reportgen.findings import Population
 from reportgen.model.checkpoint import Checkpoint
-from reportgen.train.trainer import training_questions
+from reportgen.train.splits import training_questions
 
 
 @dataclass
@@ -28,7 +28,7 @@ class Plan:
     batch: ExampleBatch  # the aggregate analyses' held-out problems
     shown: list[dict]  # the examples shown one by one
     population: Population
-    questions: Optional[dict]  # the model's data splits as question sets (trainer.training_questions), or None
+    questions: Optional[dict]  # the model's data splits as question sets (train.splits.training_questions), or None
     enabled: set[str]
     attention_layers: list[int]
     probe_layers: list[int]
@@ -48,7 +48,7 @@ def parse_enabled(names: Optional[Iterable[str]], cfg: AnalysisConfig) -> set[st
 
 def select_records(ckpt: Checkpoint, cfg: AnalysisConfig, examples: Optional[list[str]], questions: Optional[dict]):
     """(held-out records of the aggregate analyses, their Population, records shown one by one);
-    `questions`: the model's data splits (trainer.training_questions)."""
+    `questions`: the model's data splits (train.splits.training_questions)."""
     texts = cfg.examples if examples is None else examples
     if examples is not None and not examples:
         raise ReportgenError("the example list is empty; give problems like --examples '59 + 73' or leave it out")
@@ -72,7 +72,7 @@ def prepare(ckpt: Checkpoint, cfg: AnalysisConfig, examples: Optional[list[str]]
 
 def prepare_with(ckpt: Checkpoint, cfg: AnalysisConfig, questions: Optional[dict],
                  examples: Optional[list[str]] = None, enabled: Optional[Iterable[str]] = None) -> Plan:
-    """prepare, given the model's training questions (trainer.training_questions, e.g. regenerated
+    """prepare, given the model's training questions (train.splits.training_questions, e.g. regenerated
     for several models side by side)."""
     chosen = parse_enabled(enabled, cfg)
     n_layers = ckpt.model.cfg.n_layers

@@ -67,6 +67,7 @@ from reportgen.analysis.stats import N_BOOT, null_passed
 from reportgen.data.arithmetic import target_tokens
 from reportgen.data.dataset import count_questions, stratified_examples
 from reportgen.errors import ReportgenError
+from reportgen.model import hooks as hp
 from reportgen.model.transformer import Transformer
 
 OPS = ("+", "-", "*")
@@ -248,7 +249,7 @@ def held_out_layouts(ckpt, cfg: ProbingConfig, seed: int, questions=LOAD) -> tup
     `cfg.n_examples` problems each (fewer where a layout has fewer; layouts under the minimum
     dropped), in its own format, none of its training questions; and a sentence saying which
     questions were excluded."""
-    from reportgen.train.trainer import training_questions
+    from reportgen.train.splits import training_questions
 
     t = ckpt.task
     D = t["max_digits"]
@@ -278,9 +279,9 @@ def held_out_layouts(ckpt, cfg: ProbingConfig, seed: int, questions=LOAD) -> tup
 def probe_sites(layers: list[int], hooks: list[str]) -> list[tuple[int, str]]:
     """(layer, hook name) to probe, in forward order; resid_pre of a layer whose previous layer's
     resid_post is probed is the same tensor and is left out."""
-    sites = [(l, f"blocks.{l}.{h}") for l in sorted(set(layers)) for h in HOOK_ORDER if h in hooks]
+    sites = [(l, hp.in_block(l, h)) for l in sorted(set(layers)) for h in HOOK_ORDER if h in hooks]
     have = {name for _, name in sites}
-    return [(l, n) for l, n in sites if not (n.endswith("hook_resid_pre") and f"blocks.{l - 1}.hook_resid_post" in have)]
+    return [(l, n) for l, n in sites if not (n == hp.resid_pre(l) and hp.resid_post(l - 1) in have)]
 
 
 HOOK_ORDER = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
@@ -309,7 +310,7 @@ def analyze_probing(ckpt, twins: list[Transformer], cfg: ProbingConfig, layers: 
                     questions=LOAD) -> ProbingFindings:
     """Every configured probe on held-out problems of the checkpoint's task, one layout per probe,
     calibrated against the untrained `twins` (engine.untrained_twins; at least two). `questions`:
-    train.trainer.training_questions(ckpt.meta) where the caller has it (it regenerates the data
+    train.splits.training_questions(ckpt.meta) where the caller has it (it regenerates the data
     set, seconds), else it is computed here."""
     layouts, note = held_out_layouts(ckpt, cfg, seed, questions)
     return probe_layouts(ckpt.model, twins, ckpt.tokenizer, layouts, cfg, layers, seed, note)
@@ -613,7 +614,7 @@ class ProbingClassifier:
         if np.unique(y[~is_test]).size < 2:
             raise ReportgenError(f"probe {name!r}: the training split has one class; give more examples")
         n_layers = self.model.cfg.n_layers
-        sites = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_resid_post" for l in range(n_layers)]
+        sites = [hp.resid_pre(0)] + [hp.resid_post(l) for l in range(n_layers)]
         rows = torch.arange(len(y), device=batch.tokens.device)
         feats = []
         for subject in [self.model, *untrained_twins(self.model, self.n_twins, self.seed)]:

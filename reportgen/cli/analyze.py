@@ -46,9 +46,10 @@ def run(args: argparse.Namespace) -> int:
     from reportgen.analysis.config import load_analysis_config
     from reportgen.analysis.plan import prepare
     from reportgen.atomic import replace_dir
-    from reportgen.build import ModelRun, check_out_dir, check_shown, compute_model_results, model_name, print_progress
+    from reportgen.atomic import check_out_dir
+    from reportgen.build import ModelRun, check_shown, compute_model_results, model_name, print_progress
     from reportgen.model.checkpoint import load_checkpoint
-    from reportgen.train.trainer import resolve_device
+    from reportgen.model.device import resolve_device
 
     config = args.config if args.config or not DEFAULT_CONFIG.is_file() else DEFAULT_CONFIG
     cfg = load_analysis_config(config)

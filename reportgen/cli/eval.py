@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from reportgen.analysis.examples import unseen_records
     from reportgen.model.checkpoint import load_checkpoint
     from reportgen.train.evaluate import evaluate
-    from reportgen.train.trainer import resolve_device
+    from reportgen.model.device import resolve_device
 
     ckpt = load_checkpoint(args.checkpoint, device=str(resolve_device(args.device)))
     records, unseen = unseen_records(ckpt, args.instances, args.seed)

@@ -21,7 +21,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from reportgen.atomic import replace_dir
-    from reportgen.build import check_out_dir
+    from reportgen.atomic import check_out_dir
     from reportgen.model.checkpoint import load_checkpoint
     from reportgen.model.interop import export_files
 

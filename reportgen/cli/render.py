@@ -25,7 +25,9 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reportgen.build import check_out_dir, make_report, print_progress, unique_names, write_site
+    from reportgen.atomic import check_out_dir
+    from reportgen.build import make_report, print_progress, write_site
+    from reportgen.names import unique_names
     from reportgen.results.store import load_results
 
     reports = [load_results(d) for d in args.results]

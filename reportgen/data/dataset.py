@@ -46,7 +46,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Optional
 
-from reportgen.atomic import PARTIAL, partial_dir, recover
+from reportgen.atomic import PARTIAL, partial_dir, recover, write_file
 from reportgen.data.arithmetic import (
     ANSWER_ORDERS,
     STRATA,
@@ -706,9 +706,8 @@ def write_dataset(spec: DataSpec, out_dir, command: str) -> dict:
         recover(out)  # a temporary directory of a `reportgen data` that was killed
         tmp = partial_dir(out)
         for name in SPLITS:
-            _write_file(tmp / SPLIT_FILES[name], blobs[name])
-        _write_file(tmp / MANIFEST, json.dumps(manifest, sort_keys=True, indent=2,
-                                               ensure_ascii=True).encode() + b"\n")
+            write_file(tmp / SPLIT_FILES[name], blobs[name])
+        write_file(tmp / MANIFEST, json.dumps(manifest, sort_keys=True, indent=2, ensure_ascii=True).encode() + b"\n")
         _check_out_dir(out, shown)
         if out.is_dir():
             out.rmdir()
@@ -736,13 +735,6 @@ def _check_out_dir(out: Path, shown: str) -> None:
                 f"output directory {shown!r} already exists and is not empty; pick a new "
                 f"--out directory or delete it"
             )
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def load_dataset(data_dir) -> tuple[dict, dict[str, list[dict]]]:

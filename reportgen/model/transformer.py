@@ -1,7 +1,8 @@
 """A small decoder-only pre-LayerNorm transformer whose every activation is a named hook point.
 
-Parameter and hook names follow TransformerLens (W_Q, W_O, W_in, ...; `blocks.0.attn.hook_pattern`)
-so researchers can read the analyses in the terms they know. Interventions are not flags set on
+Parameter and hook names follow TransformerLens (W_Q, W_O, W_in, ...; `blocks.0.attn.hook_pattern`,
+spelled once in `reportgen.model.hooks`) so researchers can read the analyses in the terms they
+know. Interventions are not flags set on
 modules: each forward pass takes a mapping `hooks = {name: fn}`; `fn(activation, name)` may
 return a replacement tensor (batched over the whole batch) or None to leave it unchanged.
 """
@@ -17,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from reportgen.errors import ReportgenError
+from reportgen.model import hooks as hp
 
 HookFn = Callable[[torch.Tensor, str], Optional[torch.Tensor]]
 Hooks = Mapping[str, HookFn]
@@ -77,21 +79,6 @@ class ModelConfig:
         return asdict(self)
 
 
-def hook_names(cfg: ModelConfig) -> list[str]:
-    """Every hook point of a model with this config, in forward order."""
-    names = ["hook_embed", "hook_pos_embed"]
-    for l in range(cfg.n_layers):
-        b = f"blocks.{l}"
-        names += [
-            f"{b}.hook_resid_pre", f"{b}.ln1.hook_normalized",
-            f"{b}.attn.hook_q", f"{b}.attn.hook_k", f"{b}.attn.hook_v",
-            f"{b}.attn.hook_attn_scores", f"{b}.attn.hook_pattern", f"{b}.attn.hook_z",
-            f"{b}.hook_attn_out", f"{b}.hook_resid_mid", f"{b}.ln2.hook_normalized",
-            f"{b}.mlp.hook_pre", f"{b}.mlp.hook_post", f"{b}.hook_mlp_out", f"{b}.hook_resid_post",
-        ]
-    return names + ["ln_final.hook_normalized"]
-
-
 def _gather_pos(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """x[b, pos[b, a]] for x [batch, pos, d]: [batch, A, d]."""
     return x.gather(1, pos[..., None].expand(-1, -1, x.shape[-1]))
@@ -100,7 +87,7 @@ def _gather_pos(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
 class _Run:
     """Applies the hooks of one forward pass by name."""
 
-    def __init__(self, hooks: Optional[Hooks]):
+    def __init__(self, hooks: Optional[Hooks] = None):
         self.hooks = hooks or {}
 
     def __call__(self, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -116,22 +103,28 @@ class _Run:
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm that recomputes its statistics on whatever it is given (used by the logit lens)."""
+    """LayerNorm that recomputes its statistics on whatever it is given (used by the logit lens).
 
-    def __init__(self, d_model: int, eps: float, name: str):
+    Its hook point `hook` sees (x - mean) / sqrt(var + eps) (var biased) before the weight and
+    bias are applied, as TransformerLens's `hook_normalized` does."""
+
+    def __init__(self, d_model: int, eps: float, hook: str):
         super().__init__()
         self.w = nn.Parameter(torch.ones(d_model))
         self.b = nn.Parameter(torch.zeros(d_model))
         self.eps = eps
-        self.name = name
+        self.hook = hook
 
-    def forward(self, x: torch.Tensor, run: _Run) -> torch.Tensor:
-        # (x - mean) / sqrt(var + eps) * w + b, var biased; the fused kernel is ~4x faster on CPU
-        return run(f"{self.name}.hook_normalized", F.layer_norm(x, self.w.shape, self.w, self.b, self.eps))
+    def forward(self, x: torch.Tensor, run: Optional[_Run] = None) -> torch.Tensor:
+        if run is None or self.hook not in run.hooks:  # the fused kernel is ~3x faster on CPU
+            return F.layer_norm(x, self.w.shape, self.w, self.b, self.eps)
+        normalized = run(self.hook, F.layer_norm(x, self.w.shape, None, None, self.eps))
+        # b + normalized * w in one kernel: rounds as the fused layer_norm does (bit for bit on CPU)
+        return torch.addcmul(self.b, normalized, self.w)
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, name: str):
+    def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         h, d, dh = cfg.n_heads, cfg.d_model, cfg.d_head
         self.W_Q = nn.Parameter(torch.empty(h, d, dh))
@@ -142,67 +135,67 @@ class Attention(nn.Module):
         self.b_K = nn.Parameter(torch.zeros(h, dh))
         self.b_V = nn.Parameter(torch.zeros(h, dh))
         self.b_O = nn.Parameter(torch.zeros(d))
-        self.name = name
+        self.layer = layer
         mask = torch.tril(torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool))
         self.register_buffer("mask", mask, persistent=False)
 
     def forward(self, x: torch.Tensor, run: _Run, query_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Attention output [batch, pos, d_model], or [batch, A, d_model] at `query_pos` [batch, A]
         only (keys and values still cover every position)."""
-        n = self.name
+        l = self.layer
         xq = x if query_pos is None else _gather_pos(x, query_pos)
-        q = run(f"{n}.hook_q", torch.einsum("bpd,hde->bphe", xq, self.W_Q) + self.b_Q)
-        k = run(f"{n}.hook_k", torch.einsum("bpd,hde->bphe", x, self.W_K) + self.b_K)
-        v = run(f"{n}.hook_v", torch.einsum("bpd,hde->bphe", x, self.W_V) + self.b_V)
+        q = run(hp.attn_q(l), torch.einsum("bpd,hde->bphe", xq, self.W_Q) + self.b_Q)
+        k = run(hp.attn_k(l), torch.einsum("bpd,hde->bphe", x, self.W_K) + self.b_K)
+        v = run(hp.attn_v(l), torch.einsum("bpd,hde->bphe", x, self.W_V) + self.b_V)
         p = x.shape[1]
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(q.shape[-1])
         allowed = self.mask[:p, :p] if query_pos is None else self.mask[query_pos, :p][:, None]
         scores = scores.masked_fill(~allowed, float("-inf"))
-        scores = run(f"{n}.hook_attn_scores", scores)
-        pattern = run(f"{n}.hook_pattern", scores.softmax(-1))
-        z = run(f"{n}.hook_z", torch.einsum("bhqk,bkhe->bqhe", pattern, v))
+        scores = run(hp.attn_scores(l), scores)
+        pattern = run(hp.attn_pattern(l), scores.softmax(-1))
+        z = run(hp.attn_z(l), torch.einsum("bhqk,bkhe->bqhe", pattern, v))
         return torch.einsum("bqhe,hed->bqd", z, self.W_O) + self.b_O
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig, name: str):
+    def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.W_in = nn.Parameter(torch.empty(cfg.d_model, cfg.d_mlp))
         self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp))
         self.W_out = nn.Parameter(torch.empty(cfg.d_mlp, cfg.d_model))
         self.b_out = nn.Parameter(torch.zeros(cfg.d_model))
-        self.name = name
+        self.layer = layer
 
     def forward(self, x: torch.Tensor, run: _Run) -> torch.Tensor:
-        pre = run(f"{self.name}.hook_pre", x @ self.W_in + self.b_in)
-        post = run(f"{self.name}.hook_post", F.gelu(pre))
+        pre = run(hp.mlp_pre(self.layer), x @ self.W_in + self.b_in)
+        post = run(hp.mlp_post(self.layer), F.gelu(pre))
         return post @ self.W_out + self.b_out
 
 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
-        self.name = f"blocks.{layer}"
-        self.ln1 = LayerNorm(cfg.d_model, cfg.ln_eps, f"{self.name}.ln1")
-        self.attn = Attention(cfg, f"{self.name}.attn")
-        self.ln2 = LayerNorm(cfg.d_model, cfg.ln_eps, f"{self.name}.ln2")
-        self.mlp = MLP(cfg, f"{self.name}.mlp")
+        self.layer = layer
+        self.ln1 = LayerNorm(cfg.d_model, cfg.ln_eps, hp.ln1_normalized(layer))
+        self.attn = Attention(cfg, layer)
+        self.ln2 = LayerNorm(cfg.d_model, cfg.ln_eps, hp.ln2_normalized(layer))
+        self.mlp = MLP(cfg, layer)
 
     def forward(self, x: torch.Tensor, run: _Run, from_mid: bool = False,
                 query_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
         """resid_post from resid_pre `x` (or from resid_mid when `from_mid`); at `query_pos`
         [batch, A] only when given."""
-        n = self.name
+        l = self.layer
         if not from_mid:
-            x = run(f"{n}.hook_resid_pre", x)
-            attn_out = run(f"{n}.hook_attn_out", self.attn(self.ln1(x, run), run, query_pos))
+            x = run(hp.resid_pre(l), x)
+            attn_out = run(hp.attn_out(l), self.attn(self.ln1(x, run), run, query_pos))
             x = x if query_pos is None else _gather_pos(x, query_pos)
             x = x + attn_out
         elif query_pos is not None:
             x = _gather_pos(x, query_pos)
-        x = run(f"{n}.hook_resid_mid", x)
-        mlp_out = run(f"{n}.hook_mlp_out", self.mlp(self.ln2(x, run), run))
-        return run(f"{n}.hook_resid_post", x + mlp_out)
+        x = run(hp.resid_mid(l), x)
+        mlp_out = run(hp.mlp_out(l), self.mlp(self.ln2(x, run), run))
+        return run(hp.resid_post(l), x + mlp_out)
 
 
 class Transformer(nn.Module):
@@ -214,7 +207,7 @@ class Transformer(nn.Module):
         self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
         self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model))
         self.blocks = nn.ModuleList(Block(cfg, l) for l in range(cfg.n_layers))
-        self.ln_final = LayerNorm(cfg.d_model, cfg.ln_eps, "ln_final")
+        self.ln_final = LayerNorm(cfg.d_model, cfg.ln_eps, hp.FINAL_NORMALIZED)
         self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
         self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab))
         self.reset_parameters()
@@ -240,51 +233,65 @@ class Transformer(nn.Module):
                 f"input of {tokens.shape[1]} tokens is longer than the model's context of {self.cfg.n_ctx}; "
                 "use shorter examples"
             )
-        emb = run("hook_embed", self.W_E[tokens])
-        pos = run("hook_pos_embed", self.W_pos[: tokens.shape[1]].expand(tokens.shape[0], -1, -1))
+        emb = run(hp.EMBED, self.W_E[tokens])
+        pos = run(hp.POS_EMBED, self.W_pos[: tokens.shape[1]].expand(tokens.shape[0], -1, -1))
         return emb + pos
 
-    def forward(
-        self,
-        tokens: Optional[torch.Tensor] = None,
-        hooks: Optional[Hooks] = None,
-        start_at_layer: int = 0,
-        resid: Optional[torch.Tensor] = None,
-        stop_at_layer: Optional[int] = None,
-        from_mid: bool = False,
-        query_pos: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        """Logits [batch, pos, vocab] for `tokens` [batch, pos].
-
-        To skip recomputing early layers, pass `resid` (the input to `blocks.{start_at_layer}`,
-        or its resid_mid with `from_mid`) instead of tokens. With `stop_at_layer=l` the residual
-        stream entering block l is returned instead of logits. With `query_pos` [batch, A] the
-        logits [batch, A, vocab] at those positions only: the last block then computes queries
-        and MLP there alone (its hooks see those positions), since nothing later reads the others.
-        """
+    def forward(self, tokens: torch.Tensor, hooks: Optional[Hooks] = None) -> torch.Tensor:
+        """Logits [batch, pos, vocab] for `tokens` [batch, pos]."""
         run = _Run(hooks)
-        x = self.embed(tokens, run) if resid is None else resid
-        stop = self.cfg.n_layers if stop_at_layer is None else stop_at_layer
-        last = self.cfg.n_layers - 1 if stop_at_layer is None else None
-        for l in range(start_at_layer, stop):
-            x = self.blocks[l](x, run, from_mid=from_mid and l == start_at_layer,
-                               query_pos=query_pos if l == last else None)
-        if stop_at_layer is not None:
+        return self._blocks(self.embed(tokens, run), run, 0, self.cfg.n_layers)
+
+    def run_to(self, tokens: torch.Tensor, layer: int, hooks: Optional[Hooks] = None) -> torch.Tensor:
+        """The residual stream [batch, pos, d_model] entering block `layer` (its resid_pre; the
+        last block's resid_post when `layer` is n_layers): what `run_from` resumes from."""
+        run = _Run(hooks)
+        return self._blocks(self.embed(tokens, run), run, 0, layer, unembed=False)
+
+    def run_from(self, resid: torch.Tensor, layer: int, hooks: Optional[Hooks] = None,
+                 query_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits of a run resumed at `blocks.{layer}.hook_resid_pre` = `resid` [batch, pos,
+        d_model] (at n_layers: only the final LayerNorm and unembedding), skipping the earlier
+        layers. With `query_pos` [batch, A] the logits [batch, A, vocab] at those positions only:
+        the last block then computes queries and MLP there alone (its hooks see those positions),
+        since nothing later reads the others."""
+        return self._blocks(resid, _Run(hooks), layer, self.cfg.n_layers, query_pos=query_pos)
+
+    def run_from_mid(self, resid: torch.Tensor, layer: int, hooks: Optional[Hooks] = None,
+                     query_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits of a run resumed in the middle of block `layer`, at its `hook_resid_mid` =
+        `resid` (attention already added); `query_pos` as in `run_from`."""
+        return self._blocks(resid, _Run(hooks), layer, self.cfg.n_layers, from_mid=True, query_pos=query_pos)
+
+    def _blocks(self, x: torch.Tensor, run: _Run, start: int, stop: int, unembed: bool = True,
+                from_mid: bool = False, query_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Blocks start..stop-1 on `x` (block `start` from its resid_mid when `from_mid`), then the
+        unembedding; the last block only at `query_pos` when given."""
+        for l in range(start, stop):
+            x = self.blocks[l](x, run, from_mid=from_mid and l == start,
+                               query_pos=query_pos if l == self.cfg.n_layers - 1 else None)
+        if not unembed:
             return x
-        return self.ln_final(x, run) @ self.W_U + self.b_U
+        if query_pos is not None and start == self.cfg.n_layers:
+            x = _gather_pos(x, query_pos)
+        return self.unembed(x, run)
+
+    def unembed(self, resid: torch.Tensor, run: Optional[_Run] = None) -> torch.Tensor:
+        """Logits of a final residual stream: final LayerNorm (statistics of `resid` itself), W_U, b_U."""
+        return self.ln_final(resid, run) @ self.W_U + self.b_U
 
     def prefill(self, tokens: torch.Tensor, hooks: Optional[Hooks] = None
                 ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """Logits for `tokens` [batch, pos] and per-layer key/value buffers [batch, heads, n_ctx,
         d_head] holding their keys and values, for `decode_step`; `hooks` as in forward. Heads come
         before positions so that each decoding step reads them as one batched matrix product."""
-        names = {f"blocks.{l}.attn.hook_{kv}" for l in range(self.cfg.n_layers) for kv in "kv"}
+        names = {name(l) for l in range(self.cfg.n_layers) for name in (hp.attn_k, hp.attn_v)}
         logits, cache = self.run_with_cache(tokens, names=names.__contains__, hooks=hooks)
         B, P = tokens.shape
         kv = []
         for l in range(self.cfg.n_layers):
             pair = []
-            for name in (f"blocks.{l}.attn.hook_k", f"blocks.{l}.attn.hook_v"):
+            for name in (hp.attn_k(l), hp.attn_v(l)):
                 buf = cache[name].new_zeros(B, self.cfg.n_heads, self.cfg.n_ctx, self.cfg.d_head)
                 buf[:, :, :P] = cache[name].transpose(1, 2)
                 pair.append(buf)
@@ -309,22 +316,22 @@ class Transformer(nn.Module):
         m = int(pos.max()) + 1
         B, H, E = tokens.shape[0], self.cfg.n_heads, self.cfg.d_head
         hidden = torch.arange(m, device=tokens.device)[None, None, :] > pos[:, None, None]
-        for block, (K, V) in zip(self.blocks, kv):
-            a, n = block.attn, block.name
-            x = at(f"{n}.hook_resid_pre", x)
-            h = block.ln1(x, _Run(None))
+        for l, (block, (K, V)) in enumerate(zip(self.blocks, kv)):
+            a = block.attn
+            x = at(hp.resid_pre(l), x)
+            h = block.ln1(x)
             q = torch.einsum("bd,hde->bhe", h, a.W_Q) + a.b_Q
             K[rows, :, pos] = torch.einsum("bd,hde->bhe", h, a.W_K) + a.b_K
             V[rows, :, pos] = torch.einsum("bd,hde->bhe", h, a.W_V) + a.b_V
             keys, values = K[:, :, :m].reshape(B * H, m, E), V[:, :, :m].reshape(B * H, m, E)  # views
             scores = torch.bmm(keys, q.reshape(B * H, E, 1)).view(B, H, m) / math.sqrt(E)
             pattern = scores.masked_fill(hidden, float("-inf")).softmax(-1)
-            z = at(f"{a.name}.hook_z", torch.bmm(pattern.view(B * H, 1, m), values).view(B, H, E))
-            x = at(f"{n}.hook_resid_mid", x + at(f"{n}.hook_attn_out", torch.einsum("bhe,hed->bd", z, a.W_O) + a.b_O))
+            z = at(hp.attn_z(l), torch.bmm(pattern.view(B * H, 1, m), values).view(B, H, E))
+            x = at(hp.resid_mid(l), x + at(hp.attn_out(l), torch.einsum("bhe,hed->bd", z, a.W_O) + a.b_O))
             mlp = block.mlp
-            post = at(f"{mlp.name}.hook_post", F.gelu(block.ln2(x, _Run(None)) @ mlp.W_in + mlp.b_in))
-            x = at(f"{n}.hook_resid_post", x + at(f"{n}.hook_mlp_out", post @ mlp.W_out + mlp.b_out))
-        return self.ln_final(x, _Run(None)) @ self.W_U + self.b_U
+            post = at(hp.mlp_post(l), F.gelu(block.ln2(x) @ mlp.W_in + mlp.b_in))
+            x = at(hp.resid_post(l), x + at(hp.mlp_out(l), post @ mlp.W_out + mlp.b_out))
+        return self.unembed(x)
 
     def run_with_cache(
         self,
@@ -349,7 +356,7 @@ class Transformer(nn.Module):
                 return x
             return hook
 
-        for name in hook_names(self.cfg):
+        for name in hp.all_names(self.cfg.n_layers):
             if names is None or names(name):
                 hooks[name] = record(name, hooks.get(name))
         logits = self(tokens, hooks=hooks)

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import posixpath
-import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -26,6 +24,7 @@ from typing import Any, Optional
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from reportgen.errors import ReportgenError
+from reportgen.names import safe_name
 from reportgen.render import figures as F
 from reportgen.render.tables import Cell, Table, fmt_est, fmt_num
 from reportgen.results.claims import model_claims
@@ -116,18 +115,6 @@ def number_blocks(sections: list[Section]) -> list[Section]:
 
 
 # ---------------------------------------------------------------- names and paths
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
-
-
-def safe_name(raw: str) -> str:
-    """A file- and URL-safe name: unsafe characters become '-', and a changed name gets a short
-    hash of the original so that two different raw names never collide."""
-    name = _UNSAFE.sub("-", str(raw)).strip("-")[:60] or "x"
-    if name != raw:
-        name = f"{name}-{hashlib.sha256(str(raw).encode()).hexdigest()[:8]}"
-    return name
-
-
 class Paths:
     """Every site path of a report, derived once: model slugs and example slugs per model."""
 

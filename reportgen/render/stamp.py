@@ -17,17 +17,16 @@ from reportgen.fingerprint import code_digest, feed, feed_files
 from reportgen.render.site import RENDER_LIBRARIES, TEMPLATES
 
 STAMP_FILE = ".reportgen-site.json"
-# reportgen code a site's bytes depend on: the renderer, the results it reads, and what it uses of earlier stages
-RENDER_CODE = ("render", "render/pages", "results", "findings.py", "catalog.py", "data/arithmetic.py", "data/tokenizer.py", "atomic.py")
 
 
 def fingerprint(json_bytes: bytes, npz_bytes: bytes, pdf: bool, summary: bool = False) -> str:
-    """sha256 over the results, the PDF switch, the templates, render code and library versions."""
+    """sha256 over the results, the PDF switch, the templates, reportgen's code (all of it: render
+    is the last stage) and library versions."""
     h = hashlib.sha256()
     for part in (json_bytes, npz_bytes, (b"summary-pdf" if summary else b"pdf") if pdf else b"no-pdf"):
         feed(h, part)
     feed_files(h, TEMPLATES, sorted(TEMPLATES.rglob("*")))
-    feed(h, code_digest(RENDER_CODE, RENDER_LIBRARIES).encode())
+    feed(h, code_digest(RENDER_LIBRARIES, upto="render").encode())
     return h.hexdigest()
 
 

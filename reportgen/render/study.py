@@ -24,11 +24,12 @@ from reportgen.findings import Estimate
 from reportgen.atomic import MANIFEST, check_replaceable, replace_dir
 from reportgen.data.arithmetic import STRATUM_DESCRIPTIONS
 from reportgen.fingerprint import library_version
+from reportgen.names import safe_name
 from reportgen.render import figures as F
 from reportgen.render import study_figures as SF
 from reportgen.render.site import (
     RENDER_LIBRARIES, Block, Page, Section, SiteLinks, kv_rows, links, notes, notice, number_blocks,
-    safe_name, text, write_text,
+    text, write_text,
 )
 from reportgen.render.stamp import STAMP_FILE, fingerprint, is_current, write_stamp
 from reportgen.render.tables import Cell, Table, fmt_est

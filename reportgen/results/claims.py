@@ -15,6 +15,7 @@ from typing import Optional
 
 from reportgen.findings import CircuitFindings, ComponentRecovery, Estimate, NullCheck
 from reportgen.data.arithmetic import STRATA
+from reportgen.results.compare import apart
 from reportgen.results.schema import ModelResults, Report
 
 CEILING = 0.99  # exact match at or above this is at ceiling: it can no longer tell models apart
@@ -369,7 +370,7 @@ def difference(a: ModelResults, b: ModelResults, what: str, ea: Estimate, eb: Es
                directional: bool) -> list[tuple[float, Claim]]:
     """(relative size, sentence) for a difference whose 95% intervals do not overlap; none
     otherwise. Only a measure users agree on (directional: accuracy) says 'higher'."""
-    if any(math.isnan(x) for x in (ea.lo, ea.hi, eb.lo, eb.hi)) or (ea.lo <= eb.hi and eb.lo <= ea.hi):
+    if any(math.isnan(x) for x in (ea.lo, ea.hi, eb.lo, eb.hi)) or apart(ea, [eb]) is None:
         return []
     (high, e_high), (low, e_low) = sorted([(a, ea), (b, eb)], key=lambda me: -me[1].mean)
     word = "a higher" if directional else "a larger"

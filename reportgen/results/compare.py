@@ -12,6 +12,8 @@ Comparability is decided per aspect from each model's task and shape:
 
 from __future__ import annotations
 
+import math
+from typing import Callable, Optional
 
 from reportgen.findings import Estimate
 from reportgen.catalog import ANALYSIS_NAMES
@@ -70,8 +72,27 @@ def _leaders(models: list[ModelResults]) -> list[StratumLeader]:
         (best, b), (runner_up, r) = scored[0], scored[1]
         out.append(StratumLeader(stratum=stratum, models=[n for n, _ in scored], best=best, exact_match=b,
                                  runner_up=runner_up, runner_up_exact_match=r,
-                                 ci_overlap=bool(b.lo <= r.hi and r.lo <= b.hi)))
+                                 ci_overlap=apart(b, [r]) is None))
     return out
+
+
+def apart(value: Estimate, others: list[Estimate], shown: Callable[[float], float] = lambda x: x) -> Optional[str]:
+    """'above' where `value`'s 95% interval lies above every one of `others`' intervals, 'below'
+    where it lies below every one, else None (also when there are no others): the one rule by
+    which the report marks a model apart. `shown` rounds the bounds as a reader sees them, so that
+    no mark is set where the printed intervals touch. A missing bound (None, NaN) is unbounded."""
+    if not others:
+        return None
+    lo, hi = _bound(value.lo, -math.inf), _bound(value.hi, math.inf)
+    if all(shown(lo) > shown(_bound(o.hi, math.inf)) for o in others):
+        return "above"
+    if all(shown(hi) < shown(_bound(o.lo, -math.inf)) for o in others):
+        return "below"
+    return None
+
+
+def _bound(x: Optional[float], missing: float) -> float:
+    return x if x is not None and math.isfinite(x) else missing
 
 
 def _stratum_estimate(m: ModelResults, stratum: str) -> Estimate | None:

@@ -181,7 +181,7 @@ def _grid_points(grid: dict[str, Any], where: str) -> list[GridPoint]:
             overrides.update(o)
         label = ", ".join(lab for lab, _, _ in combo)
         points.append((label, "_".join(slug for _, slug, _ in combo), overrides))
-    from reportgen.build import unique_names
+    from reportgen.names import unique_names
 
     return [GridPoint(n, label, o) for (label, _, o), n in zip(points, unique_names([s for _, s, _ in points]))]
 

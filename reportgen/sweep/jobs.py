@@ -23,8 +23,6 @@ from typing import Any, Callable
 from reportgen.errors import ReportgenError
 
 KINDS = ("train", "analyse", "render")
-# reportgen code whose outputs the sweep caches: a worker must run the driver's code (see `code_version`)
-SWEEP_CODE = ("data", "model", "train", "analysis", "results", "render", "build.py", "sweep")
 
 
 @dataclass
@@ -66,10 +64,11 @@ def execute(kind: str, kwargs: dict) -> dict:
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """Digest of the reportgen code and libraries that make a sweep's outputs."""
+    """Digest of the reportgen code (all of it) and libraries that make a sweep's outputs: a worker
+    must run the driver's code."""
     from reportgen.fingerprint import code_digest
 
-    return code_digest(SWEEP_CODE, ("torch", "numpy", "scikit-learn", "matplotlib", "jinja2", "weasyprint"))
+    return code_digest(("torch", "numpy", "scikit-learn", "matplotlib", "jinja2", "pypdf", "weasyprint"))
 
 
 def _files(root: Path, skip: Callable[[str], bool] = lambda p: False) -> dict[str, bytes]:

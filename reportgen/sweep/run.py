@@ -53,7 +53,7 @@ def run_sweep(sweep_file: str, out: str | Path, engine: str = "local", address: 
               progress: Optional[Progress] = None) -> Study:
     """Run (or resume) the sweep in `sweep_file` into `out` and render its study report."""
     from reportgen.sweep.engine import make_engine
-    from reportgen.train.trainer import resolve_device
+    from reportgen.model.device import resolve_device
 
     say = progress or (lambda message: None)
     sweep = load_sweep(sweep_file, device)
@@ -146,7 +146,7 @@ def train_key(spec: RunSpec) -> str:
     from reportgen.build import reportgen_version
 
     return _digest({"config": to_dict(spec.train_config), "snapshots": spec.snapshot_steps,
-                    "code": code_digest(("data", "model", "train"), ("torch", "numpy")),
+                    "code": code_digest(("torch", "numpy"), upto="train"),
                     "reportgen_version": reportgen_version()})
 
 

@@ -28,15 +28,17 @@ import torch
 import torch.nn.functional as F
 
 from reportgen.atomic import OwnedFiles
-from reportgen.configfile import from_dict, to_dict
-from reportgen.data.dataset import DataSpec, generate, load_dataset, splits_hash, write_dataset
+from reportgen.configfile import to_dict
+from reportgen.data.dataset import load_dataset, write_dataset
 from reportgen.data.tokenizer import Tokenizer
 from reportgen.errors import Interrupted, ReportgenError, os_error_advice
 from reportgen.model.checkpoint import checkpoint_bytes, load_checkpoint, non_finite, read_checkpoint_payload
+from reportgen.model.device import resolve_device
 from reportgen.model.transformer import Transformer
 from reportgen.progress import progress
 from reportgen.train.config import TrainConfig
 from reportgen.train.evaluate import evaluate
+from reportgen.train.splits import data_spec
 
 
 @dataclasses.dataclass
@@ -73,35 +75,6 @@ def load_data(cfg: TrainConfig, out_dir: Path) -> TrainData:
     spec = {k: s[k] for k in ("task", "max_digits", "min_digits", "with_steps", "answer_order")}
     tokens, mask = tokenize_records(splits["train"], Tokenizer())
     return TrainData(tokens, mask, splits, spec, manifest["content_hash"], length_weights(splits["train"]))
-
-
-def data_spec(cfg: TrainConfig) -> DataSpec:
-    """The data set a training config generates (when it names no data.dir)."""
-    d = cfg.data
-    return DataSpec(task=d.task, instances=d.instances, max_digits=d.max_digits, min_digits=d.min_digits,
-                    with_steps=d.with_steps, answer_order=d.answer_order, seed=cfg.seed,
-                    stratified_fraction=d.stratified_fraction)
-
-
-MAX_REGENERATED = 100_000  # instances; regenerating a data set costs about 50 us and 4 KB per instance
-
-
-def training_questions(meta: dict) -> Optional[dict[str, set[tuple[int, str, int]]]]:
-    """The (a, op, b) questions of each split ("train", "val", "test") of the data set a checkpoint
-    was trained on: regenerated from its training config (up to MAX_REGENERATED instances), or
-    read from its data directory (by the absolute path recorded at training, so from any working
-    directory), and checked against the data hash it records. None where that data set cannot be
-    recovered."""
-    try:
-        cfg = from_dict(TrainConfig, meta["train_config"], "the checkpoint's training config")
-        if not cfg.data.dir and cfg.data.instances > MAX_REGENERATED:
-            return None
-        splits = load_dataset(meta.get("data_dir") or cfg.data.dir)[1] if cfg.data.dir else generate(data_spec(cfg))
-    except (KeyError, TypeError, ReportgenError):
-        return None
-    if splits_hash(splits) != meta.get("data_manifest_hash"):
-        return None
-    return {name: {(r["a"], r["op"], r["b"]) for r in records} for name, records in splits.items()}
 
 
 def length_weights(records: list[dict]) -> torch.Tensor:
@@ -146,14 +119,6 @@ def make_optimizer(model: Transformer, cfg: TrainConfig) -> torch.optim.Optimize
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=(0.9, 0.98))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ReportgenError("device cuda was requested but no CUDA GPU is available; use --device cpu")
-    if name not in ("cpu", "cuda"):
-        raise ReportgenError(f"unknown device {name!r}; use cpu or cuda")
-    return torch.device(name)
 
 
 BEST, LAST = "checkpoint_best.pt", "checkpoint_last.pt"

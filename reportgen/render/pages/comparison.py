@@ -3,7 +3,6 @@ accuracy, logit lens, probes, top heads and ablations side by side, marked where
 
 from __future__ import annotations
 
-import math
 
 from reportgen.render import figures as F
 from reportgen.render.pages.shared import (
@@ -12,6 +11,7 @@ from reportgen.render.pages.shared import (
 from reportgen.render.site import Block, Page, Section, Site, caption, not_run, notes, notice, text
 from reportgen.render.tables import Cell, Table, fmt_est
 from reportgen.results.claims import comparison_claims
+from reportgen.results.compare import apart
 
 
 def page(site: Site) -> Page:
@@ -60,12 +60,11 @@ def highlighted(site: Site, estimates: list, models: list, aspect: str, directio
             continue
         rivals = [o for j, (n, o) in enumerate(zip(models, estimates))
                   if j != i and o is not None and n.name in group_of and group_of.get(m.name) == group_of[n.name]]
-        above = bool(rivals) and all(shown(finite_or(e.lo)) > shown(finite_or(o.hi, math.inf)) for o in rivals)
-        below = bool(rivals) and all(shown(finite_or(e.hi, math.inf)) < shown(finite_or(o.lo)) for o in rivals)
+        side = apart(e, rivals, shown)
         if directional:
-            cells.append(Cell(e, strong=above))
+            cells.append(Cell(e, strong=side == "above"))
         else:
-            cells.append(Cell(e, text=f"{fmt_est(e)} {APART}") if above or below else Cell(e))
+            cells.append(Cell(e, text=f"{fmt_est(e)} {APART}") if side else Cell(e))
     return cells
 
 

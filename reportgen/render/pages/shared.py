@@ -10,6 +10,7 @@ from reportgen.render import figures as F
 from reportgen.render.site import Block, Site, caption
 from reportgen.render.tables import Cell, Table, fmt_num
 from reportgen.results.claims import Claim
+from reportgen.results.compare import apart
 
 
 def claims_block(site: Site, m, title: bool = False) -> Block:
@@ -30,7 +31,7 @@ def accuracy_comparison_table(site: Site, key: str = "tables/accuracy-by-stratum
     r = site.report
     strata = F.ordered_strata({s for m in r.models for s in m.accuracy.by_stratum})
     leaders = {(l.stratum, l.best) for l in r.comparison.leaders  # apart as the cells show them, too
-               if not l.ci_overlap and shown(l.exact_match.lo) > shown(l.runner_up_exact_match.hi)}
+               if apart(l.exact_match, [l.runner_up_exact_match], shown) == "above"}
     rows = []
     for s in ["all", *strata]:
         row = [s]
