@@ -13,7 +13,7 @@ import torch
 
 from reportgen.analysis.examples import ExampleBatch
 from reportgen.data.tokenizer import Tokenizer
-from reportgen.model.transformer import Transformer
+from reportgen.model.transformer import ModelConfig, Transformer
 from reportgen.train.evaluate import final_answer, greedy_decode
 
 
@@ -104,3 +104,21 @@ def greedy_predictions(model: Transformer, tokenizer: Tokenizer, records: list[d
 def is_correct(record: dict, prediction: str) -> bool:
     """Whether the final answer of a prediction equals the record's (steps may differ)."""
     return final_answer(prediction) == final_answer(record["target"])
+
+
+DEFAULT_MEMORY_MB = 1500  # AnalysisConfig.memory_budget_mb: fits a laptop beside a browser
+PASS_SHARE = 0.25  # of the budget, for the activations of one chunk of a batched pass
+
+
+def forward_row_bytes(cfg: ModelConfig, positions: int) -> int:
+    """A generous estimate of the float32 activations one row of a forward pass over `positions`
+    holds at once: a dozen residual-width tensors (residual copies, LayerNorm, q, k, v, z,
+    outputs), the MLP's hidden activations and the attention scores and pattern."""
+    return 4 * positions * (12 * cfg.d_model + 3 * cfg.d_mlp + 3 * cfg.n_heads * positions)
+
+
+def rows_within(memory_mb: float, row_bytes: int, cap: Optional[int] = None) -> int:
+    """Rows of one chunk whose `row_bytes` each fit in PASS_SHARE of a `memory_mb` budget (at
+    least 1, at most `cap`): the chunk size of sweeps, ablations and cached passes."""
+    rows = max(1, int(memory_mb * 2**20 * PASS_SHARE // max(row_bytes, 1)))
+    return rows if cap is None else min(rows, cap)

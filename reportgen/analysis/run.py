@@ -11,7 +11,7 @@ checking layers, tokenising) is validated before any forward pass.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Optional
 
 import numpy as np
@@ -21,7 +21,9 @@ from reportgen.analysis.api import check_layers, token_labels
 from reportgen.analysis.attention import analyze_attention, keep_layers, stacked_patterns
 from reportgen.analysis.circuits import run_circuits
 from reportgen.analysis.config import ANALYSES, AnalysisConfig
-from reportgen.analysis.engine import greedy_predictions, is_correct, release_memory, run_with_cache, untrained_twins
+from reportgen.analysis.engine import (
+    forward_row_bytes, greedy_predictions, is_correct, release_memory, rows_within, run_with_cache, untrained_twins,
+)
 from reportgen.analysis.examples import (
     ExampleBatch, build_batch, distinct, example_key, held_out_from, range_notes, records_from_texts,
 )
@@ -121,16 +123,20 @@ def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool =
     runs = cached_runs(model, tok, batch, twins, on, seed, cfg.attention.role_margin)
     bar.update()
 
+    # Patched passes run on pairs no longer than the batch's inputs: chunks of at most `rows` fit the budget.
+    rows = rows_within(cfg.memory_budget_mb, forward_row_bytes(model.cfg, batch.tokens.shape[1]))
+    patching_cfg = replace(cfg.patching, max_rows=min(cfg.patching.max_rows, rows))
+    circuits_cfg = replace(cfg.circuits, max_rows=min(cfg.circuits.max_rows, rows))
     runners = {
         "attention": lambda: keep_layers(runs.attention, plan.attention_layers),
-        "patching": lambda: run_patching(model, tok, batch, cfg.patching, seed),
+        "patching": lambda: run_patching(model, tok, batch, patching_cfg, seed),
         "logit_lens": lambda: summarize_lens(runs.lens, compute_lens(twins[0], tok, runs.twin_caches[0], batch),
                                              [r["labels"]["stratum"] for r in batch.records], seed,
                                              lens_by_role(target_lens(model, tok, runs.cache, batch), batch, seed)),
         "circuits": lambda: run_circuits(model, tok, batch, runs.cache, runs.attention, twins, runs.twin_caches,
-                                         cfg.circuits, seed),
+                                         circuits_cfg, seed),
         "probing": lambda: analyze_probing(ckpt, twins, cfg.probing, plan.probe_layers, seed, plan.questions),
-        "interventions": lambda: run_interventions(model, tok, batch, cfg.interventions, seed),
+        "interventions": lambda: run_interventions(model, tok, batch, cfg.interventions, seed, cfg.memory_budget_mb),
     }
     out = AnalysisFindings(examples=[], population=plan.population)
     for name in order:
