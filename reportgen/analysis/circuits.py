@@ -51,7 +51,7 @@ from scipy.stats import norm, rankdata
 from reportgen.analysis import stats
 from reportgen.analysis.api import task_of, text_records
 from reportgen.analysis.attention import head_tests
-from reportgen.analysis.engine import untrained_twins
+from reportgen.analysis.engine import at_targets, untrained_twins
 from reportgen.analysis.examples import ExampleBatch, build_batch, distinct
 from reportgen.analysis.findings import (
     AttentionFindings, CircuitComponent, CircuitFindings, ComponentRecovery, Estimate, NullCheck,
@@ -476,9 +476,8 @@ def neuron_screen(cache: dict, batch: ExampleBatch, target: str, n_layers: int, 
     rows, y, groups = screen_rows(batch, target)
     if y.sum() < cfg.min_pairs or (~y).sum() < cfg.min_pairs:
         return np.zeros(0, dtype=int), None, None, None, {"note": "not tested: too few carry tokens with and without a carry"}
-    B = batch.tokens.shape[0]
-    x = torch.cat([cache[f"blocks.{l}.mlp.hook_post"][torch.arange(B, device=rows.device)[:, None], batch.target_pos][rows]
-                   for l in range(n_layers)], -1).double().cpu().numpy()
+    x = torch.cat([at_targets(cache, f"blocks.{l}.mlp.hook_post", batch)[rows] for l in range(n_layers)],
+                  -1).double().cpu().numpy()
     auroc, p, null = auroc_test(x, y, groups, cfg.neuron_permutations, seed)
     selected = benjamini_hochberg(p, cfg.fdr) & (np.abs(auroc - 0.5) >= cfg.neuron_min_selectivity)
     idx = np.nonzero(selected)[0]

@@ -13,7 +13,7 @@ import torch
 
 from reportgen.analysis.examples import ExampleBatch
 from reportgen.data.tokenizer import Tokenizer
-from reportgen.model.transformer import ModelConfig, Transformer
+from reportgen.model.transformer import ModelConfig, Transformer, hook_names
 from reportgen.train.evaluate import final_answer, greedy_decode
 
 
@@ -23,6 +23,34 @@ def run_with_cache(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Logits and every hook point (or those `names` accepts) of one batched forward pass."""
     return model.run_with_cache(batch.tokens, names=names)
+
+
+AT_TARGETS = "@targets"  # suffix of a cache entry recorded at the batch's target positions only
+
+
+@torch.no_grad()
+def cached_pass(model: Transformer, batch: ExampleBatch, names: Callable[[str], bool],
+                at_targets: Callable[[str], bool]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Logits and a cache of one forward pass: the hook points `names` accepts whole [B, P, ...],
+    those `at_targets` accepts only at the batch's target positions [B, T, ...] (key: name +
+    AT_TARGETS), which is all their readers need and a fraction of their size."""
+    cache: dict[str, torch.Tensor] = {}
+
+    def record(x: torch.Tensor, name: str) -> None:
+        if at_targets(name):
+            cache[name + AT_TARGETS] = gather_at(x, batch.target_pos)
+        if names(name):
+            cache[name] = x
+
+    hooks = {n: record for n in hook_names(model.cfg) if names(n) or at_targets(n)}
+    return model(batch.tokens, hooks=hooks), cache
+
+
+def at_targets(cache: dict[str, torch.Tensor], name: str, batch: ExampleBatch) -> torch.Tensor:
+    """Hook point `name` of a cache at the batch's target positions [B, T, ...]: as recorded there
+    by cached_pass, or gathered from the whole activation."""
+    key = name + AT_TARGETS
+    return cache[key] if key in cache else gather_at(cache[name], batch.target_pos)
 
 
 def gather_at_answers(x: torch.Tensor, batch: ExampleBatch) -> torch.Tensor:

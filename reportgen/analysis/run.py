@@ -22,7 +22,8 @@ from reportgen.analysis.attention import analyze_attention, keep_layers, stacked
 from reportgen.analysis.circuits import run_circuits
 from reportgen.analysis.config import ANALYSES, AnalysisConfig
 from reportgen.analysis.engine import (
-    forward_row_bytes, greedy_predictions, is_correct, release_memory, rows_within, run_with_cache, untrained_twins,
+    cached_pass, forward_row_bytes, greedy_predictions, is_correct, release_memory, rows_within, run_with_cache,
+    untrained_twins,
 )
 from reportgen.analysis.examples import (
     ExampleBatch, build_batch, distinct, example_key, held_out_from, range_notes, records_from_texts,
@@ -180,8 +181,8 @@ def cached_runs(model, tok, batch: ExampleBatch, twins: list, on: set[str], seed
     if not on & CACHE_READERS:
         return CachedRuns(None, [], None, None)
     n_layers = model.cfg.n_layers
-    _, cache = run_with_cache(model, batch, names=cached_hooks)
-    twin_caches = [run_with_cache(t, batch, names=cached_hooks)[1] for t in twins]
+    _, cache = cached_pass(model, batch, cached_hooks, screened_hooks)
+    twin_caches = [cached_pass(t, batch, cached_hooks, screened_hooks)[1] for t in twins]
     attention = None
     if on & {"attention", "circuits"}:  # circuits picks its candidates from every layer's role scores
         attention = analyze_attention(batch, cache, twin_caches, n_layers, list(range(n_layers)), seed, role_margin)
@@ -190,10 +191,15 @@ def cached_runs(model, tok, batch: ExampleBatch, twins: list, on: set[str], seed
 
 
 def cached_hooks(name: str) -> bool:
-    """What the analyses read of the cached runs (the model's and its twins'): attention patterns
-    (attention roles, position heads), MLP activations (the neuron screen) and the residual stream
-    the logit lens decodes."""
-    return name.endswith(("attn.hook_pattern", "mlp.hook_post", "hook_resid_pre", "hook_resid_post"))
+    """What the analyses read whole of the cached runs (the model's and its twins'): attention
+    patterns (attention roles, position heads) and the residual stream the logit lens decodes
+    (the embedding and each block's output; a later block's resid_pre is the previous output)."""
+    return name.endswith(("attn.hook_pattern", "hook_resid_post")) or name == "blocks.0.hook_resid_pre"
+
+
+def screened_hooks(name: str) -> bool:
+    """What they read at the target positions only: MLP activations (the neuron screen)."""
+    return name.endswith("mlp.hook_post")
 
 
 def example_findings(ckpt: Checkpoint, records: list[dict]) -> list[ExampleFindings]:
