@@ -529,6 +529,8 @@ class Ablator:
             inside = positions < self.P  # beyond the last answer digit there is no value to put in
             hooks = {}
             for n in names:
+                if not masks[n][spec].any():  # no row of this pass replaces anything here
+                    continue
                 values = self.values(method, n)[row[:, None], positions.clamp(max=self.P - 1)]  # [rows, P', ...]
                 extra = [1] * (values.dim() - 3)
                 mask = masks[n][spec].view(len(index), 1, values.shape[2], *extra) & inside.view(*inside.shape, 1, *extra)
@@ -538,19 +540,20 @@ class Ablator:
         rows = todo[:, 1].tolist()
         max_new = max(len(records[i]["target"]) for i in rows) + 1
         preds = greedy_decode(self.model, self.tokenizer, [records[i]["prompt"] for i in rows], max_new,
-                              self._decode_rows(method, names), hooks_for)
+                              self._decode_rows(method, specs), hooks_for)
         out[todo[:, 0], todo[:, 1]] = torch.tensor([final_answer(p) == final_answer(records[i]["target"])
                                                     for i, p in zip(rows, preds)], device=out.device)
         return out
 
-    def _decode_rows(self, method: str, names: list[str]) -> int:
-        """Rows decoded together within the memory budget: each holds its keys and values, the
-        replacement values of `names` at its positions (and their masked copies) and a pass's
-        activations."""
+    def _decode_rows(self, method: str, specs: list[Spec]) -> int:
+        """Rows decoded together within the memory budget: each holds its keys and values, its
+        spec's replacement values at its positions (and their masked copies) and the prefill's
+        activations. Decoding is all that runs then, so it may take twice a pass's share."""
         cfg = self.model.cfg
         kv = 2 * cfg.n_layers * cfg.n_ctx * cfg.d_model * 4
-        values = sum(2 * cfg.n_ctx * self.values(method, n)[0, 0].numel() * 4 for n in names)
-        return rows_within(self.memory_mb, kv + values + forward_row_bytes(cfg, cfg.n_ctx), DECODE_ROWS)
+        width = max(sum(self.values(method, n)[0, 0].numel() for n in spec) for spec in specs)
+        row = kv + 2 * cfg.n_ctx * width * 4 + forward_row_bytes(cfg, self.P)
+        return rows_within(2 * self.memory_mb, row, DECODE_ROWS)
 
     def forget(self, method: str) -> None:
         """Drop the replacement values of `method` (once its ablations are done)."""
