@@ -32,6 +32,7 @@ def numbers(x, path="findings"):
     return {path: x}
 
 
+@pytest.mark.slow
 def test_a_tiny_budget_chunks_every_pass_and_changes_no_result():
     """add3_rev (real weights: kept pairs, confirmed components) with a budget so small that
     patching, neuron sweeps, ablations, the reference set and free generation all run in many
