@@ -178,3 +178,36 @@ def test_config_loads_from_yaml_dict():
         from_dict(CircuitConfig, {"method": "zero"}, "test")
     with pytest.raises(ReportgenError, match="n_pairs must be >= 1"):
         CircuitConfig(n_pairs=0)
+
+
+def test_batched_neuron_patching_equals_each_neuron_patched_alone_in_a_whole_forward_pass():
+    """The neuron test's chunked, resumed patching of many neurons per pass gives what patching
+    one neuron at every position of a whole forward pass gives, pair by pair."""
+    from test_patching import add_records
+    from reportgen.analysis.patching import PairRun, logit_diff
+
+    model = strong_model(2)
+    ps = circuits.pair_set(add_records(120), "carry_flip", "answer", 40, 0, TOKENIZER, model.device)
+    pb = ps.batch
+    neurons = {0: np.array([1, 5, 9]), 1: np.array([0, 3])}
+    pairs = np.array([0, 2, 3, 7, 11])
+    run = PairRun(model, pb, ("neuron",), 0.0, max_rows=4)  # several chunks per layer
+    e = circuits.neuron_effects(run, "denoise", neurons, pairs)
+    args = (pb.pred_pos, pb.correct, pb.counterfactual)
+    with torch.no_grad():
+        _, clean = model.run_with_cache(pb.clean)
+        ld_clean, ld_corrupt = logit_diff(model(pb.clean), *args), logit_diff(model(pb.corrupt), *args)
+        expected = np.zeros((len(pairs), 5))
+        for c, (l, i) in enumerate((l, int(i)) for l, idx in neurons.items() for i in idx):
+            name = f"blocks.{l}.mlp.hook_post"
+
+            def patch(act, _name, i=i, name=name):
+                act = act.clone()
+                act[..., i] = clean[name][..., i]
+                return act
+
+            ld = logit_diff(model(pb.corrupt, hooks={name: patch}), *args)
+            expected[:, c] = ((ld - ld_corrupt) / (ld_clean - ld_corrupt))[pairs].numpy()
+    assert np.abs(expected).max() > 0.01  # the neurons move the logits
+    np.testing.assert_allclose(e.ratio, expected, atol=1e-4)
+    np.testing.assert_allclose(e.weight, (ld_clean - ld_corrupt).abs()[pairs].numpy(), rtol=1e-5)

@@ -52,7 +52,7 @@ from reportgen.analysis import stats
 from reportgen.analysis.api import task_of, text_records
 from reportgen.analysis.attention import head_tests
 from reportgen.analysis.config import CircuitConfig
-from reportgen.analysis.engine import untrained_twins
+from reportgen.analysis.engine import at_targets, untrained_twins
 from reportgen.analysis.examples import ExampleBatch, build_batch, distinct
 from reportgen.findings import (
     AttentionFindings, CircuitComponent, CircuitFindings, ComponentRecovery, Estimate, NullCheck,
@@ -144,28 +144,38 @@ class Effects:
         return self.ratio * self.weight[:, None]
 
 
-def pair_effects(model: Transformer, pb: PairBatch, site: str, directions: tuple[str, ...], max_rows: int,
-                 neurons: Optional[dict[int, np.ndarray]] = None) -> dict[str, Effects]:
+def pair_effects(model: Transformer, pb: PairBatch, site: str, directions: tuple[str, ...],
+                 max_rows: int) -> dict[str, Effects]:
     """Effects per direction of patching every head (site 'head'; components ordered layer-major)
-    or the given neurons per layer (site 'neuron'; in the order of `neurons`) on every pair."""
+    on every pair."""
     run = PairRun(model, pb, (site,), 0.0, max_rows)
     weight = (run.ld_clean - run.ld_corrupt).abs()
-    out = {}
-    for direction in directions:
-        if site == "head":
-            ratio = run.sweep("head", direction).flatten(1)
-        else:
-            ratio = torch.cat([each_index(run, "neuron", l, torch.as_tensor(idx, device=weight.device), direction)
-                               for l, idx in neurons.items()], 1)
-        ratio = torch.nan_to_num(ratio, nan=0.0, posinf=0.0, neginf=0.0) * (weight > 0)[:, None]
-        out[direction] = Effects(ratio.double().cpu().numpy(), weight.double().cpu().numpy())
-    return out
+    return {d: effects(run.sweep("head", d).flatten(1), weight) for d in directions}
 
 
-def each_index(run: PairRun, site: str, layer: int, index: torch.Tensor, direction: str) -> torch.Tensor:
-    """Effects [pairs, len(index)] of patching each index of `site` at `layer` alone."""
-    N, K = run.n_kept, len(index)
-    rows = torch.arange(N, device=index.device).repeat_interleave(K)
+def effects(ratio: torch.Tensor, weight: torch.Tensor) -> Effects:
+    """Effects of ratios [N, C] (undefined ones and those of weightless pairs set to 0)."""
+    ratio = torch.nan_to_num(ratio, nan=0.0, posinf=0.0, neginf=0.0) * (weight > 0)[:, None]
+    return Effects(ratio.double().cpu().numpy(), weight.double().cpu().numpy())
+
+
+def neuron_effects(run: PairRun, direction: str, neurons: dict[int, np.ndarray], pairs: np.ndarray) -> Effects:
+    """Effects of patching each of `neurons` (per layer; columns in that order) alone, on the
+    pairs `pairs` only (rows in that order): the tests read no other pair."""
+    rows = torch.as_tensor(pairs, device=run.ld_clean.device)
+    weight = (run.ld_clean - run.ld_corrupt).abs()[rows]
+    ratio = torch.cat([each_index(run, "neuron", l, torch.as_tensor(idx, device=rows.device), direction, rows)
+                       for l, idx in neurons.items()], 1)
+    return effects(ratio, weight)
+
+
+def each_index(run: PairRun, site: str, layer: int, index: torch.Tensor, direction: str,
+               pairs: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Effects [pairs, len(index)] of patching each index of `site` at `layer` alone (on every
+    kept pair, or on `pairs`)."""
+    pairs = torch.arange(run.n_kept, device=index.device) if pairs is None else pairs
+    N, K = len(pairs), len(index)
+    rows = pairs.repeat_interleave(K)
     ld = run.patched_ld(site, layer, direction, rows, index.repeat(N))
     return run.effect(ld, rows, direction).view(N, K)
 
@@ -441,9 +451,8 @@ def neuron_screen(cache: dict, batch: ExampleBatch, target: str, n_layers: int, 
     rows, y, groups = screen_rows(batch, target)
     if y.sum() < cfg.min_pairs or (~y).sum() < cfg.min_pairs:
         return np.zeros(0, dtype=int), None, None, None, {"note": "not tested: too few carry tokens with and without a carry"}
-    B = batch.tokens.shape[0]
-    x = torch.cat([cache[hp.mlp_post(l)][torch.arange(B, device=rows.device)[:, None], batch.target_pos][rows]
-                   for l in range(n_layers)], -1).double().cpu().numpy()
+    x = torch.cat([at_targets(cache, hp.mlp_post(l), batch)[rows] for l in range(n_layers)],
+                  -1).double().cpu().numpy()
     auroc, p, null = auroc_test(x, y, groups, cfg.neuron_permutations, seed)
     selected = benjamini_hochberg(p, cfg.fdr) & (np.abs(auroc - 0.5) >= cfg.neuron_min_selectivity)
     idx = np.nonzero(selected)[0]
@@ -457,34 +466,45 @@ def neuron_screen(cache: dict, batch: ExampleBatch, target: str, n_layers: int, 
 
 
 def neuron_causal(model: Transformer, cand: np.ndarray, tested: PairSet, control: Optional[PairSet],
-                  cfg: CircuitConfig, seed: int):
-    """(candidates in test order, [(Test, Verdicts, noising Pooled)] per testable column): each
-    candidate (flat index) patched alone, against `null_neurons` random neurons of its layer;
-    Bonferroni over candidates x columns."""
+                  cfg: CircuitConfig, seed: int, with_noise: bool = True):
+    """(candidates in test order, [(Test, Verdicts, noising Pooled or None)] per testable column):
+    each candidate (flat index) patched alone, against `null_neurons` random neurons of its layer;
+    Bonferroni over candidates x columns. Only what the verdicts read is computed: the random
+    neurons' recovery on the tested pairs; the candidates' also on the control pairs and, when
+    `with_noise`, their noising damage; all only on the pairs of testable columns."""
     d_mlp = model.cfg.d_mlp
     rng = np.random.default_rng(seed)
     layers = sorted({int(i // d_mlp) for i in cand})
-    nulls = {l: rng.choice(np.setdiff1d(np.arange(d_mlp), cand[cand // d_mlp == l] % d_mlp),
-                           size=min(cfg.null_neurons, d_mlp - int((cand // d_mlp == l).sum())), replace=False)
+    mine = {l: cand[cand // d_mlp == l] % d_mlp for l in layers}
+    nulls = {l: rng.choice(np.setdiff1d(np.arange(d_mlp), mine[l]),
+                           size=min(cfg.null_neurons, d_mlp - len(mine[l])), replace=False)
              for l in layers}
-    by_layer = {l: np.concatenate([cand[cand // d_mlp == l] % d_mlp, nulls[l]]) for l in layers}
+    by_layer = {l: np.concatenate([mine[l], nulls[l]]) for l in layers}
     order = np.concatenate([l * d_mlp + by_layer[l] for l in layers])
-    both = pair_effects(model, tested.batch, "neuron", ("denoise", "noise"), cfg.max_rows, by_layer)
-    e, noise = both["denoise"], both["noise"]
-    c = None if control is None else pair_effects(model, control.batch, "neuron", ("denoise",), cfg.max_rows, by_layer)["denoise"]
     is_cand = np.isin(order, cand)
     tests = column_tests(tested.target, tested, control, cfg.min_pairs)
+    if not tests:
+        return order[is_cand], []
+    used = np.unique(np.concatenate([t.idx for t in tests]))
+    run = PairRun(model, tested.batch, ("neuron",), 0.0, cfg.max_rows)
+    e = neuron_effects(run, "denoise", by_layer, used)
+    noise = neuron_effects(run, "noise", mine, used) if with_noise else None
+    c, c_used = None, None
+    if control is not None:
+        c_used = np.unique(np.concatenate([t.control_idx for t in tests]))
+        c = neuron_effects(PairRun(model, control.batch, ("neuron",), 0.0, cfg.max_rows), "denoise", mine, c_used)
     alpha = ALPHA / max(1, len(tests) * len(cand))
     out = []
     for t in tests:
-        null_rec = pooled(subset(e, t.idx))[~is_cand]
+        at = np.searchsorted(used, t.idx)
+        null_rec = pooled(subset(e, at))[~is_cand]
         threshold = np.array([null_rec[order[~is_cand] // d_mlp == i // d_mlp].max() for i in order[is_cand]])
         counts = resample_counts(len(t.idx), stats.resamples(alpha), rng)
         ccounts = None if t.control_idx is None else resample_counts(len(t.control_idx), stats.resamples(alpha), rng)
-        rec = Pooled.of(keep(subset(e, t.idx), is_cand), counts)
-        ctl = None if c is None else Pooled.of(keep(subset(c, t.control_idx), is_cand), ccounts)
+        rec = Pooled.of(keep(subset(e, at), is_cand), counts)
+        ctl = None if c is None else Pooled.of(subset(c, np.searchsorted(c_used, t.control_idx)), ccounts)
         v = judge(rec, ctl, None, threshold, cfg.neuron_min_recovery, alpha)
-        out.append((t, v, Pooled.of(keep(subset(noise, t.idx), is_cand), counts)))
+        out.append((t, v, None if noise is None else Pooled.of(subset(noise, at), counts)))
     return order[is_cand], out
 
 
@@ -507,7 +527,7 @@ def neuron_tests(model: Transformer, cache: dict, twins: list[Transformer], twin
         cand = idx[: cfg.max_neuron_candidates]
         results = []
         if cand.size and tested is not None and not (ck and control is None):
-            cand, results = neuron_causal(m, cand, tested, control, cfg, seed)
+            cand, results = neuron_causal(m, cand, tested, control, cfg, seed, with_noise=i == 0)
         confirmed = {int(cand[k]) for _, v, _ in results for k in np.nonzero(v.confirmed)[0]}
         counts.append(sum(int(v.confirmed.sum()) for _, v, _ in results))
         tested_counts.append(sum(len(v.confirmed) for _, v, _ in results))

@@ -16,6 +16,7 @@ from reportgen.configfile import from_dict, load_yaml
 from reportgen.errors import ReportgenError
 from reportgen.catalog import ANALYSIS_NAMES
 
+DEFAULT_MEMORY_MB = 1500  # memory_budget_mb: fits a laptop beside a browser
 MAX_EXAMPLES = 5000  # one cached forward pass holds every activation of every example in memory
 AnalysisName = Literal[ANALYSIS_NAMES]
 ANALYSES: tuple[str, ...] = ANALYSIS_NAMES  # the names, in the catalog's order
@@ -165,6 +166,10 @@ class AnalysisConfig:
     examples: list[str] = field(default_factory=list)  # shown one by one; --examples overrides
     n_example_pages: int = 8  # generated examples shown one by one when none are given
     max_pdf_examples: int = 8  # cap on the examples the PDF report shows
+    # Memory for the chunks of batched passes (patching and neuron sweeps, ablations, free
+    # generation, reference sets): they are cut so that one chunk's activations take at most a
+    # quarter of it. Results do not depend on it (to float rounding).
+    memory_budget_mb: int = DEFAULT_MEMORY_MB
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     probing: ProbingConfig = field(default_factory=ProbingConfig)
     patching: PatchingConfig = field(default_factory=PatchingConfig)
@@ -180,6 +185,8 @@ class AnalysisConfig:
         if self.untrained_twins < 2:
             raise ReportgenError(f"untrained_twins must be at least 2 (each twin's null is judged against the "
                                  f"others), got {self.untrained_twins}")
+        if self.memory_budget_mb < 1:
+            raise ReportgenError(f"memory_budget_mb must be at least 1 (megabytes), got {self.memory_budget_mb}")
         if self.n_examples > MAX_EXAMPLES:
             raise ReportgenError(f"n_examples must be at most {MAX_EXAMPLES} (the analyses hold every activation "
                                  f"of every example in memory), got {self.n_examples}")

@@ -13,7 +13,7 @@ import torch
 
 from reportgen.analysis.examples import ExampleBatch
 from reportgen.data.tokenizer import Tokenizer
-from reportgen.model.transformer import Transformer
+from reportgen.model.transformer import ModelConfig, Transformer, hook_names
 from reportgen.train.evaluate import final_answer, greedy_decode
 
 
@@ -23,6 +23,34 @@ def run_with_cache(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Logits and every hook point (or those `names` accepts) of one batched forward pass."""
     return model.run_with_cache(batch.tokens, names=names)
+
+
+AT_TARGETS = "@targets"  # suffix of a cache entry recorded at the batch's target positions only
+
+
+@torch.no_grad()
+def cached_pass(model: Transformer, batch: ExampleBatch, names: Callable[[str], bool],
+                at_targets: Callable[[str], bool]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Logits and a cache of one forward pass: the hook points `names` accepts whole [B, P, ...],
+    those `at_targets` accepts only at the batch's target positions [B, T, ...] (key: name +
+    AT_TARGETS), which is all their readers need and a fraction of their size."""
+    cache: dict[str, torch.Tensor] = {}
+
+    def record(x: torch.Tensor, name: str) -> None:
+        if at_targets(name):
+            cache[name + AT_TARGETS] = gather_at(x, batch.target_pos)
+        if names(name):
+            cache[name] = x
+
+    hooks = {n: record for n in hook_names(model.cfg) if names(n) or at_targets(n)}
+    return model(batch.tokens, hooks=hooks), cache
+
+
+def at_targets(cache: dict[str, torch.Tensor], name: str, batch: ExampleBatch) -> torch.Tensor:
+    """Hook point `name` of a cache at the batch's target positions [B, T, ...]: as recorded there
+    by cached_pass, or gathered from the whole activation."""
+    key = name + AT_TARGETS
+    return cache[key] if key in cache else gather_at(cache[name], batch.target_pos)
 
 
 def gather_at_answers(x: torch.Tensor, batch: ExampleBatch) -> torch.Tensor:
@@ -104,3 +132,20 @@ def greedy_predictions(model: Transformer, tokenizer: Tokenizer, records: list[d
 def is_correct(record: dict, prediction: str) -> bool:
     """Whether the final answer of a prediction equals the record's (steps may differ)."""
     return final_answer(prediction) == final_answer(record["target"])
+
+
+PASS_SHARE = 0.25  # of the budget, for the activations of one chunk of a batched pass
+
+
+def forward_row_bytes(cfg: ModelConfig, positions: int) -> int:
+    """A generous estimate of the float32 activations one row of a forward pass over `positions`
+    holds at once: a dozen residual-width tensors (residual copies, LayerNorm, q, k, v, z,
+    outputs), the MLP's hidden activations and the attention scores and pattern."""
+    return 4 * positions * (12 * cfg.d_model + 3 * cfg.d_mlp + 3 * cfg.n_heads * positions)
+
+
+def rows_within(memory_mb: float, row_bytes: int, cap: Optional[int] = None) -> int:
+    """Rows of one chunk whose `row_bytes` each fit in PASS_SHARE of a `memory_mb` budget (at
+    least 1, at most `cap`): the chunk size of sweeps, ablations and cached passes."""
+    rows = max(1, int(memory_mb * 2**20 * PASS_SHARE // max(row_bytes, 1)))
+    return rows if cap is None else min(rows, cap)

@@ -40,8 +40,8 @@ import torch
 
 from reportgen.analysis import stats
 from reportgen.analysis.api import task_of, text_batch
-from reportgen.analysis.config import METHODS, InterventionConfig, Method
-from reportgen.analysis.engine import answer_digits, digit_log_probs
+from reportgen.analysis.config import DEFAULT_MEMORY_MB, METHODS, InterventionConfig, Method
+from reportgen.analysis.engine import answer_digits, digit_log_probs, forward_row_bytes, rows_within
 from reportgen.analysis.examples import ExampleBatch, example_key, template
 from reportgen.findings import AblationEffect, Estimate, InterventionFindings, Metrics
 from reportgen.analysis.pairs import remake
@@ -53,7 +53,7 @@ from reportgen.model import hooks as hp
 from reportgen.model.transformer import Transformer
 from reportgen.train.evaluate import final_answer, greedy_decode
 
-DECODE_ROWS = 2048  # rows decoded together in free generation (each decoding step is mostly overhead)
+DECODE_ROWS = 2048  # at most this many rows decoded together in free generation (each step is mostly overhead)
 REFERENCE_TRIES = 100  # draws per wanted reference example, uniform and then perturbed
 Spec = dict[str, Optional[list[int]]]  # hook name -> indices along its third axis (heads, neurons), None = all
 
@@ -122,9 +122,11 @@ def _tokens(records: list[dict], tokenizer: Tokenizer, P: int) -> torch.Tensor:
     return out
 
 
+RESUME_POINTS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post")  # where ablated runs resume
+
+
 def _ablatable(name: str) -> bool:
-    return name.endswith(("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "attn.hook_z", "hook_attn_out",
-                          "hook_mlp_out", "mlp.hook_post"))
+    return name.endswith(RESUME_POINTS + ("attn.hook_z", "hook_attn_out", "hook_mlp_out", "mlp.hook_post"))
 
 
 # Hook points of a block (after "blocks.{l}.") by where a replacement there enters the residual stream.
@@ -136,17 +138,26 @@ _MLP_SIDE = {"hook_resid_mid", "ln2.hook_normalized", "mlp.hook_pre"} | _AFTER_M
 class Ablator:
     """The clean run of a batch, cut after its last answer-predicting position, and batched
     ablations of any set of hook points (or heads / neurons of them) with zero, mean or resample
-    values."""
+    values.
+
+    `names`: the hook points the ablations replace (default: every ablatable one); only they and
+    the residual stream are cached, for the batch and (reduced to what mean and resample values
+    read) for the reference set. `memory_mb` bounds the chunks of the passes (with `max_rows`).
+    """
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, batch: ExampleBatch, seed: int,
-                 reference_size: int = 32, max_rows: int = 512):
+                 reference_size: int = 32, max_rows: int = 512, names: Optional[set[str]] = None,
+                 memory_mb: float = DEFAULT_MEMORY_MB):
         self.model, self.tokenizer, self.batch, self.seed = model, tokenizer, batch, seed
-        self.reference_size, self.max_rows = reference_size, max_rows
+        self.reference_size = reference_size
         # Up to the last answer digit's own token, which predicts EOS (free generation reads it).
         self.P = int(batch.pred_pos[batch.answer_mask].max()) + 2
         self.tokens = batch.tokens[:, : self.P]
+        self.memory_mb = memory_mb
+        self.max_rows = rows_within(memory_mb, forward_row_bytes(model.cfg, self.P), max_rows)
+        self.cached = _ablatable if names is None else (lambda n: n in names or n.endswith(RESUME_POINTS))
         with torch.no_grad():
-            logits, self.cache = model.run_with_cache(self.tokens, names=_ablatable)
+            logits, self.cache = model.run_with_cache(self.tokens, names=self.cached)
         self.digits = answer_digits(batch, tokenizer)
         self.mask = batch.answer_mask
         # Where each answer digit sits among the target digits: the answer comes last.
@@ -162,6 +173,7 @@ class Ablator:
         self.clean_logprobs, self.clean_teacher_forced = lp[0], right[0]
         self.templates = [template(r) for r in batch.records]
         self._reference = None
+        self._reference_values = None
         self._values: dict[tuple, torch.Tensor] = {}
 
     def _reads(self, batch: ExampleBatch) -> None:
@@ -200,16 +212,49 @@ class Ablator:
         idx = self.answer_slots.expand(*logprobs.shape[:-3], *self.answer_slots.shape)
         return logprobs.gather(-2, idx[..., None].expand(*idx.shape, logprobs.shape[-1]))
 
-    def reference(self) -> tuple[list[dict], dict[str, torch.Tensor], list[str]]:
-        """(reference records, their cached activations, their templates), made once."""
+    def reference(self) -> tuple[list[dict], list[str]]:
+        """(reference records, their templates), made once; records of a template are contiguous."""
         if self._reference is None:
             groups = reference_records(self.batch.records, self.reference_size, self.seed)
             records = [r for t in sorted(groups) for r in groups[t]]
-            tokens = _tokens(records, self.tokenizer, self.P).to(self.tokens.device)
-            with torch.no_grad():
-                _, cache = self.model.run_with_cache(tokens, names=_ablatable)
-            self._reference = (records, cache, [template(r) for r in records])
+            self._reference = (records, [template(r) for r in records])
         return self._reference
+
+    @torch.no_grad()
+    def reference_values(self) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor], list[int]]:
+        """What mean and resample values read of the reference set, per cached hook name: the
+        mean over each template's reference examples {template: [P, ...]}, and the activations
+        [R, ...] of the R reference examples resampling takes (their indices, the third item).
+        The reference set runs in chunks of whole templates, so its cache is never held whole."""
+        if self._reference_values is None:
+            records, templates = self.reference()
+            B = len(self.templates)
+            taken = sorted({s - B for s in self.resample_sources().tolist() if s >= B})
+            means: dict[str, dict[str, torch.Tensor]] = {}
+            rows: dict[str, list[torch.Tensor]] = {}
+            starts = [i for i in range(len(templates)) if i == 0 or templates[i] != templates[i - 1]] + [len(templates)]
+            for lo, hi in self._template_chunks(starts):
+                tokens = _tokens(records[lo:hi], self.tokenizer, self.P).to(self.tokens.device)
+                _, cache = self.model.run_with_cache(tokens, names=self.cached)
+                for a, b in zip(starts, starts[1:]):
+                    if lo <= a < hi:
+                        for name, x in cache.items():
+                            means.setdefault(name, {})[templates[a]] = x[a - lo:b - lo].mean(0)
+                for name, x in cache.items():
+                    rows.setdefault(name, []).extend(x[j - lo] for j in taken if lo <= j < hi)
+            picked = {n: torch.stack(r) if r else self.cache[n][:0] for n, r in rows.items()}
+            self._reference_values = (means, picked, taken)
+        return self._reference_values
+
+    def _template_chunks(self, starts: list[int]) -> list[tuple[int, int]]:
+        """Row ranges of the reference set of whole templates (`starts`: where each begins, then
+        the end) with at most max_rows rows each, unless one template alone has more."""
+        chunks, lo = [], 0
+        for a, b in zip(starts[1:], starts[2:] + [None]):
+            if b is None or b - lo > self.max_rows:
+                chunks.append((lo, a))
+                lo = a
+        return chunks
 
     def values(self, method: str, name: str) -> torch.Tensor:
         """Replacement activations [B, P, ...] of hook `name` under `method`."""
@@ -219,14 +264,14 @@ class Ablator:
             if method == "zero":
                 self._values[key] = torch.zeros_like(clean)
             elif method == "mean":
-                _, cache, ref_templates = self.reference()
-                means = {t: cache[name][[i for i, rt in enumerate(ref_templates) if rt == t]].mean(0)
-                         for t in set(self.templates)}
+                means = self.reference_values()[0][name]
                 self._values[key] = torch.stack([means[t] for t in self.templates])
             elif method == "resample":
-                _, cache, _ = self.reference()
-                pool = torch.cat([clean, cache[name]])
-                self._values[key] = pool[self.resample_sources()]
+                _, picked, taken = self.reference_values()
+                B, src = len(self.templates), self.resample_sources()
+                at = torch.as_tensor(taken, dtype=torch.long, device=src.device)
+                src = torch.where(src < B, src, B + torch.searchsorted(at, src - B))
+                self._values[key] = torch.cat([clean, picked[name]])[src]
             else:
                 raise ReportgenError(f"unknown ablation method {method!r}; use one of {', '.join(METHODS)}")
         return self._values[key]
@@ -235,7 +280,7 @@ class Ablator:
         """For each example, the row of [batch; reference] whose activations replace its own: another
         problem of its template (copies of one problem, e.g. '59+73' given twice, never source
         each other), or a reference example where its template has no other problem."""
-        _, _, ref_templates = self.reference()
+        _, ref_templates = self.reference()
         rng = random.Random(f"reportgen-resample:{self.seed}")
         first_row: dict[str, int] = {}  # problem -> its first row
         groups: dict[str, list[str]] = {}  # template -> its distinct problems
@@ -454,6 +499,8 @@ class Ablator:
             inside = positions < self.P  # beyond the last answer digit there is no value to put in
             hooks = {}
             for n in names:
+                if not masks[n][spec].any():  # no row of this pass replaces anything here
+                    continue
                 values = self.values(method, n)[row[:, None], positions.clamp(max=self.P - 1)]  # [rows, P', ...]
                 extra = [1] * (values.dim() - 3)
                 mask = masks[n][spec].view(len(index), 1, values.shape[2], *extra) & inside.view(*inside.shape, 1, *extra)
@@ -462,11 +509,25 @@ class Ablator:
 
         rows = todo[:, 1].tolist()
         max_new = max(len(records[i]["target"]) for i in rows) + 1
-        preds = greedy_decode(self.model, self.tokenizer, [records[i]["prompt"] for i in rows], max_new, DECODE_ROWS,
-                              hooks_for)
+        preds = greedy_decode(self.model, self.tokenizer, [records[i]["prompt"] for i in rows], max_new,
+                              self._decode_rows(method, specs), hooks_for)
         out[todo[:, 0], todo[:, 1]] = torch.tensor([final_answer(p) == final_answer(records[i]["target"])
                                                     for i, p in zip(rows, preds)], device=out.device)
         return out
+
+    def _decode_rows(self, method: str, specs: list[Spec]) -> int:
+        """Rows decoded together within the memory budget: each holds its keys and values, its
+        spec's replacement values at its positions (and their masked copies) and the prefill's
+        activations. Decoding is all that runs then, so it may take twice a pass's share."""
+        cfg = self.model.cfg
+        kv = 2 * cfg.n_layers * cfg.n_ctx * cfg.d_model * 4
+        width = max(sum(self.values(method, n)[0, 0].numel() for n in spec) for spec in specs)
+        row = kv + 2 * cfg.n_ctx * width * 4 + forward_row_bytes(cfg, self.P)
+        return rows_within(2 * self.memory_mb, row, DECODE_ROWS)
+
+    def forget(self, method: str) -> None:
+        """Drop the replacement values of `method` (once its ablations are done)."""
+        self._values = {k: v for k, v in self._values.items() if method not in k}
 
     @torch.no_grad()
     def clean_free_exact_match(self) -> torch.Tensor:
@@ -479,12 +540,14 @@ def head_spec(layer: int, head: int) -> Spec:
 
 
 def run_interventions(model: Transformer, tokenizer: Tokenizer, batch: ExampleBatch, cfg: InterventionConfig,
-                      seed: int) -> InterventionFindings:
+                      seed: int, memory_mb: float = DEFAULT_MEMORY_MB) -> InterventionFindings:
     """DESIGN §4.6: each head, each layer's attention and MLP under every method; cumulative
     ablation (default method) of the heads ranked by how much their own ablation lowers the mean
-    answer log-probability (largest drop first; ties in layer, head order)."""
-    ab = Ablator(model, tokenizer, batch, seed, cfg.reference_size, cfg.max_rows)
+    answer log-probability (largest drop first; ties in layer, head order). Passes are chunked
+    to `memory_mb`."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
+    names = {name for l in range(L) for name in (hp.attn_z(l), hp.attn_out(l), hp.mlp_out(l))}
+    ab = Ablator(model, tokenizer, batch, seed, cfg.reference_size, cfg.max_rows, names, memory_mb)
     heads = [(l, h) for l in range(L) for h in range(H)]
     components: list[tuple[str, Spec]] = []
     if cfg.heads:
@@ -503,6 +566,8 @@ def run_interventions(model: Transformer, tokenizer: Tokenizer, batch: ExampleBa
         effects += [AblationEffect(name, method, mt) for (name, _), mt in zip(components, metrics)]
         if method == cfg.default_method and cfg.heads:
             head_logprob = ab.scores(lps[: len(heads)])["logprob"].mean(-1)
+        if method != cfg.default_method:
+            ab.forget(method)
     cumulative = []
     if cfg.cumulative:
         if head_logprob is None:

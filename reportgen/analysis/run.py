@@ -11,7 +11,7 @@ checking layers, tokenising) is validated before any forward pass, in `analysis.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Optional
 
 import numpy as np
@@ -22,7 +22,10 @@ from reportgen.analysis.attention import analyze_attention, keep_layers, stacked
 from reportgen.analysis.circuits import run_circuits
 from reportgen.analysis.config import ANALYSES, AnalysisConfig
 from reportgen.analysis.plan import Plan, prepare
-from reportgen.analysis.engine import greedy_predictions, is_correct, release_memory, run_with_cache, untrained_twins
+from reportgen.analysis.engine import (
+    cached_pass, forward_row_bytes, greedy_predictions, is_correct, release_memory, rows_within, run_with_cache,
+    untrained_twins,
+)
 from reportgen.analysis.examples import ExampleBatch, build_batch, example_key
 from reportgen.findings import AnalysisFindings, AttentionFindings, ExampleFindings
 from reportgen.analysis.interventions import run_interventions
@@ -57,16 +60,20 @@ def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool =
     runs = cached_runs(model, tok, batch, twins, on, seed, cfg.attention.role_margin)
     bar.update()
 
+    # Patched passes run on pairs no longer than the batch's inputs: chunks of at most `rows` fit the budget.
+    rows = rows_within(cfg.memory_budget_mb, forward_row_bytes(model.cfg, batch.tokens.shape[1]))
+    patching_cfg = replace(cfg.patching, max_rows=min(cfg.patching.max_rows, rows))
+    circuits_cfg = replace(cfg.circuits, max_rows=min(cfg.circuits.max_rows, rows))
     runners = {
         "attention": lambda: keep_layers(runs.attention, plan.attention_layers),
-        "patching": lambda: run_patching(model, tok, batch, cfg.patching, seed),
+        "patching": lambda: run_patching(model, tok, batch, patching_cfg, seed),
         "logit_lens": lambda: summarize_lens(runs.lens, compute_lens(twins[0], tok, runs.twin_caches[0], batch),
                                              [r["labels"]["stratum"] for r in batch.records], seed,
                                              lens_by_role(target_lens(model, tok, runs.cache, batch), batch, seed)),
         "circuits": lambda: run_circuits(model, tok, batch, runs.cache, runs.attention, twins, runs.twin_caches,
-                                         cfg.circuits, seed),
+                                         circuits_cfg, seed),
         "probing": lambda: analyze_probing(ckpt, twins, cfg.probing, plan.probe_layers, seed, plan.questions),
-        "interventions": lambda: run_interventions(model, tok, batch, cfg.interventions, seed),
+        "interventions": lambda: run_interventions(model, tok, batch, cfg.interventions, seed, cfg.memory_budget_mb),
     }
     out = AnalysisFindings(examples=[], population=plan.population)
     for name in order:
@@ -110,8 +117,8 @@ def cached_runs(model, tok, batch: ExampleBatch, twins: list, on: set[str], seed
     if not on & CACHE_READERS:
         return CachedRuns(None, [], None, None)
     n_layers = model.cfg.n_layers
-    _, cache = run_with_cache(model, batch, names=cached_hooks)
-    twin_caches = [run_with_cache(t, batch, names=cached_hooks)[1] for t in twins]
+    _, cache = cached_pass(model, batch, cached_hooks, screened_hooks)
+    twin_caches = [cached_pass(t, batch, cached_hooks, screened_hooks)[1] for t in twins]
     attention = None
     if on & {"attention", "circuits"}:  # circuits picks its candidates from every layer's role scores
         attention = analyze_attention(batch, cache, twin_caches, n_layers, list(range(n_layers)), seed, role_margin)
@@ -120,10 +127,15 @@ def cached_runs(model, tok, batch: ExampleBatch, twins: list, on: set[str], seed
 
 
 def cached_hooks(name: str) -> bool:
-    """What the analyses read of the cached runs (the model's and its twins'): attention patterns
-    (attention roles, position heads), MLP activations (the neuron screen) and the residual stream
-    the logit lens decodes."""
-    return name.endswith(("attn.hook_pattern", "mlp.hook_post", "hook_resid_pre", "hook_resid_post"))
+    """What the analyses read whole of the cached runs (the model's and its twins'): attention
+    patterns (attention roles, position heads) and the residual stream the logit lens decodes
+    (the embedding and each block's output; a later block's resid_pre is the previous output)."""
+    return name.endswith(("attn.hook_pattern", "hook_resid_post")) or name == "blocks.0.hook_resid_pre"
+
+
+def screened_hooks(name: str) -> bool:
+    """What they read at the target positions only: MLP activations (the neuron screen)."""
+    return name.endswith("mlp.hook_post")
 
 
 def example_findings(ckpt: Checkpoint, records: list[dict]) -> list[ExampleFindings]:
