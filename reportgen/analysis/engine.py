@@ -13,7 +13,8 @@ import torch
 
 from reportgen.analysis.examples import ExampleBatch
 from reportgen.data.tokenizer import Tokenizer
-from reportgen.model.transformer import ModelConfig, Transformer, hook_names
+from reportgen.model import hooks as hp
+from reportgen.model.transformer import ModelConfig, Transformer
 from reportgen.train.evaluate import final_answer, greedy_decode
 
 
@@ -42,7 +43,7 @@ def cached_pass(model: Transformer, batch: ExampleBatch, names: Callable[[str], 
         if names(name):
             cache[name] = x
 
-    hooks = {n: record for n in hook_names(model.cfg) if names(n) or at_targets(n)}
+    hooks = {n: record for n in hp.all_names(model.cfg.n_layers) if names(n) or at_targets(n)}
     return model(batch.tokens, hooks=hooks), cache
 
 
