@@ -83,22 +83,24 @@ def build_report(checkpoints: list[str], compare: list[str], examples: Optional[
     cfg = _load_config(config_path)
     examples = list(examples) if examples else None
     check_shown(examples, cfg)
-    plans = [_prepare(ckpt, name, cfg, examples, questions)
-             for ckpt, name, questions in zip(ckpts, names, _training_questions(ckpts))]
     out = Path(out_dir).resolve()
     check_out_dir(out)
 
     say = progress or _quiet
     cache = out.parent / CACHE_DIR if use_cache else None
-    runs = [ModelRun(ckpt, plan, cfg, examples, functools.partial(_prefixed, say, f"[{i}/{len(paths)}] {name}: "),
-                     progress is not None) for i, (ckpt, plan, name) in enumerate(zip(ckpts, plans, names), 1)]
+    tells = [functools.partial(_prefixed, say, f"[{i}/{len(paths)}] {name}: ") for i, name in enumerate(names, 1)]
+    keys = [cache_key(ckpt.sha256, to_dict(cfg), examples) for ckpt in ckpts]
+    results = [_cache_get(cache, key, tell) if cache else None for key, tell in zip(keys, tells)]
+    # The training data are regenerated only for the models to analyse; a cached model's plan
+    # only checks its inputs (as they were checked when its results were made).
+    analyse = [i for i, r in enumerate(results) if r is None]
+    questions = dict(zip(analyse, _training_questions([ckpts[i] for i in analyse])))
+    runs = [ModelRun(ckpt, _prepare(ckpt, name, cfg, examples, questions.get(i)), cfg, examples, tell,
+                     progress is not None) for i, (ckpt, name, tell) in enumerate(zip(ckpts, names, tells))]
     for run in runs:
         for note in run.plan.notes:
             run.say(f"note: {note}")
-    keys = [cache_key(run.ckpt.sha256, to_dict(cfg), examples) for run in runs]
-    results = [_cache_get(cache, key, run.say) if cache else None for run, key in zip(runs, keys)]
-    todo = [i for i, r in enumerate(results) if r is None]
-    for i, result in zip(todo, compute_all([runs[i] for i in todo], torch_device, say)):
+    for i, result in zip(analyse, compute_all([runs[i] for i in analyse], torch_device, say)):
         results[i] = result
         if cache:
             _cache_put(cache, keys[i], result)
