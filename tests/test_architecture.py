@@ -30,21 +30,22 @@ def test_the_import_contracts_hold():
     assert "5 kept, 0 broken" in proc.stdout
 
 
-def test_a_renderer_importing_torch_breaks_a_contract(tmp_path):
+def broken(tmp_path: Path, module: str, line: str) -> subprocess.CompletedProcess:
+    """lint-imports on a copy of the package with `line` appended to `module` (a path under reportgen/)."""
     shutil.copytree(ROOT / "reportgen", tmp_path / "reportgen", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    tables = tmp_path / "reportgen" / "render" / "tables.py"
-    tables.write_text(tables.read_text() + "\nimport torch\n")
-    proc = lint_imports(tmp_path)
+    path = tmp_path / "reportgen" / module
+    path.write_text(path.read_text() + f"\n{line}\n")
+    return lint_imports(tmp_path)
+
+
+def test_a_renderer_importing_torch_breaks_a_contract(tmp_path):
+    proc = broken(tmp_path, "render/tables.py", "import torch")
     assert proc.returncode == 1
     assert "reportgen.render.tables -> torch" in proc.stdout
 
 
 def test_a_render_module_importing_a_higher_one_breaks_a_contract(tmp_path):
-    shutil.copytree(ROOT / "reportgen", tmp_path / "reportgen", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    site = tmp_path / "reportgen" / "render" / "site.py"
-    site.write_text(site.read_text() + "\nimport reportgen.render.report\n")
-    proc = lint_imports(tmp_path)
+    proc = broken(tmp_path, "render/site.py", "import reportgen.render.report")
     assert proc.returncode == 1
     assert "reportgen.render.site -> reportgen.render.report" in proc.stdout

@@ -35,6 +35,14 @@ MIN_TEST = 12  # held-out problems below which a probe's accuracy means little
 MIN_TRAIN = 20
 
 
+def at_least(cfg, section: str, minimum: float, *names: str) -> None:
+    """Refuse the first of `names` below `minimum`, naming its key (e.g. 'circuits n_pairs')."""
+    for name in names:
+        if getattr(cfg, name) < minimum:
+            key = f"{section} {name}".strip()
+            raise ReportgenError(f"{key} must be >= {minimum}, got {getattr(cfg, name)}")
+
+
 @dataclass
 class AttentionConfig:
     layers_to_analyze: Optional[list[int]] = None  # None: every layer
@@ -58,11 +66,8 @@ class PatchingConfig:
     max_rows: int = 512  # rows of one patched forward pass (expanded batch is chunked)
 
     def __post_init__(self):
-        for name in ("n_pairs", "max_rows"):
-            if getattr(self, name) < 1:
-                raise ReportgenError(f"patching {name} must be >= 1, got {getattr(self, name)}")
-        if self.min_denominator < 0 or self.attribution_top_k < 0:
-            raise ReportgenError("patching min_denominator and attribution_top_k must be >= 0")
+        at_least(self, "patching", 1, "n_pairs", "max_rows")
+        at_least(self, "patching", 0, "min_denominator", "attribution_top_k")
 
 
 @dataclass
@@ -85,11 +90,9 @@ class CircuitConfig:
     def __post_init__(self):
         if not 0 < self.fdr < 1:
             raise ReportgenError(f"circuits fdr must be between 0 and 1, got {self.fdr}")
-        for name in ("n_pairs", "min_pairs", "operator_pairs", "max_rows", "neuron_permutations", "null_neurons"):
-            if getattr(self, name) < 1:
-                raise ReportgenError(f"circuits {name} must be >= 1, got {getattr(self, name)}")
-        if self.max_neuron_candidates < 0 or self.max_listed_neurons < 0:
-            raise ReportgenError("circuits max_neuron_candidates and max_listed_neurons must be >= 0")
+        at_least(self, "circuits", 1, "n_pairs", "min_pairs", "operator_pairs", "max_rows", "neuron_permutations",
+                 "null_neurons")
+        at_least(self, "circuits", 0, "max_neuron_candidates", "max_listed_neurons")
 
 
 @dataclass
@@ -147,11 +150,8 @@ class InterventionConfig:
             raise ReportgenError("interventions methods must name at least one of zero, mean, resample")
         if self.default_method not in self.methods:
             raise ReportgenError(f"interventions default_method {self.default_method!r} must be one of methods {self.methods}")
-        for name in ("reference_size", "max_rows"):
-            if getattr(self, name) < 1:
-                raise ReportgenError(f"interventions {name} must be >= 1, got {getattr(self, name)}")
-        if self.cumulative_max_k < 0:
-            raise ReportgenError("interventions cumulative_max_k must be >= 0")
+        at_least(self, "interventions", 1, "reference_size", "max_rows")
+        at_least(self, "interventions", 0, "cumulative_max_k")
 
 
 @dataclass
@@ -177,9 +177,7 @@ class AnalysisConfig:
     circuits: CircuitConfig = field(default_factory=CircuitConfig)
 
     def __post_init__(self):
-        for name in ("n_examples", "n_example_pages", "max_pdf_examples"):
-            if getattr(self, name) < 0:
-                raise ReportgenError(f"{name} must be >= 0, got {getattr(self, name)}")
+        at_least(self, "", 0, "n_examples", "n_example_pages", "max_pdf_examples")
         if self.harder_test_digits < 0:
             raise ReportgenError(f"harder_test_digits must be >= 0 (0 turns the harder test off), got {self.harder_test_digits}")
         if self.untrained_twins < 2:
