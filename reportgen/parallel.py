@@ -30,11 +30,7 @@ _JOBS: list[Callable[[], None]] = []
 def run_jobs(jobs: list[Callable[[], None]], workers: Optional[int] = None, min_jobs: int = 4) -> None:
     """Run every job once; exceptions propagate. `workers` defaults to the usable CPUs (at most 4)."""
     workers = min(workers or min(4, cpus()), len(jobs))
-    if workers < 2 or len(jobs) < min_jobs or not _can_fork():
-        for job in jobs:
-            job()
-        return
-    with jobs_in_background(jobs, workers):
+    with jobs_in_background(jobs, workers if workers >= 2 and len(jobs) >= min_jobs else 0):
         pass
 
 
@@ -54,8 +50,7 @@ def jobs_in_background(jobs: list[Callable[[], None]], workers: int) -> Iterator
     _JOBS = jobs
     try:
         # A fork pool starts all its workers at the first submit, so they inherit _JOBS as set here.
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                 initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+        with _fork_pool(workers) as pool:
             done = pool.map(_run, range(len(jobs)), chunksize=max(1, len(jobs) // (workers * 4)))
             try:
                 yield
@@ -73,13 +68,18 @@ def map_in_processes(fn: Callable[[T], R], items: list[T]) -> list[R]:
     workers = min(len(items), cpus())
     if workers < 2 or not _can_fork():
         return [fn(item) for item in items]
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                             initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+    with _fork_pool(workers) as pool:
         return list(pool.map(fn, items))
 
 
 def _can_fork() -> bool:
     return "fork" in multiprocessing.get_all_start_methods()
+
+
+def _fork_pool(workers: int) -> ProcessPoolExecutor:
+    """`workers` processes forked from this one, each ending with it."""
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=die_with_parent, initargs=(os.getpid(),))
 
 
 def _run(i: int) -> None:
