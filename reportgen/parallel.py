@@ -29,7 +29,7 @@ _JOBS: list[Callable[[], None]] = []
 
 def run_jobs(jobs: list[Callable[[], None]], workers: Optional[int] = None, min_jobs: int = 4) -> None:
     """Run every job once; exceptions propagate. `workers` defaults to the usable CPUs (at most 4)."""
-    workers = min(workers or min(4, cpus()), len(jobs))
+    workers = min(workers or default_workers(), len(jobs))
     with jobs_in_background(jobs, workers if workers >= 2 and len(jobs) >= min_jobs else 0):
         pass
 
@@ -118,6 +118,11 @@ def _watch_parent(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(PARENT_POLL_S)
     os._exit(1)
+
+
+def default_workers() -> int:
+    """Processes a pool of figure jobs uses by default: the usable CPUs, at most 4."""
+    return min(4, cpus())
 
 
 def cpus() -> int:

@@ -125,9 +125,8 @@ def document_parts(site: Site, pages: list[Page], summary: bool = False) -> list
     return _numbered(parts)
 
 
-def figure_keys(site: Site, pages: list[Page], summary: bool = False) -> set[str]:
-    """The keys of the figures the PDF shows (the site shows more: every example)."""
-    parts = document_parts(site, pages, summary)
+def figure_keys(parts: list[Part]) -> set[str]:
+    """The keys of the figures the document `parts` show (the site shows more: every example)."""
     sections = [s for p in parts for s in p.sections + [s for e in p.examples for s in e.sections]]
     return {b.item.key for s in sections for b in s.blocks if b.kind == "figure"}
 
@@ -161,12 +160,10 @@ def _date(generated_at: str) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
-def render_pdf(site: Site, pages: list[Page], out_dir: Path, env: Environment,
-               attachments: dict[str, bytes], summary: bool = False) -> Path:
-    """Write `out_dir/report.pdf` from the site's pages (figures must already be on disk); the
-    short version (`summary`) has the findings, the comparison and a short chapter per model."""
+def render_pdf(site: Site, parts: list[Part], out_dir: Path, env: Environment, attachments: dict[str, bytes]) -> Path:
+    """Write `out_dir/report.pdf` from the site's pages as document_parts placed them (their figures
+    must already be on disk)."""
     report = site.report
-    parts = document_parts(site, pages, summary)
     hashes = [f"{m.name} sha256:{m.provenance.sha256}" for m in report.models]
     html = env.get_template("report_pdf.html").render(
         report=report, doc=report, parts=parts, toc=table_of_contents(parts), pdf=True,
@@ -191,7 +188,8 @@ def typeset(html: str, out_dir: Path, attachments: dict[str, bytes], generated_a
              for name, data in sorted(attachments.items())]
     identifier = hashlib.sha256(b"".join(attachments[n] for n in sorted(attachments))).hexdigest()[:32].encode()
     target = out_dir / "report.pdf"
-    # Only local files (and the data: images inside SVGs) may be read: reports are built offline.
+    # Only local files and data: URIs (the figures' placeholders, images inside SVGs) may be read:
+    # reports are built offline.
     fetcher = URLFetcher(allowed_protocols={"file", "data"}, fail_on_errors=True)
     with _quiet("weasyprint"):
         document = HTML(string=html, base_url=str(out_dir.resolve()) + "/", url_fetcher=fetcher).render()
@@ -204,14 +202,13 @@ def typeset(html: str, out_dir: Path, attachments: dict[str, bytes], generated_a
 @dataclass
 class FigureSpot:
     """Where WeasyPrint laid out a figure's placeholder: page index, the figure's own PDF (relative
-    to the site) and its box in PDF points from the page's bottom-left corner."""
+    to the site), its box's bottom-left corner in PDF points from the page's, and its width."""
 
     page: int
     path: str
     x: float
     y: float
     width: float
-    height: float
 
 
 def figure_spots(document) -> list[FigureSpot]:
@@ -226,7 +223,7 @@ def figure_spots(document) -> list[FigureSpot]:
             if isinstance(box, ReplacedBox) and box.element is not None and box.element.get("data-figure"):
                 top = box.content_box_y() + box.height
                 spots.append(FigureSpot(k, box.element.get("data-figure"), box.content_box_x() * pt,
-                                        page.height * pt - top * pt, box.width * pt, box.height * pt))
+                                        page.height * pt - top * pt, box.width * pt))
     return spots
 
 

@@ -11,10 +11,10 @@ from jinja2 import Environment
 
 from reportgen.catalog import ANALYSES
 
-from reportgen.parallel import cpus
+from reportgen.parallel import default_workers
 from reportgen.render.figures import figures_in_background, render_figures
 from reportgen.render.pages import comparison, example, index, model, provenance
-from reportgen.render.pdf import figure_keys, render_pdf
+from reportgen.render.pdf import document_parts, figure_keys, render_pdf
 from reportgen.render.search import search_index_js
 from reportgen.render.site import Page, Site, SiteLinks, copy_static, environment, number_blocks, write_text
 from reportgen.render.stamp import fingerprint, is_current, write_stamp
@@ -55,12 +55,13 @@ def _figures_and_pdf(site: Site, pages: list, out_dir: Path, env, attachments: d
                      summary: bool, workers: Optional[int], say: Callable[[str], None]) -> None:
     """The PDF's figures first, then report.pdf typeset here while the figures only the site shows
     (the examples past the PDF's cap) are drawn in other processes: typesetting uses one CPU."""
-    keys = figure_keys(site, pages, summary)
+    parts = document_parts(site, pages, summary)
+    keys = figure_keys(parts)
     render_figures([f for f in site.figures if f.key in keys], out_dir, workers)
     rest = [f for f in site.figures if f.key not in keys]
     say("typesetting report.pdf" + (f" (and drawing the site's other {len(rest)} figures)" if rest else ""))
-    with figures_in_background(rest, out_dir, (workers or min(4, cpus())) - 1):
-        render_pdf(site, pages, out_dir, env, attachments, summary)
+    with figures_in_background(rest, out_dir, (workers or default_workers()) - 1):
+        render_pdf(site, parts, out_dir, env, attachments)
 
 
 
