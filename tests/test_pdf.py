@@ -4,6 +4,7 @@ tables, the per-model example cap, a page rendered to PNG, and byte-identical re
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -143,3 +144,21 @@ def test_each_figure_is_drawn_from_its_own_pdf_into_its_laid_out_box(tmp_path):
     mm = 25.4 / 100
     assert abs(rows.min() * mm - 60) < 0.6 and abs((rows.max() + 1) * mm - 100) < 0.6
     assert abs(cols.min() * mm - 30) < 0.6 and abs((cols.max() + 1) * mm - 110) < 0.6
+
+
+def test_the_summary_pdf_is_short_and_draws_its_figures(report, tmp_path):
+    """`reportgen build --pdf summary`: the findings, the comparison and a short chapter per model,
+    each captioned figure drawn from its own PDF on the caption's page."""
+    from reportgen.render.report import render_site
+
+    render_site(report, tmp_path, pdf=True, summary=True)
+    reader = pypdf.PdfReader(tmp_path / "report.pdf")
+    assert [t for d, t in outline_titles(reader) if d == 1] == [
+        "Contents", "Summary", "Comparison", *(f"Model: {m.label}" for m in report.models)]
+    figures = 0
+    for page in reader.pages:
+        drawn = re.findall(rb"/ReportgenFigure\d+ Do", page.get_contents().get_data())
+        captions = [line for line in page.extract_text().splitlines() if line.startswith("Figure ")]
+        assert len(drawn) == len(captions)
+        figures += len(drawn)
+    assert figures >= len(report.models)  # at least each model's accuracy figure
