@@ -216,7 +216,9 @@ class ComponentRecovery:
     damage: Optional[Estimate]  # noising (corrupt into clean), pooled over the same pairs
     control: Optional[Estimate]  # recovery on sum-flip pairs aimed at the same column (None: no such pairs)
     untrained: Optional[Estimate]  # heads: the largest recovery of a head of the same layer in the untrained twins
-    null_threshold: Optional[float]  # neurons: largest recovery of random neurons of the same layer
+    # the bar the recovery's lower bound must clear: heads, the prediction bound of an untrained head of
+    # the same layer (circuits.prediction_bound); neurons, the largest recovery of random neurons of the layer
+    null_threshold: Optional[float]
     confirmed: bool
 
 

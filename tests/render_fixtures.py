@@ -182,7 +182,7 @@ def _circuits(rng, n_layers, n_heads) -> CircuitFindings:
         CircuitComponent("neuron", n_layers - 1, 17, 2, 0.88, 0.51, 0.12, 0.02, True),
     ]
     recoveries = [ComponentRecovery(f"L{l}H{h}", l, h, n, "answer", "carry_flip", _est(rng, 0.4 if (l, h) == (0, 1) else 0.02),
-                                    _est(rng, 0.3), _est(rng, 0.01), _est(rng, 0.02), None, (l, h, n) == (0, 1, 1))
+                                    _est(rng, 0.3), _est(rng, 0.01), _est(rng, 0.02), 0.11, (l, h, n) == (0, 1, 1))
                   for n in (1, 2) for l in range(n_layers) for h in range(n_heads)]
     nulls = [NullCheck("carry_head", "patching recovers more on carry-flip than sum-flip pairs", 2 * n_layers * n_heads,
                        1, [2 * n_layers * n_heads] * 3, [0, 0, 0], 0.05, True),

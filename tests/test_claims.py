@@ -22,11 +22,12 @@ def test_a_confirmed_carry_head_is_stated_with_its_numbers_and_null():
     assert len(heads) == 1
     r = next(r for r in m.findings.circuits.recoveries if r.confirmed)
     assert f"{r.recovery.mean:.2f} [{r.recovery.lo:.2f}, {r.recovery.hi:.2f}]" in heads[0].text
-    assert "into answer column 1" in heads[0].text
+    assert "into answer column 1" in heads[0].text and "their prediction bound 0.11" in heads[0].text
     assert heads[0].null.startswith("the same test confirmed 0, 0, 0 on 3 untrained twins")
     assert heads[0].item == "head-recovery"
     # column 2 has no confirmed head: said among what was tested and not found
     assert "No head was confirmed to carry the carry into answer column 2" in texts(claims.not_found)
+    assert "their prediction bound 0.11 at the test's Bonferroni level" in texts(claims.not_found)
 
 
 def test_a_test_that_fails_its_null_states_none_of_its_findings():

@@ -221,7 +221,6 @@ class Transformer(nn.Module):
                 nn.init.normal_(p, 0.0, out_std, generator=generator)
             elif name.split(".")[-1].startswith("W_"):
                 nn.init.normal_(p, 0.0, std, generator=generator)
-        self.W_U.data.normal_(0.0, std, generator=generator)
 
     @property
     def device(self) -> torch.device:

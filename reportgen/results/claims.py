@@ -196,9 +196,10 @@ def head_claims(circ: CircuitFindings, null: NullCheck, kind: str) -> tuple[list
     columns tested where none was."""
     rows = [r for r in circ.recoveries if r.kind == kind and "H" in r.component]
     found, missing = [], []
-    test = ("patching a head's output on carry-flip pairs aimed at the column, against sum-flip pairs and every "
-            "same-layer head of the untrained twins") if kind == "carry_flip" else \
-        "patching a head's output on operator-flip pairs, against every same-layer head of the untrained twins"
+    test = ("patching a head's output on carry-flip pairs aimed at the column, against sum-flip pairs, every "
+            "same-layer head of the untrained twins and their prediction bound") if kind == "carry_flip" else \
+        ("patching a head's output on operator-flip pairs, against every same-layer head of the untrained twins "
+         "and their prediction bound")
     for target in sorted({r.target for r in rows}, key=lambda t: TARGET_ORDER.get(t, 9)):
         here = [r for r in rows if r.target == target]
         one, several, rest = TARGET_PHRASES["operator" if kind == "operator_flip" else target]
@@ -209,20 +210,29 @@ def head_claims(circ: CircuitFindings, null: NullCheck, kind: str) -> tuple[list
                 best = max((r for r in here if r.column == n), key=lambda r: r.recovery.mean)
                 missing.append(Claim(
                     f"No head was confirmed to {several} {rest.format(n=n)}; the largest recovery, {best.component}'s "
-                    f"{est(best.recovery)}, is not specific enough.", test, null_text(null), "circuits",
-                    "head-recovery"))
+                    f"{est(best.recovery)}, {short_of(best)}.", test, null_text(null), "circuits", "head-recovery"))
                 continue
             names = listing([f"{r.component} {est(r.recovery)}" for r in yes])
             controls = [r.control.hi for r in yes if r.control is not None]
             twins = max(r.untrained.hi for r in yes if r.untrained is not None)
+            bounds = [r.null_threshold for r in yes if r.null_threshold is not None]
             against = (f"sum-flip pairs at most {num(max(controls))}, " if controls else "") + \
-                f"untrained-twin heads at most {num(twins)}"
+                f"untrained-twin heads at most {num(twins)}" + \
+                (f", their prediction bound {num(max(bounds))}" if bounds else "")
             parts.append(f"{names} {one if len(yes) == 1 else several} {rest.format(n=n)} ({against})")
         if parts:
             found.append(Claim(
                 "Patching one head's output restores this share of the " + kind.replace("_", "-") + " logit "
                 "difference: " + "; ".join(parts) + ".", test, null_text(null), "circuits", "head-recovery"))
     return found, missing
+
+
+def short_of(r: ComponentRecovery) -> str:
+    """What a head's recovery was held against, for a sentence saying it was not confirmed."""
+    bars = [f"sum-flip pairs {est(r.control)}"] if r.control is not None else []
+    bars += [f"untrained-twin heads up to {est(r.untrained)}"] if r.untrained is not None else []
+    bars += [f"their prediction bound {num(r.null_threshold)}"] if r.null_threshold is not None else []
+    return "does not clear " + (listing(bars) if bars else "the test's bars") + " at the test's Bonferroni level"
 
 
 TARGET_ORDER = {"carry_out": 0, "carry_in": 1, "sum_digit": 2, "answer": 3}

@@ -227,9 +227,9 @@ def circuits_section(site: Site, m, circ) -> list[Block]:
         blocks.append(site.table(Table(
             site.paths.table(m, "head-recovery"), caption("head_recovery"),
             ["head", "pairs", "column", "read at", "recovery", "damage", "sum-flip", "untrained (largest)",
-             "verdict"],
+             "untrained bound", "verdict"],
             [[r.component, r.kind, r.column, r.target, r.recovery, r.damage, r.control, r.untrained,
-              Cell("confirmed" if r.confirmed else "—", strong=r.confirmed)]
+              r.null_threshold, Cell("confirmed" if r.confirmed else "—", strong=r.confirmed)]
              for r in sorted(heads, key=lambda r: (r.kind, r.target, r.column, r.layer, r.index))],
             site_only=True)))
     if circ.neuron_test:
