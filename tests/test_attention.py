@@ -15,7 +15,7 @@ from reportgen.analysis import attention, engine
 from reportgen.data.arithmetic import predicting_positions
 from reportgen.data.dataset import stratified_examples
 from reportgen.errors import ReportgenError
-from reportgen.model import hooks as hp
+from reportgen import hooks as hp
 
 
 def _analyze(model, recs, layers=None, seed=0, twins=3):

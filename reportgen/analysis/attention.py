@@ -64,7 +64,7 @@ from reportgen.findings import (
 from reportgen.analysis.pairs import token_roles
 from reportgen.data.arithmetic import TARGET_ROLES, predicting_positions, target_tokens
 from reportgen.data.tokenizer import Tokenizer
-from reportgen.model import hooks as hp
+from reportgen import hooks as hp
 from reportgen.model.transformer import Transformer
 
 STATS = ("entropy", "prev_token", "sink", "equals", "operator")

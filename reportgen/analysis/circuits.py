@@ -62,7 +62,7 @@ from reportgen.analysis.patching import PairBatch, PairRun, pair_batch
 from reportgen.data.arithmetic import TARGET_ROLES
 from reportgen.data.tokenizer import Tokenizer
 from reportgen.errors import ReportgenError
-from reportgen.model import hooks as hp
+from reportgen import hooks as hp
 from reportgen.model.transformer import Transformer
 
 ALPHA = 0.05  # family-wise error rate of every confirming test, per model

@@ -49,7 +49,7 @@ from reportgen.analysis.patching import head_can_write
 from reportgen.data.arithmetic import STRATA
 from reportgen.data.tokenizer import Tokenizer
 from reportgen.errors import ReportgenError
-from reportgen.model import hooks as hp
+from reportgen import hooks as hp
 from reportgen.model.transformer import Transformer
 from reportgen.train.evaluate import final_answer, greedy_decode
 

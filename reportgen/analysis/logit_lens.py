@@ -28,7 +28,7 @@ from reportgen.findings import ExampleFindings, LogitLensFindings
 from reportgen.data.arithmetic import STRATA, TARGET_ROLES
 from reportgen.data.tokenizer import Tokenizer
 from reportgen.errors import ReportgenError
-from reportgen.model import hooks as hp
+from reportgen import hooks as hp
 from reportgen.model.transformer import Transformer
 
 

@@ -67,7 +67,7 @@ from reportgen.analysis.stats import N_BOOT, null_passed
 from reportgen.data.arithmetic import target_tokens
 from reportgen.data.dataset import count_questions, stratified_examples
 from reportgen.errors import ReportgenError
-from reportgen.model import hooks as hp
+from reportgen import hooks as hp
 from reportgen.model.transformer import Transformer
 
 OPS = ("+", "-", "*")
