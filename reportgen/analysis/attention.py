@@ -740,7 +740,7 @@ class AttentionAnalyzer:
     def patterns(self, text: str) -> tuple[list[str], np.ndarray]:
         """Token labels and attention [L, H, n, n] of the model's full input for one problem."""
         batch = text_batch(self.model, self.tokenizer, [text], self.task)
-        _, cache = run_with_cache(self.model, batch, names=lambda n: n.endswith("hook_pattern"))
+        _, cache = run_with_cache(self.model, batch, names=hp.at_sites(hp.ATTN_PATTERN))
         n = int(batch.lengths[0])
         att = _np(stacked_patterns(cache, self.model.cfg.n_layers)[:, 0, :, :n, :n])
         return token_labels(self.tokenizer, batch.tokens[0, :n]), att
@@ -766,7 +766,7 @@ class AttentionAnalyzer:
         n_layers = self.model.cfg.n_layers
         layers = check_layers(range(n_layers) if layers is None else layers, n_layers)
         batch = text_batch(self.model, self.tokenizer, texts, self.task)
-        only = lambda n: n.endswith("hook_pattern")  # noqa: E731
+        only = hp.at_sites(hp.ATTN_PATTERN)
         _, cache = run_with_cache(self.model, batch, names=only)
         twin_caches = [run_with_cache(t, batch, names=only)[1] for t in untrained_twins(self.model, twins, seed)]
         return analyze_attention(batch, cache, twin_caches, n_layers, layers, seed)

@@ -634,7 +634,7 @@ class CircuitDiscovery:
         batch = build_batch(records, self.tokenizer, self.model.cfg.n_ctx, device=self.model.device)
         L, H = self.model.cfg.n_layers, self.model.cfg.n_heads
         with torch.no_grad():
-            _, cache = self.model.run_with_cache(batch.tokens, names=lambda n: n.endswith("attn.hook_pattern"))
+            _, cache = self.model.run_with_cache(batch.tokens, names=hp.at_sites(hp.ATTN_PATTERN))
         op_pos = torch.tensor([r["prompt"].index(r["op"]) + 1 for r in records], device=batch.tokens.device)
         B = len(records)
         mass = torch.stack([

@@ -279,12 +279,9 @@ def held_out_layouts(ckpt, cfg: ProbingConfig, seed: int, questions=LOAD) -> tup
 def probe_sites(layers: list[int], hooks: list[str]) -> list[tuple[int, str]]:
     """(layer, hook name) to probe, in forward order; resid_pre of a layer whose previous layer's
     resid_post is probed is the same tensor and is left out."""
-    sites = [(l, hp.in_block(l, h)) for l in sorted(set(layers)) for h in HOOK_ORDER if h in hooks]
+    sites = [(l, hp.in_block(l, h)) for l in sorted(set(layers)) for h in hp.BLOCK_SITES if h in hooks]
     have = {name for _, name in sites}
     return [(l, n) for l, n in sites if not (n == hp.resid_pre(l) and hp.resid_post(l - 1) in have)]
-
-
-HOOK_ORDER = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
 
 
 # ---------------------------------------------------------------- the analysis
@@ -556,7 +553,7 @@ def plot_probe(findings: ProbingFindings, label: str, save_path=None) -> None:
     rows = [p for p in findings.probes if p.label == label]
     layouts = sorted({p.layout for p in rows})
     plt = pyplot()
-    sites = sorted({(p.layer, HOOK_ORDER.index(p.hook.split(".")[-1]), p.hook) for p in rows})
+    sites = sorted({(p.layer, hp.forward_rank(p.hook), p.hook) for p in rows})
     fig, axes = plt.subplots(len(layouts), 1, figsize=(10, 1.2 + 0.45 * len(sites) * len(layouts) + 0.9 * len(layouts)),
                              squeeze=False)
     for ax, li in zip(axes[:, 0], layouts):
@@ -564,13 +561,13 @@ def plot_probe(findings: ProbingFindings, label: str, save_path=None) -> None:
         cols = list(dict.fromkeys((p.role, p.column, p.position) for p in ps))
         M = np.full((len(sites), len(cols)), np.nan)
         for p in ps:
-            i = sites.index((p.layer, HOOK_ORDER.index(p.hook.split(".")[-1]), p.hook))
+            i = sites.index((p.layer, hp.forward_rank(p.hook), p.hook))
             j = cols.index((p.role, p.column, p.position))
             M[i, j] = p.selectivity.mean
             if p.confirmed:
                 ax.text(j, i, "*", ha="center", va="center", fontsize=9)
         im = ax.imshow(M, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
-        ax.set_yticks(range(len(sites)), [h.replace("blocks.", "L").replace(".hook_", " ") for _, _, h in sites],
+        ax.set_yticks(range(len(sites)), [hp.label(h) for _, _, h in sites],
                       fontsize=7)
         ax.set_xticks(range(len(cols)), [f"{r if r != 'answer' else 'ans'} c{n}" for r, n, _ in cols],
                       rotation=90, fontsize=7)

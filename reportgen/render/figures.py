@@ -25,6 +25,7 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
+from reportgen import hooks as hp
 from reportgen.findings import Estimate, ExampleFindings, PatchSweep
 from reportgen.data.arithmetic import STEP_TOKENS, STRATA
 from reportgen.parallel import jobs_in_background, run_jobs
@@ -1060,10 +1061,10 @@ def probe_summary(probing) -> list[dict]:
         mean = {f: float(np.mean([getattr(p, f) for p in ps])) for f in ("majority", "untrained", "operand_baseline")}
         mean.update({f: float(np.mean([getattr(p, f).mean for p in ps]))
                      for f in ("accuracy", "selectivity", "over_baseline")})
-        out.append({"label": label, "hook": hook, "layer": ps[0].layer, "site": site_label(hook),
+        out.append({"label": label, "hook": hook, "layer": ps[0].layer, "site": hp.label(hook),
                     "positions": len(ps), "confirmed": sum(p.confirmed for p in ps),
                     "balanced": any(p.balanced for p in ps), **mean})
-    return sorted(out, key=lambda r: (r["label"], r["layer"], _hook_rank(r["hook"]), r["hook"]))
+    return sorted(out, key=lambda r: (r["label"], r["layer"], hp.forward_rank(r["hook"]), r["hook"]))
 
 
 ROLE_SHORT = {"answer": "ans", "operand_a": "a", "operand_b": "b", "carry_in": "cin", "sum_digit": "sum",
@@ -1081,7 +1082,7 @@ def probe_position_label(p) -> str:
 def probe_rows(probing, probes) -> list[list]:
     """Probes as CSV cells (PROBE_FIELDS; estimates as value, lo, hi; lists as JSON)."""
     rows = []
-    for p in sorted(probes, key=lambda p: (p.label, p.layout, p.layer, _hook_rank(p.hook), p.hook)):
+    for p in sorted(probes, key=lambda p: (p.label, p.layout, p.layer, hp.forward_rank(p.hook), p.hook)):
         row = []
         for f in PROBE_FIELDS:
             v = getattr(p, f)
@@ -1097,8 +1098,8 @@ def probe_rows(probing, probes) -> list[list]:
 
 def probe_figures(key: str, probing) -> list[ReportFigure]:
     """One figure per label: selectivity per site (rows) and probed position (columns), a panel per layout."""
-    sites = sorted({(p.layer, _hook_rank(p.hook), p.hook) for p in probing.probes})
-    ylabels = [site_label(h) for _, _, h in sites]
+    sites = sorted({(p.layer, hp.forward_rank(p.hook), p.hook) for p in probing.probes})
+    ylabels = [hp.label(h) for _, _, h in sites]
     header = []
     for f in PROBE_FIELDS:
         header += [f, f"{f}_lo", f"{f}_hi"] if f in ("accuracy", "selectivity", "over_baseline") else [f]
@@ -1111,7 +1112,7 @@ def probe_figures(key: str, probing) -> list[ReportFigure]:
             cols = list(dict.fromkeys(probe_position_label(p) for p in ps))
             matrix = np.full((len(sites), len(cols)), np.nan)
             for p in ps:
-                matrix[sites.index((p.layer, _hook_rank(p.hook), p.hook)), cols.index(probe_position_label(p))] = \
+                matrix[sites.index((p.layer, hp.forward_rank(p.hook), p.hook)), cols.index(probe_position_label(p))] = \
                     p.selectivity.mean
             panels.append({"title": f"layout {li}", "matrix": matrix, "xlabels": cols, "ylabels": ylabels})
         out.append(ReportFigure(
@@ -1127,22 +1128,6 @@ def probe_figures(key: str, probing) -> list[ReportFigure]:
                                     "probe with its baselines and intervals."),
         ))
     return out
-
-
-HOOK_ORDER = ["hook_embed", "hook_pos_embed", "hook_resid_pre", "hook_attn_out", "hook_resid_mid", "mlp.hook_post",
-              "hook_mlp_out", "hook_resid_post", "ln_final.hook_normalized"]
-
-
-def _hook_rank(hook: str) -> int:
-    return next((i for i, h in enumerate(HOOK_ORDER) if hook.endswith(h)), len(HOOK_ORDER))
-
-
-def site_label(hook: str) -> str:
-    """'blocks.1.hook_resid_post' -> 'L1 resid_post'."""
-    parts = hook.split(".")
-    if parts[0] == "blocks" and len(parts) > 2:
-        return f"L{parts[1]} " + ".".join(parts[2:]).replace("hook_", "")
-    return hook.replace("hook_", "")
 
 
 def component_rank(component: str) -> tuple:
