@@ -57,7 +57,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from reportgen.analysis.api import pyplot, save_figure, task_of, text_batch
+from reportgen.analysis.api import task_of, text_batch
 from reportgen.analysis import stats
 from reportgen.analysis.config import MIN_TEST, ProbingConfig, min_problems
 from reportgen.analysis.engine import run_with_cache, untrained_twins
@@ -68,6 +68,7 @@ from reportgen.data.arithmetic import target_tokens
 from reportgen.data.dataset import count_questions, stratified_examples
 from reportgen.errors import ReportgenError
 from reportgen import hooks as hp
+from reportgen.plots import toolkit
 from reportgen.model.transformer import Transformer
 
 OPS = ("+", "-", "*")
@@ -551,33 +552,25 @@ def plot_probe(findings: ProbingFindings, label: str, save_path=None) -> None:
     """`<label>_results.png`: selectivity per site (rows) and probed position (columns), one panel
     per layout; confirmed probes marked '*'."""
     rows = [p for p in findings.probes if p.label == label]
-    layouts = sorted({p.layout for p in rows})
-    plt = pyplot()
     sites = sorted({(p.layer, hp.forward_rank(p.hook), p.hook) for p in rows})
-    fig, axes = plt.subplots(len(layouts), 1, figsize=(10, 1.2 + 0.45 * len(sites) * len(layouts) + 0.9 * len(layouts)),
-                             squeeze=False)
-    for ax, li in zip(axes[:, 0], layouts):
+    panels = []
+    for li in sorted({p.layout for p in rows}):
         ps = [p for p in rows if p.layout == li]
         cols = list(dict.fromkeys((p.role, p.column, p.position) for p in ps))
         M = np.full((len(sites), len(cols)), np.nan)
+        marked = []
         for p in ps:
             i = sites.index((p.layer, hp.forward_rank(p.hook), p.hook))
             j = cols.index((p.role, p.column, p.position))
             M[i, j] = p.selectivity.mean
             if p.confirmed:
-                ax.text(j, i, "*", ha="center", va="center", fontsize=9)
-        im = ax.imshow(M, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
-        ax.set_yticks(range(len(sites)), [hp.label(h) for _, _, h in sites],
-                      fontsize=7)
-        ax.set_xticks(range(len(cols)), [f"{r if r != 'answer' else 'ans'} c{n}" for r, n, _ in cols],
-                      rotation=90, fontsize=7)
+                marked.append((i, j))
         info = findings.layouts[li]
-        ax.set_title(f"layout {info.template} (e.g. {info.example}): {info.n_train} train / {info.n_test} test",
-                     fontsize=8)
-        fig.colorbar(im, ax=ax, fraction=0.03, label="selectivity")
-    fig.suptitle(f"Probe {label}: accuracy - untrained twins' accuracy (* confirmed)", fontsize=9)
-    fig.tight_layout()
-    save_figure(fig, save_path)
+        panels.append({"matrix": M, "marked": marked,
+                       "xlabels": [f"{r if r != 'answer' else 'ans'} c{n}" for r, n, _ in cols],
+                       "title": f"layout {info.template} (e.g. {info.example}): {info.n_train} train / {info.n_test} test"})
+    toolkit.probe_selectivity(panels, [hp.label(h) for _, _, h in sites],
+                              f"Probe {label}: accuracy - untrained twins' accuracy (* confirmed)", save_path)
 
 
 class ProbingClassifier:
