@@ -21,7 +21,7 @@ import torch
 
 from reportgen.analysis.examples import build_batch, generated_records
 from reportgen.analysis.interventions import Ablator, head_spec
-from reportgen.model import hooks as hp
+from reportgen import hooks as hp
 from reportgen.model.checkpoint import load_checkpoint
 from reportgen.model.transformer import Transformer
 from workloads import TOKENIZER, model_of, problems, timed, timing_args

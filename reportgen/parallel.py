@@ -45,8 +45,6 @@ def jobs_in_background(jobs: list[Callable[[], None]], workers: int) -> Iterator
         for job in jobs:
             job()
         return
-    import matplotlib.figure  # noqa: F401  imported once here, not in every worker
-
     _JOBS = jobs
     try:
         # A fork pool starts all its workers at the first submit, so they inherit _JOBS as set here.

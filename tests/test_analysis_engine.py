@@ -13,7 +13,7 @@ from conftest import TOKENIZER, answer_writer_model, batch_for, random_model, re
 from reportgen.analysis import engine
 from reportgen.analysis.config import AnalysisConfig, ProbingConfig, load_analysis_config
 from reportgen.errors import ReportgenError
-from reportgen.model import hooks as hp
+from reportgen import hooks as hp
 
 
 def test_gather_and_answer_digits_follow_the_predicting_positions():

@@ -224,7 +224,7 @@ def test_cache_key_changes_with_the_analysis_code(tmp_path, monkeypatch):
     (copy / "render" / "new_page.py").write_text("# nor does a new render module\n")
     assert build.cache_key("ab" * 32, {"seed": 0}, None) == key
     # any other source, changed or new, does: none is listed by hand
-    for name in ["analysis/logit_lens.py", "parallel.py", "fingerprint.py", "names.py", "model/hooks.py",
+    for name in ["analysis/logit_lens.py", "parallel.py", "fingerprint.py", "names.py", "hooks.py",
                  "sweep/jobs.py", "analysis/new_analysis.py", "new_helper.py"]:
         path = copy / name
         path.write_text((path.read_text() if path.exists() else "") + "\n# changed\n")

@@ -17,7 +17,7 @@ import torch
 from reportgen.cli import main
 from reportgen.data.dataset import stratified_examples
 from reportgen.data.tokenizer import Tokenizer
-from reportgen.model import hooks as hp
+from reportgen import hooks as hp
 from reportgen.model.checkpoint import load_checkpoint, save_checkpoint
 from reportgen.model.interop import task_tokens
 from reportgen.model.transformer import ModelConfig, Transformer

@@ -18,7 +18,7 @@ from reportgen.analysis.examples import template
 from reportgen.configfile import from_dict
 from reportgen.data.dataset import stratified_examples
 from reportgen.errors import ReportgenError
-from reportgen.model import hooks as hp
+from reportgen import hooks as hp
 from reportgen.model.checkpoint import load_checkpoint
 from test_patching import strong_model
 

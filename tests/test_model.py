@@ -7,7 +7,7 @@ import torch
 
 from conftest import TOKENIZER, random_model
 from reportgen.errors import ReportgenError
-from reportgen.model import hooks as hp
+from reportgen import hooks as hp
 from reportgen.model.transformer import ModelConfig
 
 PROBLEMS = ["12+345=", "9+9=", "999+1=", "40+57="]

@@ -18,7 +18,7 @@ from reportgen.configfile import from_dict
 from reportgen.data.arithmetic import make_record
 from reportgen.data.dataset import stratified_examples
 from reportgen.errors import ReportgenError
-from reportgen.model import hooks as hp
+from reportgen import hooks as hp
 
 
 def strong_model(seed: int = 0, **overrides):

@@ -13,7 +13,7 @@ from reportgen.analysis import engine, probing
 from reportgen.analysis.examples import template
 from reportgen.data.dataset import stratified_examples
 from reportgen.errors import ReportgenError
-from reportgen.model import hooks as hp
+from reportgen import hooks as hp
 
 RNG = np.random.default_rng(0)
 FAST = dict(n_examples=150, hooks=["hook_resid_pre", "hook_resid_mid", "hook_resid_post"])

@@ -408,6 +408,7 @@ def test_patching_heatmaps_keep_body_size_labels_and_a_colour_bar_beside_each_ro
     from types import SimpleNamespace
 
     from reportgen.findings import PatchSweep
+    from reportgen.plots import report as P
     from reportgen.render import figures as F
 
     def sweep(site, labels):
@@ -422,9 +423,9 @@ def test_patching_heatmaps_keep_body_size_labels_and_a_colour_bar_beside_each_ro
     sweeps.append(sweep("head", ["H0", "H1", "H2", "H3"]))
     task = {"task": "add", "with_steps": n_pos > 11}
     (figure,) = F.patching_figures("figures/m/patching", SimpleNamespace(sweeps=sweeps), task)
-    fig = F.PLOTS[figure.plot](**figure.args)
+    fig = P.PLOTS[figure.plot](**figure.args)
     W, _ = fig.get_size_inches()
-    assert W <= F.PAGE_W + 1e-6
+    assert W <= P.PAGE_W + 1e-6
     heatmaps = [ax for ax in fig.axes if ax.images]
     bars = [ax for ax in fig.axes if ax not in heatmaps]
     columns = []
@@ -432,10 +433,10 @@ def test_patching_heatmaps_keep_body_size_labels_and_a_colour_bar_beside_each_ro
         labels = [t.get_text() for t in ax.get_xticklabels()]
         columns.append(labels)
         cell = axes_inches(ax)[2] / len(labels)
-        assert cell >= F.MIN_COL - 1e-9, (ax.get_title(loc="left"), cell)
+        assert cell >= P.MIN_COL - 1e-9, (ax.get_title(loc="left"), cell)
         assert min(t.get_fontsize() for t in ax.get_xticklabels() + ax.get_yticklabels()) >= 9
         for t in ax.get_xticklabels():  # a label across its column is upright unless it fits
-            assert t.get_rotation() == 90 or F._text_w(t.get_text()) <= 0.85 * cell
+            assert t.get_rotation() == 90 or P._text_w(t.get_text()) <= 0.85 * cell
     rows = {}
     for ax in heatmaps:
         x, y, w, h = axes_inches(ax)

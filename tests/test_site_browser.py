@@ -118,7 +118,7 @@ def figure_colour(w: float) -> tuple[int, ...]:
     """A weight's colour in the static figures' colour map."""
     import matplotlib
 
-    from reportgen.render.figures import ATTENTION_CMAP
+    from reportgen.plots.report import ATTENTION_CMAP
 
     return tuple(round(255 * c) for c in matplotlib.colormaps[ATTENTION_CMAP](w)[:3])
 

@@ -1,4 +1,5 @@
-"""Public-API helpers shared by the analysis classes: loading, text-to-batch, layer checks, plotting."""
+"""Public-API helpers shared by the analysis classes: loading, text-to-batch, layer checks (their figures are
+drawn by reportgen.plots.toolkit)."""
 
 from __future__ import annotations
 
@@ -63,22 +64,3 @@ def token_labels(tokenizer: Tokenizer, ids) -> list[str]:
     names = {"<bos>": "BOS", "<eos>": "EOS", "<pad>": "PAD"}
     return [names.get(tokenizer.vocab[int(i)], tokenizer.vocab[int(i)]) for i in ids]
 
-
-def pyplot():
-    """matplotlib.pyplot on the non-interactive Agg backend (safe without a display)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, save_path) -> None:
-    """Write (when a path is given) and close a figure: figures are never left open."""
-    plt = pyplot()
-    try:
-        if save_path is not None:
-            fig.savefig(save_path, dpi=110, bbox_inches="tight")
-    finally:
-        plt.close(fig)

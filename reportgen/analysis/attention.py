@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from reportgen.analysis import stats
-from reportgen.analysis.api import check_layers, pyplot, save_figure, task_of, text_batch, token_labels
+from reportgen.analysis.api import check_layers, task_of, text_batch, token_labels
 from reportgen.analysis.engine import run_with_cache, untrained_twins
 from reportgen.analysis.examples import ExampleBatch, template
 from reportgen.findings import (
@@ -64,8 +64,9 @@ from reportgen.findings import (
 from reportgen.analysis.pairs import token_roles
 from reportgen.data.arithmetic import TARGET_ROLES, predicting_positions, target_tokens
 from reportgen.data.tokenizer import Tokenizer
-from reportgen.model import hooks as hp
+from reportgen import hooks as hp
 from reportgen.model.transformer import Transformer
+from reportgen.plots import toolkit
 
 STATS = ("entropy", "prev_token", "sink", "equals", "operator")
 ALPHA = 0.05  # family-wise error rate of the position/delimiter-head test
@@ -606,128 +607,6 @@ def write_example_stats(path, attention: np.ndarray, record: dict, tokens: list[
     Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def plot_layer_heads(attention: np.ndarray, tokens: list[str], layer: int, save_path=None, title: str = "") -> None:
-    """All heads of one layer side by side; `attention` is [H, n, n] (query rows, key columns)."""
-    with ExampleFigures(tokens, attention.shape[0]) as figs:
-        figs.save(attention, layer, save_path, title=title)
-
-
-def plot_head(attention: np.ndarray, tokens: list[str], layer: int, head: int, save_path=None) -> None:
-    """One head's pattern [n, n] with token labels on both axes."""
-    with ExampleFigures(tokens, 1) as figs:
-        figs.save(attention[None], layer, None, [save_path], heads=[head])
-
-
-class ExampleFigures:
-    """The attention figures of one example, for every layer: each head alone, and all heads of a
-    layer side by side under a title.
-
-    One head figure (pattern, token labels, colour bar, title) is drawn once per example; each
-    head then redraws only its image, frame and title over that saved background, since the
-    token labels are most of the drawing cost. A layer's figure tiles its heads' figures.
-    """
-
-    DPI = 110
-    LEFT, RIGHT, BOTTOM, TOP, BAND = 0.75, 0.8, 0.75, 0.4, 0.45  # inches around a pattern; title band
-
-    def __init__(self, tokens: list[str], n_heads: int):
-        plt = pyplot()
-        side = max(2.6, 0.13 * len(tokens))  # room for a 7 pt tick label per token
-        width, height = self.LEFT + side + self.RIGHT, self.BOTTOM + side + self.TOP
-        fig = plt.figure(figsize=(width, height), dpi=self.DPI)
-        self.ax = fig.add_axes((self.LEFT / width, self.BOTTOM / height, side / width, side / height))
-        self.im = _draw(self.ax, np.zeros((len(tokens), len(tokens))), tokens, "")
-        cax = fig.add_axes(((self.LEFT + side + 0.12) / width, self.BOTTOM / height, 0.12 / width, side / height))
-        fig.colorbar(self.im, cax=cax)
-        self.head = _Blitter(fig, [self.im, *self.ax.spines.values(), self.ax.title], self.DPI)
-        self.cols = min(n_heads, 4)
-        self.band = None  # the layer title's figure, made at the first layer figure
-
-    def save(self, attention: np.ndarray, layer: int, layer_path=None, head_paths=None, title: str = "",
-             heads=None) -> None:
-        """Patterns `attention` [H, n, n] of `layer`: each head's figure to `head_paths[h]` and
-        all of them to `layer_path` (None skips a file)."""
-        heads = list(range(len(attention))) if heads is None else heads
-        head_paths = head_paths or [None] * len(attention)
-        tiles = []
-        for pattern, h, path in zip(attention, heads, head_paths):
-            self.im.set_data(pattern)
-            self.ax.set_title(f"Layer {layer}, head {h}", fontsize=9)
-            tile = self.head.draw().copy()
-            tiles.append(tile)
-            if path is not None:
-                _write_png(tile, path)
-        if layer_path is not None:
-            _write_png(self._layer_pixels(tiles, title or f"Layer {layer}: all heads"), layer_path)
-
-    def _layer_pixels(self, tiles: list[np.ndarray], title: str) -> np.ndarray:
-        th, tw = tiles[0].shape[:2]
-        rows = -(-len(tiles) // self.cols)
-        grid = np.full((rows * th, self.cols * tw, 4), 255, dtype=np.uint8)
-        for i, tile in enumerate(tiles):
-            r, c = divmod(i, self.cols)
-            grid[r * th : (r + 1) * th, c * tw : (c + 1) * tw] = tile
-        if self.band is None:
-            fig = pyplot().figure(figsize=(self.cols * tw / self.DPI, self.BAND), dpi=self.DPI)
-            text = fig.text(0.5, 0.5, "", ha="center", va="center", fontsize=12)
-            self.band = (_Blitter(fig, [text], self.DPI), text)
-        blitter, text = self.band
-        text.set_text(title)
-        band = blitter.draw()[:, : grid.shape[1]]
-        return np.concatenate([band, grid])
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        save_figure(self.head.fig, None)
-        if self.band is not None:
-            save_figure(self.band[0].fig, None)
-
-
-class _Blitter:
-    """Draws a figure once with the `changing` artists hidden, keeps that background, and from
-    then on redraws only those artists over it."""
-
-    def __init__(self, fig, changing: list, dpi: float):
-        self.fig, self.changing, self.dpi = fig, changing, dpi
-        self.background = None
-
-    def draw(self) -> np.ndarray:
-        """The figure's pixels [rows from the top, columns, RGBA] with the artists' current state
-        (a view of the canvas, valid until the next draw)."""
-        fig, canvas = self.fig, self.fig.canvas
-        if self.background is None:
-            fig.set_dpi(self.dpi)
-            for artist in self.changing:
-                artist.set_visible(False)
-            canvas.draw()
-            self.background = canvas.copy_from_bbox(fig.bbox)
-            for artist in self.changing:
-                artist.set_visible(True)
-        canvas.restore_region(self.background)
-        for artist in self.changing:
-            fig.draw_artist(artist)
-        return np.asarray(canvas.buffer_rgba())
-
-
-def _write_png(rgba: np.ndarray, path) -> None:
-    """An opaque figure's pixels as an RGB PNG."""
-    from PIL import Image
-
-    Image.fromarray(np.ascontiguousarray(rgba[..., :3])).save(path, compress_level=1)  # encoding was the cost
-
-
-def _draw(ax, pattern: np.ndarray, tokens: list[str], title: str):
-    im = ax.imshow(pattern, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(tokens)), tokens, fontsize=7, rotation=90)
-    ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
-    ax.set_xlabel("key")
-    ax.set_ylabel("query")
-    ax.set_title(title, fontsize=9)
-    return im
-
-
 class AttentionAnalyzer:
     """Attention patterns of a model on problems given as text ('59 + 73').
 
@@ -740,7 +619,7 @@ class AttentionAnalyzer:
     def patterns(self, text: str) -> tuple[list[str], np.ndarray]:
         """Token labels and attention [L, H, n, n] of the model's full input for one problem."""
         batch = text_batch(self.model, self.tokenizer, [text], self.task)
-        _, cache = run_with_cache(self.model, batch, names=lambda n: n.endswith("hook_pattern"))
+        _, cache = run_with_cache(self.model, batch, names=hp.at_sites(hp.ATTN_PATTERN))
         n = int(batch.lengths[0])
         att = _np(stacked_patterns(cache, self.model.cfg.n_layers)[:, 0, :, :n, :n])
         return token_labels(self.tokenizer, batch.tokens[0, :n]), att
@@ -749,14 +628,14 @@ class AttentionAnalyzer:
         """Plot every head of layer `layer_idx` for one problem; returns that layer's [H, n, n]."""
         (layer,) = check_layers([layer_idx], self.model.cfg.n_layers)
         tokens, att = self.patterns(text)
-        plot_layer_heads(att[layer], tokens, layer, save_path, title=f"{text}: layer {layer}")
+        toolkit.attention_heads(att[layer], tokens, layer, save_path, title=f"{text}: layer {layer}")
         return att[layer]
 
     def plot_head(self, text: str, layer_idx: int, head_idx: int, save_path=None) -> np.ndarray:
         """Plot one head for one problem; returns its [n, n] pattern."""
         (layer,) = check_layers([layer_idx], self.model.cfg.n_layers)
         tokens, att = self.patterns(text)
-        plot_head(att[layer, head_idx], tokens, layer, head_idx, save_path)
+        toolkit.attention_head(att[layer, head_idx], tokens, layer, head_idx, save_path)
         return att[layer, head_idx]
 
     def head_statistics(self, texts: list[str], layers: Optional[list[int]] = None, seed: int = 0,
@@ -766,7 +645,7 @@ class AttentionAnalyzer:
         n_layers = self.model.cfg.n_layers
         layers = check_layers(range(n_layers) if layers is None else layers, n_layers)
         batch = text_batch(self.model, self.tokenizer, texts, self.task)
-        only = lambda n: n.endswith("hook_pattern")  # noqa: E731
+        only = hp.at_sites(hp.ATTN_PATTERN)
         _, cache = run_with_cache(self.model, batch, names=only)
         twin_caches = [run_with_cache(t, batch, names=only)[1] for t in untrained_twins(self.model, twins, seed)]
         return analyze_attention(batch, cache, twin_caches, n_layers, layers, seed)

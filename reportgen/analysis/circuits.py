@@ -68,7 +68,7 @@ from reportgen.analysis.patching import PairBatch, PairRun, pair_batch
 from reportgen.data.arithmetic import TARGET_ROLES
 from reportgen.data.tokenizer import Tokenizer
 from reportgen.errors import ReportgenError
-from reportgen.model import hooks as hp
+from reportgen import hooks as hp
 from reportgen.model.transformer import Transformer
 
 ALPHA = 0.05  # family-wise error rate of every confirming test, per model
@@ -659,7 +659,7 @@ class CircuitDiscovery:
         batch = build_batch(records, self.tokenizer, self.model.cfg.n_ctx, device=self.model.device)
         L, H = self.model.cfg.n_layers, self.model.cfg.n_heads
         with torch.no_grad():
-            _, cache = self.model.run_with_cache(batch.tokens, names=lambda n: n.endswith("attn.hook_pattern"))
+            _, cache = self.model.run_with_cache(batch.tokens, names=hp.at_sites(hp.ATTN_PATTERN))
         op_pos = torch.tensor([r["prompt"].index(r["op"]) + 1 for r in records], device=batch.tokens.device)
         B = len(records)
         mass = torch.stack([

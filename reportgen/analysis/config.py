@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, get_args
 
+from reportgen import hooks as hp
 from reportgen.analysis.pairs import PAIR_KINDS
 from reportgen.configfile import from_dict, load_yaml
 from reportgen.errors import ReportgenError
@@ -29,7 +30,7 @@ DIRECTIONS: tuple[str, ...] = get_args(Direction)
 Method = Literal["zero", "mean", "resample"]
 METHODS: tuple[str, ...] = get_args(Method)
 Label = Literal["carry_in", "carry_out", "digit", "a_digit", "operator", "cascade"]
-Hook = Literal["hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out"]
+Hook = Literal[hp.RESID_PRE, hp.RESID_MID, hp.RESID_POST, hp.ATTN_OUT, hp.MLP_OUT]  # the sites probes read (d_model wide)
 LABELS: tuple[str, ...] = get_args(Label)
 MIN_TEST = 12  # held-out problems below which a probe's accuracy means little
 MIN_TRAIN = 20
@@ -102,7 +103,7 @@ class ProbingConfig:
     labels: list[Label] = field(default_factory=lambda: ["carry_in", "carry_out", "cascade", "operator"])
     scratchpad_labels: list[Label] = field(default_factory=lambda: ["carry_in", "carry_out"])
     # Per layer; blocks.{l}.hook_resid_pre equals blocks.{l-1}.hook_resid_post and is probed once.
-    hooks: list[Hook] = field(default_factory=lambda: ["hook_resid_mid", "hook_resid_post"])
+    hooks: list[Hook] = field(default_factory=lambda: [hp.RESID_MID, hp.RESID_POST])
     layers: Optional[list[int]] = None  # None: every layer
     layouts: int = 2  # the most common layouts of the longest operands
     n_examples: int = 300  # held-out problems drawn per layout

@@ -13,7 +13,7 @@ import torch
 
 from reportgen.analysis.examples import ExampleBatch
 from reportgen.data.tokenizer import Tokenizer
-from reportgen.model import hooks as hp
+from reportgen import hooks as hp
 from reportgen.model.transformer import ModelConfig, Transformer
 from reportgen.train.evaluate import final_answer, greedy_decode
 

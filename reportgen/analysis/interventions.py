@@ -49,7 +49,7 @@ from reportgen.analysis.patching import head_can_write
 from reportgen.data.arithmetic import STRATA
 from reportgen.data.tokenizer import Tokenizer
 from reportgen.errors import ReportgenError
-from reportgen.model import hooks as hp
+from reportgen import hooks as hp
 from reportgen.model.transformer import Transformer
 from reportgen.train.evaluate import final_answer, greedy_decode
 
@@ -122,17 +122,17 @@ def _tokens(records: list[dict], tokenizer: Tokenizer, P: int) -> torch.Tensor:
     return out
 
 
-RESUME_POINTS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post")  # where ablated runs resume
+RESUME_POINTS = hp.RESID_SITES  # where ablated runs resume
 
 
 def _ablatable(name: str) -> bool:
-    return name.endswith(RESUME_POINTS + ("attn.hook_z", "hook_attn_out", "hook_mlp_out", "mlp.hook_post"))
+    return hp.site_of(name) in RESUME_POINTS + (hp.ATTN_Z, hp.ATTN_OUT, hp.MLP_OUT, hp.MLP_POST)
 
 
-# Hook points of a block (after "blocks.{l}.") by where a replacement there enters the residual stream.
-_AFTER_ATTN = {"attn.hook_z", "hook_attn_out"}  # written into resid_mid, linearly
-_AFTER_MLP = {"mlp.hook_post", "hook_mlp_out"}  # written into resid_post, linearly
-_MLP_SIDE = {"hook_resid_mid", "ln2.hook_normalized", "mlp.hook_pre"} | _AFTER_MLP  # computed from resid_mid
+# Hook points of a block (their sites) by where a replacement there enters the residual stream.
+_AFTER_ATTN = {hp.ATTN_Z, hp.ATTN_OUT}  # written into resid_mid, linearly
+_AFTER_MLP = {hp.MLP_POST, hp.MLP_OUT}  # written into resid_post, linearly
+_MLP_SIDE = {hp.RESID_MID, hp.LN2_NORMALIZED, hp.MLP_PRE} | _AFTER_MLP  # computed from resid_mid
 
 
 class Ablator:
@@ -155,7 +155,7 @@ class Ablator:
         self.tokens = batch.tokens[:, : self.P]
         self.memory_mb = memory_mb
         self.max_rows = rows_within(memory_mb, forward_row_bytes(model.cfg, self.P), max_rows)
-        self.cached = _ablatable if names is None else (lambda n: n in names or n.endswith(RESUME_POINTS))
+        self.cached = _ablatable if names is None else (lambda n: n in names or hp.site_of(n) in RESUME_POINTS)
         with torch.no_grad():
             logits, self.cache = model.run_with_cache(self.tokens, names=self.cached)
         self.digits = answer_digits(batch, tokenizer)
@@ -338,9 +338,9 @@ class Ablator:
         key = ("live", method, name)
         if key not in self._values:
             differs = (self.values(method, name) != self.cache[name]).flatten(0, 1)
-            if name.endswith("attn.hook_z"):
+            if hp.site_of(name) == hp.ATTN_Z:
                 live = differs.any(-1).any(0) & head_can_write(self.model, hp.layer_of(name))
-            elif name.endswith("mlp.hook_post"):
+            elif hp.site_of(name) == hp.MLP_POST:
                 live = differs.any(0) & self.model.blocks[hp.layer_of(name)].mlp.W_out.detach().ne(0).any(1)
             else:
                 live = differs.any().expand(differs.shape[-1])
@@ -379,7 +379,7 @@ class Ablator:
         last = self.model.cfg.n_layers - 1
         narrow = first <= last  # the last block runs: restrict it to the read positions
         hooks = {name: self._hook(name, specs, method, narrow and hp.layer_of(name) == last and
-                                  not name.endswith("hook_resid_pre"))
+                                  hp.site_of(name) != hp.RESID_PRE)
                  for name in sorted(names - skip)}
         query_pos = self.read_pos.repeat(k, 1) if narrow else None
         run_from = self.model.run_from_mid if from_mid else self.model.run_from
@@ -402,9 +402,9 @@ class Ablator:
             block = self.model.blocks[hp.layer_of(name)]
             diff = self.values(method, name) - self.cache[name]
             sel = self._selection(name, specs, diff.shape[2])
-            if name.endswith("attn.hook_z"):
+            if hp.site_of(name) == hp.ATTN_Z:
                 out = out + torch.einsum("bphe,kh,hed->kbpd", diff, sel, block.attn.W_O.detach())
-            elif name.endswith("mlp.hook_post"):
+            elif hp.site_of(name) == hp.MLP_POST:
                 out = out + torch.einsum("bpn,kn,nd->kbpd", diff, sel, block.mlp.W_out.detach())
             else:  # attn_out or mlp_out, replaced whole
                 out = out + sel[:, None, None, :] * diff[None]

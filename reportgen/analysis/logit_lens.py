@@ -21,15 +21,16 @@ import numpy as np
 import torch
 
 from reportgen.analysis import stats
-from reportgen.analysis.api import pyplot, save_figure, task_of, text_batch
+from reportgen.analysis.api import task_of, text_batch
 from reportgen.analysis.engine import answer_digits, digit_log_probs, gather_at, run_with_cache, target_digits
 from reportgen.analysis.examples import ExampleBatch
 from reportgen.findings import ExampleFindings, LogitLensFindings
 from reportgen.data.arithmetic import STRATA, TARGET_ROLES
 from reportgen.data.tokenizer import Tokenizer
 from reportgen.errors import ReportgenError
-from reportgen.model import hooks as hp
+from reportgen import hooks as hp
 from reportgen.model.transformer import Transformer
+from reportgen.plots import toolkit
 
 
 def layer_labels(n_layers: int) -> list[str]:
@@ -163,35 +164,14 @@ def _answer_labels(ex: ExampleFindings) -> list[str]:
 
 def plot_evolution(ex: ExampleFindings, save_path=None) -> None:
     """Probability of the correct digit at each lens index, one line per answer digit."""
-    plt = pyplot()
-    labels = layer_labels(ex.lens_prob.shape[0] - 1)
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for j, name in enumerate(_answer_labels(ex)):
-        ax.plot(range(len(labels)), ex.lens_prob[:, j], marker="o", label=f"predicts {name}")
-    ax.set_xticks(range(len(labels)), labels)
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("residual stream after")
-    ax.set_ylabel("P(correct digit | digits)")
-    ax.set_title(f"Logit lens: {ex.prompt}{ex.target}")
-    ax.legend(fontsize=7)
-    save_figure(fig, save_path)
+    toolkit.lens_evolution(ex.lens_prob, layer_labels(ex.lens_prob.shape[0] - 1), _answer_labels(ex),
+                           f"Logit lens: {ex.prompt}{ex.target}", save_path)
 
 
 def plot_predictions(ex: ExampleFindings, save_path=None) -> None:
     """Heatmap of P(correct digit) per lens index and answer digit, annotated with the top-1 digit."""
-    plt = pyplot()
-    labels = layer_labels(ex.lens_prob.shape[0] - 1)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * ex.lens_prob.shape[1], 1.0 + 0.5 * len(labels)))
-    im = ax.imshow(ex.lens_prob, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
-    for i in range(ex.lens_top.shape[0]):
-        for j in range(ex.lens_top.shape[1]):
-            ax.text(j, i, str(int(ex.lens_top[i, j])), ha="center", va="center",
-                    color="white" if ex.lens_prob[i, j] < 0.5 else "black", fontsize=9)
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xticks(range(ex.lens_prob.shape[1]), _answer_labels(ex), fontsize=7)
-    ax.set_title("top-1 digit (text), P(correct) (colour)", fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    save_figure(fig, save_path)
+    toolkit.lens_predictions(ex.lens_prob, ex.lens_top, layer_labels(ex.lens_prob.shape[0] - 1), _answer_labels(ex),
+                             save_path)
 
 
 def write_entropy_json(path, ex: ExampleFindings) -> None:
@@ -241,15 +221,7 @@ class LogitLens:
         logp, q, correct = self._lens(text, position)
         probs = logp.exp().cpu().numpy()
         labels = layer_labels(self.model.cfg.n_layers)
-        plt = pyplot()
-        fig, ax = plt.subplots(figsize=(6, 1.0 + 0.45 * len(labels)))
-        im = ax.imshow(probs, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
-        ax.set_yticks(range(len(labels)), labels)
-        ax.set_xticks(range(10), [str(d) for d in range(10)])
-        ax.set_xlabel(f"digit (correct: {correct})")
-        ax.set_title(f"{text}: prediction at token {q}", fontsize=9)
-        fig.colorbar(im, ax=ax, fraction=0.046)
-        save_figure(fig, save_path)
+        toolkit.digit_distribution(probs, labels, correct, f"{text}: prediction at token {q}", save_path)
         return {"layer_labels": labels, "token_index": q, "correct_digit": correct, "probs": probs.tolist()}
 
     def analyze_convergence(self, text: str, target_token_pos: int = -1, target_token: Optional[str] = None) -> dict:

@@ -43,7 +43,7 @@ from reportgen.analysis.pairs import (
 )
 from reportgen.data.tokenizer import Tokenizer
 from reportgen.errors import ReportgenError
-from reportgen.model import hooks as hp
+from reportgen import hooks as hp
 from reportgen.model.transformer import Transformer
 
 GROUP_ROWS = 256

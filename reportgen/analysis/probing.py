@@ -57,7 +57,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from reportgen.analysis.api import pyplot, save_figure, task_of, text_batch
+from reportgen.analysis.api import task_of, text_batch
 from reportgen.analysis import stats
 from reportgen.analysis.config import MIN_TEST, ProbingConfig, min_problems
 from reportgen.analysis.engine import run_with_cache, untrained_twins
@@ -67,7 +67,8 @@ from reportgen.analysis.stats import N_BOOT, null_passed
 from reportgen.data.arithmetic import target_tokens
 from reportgen.data.dataset import count_questions, stratified_examples
 from reportgen.errors import ReportgenError
-from reportgen.model import hooks as hp
+from reportgen import hooks as hp
+from reportgen.plots import toolkit
 from reportgen.model.transformer import Transformer
 
 OPS = ("+", "-", "*")
@@ -279,12 +280,9 @@ def held_out_layouts(ckpt, cfg: ProbingConfig, seed: int, questions=LOAD) -> tup
 def probe_sites(layers: list[int], hooks: list[str]) -> list[tuple[int, str]]:
     """(layer, hook name) to probe, in forward order; resid_pre of a layer whose previous layer's
     resid_post is probed is the same tensor and is left out."""
-    sites = [(l, hp.in_block(l, h)) for l in sorted(set(layers)) for h in HOOK_ORDER if h in hooks]
+    sites = [(l, hp.in_block(l, h)) for l in sorted(set(layers)) for h in hp.BLOCK_SITES if h in hooks]
     have = {name for _, name in sites}
     return [(l, n) for l, n in sites if not (n == hp.resid_pre(l) and hp.resid_post(l - 1) in have)]
-
-
-HOOK_ORDER = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
 
 
 # ---------------------------------------------------------------- the analysis
@@ -554,33 +552,25 @@ def plot_probe(findings: ProbingFindings, label: str, save_path=None) -> None:
     """`<label>_results.png`: selectivity per site (rows) and probed position (columns), one panel
     per layout; confirmed probes marked '*'."""
     rows = [p for p in findings.probes if p.label == label]
-    layouts = sorted({p.layout for p in rows})
-    plt = pyplot()
-    sites = sorted({(p.layer, HOOK_ORDER.index(p.hook.split(".")[-1]), p.hook) for p in rows})
-    fig, axes = plt.subplots(len(layouts), 1, figsize=(10, 1.2 + 0.45 * len(sites) * len(layouts) + 0.9 * len(layouts)),
-                             squeeze=False)
-    for ax, li in zip(axes[:, 0], layouts):
+    sites = sorted({(p.layer, hp.forward_rank(p.hook), p.hook) for p in rows})
+    panels = []
+    for li in sorted({p.layout for p in rows}):
         ps = [p for p in rows if p.layout == li]
         cols = list(dict.fromkeys((p.role, p.column, p.position) for p in ps))
         M = np.full((len(sites), len(cols)), np.nan)
+        marked = []
         for p in ps:
-            i = sites.index((p.layer, HOOK_ORDER.index(p.hook.split(".")[-1]), p.hook))
+            i = sites.index((p.layer, hp.forward_rank(p.hook), p.hook))
             j = cols.index((p.role, p.column, p.position))
             M[i, j] = p.selectivity.mean
             if p.confirmed:
-                ax.text(j, i, "*", ha="center", va="center", fontsize=9)
-        im = ax.imshow(M, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
-        ax.set_yticks(range(len(sites)), [h.replace("blocks.", "L").replace(".hook_", " ") for _, _, h in sites],
-                      fontsize=7)
-        ax.set_xticks(range(len(cols)), [f"{r if r != 'answer' else 'ans'} c{n}" for r, n, _ in cols],
-                      rotation=90, fontsize=7)
+                marked.append((i, j))
         info = findings.layouts[li]
-        ax.set_title(f"layout {info.template} (e.g. {info.example}): {info.n_train} train / {info.n_test} test",
-                     fontsize=8)
-        fig.colorbar(im, ax=ax, fraction=0.03, label="selectivity")
-    fig.suptitle(f"Probe {label}: accuracy - untrained twins' accuracy (* confirmed)", fontsize=9)
-    fig.tight_layout()
-    save_figure(fig, save_path)
+        panels.append({"matrix": M, "marked": marked,
+                       "xlabels": [f"{r if r != 'answer' else 'ans'} c{n}" for r, n, _ in cols],
+                       "title": f"layout {info.template} (e.g. {info.example}): {info.n_train} train / {info.n_test} test"})
+    toolkit.probe_selectivity(panels, [hp.label(h) for _, _, h in sites],
+                              f"Probe {label}: accuracy - untrained twins' accuracy (* confirmed)", save_path)
 
 
 class ProbingClassifier:

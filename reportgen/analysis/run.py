@@ -17,6 +17,7 @@ from typing import Iterable, Optional
 import numpy as np
 import torch
 
+from reportgen import hooks as hp
 from reportgen.analysis.api import token_labels
 from reportgen.analysis.attention import analyze_attention, keep_layers, stacked_patterns
 from reportgen.analysis.circuits import run_circuits
@@ -130,12 +131,12 @@ def cached_hooks(name: str) -> bool:
     """What the analyses read whole of the cached runs (the model's and its twins'): attention
     patterns (attention roles, position heads) and the residual stream the logit lens decodes
     (the embedding and each block's output; a later block's resid_pre is the previous output)."""
-    return name.endswith(("attn.hook_pattern", "hook_resid_post")) or name == "blocks.0.hook_resid_pre"
+    return hp.site_of(name) in (hp.ATTN_PATTERN, hp.RESID_POST) or name == hp.resid_pre(0)
 
 
 def screened_hooks(name: str) -> bool:
     """What they read at the target positions only: MLP activations (the neuron screen)."""
-    return name.endswith("mlp.hook_post")
+    return hp.site_of(name) == hp.MLP_POST
 
 
 def example_findings(ckpt: Checkpoint, records: list[dict]) -> list[ExampleFindings]:

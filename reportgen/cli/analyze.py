@@ -83,6 +83,7 @@ def write_outputs(root: Path, model, plan, cfg) -> None:
     """results.json and arrays.npz (readable by `reportgen render`), and the original toolkit's
     files (figures and JSON) for every analysis that ran."""
     from reportgen.build import make_report
+    from reportgen.plots.toolkit import import_writers
     from reportgen.results.store import save_results
 
     root.mkdir(parents=True, exist_ok=True)
@@ -111,21 +112,23 @@ def write_outputs(root: Path, model, plan, cfg) -> None:
         _dump(d / "findings.json", part)
         if name in writers:
             jobs += writers[name](d)
+    import_writers()
     run_jobs(jobs)
 
 
 def _attention_jobs(d: Path, findings, records, layers, cfg) -> list:
     """Writes each example's statistics (torch, so here) and returns one job per example for its
     layer and head figures (laid out once)."""
-    from reportgen.analysis.attention import ExampleFigures, write_example_stats
+    from reportgen.analysis.attention import write_example_stats
+    from reportgen.plots.toolkit import ExampleFigures
 
     def job(i, ex):
         H = ex.attention.shape[1]
-        with ExampleFigures(ex.tokens, H) as figs:
-            for l in layers:
-                heads = [d / f"example_{i}_layer_{l}_head_{h}.png" for h in range(H)]
-                figs.save(ex.attention[l], l, d / f"example_{i}_layer_{l}_all_heads.png",
-                          heads if cfg.attention.per_head_figures else None, title=f"{ex.prompt}{ex.target}  layer {l}")
+        figs = ExampleFigures(ex.tokens, H)
+        for l in layers:
+            heads = [d / f"example_{i}_layer_{l}_head_{h}.png" for h in range(H)]
+            figs.save(ex.attention[l], l, d / f"example_{i}_layer_{l}_all_heads.png",
+                      heads if cfg.attention.per_head_figures else None, title=f"{ex.prompt}{ex.target}  layer {l}")
 
     for i, (ex, record) in enumerate(zip(findings.examples, records)):
         write_example_stats(d / f"example_{i}_stats.json", ex.attention, record, ex.tokens, layers)
@@ -144,7 +147,7 @@ def _logit_lens_jobs(d: Path, findings) -> list:
 
 
 def _write_circuits(d: Path, circuits) -> None:
-    from reportgen.analysis.api import pyplot, save_figure
+    from reportgen.plots.toolkit import head_specialization
 
     def of(kind):
         return [c for c in circuits.components if c.kind == kind]
@@ -156,16 +159,7 @@ def _write_circuits(d: Path, circuits) -> None:
     _dump(d / "specialized_neurons.json", {"neurons": of("neuron"), "screen": circuits.neuron_test})
     _dump(d / "recoveries.json", circuits.recoveries)
     _dump(d / "null_checks.json", circuits.nulls)
-    spec = circuits.head_specialization  # [layers, heads, roles]
-    plt = pyplot()
-    L, H, R = spec.shape
-    fig, ax = plt.subplots(figsize=(1.5 + 1.1 * R, 1.0 + 0.35 * L * H))
-    im = ax.imshow(spec.reshape(L * H, R), cmap="viridis", aspect="auto")
-    ax.set_yticks(range(L * H), [f"L{l}H{h}" for l in range(L) for h in range(H)], fontsize=7)
-    ax.set_xticks(range(R), circuits.roles, rotation=30, fontsize=8)
-    ax.set_title("Head specialisation (role scores)", fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    save_figure(fig, d / "head_specialization.png")
+    head_specialization(circuits.head_specialization, circuits.roles, d / "head_specialization.png")
 
 
 def _probing_jobs(d: Path, probing) -> list:
@@ -176,23 +170,18 @@ def _probing_jobs(d: Path, probing) -> list:
 
 
 def _write_interventions(d: Path, interventions) -> None:
-    from reportgen.analysis.api import pyplot, save_figure
+    from reportgen.plots.toolkit import layer_importance
 
     layer_effects = [e for e in interventions.effects
                      if e.method == interventions.default_method and e.component.split(".")[-1] in ("attn", "mlp")]
     if not layer_effects:
         return
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(1.5 + 0.8 * len(layer_effects), 3.4))
     clean = interventions.clean.exact_match.mean
     drops = [clean - e.metrics.exact_match.mean for e in layer_effects]
     errs = [[e.metrics.exact_match.hi - e.metrics.exact_match.mean for e in layer_effects],
-            [e.metrics.exact_match.mean - e.metrics.exact_match.lo for e in layer_effects]]
-    ax.bar(range(len(layer_effects)), drops, yerr=errs, capsize=3)
-    ax.set_xticks(range(len(layer_effects)), [e.component for e in layer_effects])
-    ax.set_ylabel("exact-match drop vs clean")
-    ax.set_title(f"Layer importance ({interventions.default_method} ablation)", fontsize=9)
-    save_figure(fig, d / "layer_importance.png")
+            [e.metrics.exact_match.mean - e.metrics.exact_match.lo for e in layer_effects]]  # the drop's [below, above]
+    layer_importance([e.component for e in layer_effects], drops, errs, interventions.default_method,
+                     d / "layer_importance.png")
 
 
 def _dump(path: Path, obj) -> None:

@@ -1,7 +1,7 @@
 """A small decoder-only pre-LayerNorm transformer whose every activation is a named hook point.
 
 Parameter and hook names follow TransformerLens (W_Q, W_O, W_in, ...; `blocks.0.attn.hook_pattern`,
-spelled once in `reportgen.model.hooks`) so researchers can read the analyses in the terms they
+spelled once in `reportgen.hooks`) so researchers can read the analyses in the terms they
 know. Interventions are not flags set on
 modules: each forward pass takes a mapping `hooks = {name: fn}`; `fn(activation, name)` may
 return a replacement tensor (batched over the whole batch) or None to leave it unchanged.
@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from reportgen.errors import ReportgenError
-from reportgen.model import hooks as hp
+from reportgen import hooks as hp
 
 HookFn = Callable[[torch.Tensor, str], Optional[torch.Tensor]]
 Hooks = Mapping[str, HookFn]

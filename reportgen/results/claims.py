@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
+from reportgen import hooks as hp
 from reportgen.findings import CircuitFindings, ComponentRecovery, Estimate, NullCheck
 from reportgen.data.arithmetic import STRATA
 from reportgen.results.compare import apart
@@ -310,7 +311,7 @@ def probe_claims(m: ModelResults) -> tuple[list[Claim], list[Claim]]:
         best = max(yes, key=lambda p: p.selectivity.mean)
         found.append(Claim(
             f"{label.replace('_', ' ').capitalize()} is linearly decodable beyond the untrained twins in {len(yes)} of "
-            f"{len(probes)} probes, first in layer {first.layer} ({first.hook.split('.')[-1].replace('hook_', '')}, "
+            f"{len(probes)} probes, first in layer {first.layer} ({hp.short_site(first.hook)}, "
             f"{first.position}); the largest selectivity is {est(best.selectivity)} ({best.position}, layer "
             f"{best.layer}), where the operand digits alone give {num(best.operand_baseline)}.", test,
             null_text(null), "probing"))
@@ -318,8 +319,9 @@ def probe_claims(m: ModelResults) -> tuple[list[Claim], list[Claim]]:
 
 
 def _hook_order(hook: str) -> int:
-    order = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post")
-    return next((i for i, h in enumerate(order) if hook.endswith(h)), len(order))
+    """The residual stream's sites in forward order, then the others (attention and MLP outputs)."""
+    site = hp.site_of(hook)
+    return hp.RESID_SITES.index(site) if site in hp.RESID_SITES else len(hp.RESID_SITES)
 
 
 def ablation_claims(m: ModelResults) -> tuple[list[Claim], list[Claim]]:

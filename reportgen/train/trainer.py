@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import json
 import math
 import os
@@ -35,6 +34,7 @@ from reportgen.errors import Interrupted, ReportgenError, os_error_advice
 from reportgen.model.checkpoint import checkpoint_bytes, load_checkpoint, non_finite, read_checkpoint_payload
 from reportgen.model.device import resolve_device
 from reportgen.model.transformer import Transformer
+from reportgen.plots.toolkit import training_curve_png
 from reportgen.progress import progress
 from reportgen.train.config import TrainConfig
 from reportgen.train.evaluate import evaluate
@@ -392,7 +392,8 @@ class Trainer:
         self._save_checkpoint(BEST, meta, model=best.model)
         self._write("metrics.jsonl", metrics_log_bytes(self.history))  # a resumed run may not have evaluated again
         self._write("metrics.json", (json.dumps(metrics, indent=2, sort_keys=True) + "\n").encode())
-        self._write("training_curve.png", training_curve_png(self.history))
+        self._write("training_curve.png", training_curve_png(self.history["step"], self.history["train_loss"],
+                                                              self.history["val_exact_match"]))
         return metrics
 
 
@@ -429,29 +430,6 @@ def metrics_log_bytes(history: dict) -> bytes:
     """metrics.jsonl: one JSON object per evaluation, rewritten whole so it always matches the checkpoint."""
     rows = [dict(zip(history, vals)) for vals in zip(*history.values())]
     return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
-
-
-def training_curve_png(history: dict) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax1 = plt.subplots(figsize=(6, 3.5))
-    ax1.plot(history["step"], history["train_loss"], color="tab:blue", label="train loss")
-    ax1.set_xlabel("step")
-    ax1.set_ylabel("train loss (answer tokens)")
-    ax1.set_yscale("log")
-    ax2 = ax1.twinx()
-    ax2.plot(history["step"], history["val_exact_match"], color="tab:orange", label="val exact match")
-    ax2.set_ylabel("validation exact match")
-    ax2.set_ylim(0, 1.02)
-    fig.legend(loc="center right")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def snapshot_path(out_dir: Path, step: int) -> Path:

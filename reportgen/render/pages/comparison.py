@@ -3,7 +3,7 @@ accuracy, logit lens, probes, top heads and ablations side by side, marked where
 
 from __future__ import annotations
 
-
+from reportgen import hooks as hp
 from reportgen.render import figures as F
 from reportgen.render.pages.shared import (
     accuracy_comparison_table, claim_item, delta, finite_or, groups_table, shown,
@@ -95,7 +95,7 @@ def probe_section(site: Site) -> Section:
     order = {}
     for summary in summaries.values():
         for k, r in summary.items():
-            order.setdefault(k, (r["label"], r["layer"], F._hook_rank(r["hook"]), r["site"]))
+            order.setdefault(k, (r["label"], r["layer"], hp.forward_rank(r["hook"]), r["site"]))
     keys = sorted(order, key=order.get)
     rows = []
     for label, where in keys:

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 
+from reportgen.plots.report import ATTENTION_CMAP, colour_stops
 from reportgen.render import figures as F
 from reportgen.render.site import Block, Page, Section, Site, caption, layer_labels, notice, task_text
 from reportgen.render.tables import Cell, Table
@@ -75,7 +76,7 @@ def viewer_context(site: Site, m, i: int) -> dict:
         "examples": [{"label": _example_words(e), "href": site.paths.example(m, j), "selected": j == i}
                      for j, e in enumerate(m.findings.examples)],
         "layers": att.shape[0], "heads": att.shape[1],
-        "ramp": F.colour_stops(F.ATTENTION_CMAP),
+        "ramp": colour_stops(ATTENTION_CMAP),
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from reportgen import hooks as hp
 from reportgen.catalog import ANALYSES
 from reportgen.data.arithmetic import TARGET_ROLE_DESCRIPTIONS, TARGET_ROLES
 from reportgen.render import figures as F
@@ -267,7 +268,7 @@ def probing_section(site: Site, m, probing) -> list[Block]:
     confirmed = [p for p in probing.probes if p.confirmed] if stated else []
     shown = sorted(confirmed or probing.probes, key=lambda p: -p.selectivity.mean)[:40 if confirmed else 10]
     rows = [[p.label + (" (balanced)" if p.balanced else ""), p.layout, p.position.removeprefix("predicts "),
-             F.site_label(p.hook), p.accuracy, p.untrained, p.selectivity, p.selectivity_bound, p.over_baseline,
+             hp.label(p.hook), p.accuracy, p.untrained, p.selectivity, p.selectivity_bound, p.over_baseline,
              p.operand_baseline] for p in shown]
     what = "the confirmed probes" if confirmed else "the probes with the highest selectivity (none confirmed)"
     blocks.append(site.table(Table(
