@@ -307,7 +307,7 @@ def probe_claims(m: ModelResults) -> tuple[list[Claim], list[Claim]]:
             missing.append(Claim(f"{label.replace('_', ' ')} was not confirmed linearly decodable beyond the untrained "
                                  f"twins at any of {len(probes)} sites.", test, null_text(null), "probing"))
             continue
-        first = min(yes, key=lambda p: (p.layer, _hook_order(p.hook), -p.selectivity.mean))
+        first = min(yes, key=lambda p: (p.layer, hp.forward_rank(p.hook), -p.selectivity.mean))
         best = max(yes, key=lambda p: p.selectivity.mean)
         found.append(Claim(
             f"{label.replace('_', ' ').capitalize()} is linearly decodable beyond the untrained twins in {len(yes)} of "
@@ -316,12 +316,6 @@ def probe_claims(m: ModelResults) -> tuple[list[Claim], list[Claim]]:
             f"{best.layer}), where the operand digits alone give {num(best.operand_baseline)}.", test,
             null_text(null), "probing"))
     return found, missing
-
-
-def _hook_order(hook: str) -> int:
-    """The residual stream's sites in forward order, then the others (attention and MLP outputs)."""
-    site = hp.site_of(hook)
-    return hp.RESID_SITES.index(site) if site in hp.RESID_SITES else len(hp.RESID_SITES)
 
 
 def ablation_claims(m: ModelResults) -> tuple[list[Claim], list[Claim]]:
