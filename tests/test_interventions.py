@@ -93,6 +93,24 @@ def test_every_kind_of_batched_ablation_equals_a_plain_forward_with_hooks(method
         torch.testing.assert_close(ab.ablated([spec], method)[0], want, rtol=1e-5, atol=1e-4, msg=str(spec))
 
 
+def test_passes_with_fewer_rows_than_examples_cut_the_examples_and_change_nothing(monkeypatch):
+    """max_rows 5 over 24 examples: every ablated pass (resumed at any point) holds at most 5 rows,
+    one spec over a slice of the examples, and gives the plain forward's numbers."""
+    model = strong_model(0)
+    ab = Ablator(model, TOKENIZER, add_batch(model), seed=0, reference_size=8, max_rows=5)
+    assert ab.max_rows == 5 < ab.tokens.shape[0]
+    specs = [{hp.attn_z(0): [1]}, {hp.mlp_out(1): None}, {hp.mlp_post(0): [2, 3]}, {hp.resid_pre(1): None}]
+    seen = []
+    for name in ("run_from", "run_from_mid"):
+        real = getattr(model, name)
+        monkeypatch.setattr(model, name, lambda x, *a, real=real, **k: seen.append(x.shape[0]) or real(x, *a, **k))
+    together = ab.ablated(specs, "mean")
+    assert seen and max(seen) <= 5
+    monkeypatch.undo()
+    for spec, got in zip(specs, together):
+        torch.testing.assert_close(got, loop_ablation(ab, spec, "mean"), rtol=1e-5, atol=1e-4, msg=str(spec))
+
+
 def test_dead_head_and_dead_mlp_ablations_change_nothing():
     model = strong_model(1)
     with torch.no_grad():

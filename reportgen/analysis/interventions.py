@@ -135,6 +135,9 @@ _AFTER_MLP = {hp.MLP_POST, hp.MLP_OUT}  # written into resid_post, linearly
 _MLP_SIDE = {hp.RESID_MID, hp.LN2_NORMALIZED, hp.MLP_PRE} | _AFTER_MLP  # computed from resid_mid
 
 
+ALL = slice(None)  # every example of the batch
+
+
 class Ablator:
     """The clean run of a batch, cut after its last answer-predicting position, and batched
     ablations of any set of hook points (or heads / neurons of them) with zero, mean or resample
@@ -189,18 +192,19 @@ class Ablator:
         self.read_next = batch.tokens.gather(1, (self.read_pos + 1).clamp(max=batch.tokens.shape[1] - 1))
         self.digit_slots = torch.where(batch.target_mask, batch.target_pos - start, 0)
 
-    def _at_reads(self, logits: torch.Tensor) -> torch.Tensor:
-        """[k, B, P, V] logits -> those at the read positions [k, B, G, V]."""
+    def _at_reads(self, logits: torch.Tensor, rows: slice = ALL) -> torch.Tensor:
+        """[k, B, P, V] logits of the examples `rows` -> those at the read positions [k, B, G, V]."""
         k, B, _, V = logits.shape
-        return logits.gather(2, self.read_pos[None, :, :, None].expand(k, B, -1, V))
+        return logits.gather(2, self.read_pos[rows][None, :, :, None].expand(k, B, -1, V))
 
-    def _outcome(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits at the read positions [k, B, G, V] -> (digit log-probs at the target digits
-        [k, B, T, 10], whether teacher forcing predicts every target token and EOS [k, B])."""
+    def _outcome(self, logits: torch.Tensor, rows: slice = ALL) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits at the read positions [k, B, G, V] of the examples `rows` -> (digit log-probs at
+        the target digits [k, B, T, 10], whether teacher forcing predicts every target token and
+        EOS [k, B])."""
         k, B, _, V = logits.shape
-        digits = digit_log_probs(logits.gather(2, self.digit_slots[None, :, :, None].expand(k, B, -1, V)),
+        digits = digit_log_probs(logits.gather(2, self.digit_slots[rows][None, :, :, None].expand(k, B, -1, V)),
                                  self.tokenizer)
-        right = (logits.argmax(-1) == self.read_next) | ~self.read_mask
+        right = (logits.argmax(-1) == self.read_next[rows]) | ~self.read_mask[rows]
         return digits, right.all(-1)
 
     def _target_logprobs(self, logits: torch.Tensor) -> torch.Tensor:
@@ -307,7 +311,9 @@ class Ablator:
     def ablated_outcome(self, specs: list[Spec], method: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(`ablated`'s log-probs, whether teacher forcing predicts every target token [S, B]).
 
-        Specs are grouped by their first layer and each group runs resumed from that layer's input.
+        Specs are grouped by their first layer and each group runs resumed from that layer's input,
+        in passes of at most max_rows rows: several specs over every example, or one spec over a
+        slice of the examples when the examples alone are more.
         """
         B = self.tokens.shape[0]
         out = self.clean_logprobs.new_empty(len(specs), *self.clean_logprobs.shape)
@@ -323,7 +329,10 @@ class Ablator:
         for start, idx in sorted(starts.items()):
             for s in range(0, len(idx), per_pass):
                 chunk = idx[s : s + per_pass]
-                out[chunk], right[chunk] = self._outcome(self._run(start, [specs[i] for i in chunk], method))
+                for lo in range(0, B, max(1, self.max_rows // len(chunk))):
+                    rows = slice(lo, lo + max(1, self.max_rows // len(chunk)))
+                    out[chunk, rows], right[chunk, rows] = self._outcome(
+                        self._run(start, [specs[i] for i in chunk], method, rows), rows)
         return out, right
 
     def changes(self, spec: Spec, method: str) -> bool:
@@ -348,16 +357,16 @@ class Ablator:
         return self._values[key]
 
     @torch.no_grad()
-    def _run(self, start: int, specs: list[Spec], method: str) -> torch.Tensor:
-        """Logits [k, B, G, V] at the read positions (every target token) of specs whose first hook
-        points are in layer `start`.
+    def _run(self, start: int, specs: list[Spec], method: str, rows: slice = ALL) -> torch.Tensor:
+        """Logits [k, B, G, V] at the read positions (every target token) of the examples `rows`,
+        for specs whose first hook points are in layer `start`.
 
         Replacements in that layer that write linearly into the residual stream (heads' z,
         attn_out; neurons' post, mlp_out) are added as their change to resid_mid or resid_post,
         so the run resumes after them; later ones are applied by hooks. When no hook is in the
         last block, that block runs only at the read positions.
         """
-        k, B = len(specs), self.tokens.shape[0]
+        k, B = len(specs), self.tokens[rows].shape[0]
         names = {n for spec in specs for n in spec}
         here = {hp.site_of(n) for n in names if hp.layer_of(n) == start}
         if here <= _AFTER_MLP:
@@ -367,25 +376,25 @@ class Ablator:
         else:
             resume, skip = "pre", set()
         if resume == "post":
-            x = self.cache[hp.resid_post(start)][None] + self._delta(specs, skip, method)
+            x = self.cache[hp.resid_post(start)][rows][None] + self._delta(specs, skip, method, rows)
             first, from_mid = start + 1, False
         elif resume == "mid":
-            x = self.cache[hp.resid_mid(start)][None] + self._delta(specs, skip, method)
+            x = self.cache[hp.resid_mid(start)][rows][None] + self._delta(specs, skip, method, rows)
             first, from_mid = start, True
         else:
-            x = self.cache[hp.resid_pre(start)][None]
+            x = self.cache[hp.resid_pre(start)][rows][None]
             first, from_mid = start, False
         x = x.expand(k, -1, -1, -1)
         last = self.model.cfg.n_layers - 1
         narrow = first <= last  # the last block runs: restrict it to the read positions
         hooks = {name: self._hook(name, specs, method, narrow and hp.layer_of(name) == last and
-                                  hp.site_of(name) != hp.RESID_PRE)
+                                  hp.site_of(name) != hp.RESID_PRE, rows)
                  for name in sorted(names - skip)}
-        query_pos = self.read_pos.repeat(k, 1) if narrow else None
+        query_pos = self.read_pos[rows].repeat(k, 1) if narrow else None
         run_from = self.model.run_from_mid if from_mid else self.model.run_from
         logits = run_from(x.flatten(0, 1), first, hooks=hooks, query_pos=query_pos)
         logits = logits.view(k, B, *logits.shape[1:])
-        return logits if narrow else self._at_reads(logits)
+        return logits if narrow else self._at_reads(logits, rows)
 
     def _selection(self, name: str, specs: list[Spec], width: int) -> torch.Tensor:
         """[k, width] 1.0 where spec j replaces index i along the hook's third axis (all when None)."""
@@ -395,12 +404,13 @@ class Ablator:
                 sel[j, slice(None) if spec[name] is None else spec[name]] = 1.0
         return sel
 
-    def _delta(self, specs: list[Spec], names: set[str], method: str) -> torch.Tensor:
-        """[k, B, P, d_model]: how each spec's replacements at `names` change the residual stream."""
+    def _delta(self, specs: list[Spec], names: set[str], method: str, rows: slice = ALL) -> torch.Tensor:
+        """[k, B, P, d_model]: how each spec's replacements at `names` change the residual stream of
+        the examples `rows`."""
         out = 0
         for name in sorted(names):
             block = self.model.blocks[hp.layer_of(name)]
-            diff = self.values(method, name) - self.cache[name]
+            diff = self.values(method, name)[rows] - self.cache[name][rows]
             sel = self._selection(name, specs, diff.shape[2])
             if hp.site_of(name) == hp.ATTN_Z:
                 out = out + torch.einsum("bphe,kh,hed->kbpd", diff, sel, block.attn.W_O.detach())
@@ -410,13 +420,13 @@ class Ablator:
                 out = out + sel[:, None, None, :] * diff[None]
         return out
 
-    def _hook(self, name: str, specs: list[Spec], method: str, at_targets: bool):
-        """The hook replacing `name` per spec; `at_targets`: the activation only covers the read
-        positions (last block run narrow)."""
-        k, B = len(specs), self.tokens.shape[0]
-        values = self.values(method, name)
+    def _hook(self, name: str, specs: list[Spec], method: str, at_targets: bool, rows: slice = ALL):
+        """The hook replacing `name` per spec in a run of the examples `rows`; `at_targets`: the
+        activation only covers the read positions (last block run narrow)."""
+        values = self.values(method, name)[rows]
+        k, B = len(specs), values.shape[0]
         if at_targets:
-            values = values[torch.arange(B, device=values.device)[:, None], self.read_pos]
+            values = values[torch.arange(B, device=values.device)[:, None], self.read_pos[rows]]
         mask = self._selection(name, specs, values.shape[2]).bool()
         mask = mask.view(k, 1, 1, values.shape[2], *([1] * (values.dim() - 3)))
         return self._replacer(mask, values[None], k, B)
