@@ -329,8 +329,9 @@ class Ablator:
         for start, idx in sorted(starts.items()):
             for s in range(0, len(idx), per_pass):
                 chunk = idx[s : s + per_pass]
-                for lo in range(0, B, max(1, self.max_rows // len(chunk))):
-                    rows = slice(lo, lo + max(1, self.max_rows // len(chunk)))
+                step = max(1, self.max_rows // len(chunk))  # all B rows unless one spec's rows exceed max_rows
+                for lo in range(0, B, step):
+                    rows = slice(lo, lo + step)
                     out[chunk, rows], right[chunk, rows] = self._outcome(
                         self._run(start, [specs[i] for i in chunk], method, rows), rows)
         return out, right
