@@ -229,11 +229,12 @@ def head_claims(circ: CircuitFindings, null: NullCheck, kind: str) -> tuple[list
 
 
 def short_of(r: ComponentRecovery) -> str:
-    """What a head's recovery was held against, for a sentence saying it was not confirmed."""
+    """The bars a head's recovery was held against (it failed at least one), for a sentence saying it
+    was not confirmed."""
     bars = [f"sum-flip pairs {est(r.control)}"] if r.control is not None else []
     bars += [f"untrained-twin heads up to {est(r.untrained)}"] if r.untrained is not None else []
     bars += [f"their prediction bound {num(r.null_threshold)}"] if r.null_threshold is not None else []
-    return "does not clear " + (listing(bars) if bars else "the test's bars") + " at the test's Bonferroni level"
+    return "does not clear every one of " + (listing(bars) if bars else "the test's bars") + " at the test's Bonferroni level"
 
 
 TARGET_ORDER = {"carry_out": 0, "carry_in": 1, "sum_digit": 2, "answer": 3}
