@@ -158,7 +158,10 @@ class Ablator:
         self.tokens = batch.tokens[:, : self.P]
         self.memory_mb = memory_mb
         self.max_rows = rows_within(memory_mb, forward_row_bytes(model.cfg, self.P), max_rows)
-        self.cached = _ablatable if names is None else (lambda n: n in names or hp.site_of(n) in RESUME_POINTS)
+        # Hooks that may be replaced (their reference values are made) and, besides them, the
+        # residual stream where ablated runs resume (cached for this batch only).
+        self.replaceable = _ablatable if names is None else names.__contains__
+        self.cached = lambda n: self.replaceable(n) or hp.site_of(n) in RESUME_POINTS
         with torch.no_grad():
             logits, self.cache = model.run_with_cache(self.tokens, names=self.cached)
         self.digits = answer_digits(batch, tokenizer)
@@ -239,7 +242,7 @@ class Ablator:
             starts = [i for i in range(len(templates)) if i == 0 or templates[i] != templates[i - 1]] + [len(templates)]
             for lo, hi in self._template_chunks(starts):
                 tokens = _tokens(records[lo:hi], self.tokenizer, self.P).to(self.tokens.device)
-                _, cache = self.model.run_with_cache(tokens, names=self.cached)
+                _, cache = self.model.run_with_cache(tokens, names=self.replaceable)
                 for a, b in zip(starts, starts[1:]):
                     if lo <= a < hi:
                         for name, x in cache.items():
