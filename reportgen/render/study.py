@@ -33,6 +33,7 @@ from reportgen.render.site import (
 )
 from reportgen.render.stamp import STAMP_FILE, fingerprint, is_current, write_stamp
 from reportgen.render.tables import Cell, Table, fmt_est
+from reportgen.results.compare import finite_or
 from reportgen.results.study import (
     FINAL, HEADLINE_PROBE, Study, StudyPoint, StudyRun, confirmed_roles, final, first_confirmed, format_summaries, mean_curve, point_summary, role_name, role_order, role_stability, steps_to_target,
     study_json,
@@ -133,7 +134,7 @@ class StudyBuilder:
                (f"; {_count(len(s.failures), 'job')} failed (listed below)." if s.failures else ".")]
         out.append(self.format_sentence())
         out += self.role_sentences()
-        best = max(self.summaries.values(), key=lambda ps: (_finite(ps.exact_match.mean), ps.point.name), default=None)
+        best = max(self.summaries.values(), key=lambda ps: (finite_or(ps.exact_match.mean), ps.point.name), default=None)
         if best is not None and math.isfinite(best.exact_match.mean):
             out.append(f"Highest exact match on fresh test problems: {best.point.label} "
                        f"({fmt_est(best.exact_match)}, {RANGE}).")
@@ -542,10 +543,6 @@ class StudyBuilder:
                   ", ".join(s.checkpoint for s in r.snapshots) or "—"] for r in self.study.runs]))]),
         ]
         return Page("provenance.html", "study_page.html", "Provenance", sections)
-
-
-def _finite(x: Optional[float]) -> float:
-    return x if x is not None and math.isfinite(x) else -math.inf
 
 
 def _sort_key(c) -> str:

@@ -83,16 +83,17 @@ def apart(value: Estimate, others: list[Estimate], shown: Callable[[float], floa
     no mark is set where the printed intervals touch. A missing bound (None, NaN) is unbounded."""
     if not others:
         return None
-    lo, hi = _bound(value.lo, -math.inf), _bound(value.hi, math.inf)
-    if all(shown(lo) > shown(_bound(o.hi, math.inf)) for o in others):
+    lo, hi = finite_or(value.lo, -math.inf), finite_or(value.hi, math.inf)
+    if all(shown(lo) > shown(finite_or(o.hi, math.inf)) for o in others):
         return "above"
-    if all(shown(hi) < shown(_bound(o.lo, -math.inf)) for o in others):
+    if all(shown(hi) < shown(finite_or(o.lo, -math.inf)) for o in others):
         return "below"
     return None
 
 
-def _bound(x: Optional[float], missing: float) -> float:
-    return x if x is not None and math.isfinite(x) else missing
+def finite_or(x: Optional[float], default: float = -math.inf) -> float:
+    """x, or `default` where it is missing or not finite (an interval's open end, a NaN)."""
+    return x if x is not None and math.isfinite(x) else default
 
 
 def _stratum_estimate(m: ModelResults, stratum: str) -> Estimate | None:

@@ -6,12 +6,12 @@ from __future__ import annotations
 from reportgen import hooks as hp
 from reportgen.render import figures as F
 from reportgen.render.pages.shared import (
-    accuracy_comparison_table, claim_item, delta, finite_or, groups_table, shown,
+    accuracy_comparison_table, claim_item, delta, groups_table, shown,
 )
 from reportgen.render.site import Block, Page, Section, Site, caption, not_run, notes, notice, text
 from reportgen.render.tables import Cell, Table, fmt_est
 from reportgen.results.claims import comparison_claims
-from reportgen.results.compare import apart
+from reportgen.results.compare import apart, finite_or
 
 
 def page(site: Site) -> Page:

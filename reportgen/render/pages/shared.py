@@ -62,10 +62,6 @@ def delta(a, b) -> Optional[float]:
     return a - b if a is not None and b is not None and math.isfinite(a) and math.isfinite(b) else None
 
 
-def finite_or(x, default: float = -math.inf) -> float:
-    return x if x is not None and math.isfinite(x) else default
-
-
 def shown(x: float) -> float:
     """x as a table cell shows it (fmt_num, the tables' default digits)."""
     return float(fmt_num(x)) if math.isfinite(x) else x
