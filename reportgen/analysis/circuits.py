@@ -150,11 +150,9 @@ class Effects:
         return self.ratio * self.weight[:, None]
 
 
-def pair_effects(model: Transformer, pb: PairBatch, site: str, directions: tuple[str, ...],
-                 max_rows: int) -> dict[str, Effects]:
-    """Effects per direction of patching every head (site 'head'; components ordered layer-major)
-    on every pair."""
-    run = PairRun(model, pb, (site,), 0.0, max_rows)
+def head_effects(model: Transformer, pb: PairBatch, directions: tuple[str, ...], max_rows: int) -> dict[str, Effects]:
+    """Effects per direction of patching every head (components ordered layer-major) on every pair."""
+    run = PairRun(model, pb, ("head",), 0.0, max_rows)
     weight = (run.ld_clean - run.ld_corrupt).abs()
     return {d: effects(run.sweep("head", d).flatten(1), weight) for d in directions}
 
@@ -170,20 +168,13 @@ def neuron_effects(run: PairRun, direction: str, neurons: dict[int, np.ndarray],
     pairs `pairs` only (rows in that order): the tests read no other pair."""
     rows = torch.as_tensor(pairs, device=run.ld_clean.device)
     weight = (run.ld_clean - run.ld_corrupt).abs()[rows]
-    ratio = torch.cat([each_index(run, "neuron", l, torch.as_tensor(idx, device=rows.device), direction, rows)
-                       for l, idx in neurons.items()], 1)
-    return effects(ratio, weight)
-
-
-def each_index(run: PairRun, site: str, layer: int, index: torch.Tensor, direction: str,
-               pairs: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Effects [pairs, len(index)] of patching each index of `site` at `layer` alone (on every
-    kept pair, or on `pairs`)."""
-    pairs = torch.arange(run.n_kept, device=index.device) if pairs is None else pairs
-    N, K = len(pairs), len(index)
-    rows = pairs.repeat_interleave(K)
-    ld = run.patched_ld(site, layer, direction, rows, index.repeat(N))
-    return run.effect(ld, rows, direction).view(N, K)
+    ratio = []
+    for layer, idx in neurons.items():
+        index = torch.as_tensor(idx, device=rows.device)
+        each = rows.repeat_interleave(len(index))  # every pair with each neuron patched alone
+        ld = run.patched_ld("neuron", layer, direction, each, index.repeat(len(rows)))
+        ratio.append(run.effect(ld, each, direction).view(len(rows), len(index)))
+    return effects(torch.cat(ratio, 1), weight)
 
 
 def resample_counts(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
@@ -358,8 +349,8 @@ def patched_head_tests(model: Transformer, twins: list[Transformer], tokenizer: 
             continue
         per_subject = []
         for i, m in enumerate(subjects):
-            e = pair_effects(m, tested.batch, "head", ("denoise", "noise") if i == 0 else ("denoise",), cfg.max_rows)
-            c = None if control is None else pair_effects(m, control.batch, "head", ("denoise",), cfg.max_rows)["denoise"]
+            e = head_effects(m, tested.batch, ("denoise", "noise") if i == 0 else ("denoise",), cfg.max_rows)
+            c = None if control is None else head_effects(m, control.batch, ("denoise",), cfg.max_rows)["denoise"]
             per_subject.append(Subject(e["denoise"], c, e.get("noise")))
         for t in found:
             tests.append(t)
@@ -673,7 +664,7 @@ class CircuitDiscovery:
             ps = pair_set(records, "operator_flip", "answer", self.cfg.operator_pairs, self.seed, self.tokenizer,
                           self.model.device)
             if ps is not None:
-                rec = pooled(pair_effects(self.model, ps.batch, "head", ("denoise",), self.cfg.max_rows)["denoise"]).reshape(L, H)
+                rec = pooled(head_effects(self.model, ps.batch, ("denoise",), self.cfg.max_rows)["denoise"]).reshape(L, H)
         out = []
         for l in range(L):
             for h in range(H):
