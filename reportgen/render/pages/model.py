@@ -125,12 +125,12 @@ def head_role_table(site: Site, m, att, roles: list[str], name: str, what: str) 
                 if multi and not any(c not in ("—", "") for c in cells):
                     continue  # a head holding nothing at a scratchpad role takes no row
                 rows.append([f"L{l}H{h}", *([role] if multi else []), *cells])
-    caption = (f"Head roles at {what} per column n: the key group holding the head's attention there and its mean "
-               f"mass, where that mass beats both chance and the untrained twins by at least "
-               f"{F.fmt_margin(att.role_margin)} with its interval above theirs; '—': no group does.")
+    title = (f"Head roles at {what} per column n: the key group holding the head's attention there and its mean "
+             f"mass, where that mass beats both chance and the untrained twins by at least "
+             f"{F.fmt_margin(att.role_margin)} with its interval above theirs; '—': no group does.")
     if multi:
-        caption += " Heads holding no group at a role are left out for that role."
-    return site.table(Table(site.paths.table(m, f"head-roles{name}"), caption,
+        title += " Heads holding no group at a role are left out for that role."
+    return site.table(Table(site.paths.table(m, f"head-roles{name}"), title,
                             ["head", *(["digit"] if multi else []), *[f"column {n}" for n in cols]], rows))
 
 
