@@ -248,8 +248,14 @@ def _indexed(k: int, job: Callable[[], ModelResults]) -> tuple[int, ModelResults
 def _job(run: ModelRun, analyses: set[str], first: bool) -> ModelResults:
     import torch
 
+    from reportgen.analysis.engine import release_memory
+
     torch.set_num_threads(1)
-    return compute_model_results(run, analyses, first)
+    result = compute_model_results(run, analyses, first)
+    # A worker whose memory stays 300 MB above its size after its first job is replaced by loky
+    # (as leaking), which costs a new process its imports in the middle of the build.
+    release_memory()
+    return result
 
 
 def model_name(result: ModelResults, path: str, name: Optional[str] = None, label: Optional[str] = None) -> ModelResults:
