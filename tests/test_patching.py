@@ -10,6 +10,7 @@ import torch
 from conftest import TOKENIZER, batch_for, random_model, records
 from reportgen.analysis.pairs import MinimalPair, digit_at, make_pairs, token_roles
 from reportgen.analysis.config import PatchingConfig
+from reportgen.analysis.engine import PASS_SHARE, forward_row_bytes
 from reportgen.analysis.patching import (
     ActivationPatcher, PairRun, answer_order, hook_name, logit_diff, pair_batch, patch_pairs,
     run_patching,
@@ -132,6 +133,19 @@ def test_batched_sweep_equals_one_forward_per_patch(site, direction):
     assert run.n_kept >= 5
     batched = run.sweep(site, direction)
     assert torch.allclose(batched, loop_sweep(model, run, pb, site, direction), atol=1e-5)
+
+
+def test_a_small_memory_budget_cuts_the_sweep_into_chunks_and_changes_nothing():
+    """PairRun takes the memory budget itself (as the API classes use it): a budget of a few
+    rows' activations cuts every patched pass to those rows, with the same effects."""
+    model = strong_model(1)
+    pb = pair_batch(make_pairs(add_records(), "carry_flip", 16, 0), TOKENIZER, "cpu")
+    whole = PairRun(model, pb, ("head", "resid_pre"), 0.0)
+    row = forward_row_bytes(model.cfg, pb.clean.shape[1])
+    small = PairRun(model, pb, ("head", "resid_pre"), 0.0, memory_mb=3 * row / 2**20 / PASS_SHARE)
+    assert whole.max_rows == 512 and small.max_rows == 3
+    for site in ("head", "resid_pre"):
+        assert torch.allclose(small.sweep(site, "denoise"), whole.sweep(site, "denoise"), atol=1e-6)
 
 
 def test_a_float64_model_is_swept_in_float64():

@@ -57,7 +57,7 @@ from scipy.stats import norm, rankdata, t as student_t
 from reportgen.analysis import stats
 from reportgen.analysis.api import task_of, text_records
 from reportgen.analysis.attention import head_tests
-from reportgen.analysis.config import CircuitConfig
+from reportgen.analysis.config import DEFAULT_MEMORY_MB, CircuitConfig
 from reportgen.analysis.engine import at_targets, untrained_twins
 from reportgen.analysis.examples import ExampleBatch, build_batch, distinct
 from reportgen.findings import (
@@ -150,9 +150,10 @@ class Effects:
         return self.ratio * self.weight[:, None]
 
 
-def head_effects(model: Transformer, pb: PairBatch, directions: tuple[str, ...], max_rows: int) -> dict[str, Effects]:
+def head_effects(model: Transformer, pb: PairBatch, directions: tuple[str, ...], max_rows: int,
+                 memory_mb: float = DEFAULT_MEMORY_MB) -> dict[str, Effects]:
     """Effects per direction of patching every head (components ordered layer-major) on every pair."""
-    run = PairRun(model, pb, ("head",), 0.0, max_rows)
+    run = PairRun(model, pb, ("head",), 0.0, max_rows, memory_mb)
     weight = (run.ld_clean - run.ld_corrupt).abs()
     return {d: effects(run.sweep("head", d).flatten(1), weight) for d in directions}
 
@@ -332,7 +333,7 @@ def head_names(model: Transformer) -> list[tuple[int, int]]:
 
 
 def patched_head_tests(model: Transformer, twins: list[Transformer], tokenizer: Tokenizer, records: list[dict],
-                       kind: str, n_pairs: int, cfg: CircuitConfig, seed: int):
+                       kind: str, n_pairs: int, cfg: CircuitConfig, seed: int, memory_mb: float = DEFAULT_MEMORY_MB):
     """Carry-head (kind 'carry_flip') or operator-head (kind 'operator_flip') tests of every head
     at every (column, target): (ComponentRecovery rows, CircuitComponents, NullCheck)."""
     device, memo = model.device, {}
@@ -349,8 +350,9 @@ def patched_head_tests(model: Transformer, twins: list[Transformer], tokenizer: 
             continue
         per_subject = []
         for i, m in enumerate(subjects):
-            e = head_effects(m, tested.batch, ("denoise", "noise") if i == 0 else ("denoise",), cfg.max_rows)
-            c = None if control is None else head_effects(m, control.batch, ("denoise",), cfg.max_rows)["denoise"]
+            e = head_effects(m, tested.batch, ("denoise", "noise") if i == 0 else ("denoise",), cfg.max_rows, memory_mb)
+            c = None if control is None else head_effects(m, control.batch, ("denoise",), cfg.max_rows,
+                                                          memory_mb)["denoise"]
             per_subject.append(Subject(e["denoise"], c, e.get("noise")))
         for t in found:
             tests.append(t)
@@ -482,7 +484,7 @@ def neuron_screen(cache: dict, batch: ExampleBatch, target: str, n_layers: int, 
 
 
 def neuron_causal(model: Transformer, cand: np.ndarray, tested: PairSet, control: Optional[PairSet],
-                  cfg: CircuitConfig, seed: int, with_noise: bool = True):
+                  cfg: CircuitConfig, seed: int, with_noise: bool = True, memory_mb: float = DEFAULT_MEMORY_MB):
     """(candidates in test order, [(Test, Verdicts, noising Pooled or None)] per testable column):
     each candidate (flat index) patched alone, against `null_neurons` random neurons of its layer;
     Bonferroni over candidates x columns. Only what the verdicts read is computed: the random
@@ -502,13 +504,14 @@ def neuron_causal(model: Transformer, cand: np.ndarray, tested: PairSet, control
     if not tests:
         return order[is_cand], []
     used = np.unique(np.concatenate([t.idx for t in tests]))
-    run = PairRun(model, tested.batch, ("neuron",), 0.0, cfg.max_rows)
+    run = PairRun(model, tested.batch, ("neuron",), 0.0, cfg.max_rows, memory_mb)
     e = neuron_effects(run, "denoise", by_layer, used)
     noise = neuron_effects(run, "noise", mine, used) if with_noise else None
     c, c_used = None, None
     if control is not None:
         c_used = np.unique(np.concatenate([t.control_idx for t in tests]))
-        c = neuron_effects(PairRun(model, control.batch, ("neuron",), 0.0, cfg.max_rows), "denoise", mine, c_used)
+        c = neuron_effects(PairRun(model, control.batch, ("neuron",), 0.0, cfg.max_rows, memory_mb), "denoise", mine,
+                           c_used)
     alpha = ALPHA / max(1, len(tests) * len(cand))
     out = []
     for t in tests:
@@ -529,7 +532,8 @@ def keep(e: Effects, columns: np.ndarray) -> Effects:
 
 
 def neuron_tests(model: Transformer, cache: dict, twins: list[Transformer], twin_caches: Sequence[dict],
-                 tokenizer: Tokenizer, batch: ExampleBatch, cfg: CircuitConfig, seed: int):
+                 tokenizer: Tokenizer, batch: ExampleBatch, cfg: CircuitConfig, seed: int,
+                 memory_mb: float = DEFAULT_MEMORY_MB):
     """The neuron screen and causal test on the model and on each twin: (ComponentRecovery rows,
     components, NullCheck, screen description)."""
     records, L, d_mlp = batch.records, model.cfg.n_layers, model.cfg.d_mlp
@@ -543,7 +547,7 @@ def neuron_tests(model: Transformer, cache: dict, twins: list[Transformer], twin
         cand = idx[: cfg.max_neuron_candidates]
         results = []
         if cand.size and tested is not None and not (ck and control is None):
-            cand, results = neuron_causal(m, cand, tested, control, cfg, seed, with_noise=i == 0)
+            cand, results = neuron_causal(m, cand, tested, control, cfg, seed, i == 0, memory_mb)
         confirmed = {int(cand[k]) for _, v, _ in results for k in np.nonzero(v.confirmed)[0]}
         counts.append(sum(int(v.confirmed.sum()) for _, v, _ in results))
         tested_counts.append(sum(len(v.confirmed) for _, v, _ in results))
@@ -587,7 +591,7 @@ def neuron_component(flat: int, d_mlp: int, auroc, p, null, confirmed: bool, row
 # ---------------------------------------------------------------- entry point
 def run_circuits(model: Transformer, tokenizer: Tokenizer, batch: ExampleBatch, cache: dict,
                  attention: Optional[AttentionFindings], twins: list[Transformer], twin_caches: Sequence[dict],
-                 cfg: CircuitConfig, seed: int) -> CircuitFindings:
+                 cfg: CircuitConfig, seed: int, memory_mb: float = DEFAULT_MEMORY_MB) -> CircuitFindings:
     """DESIGN §4.4 on the batch's records; `cache` is the model's activation cache of the batch,
     `twins` its untrained twins (the nulls) and `twin_caches` their caches of the batch."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
@@ -596,14 +600,14 @@ def run_circuits(model: Transformer, tokenizer: Tokenizer, batch: ExampleBatch, 
     if {"+", "-"} <= {r["op"] for r in batch.records}:
         kinds.append(("operator_flip", cfg.operator_pairs))
     for kind, n in kinds:
-        rows, comps, null = patched_head_tests(model, twins, tokenizer, batch.records, kind, n, cfg, seed)
+        rows, comps, null = patched_head_tests(model, twins, tokenizer, batch.records, kind, n, cfg, seed, memory_mb)
         recoveries += rows
         components += comps
         nulls += [null] if null else []
     heads, head_nulls = head_tests(batch, cache, twin_caches, L, seed, cfg.position_min_mass, cfg.position_margin)
     components += heads
     nulls += head_nulls
-    rows, comps, null, screen = neuron_tests(model, cache, twins, twin_caches, tokenizer, batch, cfg, seed)
+    rows, comps, null, screen = neuron_tests(model, cache, twins, twin_caches, tokenizer, batch, cfg, seed, memory_mb)
     recoveries += rows
     components += comps
     nulls.append(null)

@@ -35,7 +35,8 @@ import torch
 
 from reportgen.analysis import stats
 from reportgen.analysis.api import task_of, text_records
-from reportgen.analysis.config import PatchingConfig
+from reportgen.analysis.config import DEFAULT_MEMORY_MB, PatchingConfig
+from reportgen.analysis.engine import forward_row_bytes, rows_within
 from reportgen.analysis.examples import ExampleBatch, template
 from reportgen.findings import AttributionScore, PatchingFindings, PatchSweep
 from reportgen.analysis.pairs import (
@@ -115,10 +116,14 @@ def logit_diff(logits: torch.Tensor, pred_pos: torch.Tensor, correct: torch.Tens
 
 
 class PairRun:
-    """The clean and corrupt runs of a PairBatch, cached once; dropped pairs are removed here."""
+    """The clean and corrupt runs of a PairBatch, cached once; dropped pairs are removed here.
+    A patched pass holds at most `max_rows` rows, fewer where their activations would take more
+    than a chunk's share of `memory_mb` (engine.rows_within)."""
 
-    def __init__(self, model: Transformer, pb: PairBatch, sites, min_denominator: float, max_rows: int = 512):
-        self.model, self.max_rows = model, max_rows
+    def __init__(self, model: Transformer, pb: PairBatch, sites, min_denominator: float, max_rows: int = 512,
+                 memory_mb: float = DEFAULT_MEMORY_MB):
+        self.model = model
+        self.max_rows = rows_within(memory_mb, forward_row_bytes(model.cfg, pb.clean.shape[1]), max_rows)
         L = model.cfg.n_layers
         names = {hook_name(s, l) for s in sites for l in range(L)}
         names |= {hook(l) for l in range(L) for hook in (hp.resid_pre, hp.resid_mid, hp.resid_post)}
@@ -280,11 +285,12 @@ def by_role(values: np.ndarray, roles: list[list[str]], axis: list[str]) -> np.n
 
 
 def patch_pairs(model: Transformer, tokenizer: Tokenizer, pairs: list[MinimalPair], cfg: PatchingConfig,
-                seed: int) -> tuple[list[PatchSweep], list[AttributionScore], int]:
+                seed: int, memory_mb: float = DEFAULT_MEMORY_MB) -> tuple[list[PatchSweep], list[AttributionScore], int]:
     """Sweeps (and, for cfg.attribution_kind, attribution scores) of one kind's pairs, and how
     many pairs were dropped. A kind whose pairs are all dropped yields no sweep."""
     kind = pairs[0].kind
-    run = PairRun(model, pair_batch(pairs, tokenizer, model.device), cfg.sites, cfg.min_denominator, cfg.max_rows)
+    run = PairRun(model, pair_batch(pairs, tokenizer, model.device), cfg.sites, cfg.min_denominator, cfg.max_rows,
+                  memory_mb)
     if run.n_kept == 0:
         return [], [], run.n_dropped
     axis = role_order([r for roles in run.roles for r in roles], answer_order(run.pairs))
@@ -332,7 +338,7 @@ def _attribution_scores(run: PairRun, cfg: PatchingConfig, axis: list[str], exac
 
 
 def run_patching(model: Transformer, tokenizer: Tokenizer, batch: ExampleBatch, cfg: PatchingConfig,
-                 seed: int) -> PatchingFindings:
+                 seed: int, memory_mb: float = DEFAULT_MEMORY_MB) -> PatchingFindings:
     """DESIGN §4.2 on pairs drawn from the batch's records, read at every target token each kind
     changes (pairs.TARGETS: the answer digit, and in a scratchpad the step digits).
 
@@ -348,7 +354,7 @@ def run_patching(model: Transformer, tokenizer: Tokenizer, batch: ExampleBatch, 
             pairs = make_pairs(batch.records, kind, cfg.n_pairs, seed, target) if kind != "operator_flip" or mixed else []
             counts[key], dropped[key] = len(pairs), 0
             if pairs:
-                s, a, dropped[key] = patch_pairs(model, tokenizer, pairs, cfg, seed)
+                s, a, dropped[key] = patch_pairs(model, tokenizer, pairs, cfg, seed, memory_mb)
                 sweeps += s
                 attribution += a
     return PatchingFindings(sweeps=sweeps, attribution=attribution, pair_counts=counts, pair_dropped=dropped)

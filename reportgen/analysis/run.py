@@ -11,7 +11,7 @@ checking layers, tokenising) is validated before any forward pass, in `analysis.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Iterable, Optional
 
 import numpy as np
@@ -24,8 +24,7 @@ from reportgen.analysis.circuits import run_circuits
 from reportgen.analysis.config import ANALYSES, AnalysisConfig
 from reportgen.analysis.plan import Plan, prepare
 from reportgen.analysis.engine import (
-    cached_pass, forward_row_bytes, greedy_predictions, is_correct, release_memory, rows_within, run_with_cache,
-    untrained_twins,
+    cached_pass, greedy_predictions, is_correct, release_memory, run_with_cache, untrained_twins,
 )
 from reportgen.analysis.examples import ExampleBatch, build_batch, example_key
 from reportgen.findings import AnalysisFindings, AttentionFindings, ExampleFindings
@@ -52,6 +51,7 @@ def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool =
     from reportgen.progress import progress as progress_bar
 
     model, tok, batch, on, seed = ckpt.model, ckpt.tokenizer, plan.batch, plan.enabled, cfg.seed
+    budget = cfg.memory_budget_mb  # each analysis cuts its batched passes to it
     # The analyses that read the cached runs first; the caches are freed before the others, which
     # make their own forward passes (probing's are the largest).
     order = [a for a in ANALYSES if a in on and a in CACHE_READERS] + [a for a in ANALYSES if a in on - CACHE_READERS]
@@ -61,20 +61,16 @@ def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool =
     runs = cached_runs(model, tok, batch, twins, on, seed, cfg.attention.role_margin)
     bar.update()
 
-    # Patched passes run on pairs no longer than the batch's inputs: chunks of at most `rows` fit the budget.
-    rows = rows_within(cfg.memory_budget_mb, forward_row_bytes(model.cfg, batch.tokens.shape[1]))
-    patching_cfg = replace(cfg.patching, max_rows=min(cfg.patching.max_rows, rows))
-    circuits_cfg = replace(cfg.circuits, max_rows=min(cfg.circuits.max_rows, rows))
     runners = {
         "attention": lambda: keep_layers(runs.attention, plan.attention_layers),
-        "patching": lambda: run_patching(model, tok, batch, patching_cfg, seed),
+        "patching": lambda: run_patching(model, tok, batch, cfg.patching, seed, budget),
         "logit_lens": lambda: summarize_lens(runs.lens, compute_lens(twins[0], tok, runs.twin_caches[0], batch),
                                              [r["labels"]["stratum"] for r in batch.records], seed,
                                              lens_by_role(target_lens(model, tok, runs.cache, batch), batch, seed)),
         "circuits": lambda: run_circuits(model, tok, batch, runs.cache, runs.attention, twins, runs.twin_caches,
-                                         circuits_cfg, seed),
+                                         cfg.circuits, seed, budget),
         "probing": lambda: analyze_probing(ckpt, twins, cfg.probing, plan.probe_layers, seed, plan.questions),
-        "interventions": lambda: run_interventions(model, tok, batch, cfg.interventions, seed, cfg.memory_budget_mb),
+        "interventions": lambda: run_interventions(model, tok, batch, cfg.interventions, seed, budget),
     }
     out = AnalysisFindings(examples=[], population=plan.population)
     for name in order:
