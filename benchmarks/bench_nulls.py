@@ -1,13 +1,13 @@
-"""What the nulls cost: `reportgen analyze --all` and `reportgen build` of the demo models with 2,
-3 and 4 untrained twins.
+"""What the nulls cost: `reportgen analyze --all` and `reportgen build` of the demo models with 3,
+4 and 5 untrained twins.
 
 Every confirming test also runs on `untrained_twins` freshly initialised models (at least 2), so
 the cost without nulls cannot be run; it is the intercept of a straight line through the three
 timings. The script prints each timing, the cost of one twin (the slope) and the share of the
-default 3 twins in each command's time. The build is timed without its PDF and with an empty
+default twins (5) in each command's time. The build is timed without its PDF and with an empty
 result cache (the twins change the analyses, not the rendering).
 
-    python benchmarks/bench_nulls.py [--demos add3_rev add3_steps] [--twins 2 3 4]
+    python benchmarks/bench_nulls.py [--demos add3_rev add3_steps] [--twins 3 4 5]
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_TWINS = 3
+sys.path.insert(0, str(ROOT))
+
+from reportgen.analysis.config import UNTRAINED_TWINS as DEFAULT_TWINS  # noqa: E402
 
 
 def timed(argv: list[str]) -> float:
@@ -54,7 +56,7 @@ def report(what: str, twins: list[int], seconds: list[float]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demos", nargs="+", default=["add3_rev", "add3_steps"])
-    parser.add_argument("--twins", nargs="+", type=int, default=[2, 3, 4])
+    parser.add_argument("--twins", nargs="+", type=int, default=[3, 4, 5])
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-nulls-"))
     checkpoints = [str(ROOT / "runs" / demo / "checkpoint_best.pt") for demo in args.demos]

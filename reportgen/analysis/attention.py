@@ -56,6 +56,7 @@ import torch
 
 from reportgen.analysis import stats
 from reportgen.analysis.api import check_layers, task_of, text_batch, token_labels
+from reportgen.analysis.config import UNTRAINED_TWINS
 from reportgen.analysis.engine import run_with_cache, untrained_twins
 from reportgen.analysis.examples import ExampleBatch, template
 from reportgen.findings import (
@@ -639,7 +640,7 @@ class AttentionAnalyzer:
         return att[layer, head_idx]
 
     def head_statistics(self, texts: list[str], layers: Optional[list[int]] = None, seed: int = 0,
-                        twins: int = 3) -> AttentionFindings:
+                        twins: int = UNTRAINED_TWINS) -> AttentionFindings:
         """DESIGN §4.1 statistics, the per-column table and head roles over `texts`, against
         `twins` untrained twins."""
         n_layers = self.model.cfg.n_layers

@@ -57,7 +57,7 @@ from scipy.stats import norm, rankdata, t as student_t
 from reportgen.analysis import stats
 from reportgen.analysis.api import task_of, text_records
 from reportgen.analysis.attention import head_tests
-from reportgen.analysis.config import DEFAULT_MEMORY_MB, CircuitConfig
+from reportgen.analysis.config import DEFAULT_MEMORY_MB, UNTRAINED_TWINS, CircuitConfig
 from reportgen.analysis.engine import at_targets, untrained_twins
 from reportgen.analysis.examples import ExampleBatch, build_batch, distinct
 from reportgen.findings import (
@@ -624,7 +624,7 @@ class CircuitDiscovery:
     """
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, task: Optional[dict] = None,
-                 config: Optional[CircuitConfig] = None, seed: int = 0, n_twins: int = 3):
+                 config: Optional[CircuitConfig] = None, seed: int = 0, n_twins: int = UNTRAINED_TWINS):
         self.model, self.tokenizer, self.task = model, tokenizer, task_of(model, task)
         self.cfg, self.seed, self.n_twins = config or CircuitConfig(), seed, n_twins
 

@@ -59,7 +59,7 @@ import torch
 
 from reportgen.analysis.api import task_of, text_batch
 from reportgen.analysis import stats
-from reportgen.analysis.config import MIN_TEST, ProbingConfig, min_problems
+from reportgen.analysis.config import MIN_TEST, UNTRAINED_TWINS, ProbingConfig, min_problems
 from reportgen.analysis.engine import run_with_cache, untrained_twins
 from reportgen.analysis.examples import ExampleBatch, build_batch, example_key, template
 from reportgen.findings import Estimate, NullCheck, ProbeLayout, ProbeResult, ProbingFindings
@@ -583,7 +583,7 @@ class ProbingClassifier:
     """
 
     def __init__(self, model: Transformer, tokenizer, task: Optional[dict] = None, seed: int = 0,
-                 test_fraction: float = 0.3, max_iter: int = 30, n_twins: int = 3):
+                 test_fraction: float = 0.3, max_iter: int = 30, n_twins: int = UNTRAINED_TWINS):
         self.model, self.tokenizer, self.task = model, tokenizer, task_of(model, task)
         self.seed, self.test_fraction, self.max_iter, self.n_twins = seed, test_fraction, max_iter, n_twins
 
