@@ -41,7 +41,7 @@ import torch
 from reportgen.analysis import stats
 from reportgen.analysis.api import task_of, text_batch
 from reportgen.analysis.config import DEFAULT_MEMORY_MB, METHODS, InterventionConfig, Method
-from reportgen.analysis.engine import answer_digits, digit_log_probs, forward_row_bytes, rows_within
+from reportgen.analysis.engine import answer_digits, digit_log_probs, forward_row_bytes, release_memory, rows_within
 from reportgen.analysis.examples import ExampleBatch, example_key, template
 from reportgen.findings import AblationEffect, Estimate, InterventionFindings, Metrics
 from reportgen.analysis.pairs import remake
@@ -247,10 +247,14 @@ class Ablator:
                     if lo <= a < hi:
                         for name, x in cache.items():
                             means.setdefault(name, {})[templates[a]] = x[a - lo:b - lo].mean(0)
+                # Copies of the rows resampling takes (a view would keep the chunk's whole cache alive).
+                here = torch.tensor([j - lo for j in taken if lo <= j < hi], dtype=torch.long, device=tokens.device)
                 for name, x in cache.items():
-                    rows.setdefault(name, []).extend(x[j - lo] for j in taken if lo <= j < hi)
-            picked = {n: torch.stack(r) if r else self.cache[n][:0] for n, r in rows.items()}
+                    rows.setdefault(name, []).append(x[here])
+                del cache  # before the next chunk's pass, not after it
+            picked = {n: torch.cat(r) if r else self.cache[n][:0] for n, r in rows.items()}
             self._reference_values = (means, picked, taken)
+            release_memory()  # the chunks' caches, which glibc would keep (twice what stays live, at scale)
         return self._reference_values
 
     def _template_chunks(self, starts: list[int]) -> list[tuple[int, int]]:
@@ -337,6 +341,7 @@ class Ablator:
                     rows = slice(lo, lo + step)
                     out[chunk, rows], right[chunk, rows] = self._outcome(
                         self._run(start, [specs[i] for i in chunk], method, rows), rows)
+        release_memory()
         return out, right
 
     def changes(self, spec: Spec, method: str) -> bool:
@@ -525,6 +530,7 @@ class Ablator:
         max_new = max(len(records[i]["target"]) for i in rows) + 1
         preds = greedy_decode(self.model, self.tokenizer, [records[i]["prompt"] for i in rows], max_new,
                               self._decode_rows(method, specs), hooks_for)
+        release_memory()  # the decoding buffers
         out[todo[:, 0], todo[:, 1]] = torch.tensor([final_answer(p) == final_answer(records[i]["target"])
                                                     for i, p in zip(rows, preds)], device=out.device)
         return out
