@@ -114,8 +114,12 @@ def cached_runs(model, tok, batch: ExampleBatch, twins: list, on: set[str], seed
     if not on & CACHE_READERS:
         return CachedRuns(None, [], None, None)
     n_layers = model.cfg.n_layers
-    _, cache = cached_pass(model, batch, cached_hooks, screened_hooks)
-    twin_caches = [cached_pass(t, batch, cached_hooks, screened_hooks)[1] for t in twins]
+    # The logit lens decodes the model's residual stream and the first twin's (its baseline); the
+    # other twins' caches hold attention patterns and the screened MLP activations only.
+    whole = cached_hooks if "logit_lens" in on else pattern_hooks
+    _, cache = cached_pass(model, batch, whole, screened_hooks)
+    twin_caches = [cached_pass(t, batch, whole if i == 0 else pattern_hooks, screened_hooks)[1]
+                   for i, t in enumerate(twins)]
     attention = None
     if on & {"attention", "circuits"}:  # circuits picks its candidates from every layer's role scores
         attention = analyze_attention(batch, cache, twin_caches, n_layers, list(range(n_layers)), seed, role_margin)
@@ -128,6 +132,11 @@ def cached_hooks(name: str) -> bool:
     patterns (attention roles, position heads) and the residual stream the logit lens decodes
     (the embedding and each block's output; a later block's resid_pre is the previous output)."""
     return hp.site_of(name) in (hp.ATTN_PATTERN, hp.RESID_POST) or name == hp.resid_pre(0)
+
+
+def pattern_hooks(name: str) -> bool:
+    """The attention patterns alone (what attention roles and position heads read)."""
+    return hp.site_of(name) == hp.ATTN_PATTERN
 
 
 def screened_hooks(name: str) -> bool:
