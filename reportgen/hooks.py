@@ -109,6 +109,17 @@ def all_names(n_layers: int) -> list[str]:
     return [EMBED, POS_EMBED] + [in_block(l, site) for l in range(n_layers) for site in BLOCK_SITES] + [FINAL_NORMALIZED]
 
 
+def stream(n_layers: int) -> list[str]:
+    """The residual stream between blocks, as the logit lens and the probes read it: the embedding
+    (block 0's resid_pre) and each block's output, in forward order."""
+    return [resid_pre(0)] + [resid_post(l) for l in range(n_layers)]
+
+
+def in_stream(name: str) -> bool:
+    """Whether `name` is one of `stream(n)`, for any number of blocks."""
+    return site_of(name) == RESID_POST or name == resid_pre(0)
+
+
 def is_in_block(name: str) -> bool:
     return name.startswith("blocks.") and name.count(".") >= 2
 

@@ -38,13 +38,9 @@ def layer_labels(n_layers: int) -> list[str]:
     return ["embed"] + [f"L{l}" for l in range(n_layers)]
 
 
-def lens_hooks(n_layers: int) -> list[str]:
-    return [hp.resid_pre(0)] + [hp.resid_post(l) for l in range(n_layers)]
-
-
 def lens_log_probs(model: Transformer, tokenizer: Tokenizer, cache: dict, pos: torch.Tensor) -> torch.Tensor:
     """Digit log-probabilities of every lens index at positions `pos` [B, K]: [L+1, B, K, 10]."""
-    resid = torch.stack([gather_at(cache[name], pos) for name in lens_hooks(model.cfg.n_layers)])
+    resid = torch.stack([gather_at(cache[name], pos) for name in hp.stream(model.cfg.n_layers)])
     with torch.no_grad():
         return digit_log_probs(model.unembed(resid), tokenizer)
 
@@ -204,7 +200,7 @@ class LogitLens:
     def _lens(self, text: str, position: int) -> tuple[torch.Tensor, int, int]:
         """Digit log-probs [L+1, 10] at one answer position, its token index and its correct digit."""
         batch = text_batch(self.model, self.tokenizer, [text], self.task)
-        hooks = set(lens_hooks(self.model.cfg.n_layers))
+        hooks = set(hp.stream(self.model.cfg.n_layers))
         _, cache = run_with_cache(self.model, batch, names=hooks.__contains__)
         n = int(batch.answer_mask[0].sum())
         if not -n <= position < n:

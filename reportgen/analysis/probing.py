@@ -604,7 +604,7 @@ class ProbingClassifier:
         if np.unique(y[~is_test]).size < 2:
             raise ReportgenError(f"probe {name!r}: the training split has one class; give more examples")
         n_layers = self.model.cfg.n_layers
-        sites = [hp.resid_pre(0)] + [hp.resid_post(l) for l in range(n_layers)]
+        sites = hp.stream(n_layers)
         rows = torch.arange(len(y), device=batch.tokens.device)
         feats = []
         for subject in [self.model, *untrained_twins(self.model, self.n_twins, self.seed)]:

@@ -131,7 +131,7 @@ def cached_hooks(name: str) -> bool:
     """What the analyses read whole of the cached runs (the model's and its twins'): attention
     patterns (attention roles, position heads) and the residual stream the logit lens decodes
     (the embedding and each block's output; a later block's resid_pre is the previous output)."""
-    return hp.site_of(name) in (hp.ATTN_PATTERN, hp.RESID_POST) or name == hp.resid_pre(0)
+    return hp.site_of(name) == hp.ATTN_PATTERN or hp.in_stream(name)
 
 
 def pattern_hooks(name: str) -> bool:
