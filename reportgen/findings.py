@@ -320,6 +320,10 @@ class InterventionFindings:
     cumulative: list[AblationEffect]  # heads ablated together in order of importance; component = "top-k"
     default_method: str
 
+    def default_effects(self) -> list[AblationEffect]:
+        """The effects of the default method (the one the report's sentences and tables use)."""
+        return [e for e in self.effects if e.method == self.default_method]
+
 
 # ---------------------------------------------------------------- per example
 @dataclass

@@ -172,8 +172,7 @@ def _probing_jobs(d: Path, probing) -> list:
 def _write_interventions(d: Path, interventions) -> None:
     from reportgen.plots.toolkit import layer_importance
 
-    layer_effects = [e for e in interventions.effects
-                     if e.method == interventions.default_method and e.component.split(".")[-1] in ("attn", "mlp")]
+    layer_effects = [e for e in interventions.default_effects() if e.component.split(".")[-1] in ("attn", "mlp")]
     if not layer_effects:
         return
     clean = interventions.clean.exact_match.mean

@@ -324,7 +324,7 @@ def ablation_claims(m: ModelResults) -> tuple[list[Claim], list[Claim]]:
     if iv is None:
         return [], []
     clean = iv.clean
-    default = [e for e in iv.effects if e.method == iv.default_method]
+    default = iv.default_effects()
     heads = [e for e in default if "H" in e.component]
     found = []
     if heads:

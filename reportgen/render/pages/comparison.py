@@ -126,8 +126,7 @@ def heads_section(site: Site) -> Section:
         effects = {}
         if iv is not None:
             clean = iv.clean.exact_match.mean
-            effects = {e.component: delta(clean, e.metrics.exact_match.mean)
-                       for e in iv.effects if e.method == iv.default_method}
+            effects = {e.component: delta(clean, e.metrics.exact_match.mean) for e in iv.default_effects()}
         causal = {(c.kind, c.layer, c.index): c for c in (circ.components if circ else [])}
         for role in dict.fromkeys(r.role for r in att.role_scores):
             best = min((r for r in att.role_scores if r.role == role),
@@ -150,8 +149,8 @@ def ablation_section(site: Site) -> Section:
     models = [m for m in site.report.models if m.findings.interventions is not None]
     if not models:
         return Section("ablations", "Ablation effects", [not_run("ablation")])
-    by = {m.name: {e.component: e.metrics.exact_match for e in m.findings.interventions.effects
-                   if e.method == m.findings.interventions.default_method} for m in models}
+    by = {m.name: {e.component: e.metrics.exact_match for e in m.findings.interventions.default_effects()}
+          for m in models}
     comps = sorted({c for d in by.values() for c in d}, key=F.component_rank)
     rows = [["none (clean)", *highlighted(site, [m.findings.interventions.clean.exact_match for m in models],
                                                 models, "accuracy")]]

@@ -292,7 +292,7 @@ def probing_section(site: Site, m, probing) -> list[Block]:
 
 def ablation_section(site: Site, m, iv) -> list[Block]:
     clean = iv.clean
-    default = sorted((e for e in iv.effects if e.method == iv.default_method), key=lambda e: F.component_rank(e.component))
+    default = sorted(iv.default_effects(), key=lambda e: F.component_rank(e.component))
     scratch = clean.scratchpad_accuracy is not None
     rows = [[e.component, e.metrics.exact_match, delta(e.metrics.exact_match.mean, clean.exact_match.mean),
              e.metrics.free_exact_match, e.metrics.digit_accuracy, e.metrics.margin, e.metrics.logprob]
