@@ -105,7 +105,7 @@ def _notes(groups: list[ComparableGroup], models: list[ModelResults]) -> list[st
     for aspect, (what, shared) in ASPECTS.items():
         split = [g for g in groups if g.aspect == aspect]
         if len(split) > 1:
-            parts = "; ".join(f"{', '.join(g.models)} ({g.basis})" for g in split)
+            parts = "; ".join(g.describe() for g in split)
             notes.append(f"{what} compare only between models with {shared}: {parts}.")
     by_name = {m.name: m for m in models}
     for g in groups:

@@ -92,6 +92,10 @@ class ComparableGroup:
     basis: str  # plain-language description of what they share, e.g. "add, 1-3 digits"
     models: list[str]  # model names, in report order
 
+    def describe(self, labels: Optional[dict[str, str]] = None) -> str:
+        """'a, b (add, 1-3 digits)': its models (by their `labels` where given) and their basis."""
+        return f"{', '.join((labels or {}).get(n, n) for n in self.models)} ({self.basis})"
+
 
 @dataclass
 class StratumLeader:

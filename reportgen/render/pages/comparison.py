@@ -40,7 +40,7 @@ def group_note(site: Site, aspect: str) -> list[Block]:
     if len(groups) <= 1:
         return []
     labels = {m.name: m.label for m in site.report.models}
-    parts = "; ".join(f"{', '.join(labels.get(n, n) for n in g.models)} ({g.basis})" for g in groups)
+    parts = "; ".join(g.describe(labels) for g in groups)
     return [notice(f"Not directly comparable across groups ({aspect}): {parts}. Compare rows only within a "
                    f"group; a missing entry means the model has no such component or the analysis was not run.")]
 

@@ -51,7 +51,7 @@ def groups_table(site: Site) -> Block:
     for g in site.report.comparison.groups:
         from_aspect.setdefault(g.aspect, []).append(g)
     labels = {m.name: m.label for m in site.report.models}
-    rows = [[aspect, "; ".join(f"{', '.join(labels.get(n, n) for n in g.models)} ({g.basis})" for g in gs),
+    rows = [[aspect, "; ".join(g.describe(labels) for g in gs),
              "yes" if len(gs) == 1 else "only within each group"]
             for aspect, gs in from_aspect.items()]
     return site.table(Table(
