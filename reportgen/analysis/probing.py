@@ -109,12 +109,21 @@ def majority_score(y: np.ndarray, is_test: np.ndarray, balanced: bool) -> float:
     return score(y[is_test], np.full(is_test.sum(), majority_class(y[~is_test])), balanced)
 
 
-def standardize(feats: torch.Tensor, train: torch.Tensor) -> torch.Tensor:
-    """[F, N, d] features scaled by their training rows' mean and std (constant columns left
-    at 0), with a column of ones appended for the intercept."""
-    mu = feats[:, train].mean(1, keepdim=True)
-    sd = feats[:, train].std(1, unbiased=False, keepdim=True)
-    z = (feats - mu) / torch.where(sd > 1e-12, sd, torch.ones_like(sd))
+def train_moments(feats: torch.Tensor, train: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std [F, 1, d] (float64) of each feature set's training rows, `chunk` sets at a time."""
+    mu = torch.empty(feats.shape[0], 1, feats.shape[2], dtype=torch.float64)
+    sd = torch.empty_like(mu)
+    for start in range(0, len(feats), chunk):
+        x = feats[start:start + chunk, train].double()
+        mu[start:start + chunk] = x.mean(1, keepdim=True)
+        sd[start:start + chunk] = x.std(1, unbiased=False, keepdim=True)
+    return mu, sd
+
+
+def standardize(feats: torch.Tensor, mu: torch.Tensor, sd: torch.Tensor) -> torch.Tensor:
+    """[F, N, d] features (float64) scaled by their training rows' mean and std (constant columns
+    left at 0), with a column of ones appended for the intercept."""
+    z = (feats.double() - mu) / torch.where(sd > 1e-12, sd, torch.ones_like(sd))
     return torch.cat([z, torch.ones_like(z[..., :1])], -1)
 
 
@@ -127,15 +136,17 @@ def logistic_decisions(feats: torch.Tensor, targets: torch.Tensor, pairs: torch.
     sum(log-loss) + ||w||^2 / (2C) over standardised features, intercept unpenalised (scikit-
     learn's objective), by Newton steps with step halving. Returns [Q, N_test] (float64).
     """
-    X_all = standardize(feats.double(), train)
     test = ~train
-    reg = torch.full((X_all.shape[-1],), 1.0 / C, dtype=torch.float64)
+    reg = torch.full((feats.shape[-1] + 1,), 1.0 / C, dtype=torch.float64)
     reg[-1] = 0.0  # the intercept
     out = torch.empty(len(pairs), int(test.sum()), dtype=torch.float64)
-    chunk = max(1, min(512, CHUNK_VALUES // X_all[0].numel()))  # problems whose features are gathered at once
+    chunk = max(1, min(512, CHUNK_VALUES // feats[0].numel()))  # problems whose features are gathered at once
+    # Features stay as given (float32 activations: half the memory) and are standardised in
+    # float64 chunk by chunk, exactly as if all at once.
+    mu, sd = train_moments(feats, train, chunk)
     for start in range(0, len(pairs), chunk):
         p = pairs[start:start + chunk]
-        X = X_all[p[:, 0]]
+        X = standardize(feats[p[:, 0]], mu[p[:, 0]], sd[p[:, 0]])
         w = _newton(X[:, train], targets[p[:, 1]][:, train].double(), reg, max_iter)
         out[start:start + chunk] = (X[:, test] @ w[..., None])[..., 0]
     return out
@@ -365,8 +376,9 @@ def _fit_layout(index: int, records: list[dict], model, twins, tokenizer, cfg: P
     feats = []  # [subject, site, position] -> rows x d
     for subject in [model, *twins]:
         _, cache = run_with_cache(subject, batch, names=names.__contains__)
-        feats += [cache[name][:, pos].transpose(0, 1).double().cpu() for _, name in sites]
-    feats = torch.cat(feats)  # [(subject, site, position), N, d]
+        feats += [cache[name][:, pos].transpose(0, 1).cpu() for _, name in sites]
+        del cache
+    feats = torch.cat(feats)  # [(subject, site, position), N, d], in the model's dtype
     n_sub, n_site, n_pos = 1 + len(twins), len(sites), len(positions)
     pairs = [((m * n_site + s) * n_pos + p, t) for m in range(n_sub) for s in range(n_site)
              for p, _, _, _, ts in label_rows for t in ts]
