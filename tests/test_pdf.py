@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pypdf = pytest.importorskip("pypdf")
@@ -162,3 +163,32 @@ def test_the_summary_pdf_is_short_and_draws_its_figures(report, tmp_path):
         assert len(drawn) == len(captions)
         figures += len(drawn)
     assert figures >= len(report.models)  # at least each model's accuracy figure
+
+
+def test_a_findings_test_line_wraps_at_its_last_fitting_space(tmp_path):
+    """WeasyPrint broke a text run at its first space when the run and a trailing link did not fit
+    on one line: add3_steps's carry-head findings showed 'untrained' alone on a line of the PDF.
+    The claims partial, around the width where that happened, in the PDF's own style sheets."""
+    from types import SimpleNamespace
+
+    import weasyprint
+
+    from reportgen.render.site import TEMPLATES, environment
+
+    test = ("patching a head's output on carry-flip pairs aimed at the column, against sum-flip pairs, every "
+            "same-layer head of the untrained twins and their prediction bound")
+    null = "the same test confirmed 0, 0, 0, 0, 0 on 5 untrained twins (error rate 5% per model)"
+    claim = SimpleNamespace(text="L0H0 copies the carry.", test=test, null=null, href="models/x.html#heads")
+    block = SimpleNamespace(item=SimpleNamespace(title="", href=None, found=[claim], not_found=[]))
+    links = SimpleNamespace(href=lambda target: "#" + target.partition("#")[2])
+    body = environment().get_template("partials/claims.html").render(block=block, L=links)
+    css = "".join((TEMPLATES / "static" / name).read_text() for name in ("report.css", "print.css"))  # as pdf_base.html
+    for width in np.arange(6.80, 7.20, 0.02):  # the old partial broke at 6.94 in here
+        html = (f"<html><head><style>{css} div.w {{ width: {width:.2f}in; }}</style></head><body><div class='w'>{body}"
+                "</div></body></html>")
+        weasyprint.HTML(string=html).write_pdf(tmp_path / "claims.pdf")
+        text = subprocess.run(["pdftotext", "-layout", str(tmp_path / "claims.pdf"), "-"], capture_output=True,
+                              text=True, check=True).stdout
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        assert any(line.startswith("Test: patching") for line in lines)
+        assert not [line for line in lines if len(line.split()) == 1 and line != "Evidence"], (f"{width:.2f} in", lines)
