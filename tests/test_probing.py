@@ -58,6 +58,25 @@ def test_newton_solver_predicts_as_scikit_learn_does():
         assert (got == clf.predict(scaler.transform(X[is_test]))).all()
 
 
+@pytest.mark.parametrize("width", [24, 400])
+def test_newton_solver_reaches_scikit_learns_optimum_with_more_or_fewer_rows_than_features(width):
+    """Both ways of solving a Newton step (the d x d Hessian for 144 training rows of 24 features,
+    the n x n Woodbury system for 400 features) reach scikit-learn's decision values."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(width)
+    for trial in range(3):
+        X = rng.normal(size=(240, width)) * rng.uniform(0.1, 3, width)
+        y = (X[:, :5] @ rng.normal(size=5) + rng.normal(size=240) > 0) if trial else rng.random(240) < 0.3
+        is_test = split(240, 0.4, trial)
+        scaler = StandardScaler().fit(X[~is_test])
+        clf = LogisticRegression(C=1.0, max_iter=10000, tol=1e-12).fit(scaler.transform(X[~is_test]), y[~is_test])
+        got = probing.logistic_decisions(torch.as_tensor(X)[None], torch.as_tensor(y[None], dtype=torch.float64),
+                                         torch.tensor([[0, 0]]), torch.as_tensor(~is_test), 1.0, 30)[0].numpy()
+        assert got == pytest.approx(clf.decision_function(scaler.transform(X[is_test])), abs=1e-4)
+
+
 def test_operand_baseline_decodes_carries_that_depend_on_every_lower_column():
     """The carry out of the hundreds column is a + b >= 1000: linear in the one-hot digits of all
     columns (weights d * 10^c), not in those of columns 2 and 1 alone."""

@@ -75,6 +75,7 @@ OPS = ("+", "-", "*")
 IMBALANCE_RATIO = 1.5
 SCRATCHPAD_ROLES = ("operand_a", "operand_b", "carry_in", "sum_digit", "carry_out")
 CHUNK_VALUES = 10_000_000  # feature values of the problems solved together (80 MB in float64)
+NEWTON_RIDGE = 1e-4  # keeps Newton systems definite when a fit separates the classes
 
 
 # ---------------------------------------------------------------- the probe core
@@ -153,15 +154,18 @@ def logistic_decisions(feats: torch.Tensor, targets: torch.Tensor, pairs: torch.
 
 
 def _newton(X: torch.Tensor, y: torch.Tensor, reg: torch.Tensor, max_iter: int, tol: float = 1e-6) -> torch.Tensor:
-    """Batched Newton's method for L2-regularised logistic regression; X [Q, n, d], y [Q, n].
+    """Batched Newton's method for L2-regularised logistic regression; X [Q, n, d] (intercept
+    column last), y [Q, n], reg [d] (the features' 1/C, 0 for the intercept).
 
-    Gradients and losses are float64; the Hessian is formed and factorised in float32 (the
-    costly part; an inexact Hessian slows convergence slightly but does not move the optimum),
-    with a small ridge so that it stays definite when the fit separates the classes. Problems
-    leave the batch once their step is below `tol`."""
+    Each step solves the Newton system in the cheaper of two exact ways (_primal_step: the d x d
+    Hessian; _dual_step: an n x n system, when there are fewer training rows than features, as
+    in wide models' residual streams). Problems leave the batch once their step is below `tol`."""
     w = torch.zeros(X.shape[0], X.shape[2], dtype=torch.float64)
-    X32 = X.float()
-    ridge = torch.diag(reg.float() + 1e-4)
+    dual = X.shape[1] < X.shape[2]
+    if dual:  # the rows' Gram matrices, fixed through the iterations
+        gram = X[..., :-1] @ X[..., :-1].transpose(1, 2)
+    else:
+        X32 = X.float()
 
     def loss(X, y, w):
         z = (X @ w[..., None])[..., 0]
@@ -171,12 +175,15 @@ def _newton(X: torch.Tensor, y: torch.Tensor, reg: torch.Tensor, max_iter: int, 
     current = loss(X, y, w)
     for _ in range(max_iter):
         every = len(active) == len(w)  # gather only once some problems have converged
-        Xa, ya, wa, Xa32 = (X, y, w, X32) if every else (X[active], y[active], w[active], X32[active])
+        pick = (lambda t: t) if every else (lambda t: t[active])  # noqa: E731
+        Xa, ya, wa = pick(X), pick(y), pick(w)
         prob = torch.sigmoid((Xa @ wa[..., None])[..., 0])
         grad = (Xa.transpose(1, 2) @ (prob - ya)[..., None])[..., 0] + reg * wa
-        weighted = Xa32 * (prob * (1 - prob)).float()[..., None]
-        chol, _ = torch.linalg.cholesky_ex(weighted.transpose(1, 2) @ Xa32 + ridge)
-        step = torch.cholesky_solve(grad.float()[..., None], chol)[..., 0].double()
+        curvature = prob * (1 - prob)
+        if dual:
+            step = _dual_step(Xa[..., :-1], pick(gram), curvature, grad, float(reg[0]))
+        else:
+            step = _primal_step(pick(X32), curvature, grad, reg)
         t = torch.ones(len(active), 1, dtype=torch.float64)
         now = current[active]
         for _ in range(10):  # halve where a full step would increase the loss
@@ -191,6 +198,35 @@ def _newton(X: torch.Tensor, y: torch.Tensor, reg: torch.Tensor, max_iter: int, 
         if not len(active):
             break
     return w
+
+
+def _primal_step(X32: torch.Tensor, curvature: torch.Tensor, grad: torch.Tensor, reg: torch.Tensor) -> torch.Tensor:
+    """Newton step from the d x d Hessian, formed and factorised in float32 (the costly part; an
+    inexact Hessian slows convergence slightly but does not move the optimum), with a small
+    ridge so that it stays definite when the fit separates the classes."""
+    ridge = torch.diag(reg.float() + NEWTON_RIDGE)
+    chol, _ = torch.linalg.cholesky_ex((X32 * curvature.float()[..., None]).transpose(1, 2) @ X32 + ridge)
+    return torch.cholesky_solve(grad.float()[..., None], chol)[..., 0].double()
+
+
+def _dual_step(F: torch.Tensor, gram: torch.Tensor, curvature: torch.Tensor, grad: torch.Tensor,
+               lam: float) -> torch.Tensor:
+    """The same Newton step (float64) through an n x n system: features F [q, n, d], their Gram
+    matrices F F^T [q, n, n], an intercept column of ones besides them.
+
+    The Hessian is [[A, u], [u^T, c]] with A = lam I + F^T D F, u = F^T D 1, c = sum D (D the
+    curvature); A^-1 v = (v - F^T S (lam I + S F F^T S)^-1 S F v) / lam with S = D^1/2
+    (Woodbury), and the intercept's row is eliminated through its Schur complement."""
+    s = curvature.sqrt()[..., None]  # [q, n, 1]
+    system = s * gram * s.transpose(1, 2) + lam * torch.eye(gram.shape[-1], dtype=gram.dtype)
+    chol, _ = torch.linalg.cholesky_ex(system)
+    u = F.transpose(1, 2) @ curvature[..., None]  # [q, d, 1]
+    v = torch.cat([grad[:, :-1, None], u], -1)  # [q, d, 2]: A^-1 of the features' gradient and of u
+    inv = (v - F.transpose(1, 2) @ (s * torch.cholesky_solve(s * (F @ v), chol))) / lam
+    a_grad, a_u = inv[..., 0], inv[..., 1]
+    schur = curvature.sum(1) - (u[..., 0] * a_u).sum(1) + NEWTON_RIDGE
+    step_b = (grad[:, -1] - (u[..., 0] * a_grad).sum(1)) / schur
+    return torch.cat([a_grad - a_u * step_b[:, None], step_b[:, None]], 1)
 
 
 def fit_predict(X: np.ndarray, y: np.ndarray, is_test: np.ndarray, max_iter: int, C: float) -> np.ndarray:
