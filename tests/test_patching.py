@@ -11,6 +11,7 @@ from conftest import TOKENIZER, batch_for, random_model, records
 from reportgen.analysis.pairs import MinimalPair, digit_at, make_pairs, token_roles
 from reportgen.analysis.config import PatchingConfig
 from reportgen.analysis.engine import PASS_SHARE, forward_row_bytes
+from reportgen.analysis import patching
 from reportgen.analysis.patching import (
     ActivationPatcher, PairRun, answer_order, hook_name, logit_diff, pair_batch, patch_pairs,
     run_patching,
@@ -127,7 +128,13 @@ def _run(model, sites=("resid_pre", "attn_out", "mlp_out", "head"), min_denomina
 
 @pytest.mark.parametrize("site", ["resid_pre", "attn_out", "mlp_out", "head"])
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
-def test_batched_sweep_equals_one_forward_per_patch(site, direction):
+@pytest.mark.parametrize("grouped", [False, True])
+def test_batched_sweep_equals_one_forward_per_patch(site, direction, grouped, monkeypatch):
+    """Batched passes (grouped: each group of rows run only from the first position its patch
+    changes, with the earlier positions' keys and values from the cache) give what one full
+    forward pass per patch gives."""
+    if grouped:
+        monkeypatch.setattr(patching, "GROUP_ROWS", 1)
     model = strong_model(1)
     run, pb = _run(model, sites=(site,))
     assert run.n_kept >= 5
@@ -148,12 +155,14 @@ def test_a_small_memory_budget_cuts_the_sweep_into_chunks_and_changes_nothing():
         assert torch.allclose(small.sweep(site, "denoise"), whole.sweep(site, "denoise"), atol=1e-6)
 
 
-def test_a_float64_model_is_swept_in_float64():
+@pytest.mark.parametrize("site", ["resid_pre", "head"])
+def test_a_float64_model_is_swept_in_float64(site, monkeypatch):
+    monkeypatch.setattr(patching, "GROUP_ROWS", 1)  # every pass resumed after its unchanged prefix
     model = strong_model(1).double()
-    run, pb = _run(model, sites=("head",))
-    batched = run.sweep("head", "denoise")
+    run, pb = _run(model, sites=(site,))
+    batched = run.sweep(site, "denoise")
     assert batched.dtype == torch.float64
-    assert torch.allclose(batched, loop_sweep(model, run, pb, "head", "denoise"), rtol=0, atol=1e-12)
+    assert torch.allclose(batched, loop_sweep(model, run, pb, site, "denoise"), rtol=0, atol=1e-12)
 
 
 def test_whole_residual_patch_recovers_exactly():

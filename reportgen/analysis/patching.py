@@ -48,6 +48,7 @@ from reportgen import hooks as hp
 from reportgen.model.transformer import Transformer
 
 GROUP_ROWS = 256
+POSITION_SITES = ("resid_pre", "attn_out", "mlp_out")  # sites patched at one position (the others at all)
 # Where a patch of each site re-enters the residual stream: (cached hook of block l the run
 # resumes from, layers to skip, whether the run starts at that block's resid_mid).
 RESUME = {
@@ -126,7 +127,7 @@ class PairRun:
         self.max_rows = rows_within(memory_mb, forward_row_bytes(model.cfg, pb.clean.shape[1]), max_rows)
         L = model.cfg.n_layers
         names = {hook_name(s, l) for s in sites for l in range(L)}
-        names |= {hook(l) for l in range(L) for hook in (hp.resid_pre, hp.resid_mid, hp.resid_post)}
+        names |= {hook(l) for l in range(L) for hook in (hp.resid_pre, hp.resid_mid, hp.resid_post, hp.attn_k, hp.attn_v)}
         args = (pb.pred_pos, pb.correct, pb.counterfactual)
         cached = names.__contains__
         with torch.no_grad():
@@ -143,6 +144,8 @@ class PairRun:
         self.pairs = [pb.pairs[i] for i in self.kept.tolist()]
         self.roles = [pb.roles[i] for i in self.kept.tolist()]
         self.pred_pos, self.correct, self.cf = (t[keep] for t in args)
+        # Where the pair's tokens first differ: before it the clean and corrupt runs are the same.
+        self.first_diff = torch.minimum((pb.clean[keep] != pb.corrupt[keep]).int().argmax(1), self.pred_pos)
         self.ld_clean = logit_diff(lc, self.pred_pos, self.correct, self.cf)
         self.ld_corrupt = logit_diff(lx, self.pred_pos, self.correct, self.cf)
 
@@ -168,47 +171,57 @@ class PairRun:
         A patch that writes linearly into the residual stream (attn_out, a head's z through W_O,
         mlp_out, a neuron through its W_out row) is added as its change to resid_mid or
         resid_post and the run resumes there; the last block runs at the predicting position
-        only. Rows are grouped by predicting position and each group runs only up to it
-        (causality), unless there are too few rows for the saving to pay for the extra passes."""
+        only. Rows are grouped by predicting position and by the first position the patch can
+        change (the pair's first differing token, or the patched position): each group runs only
+        from there (the run patched into holds the same values before it, and its keys and values
+        serve) up to its predicting position (causality), unless there are too few rows for the
+        saving to pay for the extra passes."""
         target, source = self._sides(direction)
         resume, start, from_mid = RESUME[site]
         base = target[resume(layer)]
         name = hook_name(site, layer)
         delta = source[name] - target[name]
-        order = torch.argsort(self.pred_pos[rows], stable=True)
+        first = self.first_diff[rows]
+        if site in POSITION_SITES:
+            first = torch.minimum(first, index)
+        ends = self.pred_pos[rows] + 1
+        if len(rows) < GROUP_ROWS:  # few rows: one pass costs less than one per group
+            ends, first = torch.full_like(ends, base.shape[1]), torch.zeros_like(first)
+        order = torch.argsort(ends * (base.shape[1] + 1) + first, stable=True)
         rows, index = rows[order], index[order]
-        if len(rows) >= GROUP_ROWS:
-            ends, counts = torch.unique_consecutive(self.pred_pos[rows] + 1, return_counts=True)
-            groups = zip(ends.tolist(), counts.tolist())
-        else:  # few rows: one pass costs less than one per group
-            groups = [(base.shape[1], len(rows))]
+        bounds, counts = torch.unique_consecutive(torch.stack([ends[order], first[order]], 1), dim=0,
+                                                  return_counts=True)
         out, start_row = torch.empty(len(rows), dtype=base.dtype, device=rows.device), 0
         run_from = self.model.run_from_mid if from_mid else self.model.run_from
-        for end, count in groups:
+        L = self.model.cfg.n_layers
+        for (end, f), count in zip(bounds.tolist(), counts.tolist()):
             for s in range(start_row, start_row + count, self.max_rows):
                 stop = min(s + self.max_rows, start_row + count)
                 pi, ix = rows[s:stop], index[s:stop]
                 r = torch.arange(len(pi), device=pi.device)
                 if site == "resid_pre":
-                    x = base[pi, :end].clone()
-                    x[r, ix] = source[name][pi, ix]
+                    x = base[pi, f:end].clone()
+                    x[r, ix - f] = source[name][pi, ix]
                 else:
-                    x = base[pi, :end] + self._change(site, layer, delta, pi, ix, r, end)
-                logits = run_from(x, layer + start, query_pos=self.pred_pos[pi][:, None])
+                    x = base[pi, f:end] + self._change(site, layer, delta, pi, ix, r, f, end)
+                past = {l: (target[hp.attn_k(l)][pi, :f], target[hp.attn_v(l)][pi, :f])
+                        for l in range(layer + start, L)} if f else None
+                logits = run_from(x, layer + start, query_pos=(self.pred_pos[pi] - f)[:, None], past=past)
                 out[s:stop] = logit_diff(logits, torch.zeros_like(pi), self.correct[pi], self.cf[pi])
             start_row += count
         return out[torch.argsort(order)]
 
-    def _change(self, site: str, layer: int, delta: torch.Tensor, pi, ix, r, end) -> torch.Tensor:
-        """What patching index ix of `site` adds to the residual stream it resumes from [R, end, d]."""
+    def _change(self, site: str, layer: int, delta: torch.Tensor, pi, ix, r, f, end) -> torch.Tensor:
+        """What patching index ix of `site` adds to the residual stream it resumes from, at
+        positions f..end-1 [R, end - f, d]."""
         if site in ("attn_out", "mlp_out"):  # one position
-            change = torch.zeros(len(pi), end, self.model.cfg.d_model, device=delta.device, dtype=delta.dtype)
-            change[r, ix] = delta[pi, ix]
+            change = torch.zeros(len(pi), end - f, self.model.cfg.d_model, device=delta.device, dtype=delta.dtype)
+            change[r, ix - f] = delta[pi, ix]
         elif site == "head":  # one head's z at every position, through its W_O
             W_O = self.model.blocks[layer].attn.W_O
-            change = torch.einsum("rpe,red->rpd", delta[pi, :end, ix], W_O[ix])
+            change = torch.einsum("rpe,red->rpd", delta[pi, f:end, ix], W_O[ix])
         else:  # one neuron at every position, through its W_out row
-            change = delta[pi, :end, ix][..., None] * self.model.blocks[layer].mlp.W_out[ix][:, None, :]
+            change = delta[pi, f:end, ix][..., None] * self.model.blocks[layer].mlp.W_out[ix][:, None, :]
         return change
 
     @torch.no_grad()

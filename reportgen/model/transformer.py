@@ -22,6 +22,7 @@ from reportgen import hooks as hp
 
 HookFn = Callable[[torch.Tensor, str], Optional[torch.Tensor]]
 Hooks = Mapping[str, HookFn]
+Past = tuple[torch.Tensor, torch.Tensor]  # one layer's keys and values [batch, positions, heads, d_head]
 
 
 MAX_PARAMETERS = 100_000_000  # weights, gradients and two Adam moments: 1.6 GB
@@ -139,17 +140,23 @@ class Attention(nn.Module):
         mask = torch.tril(torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool))
         self.register_buffer("mask", mask, persistent=False)
 
-    def forward(self, x: torch.Tensor, run: _Run, query_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, run: _Run, query_pos: Optional[torch.Tensor] = None,
+                past: Optional[Past] = None) -> torch.Tensor:
         """Attention output [batch, pos, d_model], or [batch, A, d_model] at `query_pos` [batch, A]
-        only (keys and values still cover every position)."""
+        only (keys and values still cover every position). With `past` (keys, values) [batch, f,
+        heads, d_head] of f earlier positions, `x` holds the positions from f on and attends to
+        those too (`query_pos` counts from f)."""
         l = self.layer
         xq = x if query_pos is None else _gather_pos(x, query_pos)
         q = run(hp.attn_q(l), torch.einsum("bpd,hde->bphe", xq, self.W_Q) + self.b_Q)
         k = run(hp.attn_k(l), torch.einsum("bpd,hde->bphe", x, self.W_K) + self.b_K)
         v = run(hp.attn_v(l), torch.einsum("bpd,hde->bphe", x, self.W_V) + self.b_V)
-        p = x.shape[1]
+        f = 0 if past is None else past[0].shape[1]
+        if f:
+            k, v = torch.cat([past[0], k], 1), torch.cat([past[1], v], 1)
+        p = f + x.shape[1]
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(q.shape[-1])
-        allowed = self.mask[:p, :p] if query_pos is None else self.mask[query_pos, :p][:, None]
+        allowed = self.mask[f:p, :p] if query_pos is None else self.mask[query_pos + f, :p][:, None]
         scores = scores.masked_fill(~allowed, float("-inf"))
         scores = run(hp.attn_scores(l), scores)
         pattern = run(hp.attn_pattern(l), scores.softmax(-1))
@@ -182,13 +189,13 @@ class Block(nn.Module):
         self.mlp = MLP(cfg, layer)
 
     def forward(self, x: torch.Tensor, run: _Run, from_mid: bool = False,
-                query_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+                query_pos: Optional[torch.Tensor] = None, past: Optional[Past] = None) -> torch.Tensor:
         """resid_post from resid_pre `x` (or from resid_mid when `from_mid`); at `query_pos`
-        [batch, A] only when given."""
+        [batch, A] only when given; after `past` positions when given (Attention.forward)."""
         l = self.layer
         if not from_mid:
             x = run(hp.resid_pre(l), x)
-            attn_out = run(hp.attn_out(l), self.attn(self.ln1(x, run), run, query_pos))
+            attn_out = run(hp.attn_out(l), self.attn(self.ln1(x, run), run, query_pos, past))
             x = x if query_pos is None else _gather_pos(x, query_pos)
             x = x + attn_out
         elif query_pos is not None:
@@ -248,27 +255,32 @@ class Transformer(nn.Module):
         return self._blocks(self.embed(tokens, run), run, 0, layer, unembed=False)
 
     def run_from(self, resid: torch.Tensor, layer: int, hooks: Optional[Hooks] = None,
-                 query_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+                 query_pos: Optional[torch.Tensor] = None, past: Optional[dict[int, Past]] = None) -> torch.Tensor:
         """Logits of a run resumed at `blocks.{layer}.hook_resid_pre` = `resid` [batch, pos,
         d_model] (at n_layers: only the final LayerNorm and unembedding), skipping the earlier
         layers. With `query_pos` [batch, A] the logits [batch, A, vocab] at those positions only:
         the last block then computes queries and MLP there alone (its hooks see those positions),
-        since nothing later reads the others."""
-        return self._blocks(resid, _Run(hooks), layer, self.cfg.n_layers, query_pos=query_pos)
+        since nothing later reads the others. With `past` {layer: (keys, values) [batch, f, heads,
+        d_head]} for every layer run, `resid` holds positions f.. only and attends to the f
+        earlier ones as the run they come from did (a run that only differs from it after f)."""
+        return self._blocks(resid, _Run(hooks), layer, self.cfg.n_layers, query_pos=query_pos, past=past)
 
     def run_from_mid(self, resid: torch.Tensor, layer: int, hooks: Optional[Hooks] = None,
-                     query_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+                     query_pos: Optional[torch.Tensor] = None, past: Optional[dict[int, Past]] = None) -> torch.Tensor:
         """Logits of a run resumed in the middle of block `layer`, at its `hook_resid_mid` =
-        `resid` (attention already added); `query_pos` as in `run_from`."""
-        return self._blocks(resid, _Run(hooks), layer, self.cfg.n_layers, from_mid=True, query_pos=query_pos)
+        `resid` (attention already added); `query_pos` and `past` as in `run_from`."""
+        return self._blocks(resid, _Run(hooks), layer, self.cfg.n_layers, from_mid=True, query_pos=query_pos,
+                            past=past)
 
     def _blocks(self, x: torch.Tensor, run: _Run, start: int, stop: int, unembed: bool = True,
-                from_mid: bool = False, query_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+                from_mid: bool = False, query_pos: Optional[torch.Tensor] = None,
+                past: Optional[dict[int, Past]] = None) -> torch.Tensor:
         """Blocks start..stop-1 on `x` (block `start` from its resid_mid when `from_mid`), then the
         unembedding; the last block only at `query_pos` when given."""
         for l in range(start, stop):
             x = self.blocks[l](x, run, from_mid=from_mid and l == start,
-                               query_pos=query_pos if l == self.cfg.n_layers - 1 else None)
+                               query_pos=query_pos if l == self.cfg.n_layers - 1 else None,
+                               past=None if past is None or (from_mid and l == start) else past[l])
         if not unembed:
             return x
         if query_pos is not None and start == self.cfg.n_layers:
