@@ -157,6 +157,8 @@ def test_auroc_matches_sklearn_and_the_null_is_calibrated():
     auroc, p, null = auroc_test(x, y, groups, 100, 0)
     assert auroc == pytest.approx([roc_auc_score(y, x[:, j]) for j in range(50)])
     assert p[0] < 1e-10 and np.mean(p[1:] < 0.05) < 0.15 and np.all(np.abs(null - 0.5) < 0.03)
+    for got, want in zip(auroc_test(x.astype(np.float32), y, groups, 100, 0, chunk=7), (auroc, p, null)):
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-15)  # ranked 7 features at a time, from float32
 
 
 def test_within_column_null_absorbs_a_column_confound():

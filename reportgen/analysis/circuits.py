@@ -48,7 +48,7 @@ damage (corrupt into clean) is reported beside it. Intervals are percentile boot
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -93,14 +93,29 @@ def benjamini_hochberg(p: np.ndarray, q: float) -> np.ndarray:
     return false_discovery_control(p, method="bh") <= q
 
 
-def auroc_test(x: np.ndarray, y: np.ndarray, groups: np.ndarray, n_perm: int, seed: int):
+def auroc_test(x: np.ndarray, y: np.ndarray, groups: np.ndarray, n_perm: int, seed: int, chunk: int = 1024):
     """(AUROC [N], two-sided p [N], mean null AUROC [N]) of features x [S, N] for labels y [S].
 
     The null permutes y within each group; p uses that distribution's exact mean and variance of
-    the rank sum with a normal tail, the null mean is estimated from n_perm shuffles.
+    the rank sum with a normal tail, the null mean is estimated from n_perm shuffles (the same
+    for every feature). Features are ranked `chunk` at a time: the ranks take float64 copies.
     """
-    R = rankdata(x, axis=0)
     y = y.astype(bool)
+    rng = np.random.default_rng(seed)
+    perms = np.empty((n_perm, len(y)))
+    for i in range(n_perm):
+        yp = y.copy()
+        for g in np.unique(groups):
+            idx = np.nonzero(groups == g)[0]
+            yp[idx] = rng.permutation(y[idx])
+        perms[i] = yp
+    parts = [_auroc_columns(x[:, i:i + chunk], y, groups, perms) for i in range(0, x.shape[1], chunk)]
+    return tuple(np.concatenate(p) for p in zip(*parts))
+
+
+def _auroc_columns(x: np.ndarray, y: np.ndarray, groups: np.ndarray, perms: np.ndarray):
+    """`auroc_test` of some features, with the label permutations drawn."""
+    R = rankdata(x, axis=0)
     n1, n0 = int(y.sum()), int((~y).sum())
     shift = n1 * (n1 + 1) / 2
     T = R[y].sum(0)
@@ -114,14 +129,6 @@ def auroc_test(x: np.ndarray, y: np.ndarray, groups: np.ndarray, n_perm: int, se
             var_T += k * (n_g - k) / (n_g * (n_g - 1)) * ((Rg - Rg.mean(0)) ** 2).sum(0)
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(var_T > 0, (T - mean_T) / np.sqrt(var_T), 0.0)
-    rng = np.random.default_rng(seed)
-    perms = np.empty((n_perm, len(y)))
-    for i in range(n_perm):
-        yp = y.copy()
-        for g in np.unique(groups):
-            idx = np.nonzero(groups == g)[0]
-            yp[idx] = rng.permutation(y[idx])
-        perms[i] = yp
     null = ((perms @ R - shift) / (n1 * n0)).mean(0)
     return (T - shift) / (n1 * n0), 2 * norm.sf(np.abs(z)), null
 
@@ -469,8 +476,7 @@ def neuron_screen(cache: dict, batch: ExampleBatch, target: str, n_layers: int, 
     rows, y, groups = screen_rows(batch, target)
     if y.sum() < cfg.min_pairs or (~y).sum() < cfg.min_pairs:
         return np.zeros(0, dtype=int), None, None, None, {"note": "not tested: too few carry tokens with and without a carry"}
-    x = torch.cat([at_targets(cache, hp.mlp_post(l), batch)[rows] for l in range(n_layers)],
-                  -1).double().cpu().numpy()
+    x = torch.cat([at_targets(cache, hp.mlp_post(l), batch)[rows] for l in range(n_layers)], -1).cpu().numpy()
     auroc, p, null = auroc_test(x, y, groups, cfg.neuron_permutations, seed)
     selected = benjamini_hochberg(p, cfg.fdr) & (np.abs(auroc - 0.5) >= cfg.neuron_min_selectivity)
     idx = np.nonzero(selected)[0]
@@ -481,6 +487,12 @@ def neuron_screen(cache: dict, batch: ExampleBatch, target: str, n_layers: int, 
             "multiple_comparisons": "Benjamini-Hochberg", "fdr": cfg.fdr, "n_tested": int(x.shape[1]),
             "n_digits": int(len(y)), "n_selected": int(idx.size), "n_causally_tested": int(min(idx.size, cfg.max_neuron_candidates))}
     return idx, auroc, p, null, test
+
+
+def neuron_screens(caches: Sequence[dict], batch: ExampleBatch, n_layers: int, cfg: CircuitConfig,
+                   seed: int) -> list[tuple]:
+    """`neuron_screen` of each cache (a model's or twin's run of the batch) at the carry target."""
+    return [neuron_screen(c, batch, carry_target(batch.records), n_layers, cfg, seed) for c in caches]
 
 
 def neuron_causal(model: Transformer, cand: np.ndarray, tested: PairSet, control: Optional[PairSet],
@@ -507,6 +519,7 @@ def neuron_causal(model: Transformer, cand: np.ndarray, tested: PairSet, control
     run = PairRun(model, tested.batch, ("neuron",), 0.0, cfg.max_rows, memory_mb)
     e = neuron_effects(run, "denoise", by_layer, used)
     noise = neuron_effects(run, "noise", mine, used) if with_noise else None
+    del run  # its cached runs, before the control's
     c, c_used = None, None
     if control is not None:
         c_used = np.unique(np.concatenate([t.control_idx for t in tests]))
@@ -531,19 +544,18 @@ def keep(e: Effects, columns: np.ndarray) -> Effects:
     return Effects(e.ratio[:, columns], e.weight)
 
 
-def neuron_tests(model: Transformer, cache: dict, twins: list[Transformer], twin_caches: Sequence[dict],
-                 tokenizer: Tokenizer, batch: ExampleBatch, cfg: CircuitConfig, seed: int,
-                 memory_mb: float = DEFAULT_MEMORY_MB):
-    """The neuron screen and causal test on the model and on each twin: (ComponentRecovery rows,
-    components, NullCheck, screen description)."""
-    records, L, d_mlp = batch.records, model.cfg.n_layers, model.cfg.d_mlp
+def neuron_tests(model: Transformer, twins: list[Transformer], screens: list[tuple], tokenizer: Tokenizer,
+                 batch: ExampleBatch, cfg: CircuitConfig, seed: int, memory_mb: float = DEFAULT_MEMORY_MB):
+    """The neuron test's causal part on the model and on each twin, from their screens
+    (`neuron_screen` of each, model first): (ComponentRecovery rows, components, NullCheck, the
+    model's screen description)."""
+    records, d_mlp = batch.records, model.cfg.d_mlp
     target = carry_target(records)
     tested = pair_set(records, "carry_flip", target, cfg.n_pairs, seed, tokenizer, model.device)
     ck = control_kind("carry_flip", target)
     control = pair_set(records, ck, target, cfg.n_pairs, seed, tokenizer, model.device) if ck and tested else None
-    rows, components, counts, tested_counts, screen = [], [], [], [], {}
-    for i, (m, c) in enumerate(zip([model] + twins, [cache, *twin_caches])):
-        idx, auroc, p, null, test = neuron_screen(c, batch, target, L, cfg, seed)
+    rows, components, counts, tested_counts = [], [], [], []
+    for i, (m, (idx, auroc, p, null, _)) in enumerate(zip([model] + twins, screens)):
         cand = idx[: cfg.max_neuron_candidates]
         results = []
         if cand.size and tested is not None and not (ck and control is None):
@@ -552,7 +564,6 @@ def neuron_tests(model: Transformer, cache: dict, twins: list[Transformer], twin
         counts.append(sum(int(v.confirmed.sum()) for _, v, _ in results))
         tested_counts.append(sum(len(v.confirmed) for _, v, _ in results))
         if i == 0:
-            screen = test
             names = [(int(f // d_mlp), int(f % d_mlp)) for f in cand]
             for t, v, noise in results:
                 rows += recovery_rows(v, noise, names, t, "carry_flip", "N")
@@ -561,7 +572,7 @@ def neuron_tests(model: Transformer, cache: dict, twins: list[Transformer], twin
     null = NullCheck("neuron", NEURON_DEFINITION, tested_counts[0], counts[0], tested_counts[1:], counts[1:], ALPHA,
                      stats.null_passed(counts[1:], ALPHA),
                      "twins are screened and tested like the model; each screens its own candidates")
-    return rows, components, null, screen
+    return rows, components, null, screens[0][4]
 
 
 NEURON_DEFINITION = ("a correlational candidate (AUROC for the carry, Benjamini-Hochberg) whose own patching on "
@@ -591,10 +602,20 @@ def neuron_component(flat: int, d_mlp: int, auroc, p, null, confirmed: bool, row
 # ---------------------------------------------------------------- entry point
 def run_circuits(model: Transformer, tokenizer: Tokenizer, batch: ExampleBatch, cache: dict,
                  attention: Optional[AttentionFindings], twins: list[Transformer], twin_caches: Sequence[dict],
-                 cfg: CircuitConfig, seed: int, memory_mb: float = DEFAULT_MEMORY_MB) -> CircuitFindings:
+                 cfg: CircuitConfig, seed: int, memory_mb: float = DEFAULT_MEMORY_MB,
+                 caches_read: Callable[[], None] = lambda: None, screens: Optional[list] = None) -> CircuitFindings:
     """DESIGN §4.4 on the batch's records; `cache` is the model's activation cache of the batch,
-    `twins` its untrained twins (the nulls) and `twin_caches` their caches of the batch."""
+    `twins` its untrained twins (the nulls) and `twin_caches` their caches of the batch;
+    `screens` their `neuron_screens` when made already (else the caches hold the MLP activations).
+
+    What reads the caches (position heads, neuron screens) runs first; then `caches_read` is
+    called, so that the caller can free them before the patched passes, which make their own."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
+    heads, head_nulls = head_tests(batch, cache, twin_caches, L, seed, cfg.position_min_mass, cfg.position_margin)
+    if screens is None:
+        screens = neuron_screens([cache, *twin_caches], batch, L, cfg, seed)
+    del cache, twin_caches
+    caches_read()
     recoveries, components, nulls = [], [], []
     kinds = [("carry_flip", cfg.n_pairs)]
     if {"+", "-"} <= {r["op"] for r in batch.records}:
@@ -604,10 +625,9 @@ def run_circuits(model: Transformer, tokenizer: Tokenizer, batch: ExampleBatch, 
         recoveries += rows
         components += comps
         nulls += [null] if null else []
-    heads, head_nulls = head_tests(batch, cache, twin_caches, L, seed, cfg.position_min_mass, cfg.position_margin)
     components += heads
     nulls += head_nulls
-    rows, comps, null, screen = neuron_tests(model, cache, twins, twin_caches, tokenizer, batch, cfg, seed, memory_mb)
+    rows, comps, null, screen = neuron_tests(model, twins, screens, tokenizer, batch, cfg, seed, memory_mb)
     recoveries += rows
     components += comps
     nulls.append(null)

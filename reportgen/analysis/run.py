@@ -20,11 +20,11 @@ import torch
 from reportgen import hooks as hp
 from reportgen.analysis.api import token_labels
 from reportgen.analysis.attention import analyze_attention, keep_layers, stacked_patterns
-from reportgen.analysis.circuits import run_circuits
-from reportgen.analysis.config import ANALYSES, AnalysisConfig
+from reportgen.analysis.circuits import neuron_screens, run_circuits
+from reportgen.analysis.config import ANALYSES, AnalysisConfig, CircuitConfig
 from reportgen.analysis.plan import Plan, prepare
 from reportgen.analysis.engine import (
-    cached_pass, greedy_predictions, is_correct, release_memory, run_with_cache, untrained_twins,
+    AT_TARGETS, cached_pass, greedy_predictions, is_correct, release_memory, run_with_cache, untrained_twins,
 )
 from reportgen.analysis.examples import ExampleBatch, build_batch, example_key
 from reportgen.findings import AnalysisFindings, AttentionFindings, ExampleFindings
@@ -58,7 +58,7 @@ def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool =
     bar = progress_bar(len(order) + 2, "analyze", enabled=progress)
     bar.set_postfix_str("forward pass")
     twins = untrained_twins(model, cfg.untrained_twins, seed)
-    runs = cached_runs(model, tok, batch, twins, on, seed, cfg.attention.role_margin)
+    runs = cached_runs(model, tok, batch, twins, on, seed, cfg.attention.role_margin, cfg.circuits)
     bar.update()
 
     runners = {
@@ -68,16 +68,19 @@ def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool =
                                              [r["labels"]["stratum"] for r in batch.records], seed,
                                              lens_by_role(target_lens(model, tok, runs.cache, batch), batch, seed)),
         "circuits": lambda: run_circuits(model, tok, batch, runs.cache, runs.attention, twins, runs.twin_caches,
-                                         cfg.circuits, seed, budget),
+                                         cfg.circuits, seed, budget, runs.free, runs.screens),
         "probing": lambda: analyze_probing(ckpt, twins, cfg.probing, plan.probe_layers, seed, plan.questions),
         "interventions": lambda: run_interventions(model, tok, batch, cfg.interventions, seed, budget),
     }
     out = AnalysisFindings(examples=[], population=plan.population)
-    for name in order:
+    for i, name in enumerate(order):
         if name not in CACHE_READERS:
             runs.free()
         bar.set_postfix_str(name)
         setattr(out, name, runners[name]())
+        if twins and not TWIN_READERS & set(order[i + 1:]):
+            twins.clear()  # the untrained twins (a model each) are not needed by what is left
+            release_memory()
         bar.update()
     runs.free()
     bar.set_postfix_str("examples")
@@ -88,6 +91,7 @@ def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool =
 
 
 CACHE_READERS = {"attention", "logit_lens", "circuits"}  # the analyses reading the cached forward passes
+TWIN_READERS = {"logit_lens", "circuits", "probing"}  # those running the untrained twins themselves
 
 
 @dataclass
@@ -99,6 +103,7 @@ class CachedRuns:
     twin_caches: list
     attention: Optional[AttentionFindings]
     lens: Optional[LensArrays]
+    screens: Optional[list] = None  # circuits' neuron screens of the model and each twin
 
     def free(self) -> None:
         """Drop the caches (hundreds of MB on long inputs) and give their memory back to the system."""
@@ -109,22 +114,32 @@ class CachedRuns:
 
 
 def cached_runs(model, tok, batch: ExampleBatch, twins: list, on: set[str], seed: int,
-                 role_margin: float) -> CachedRuns:
-    """The forward passes the analyses in `on` read (none for those making their own)."""
+                role_margin: float, circuits: Optional[CircuitConfig] = None) -> CachedRuns:
+    """The forward passes the analyses in `on` read (none for those making their own); with
+    circuits on (`circuits` its config), each pass's neuron screen is made from it at once, so
+    that the MLP activations it reads are never held for more than one model."""
     if not on & CACHE_READERS:
         return CachedRuns(None, [], None, None)
     n_layers = model.cfg.n_layers
+    screened = screened_hooks if "circuits" in on else (lambda name: False)
+    screens = [] if "circuits" in on else None
+
+    def cached(subject, names):
+        _, cache = cached_pass(subject, batch, names, screened)
+        if screens is not None:
+            screens.append(neuron_screens([cache], batch, n_layers, circuits, seed)[0])
+        return {k: v for k, v in cache.items() if not k.endswith(AT_TARGETS)}
+
     # The logit lens decodes the model's residual stream and the first twin's (its baseline); the
-    # other twins' caches hold attention patterns and the screened MLP activations only.
+    # other twins' caches hold attention patterns only.
     whole = cached_hooks if "logit_lens" in on else pattern_hooks
-    _, cache = cached_pass(model, batch, whole, screened_hooks)
-    twin_caches = [cached_pass(t, batch, whole if i == 0 else pattern_hooks, screened_hooks)[1]
-                   for i, t in enumerate(twins)]
+    cache = cached(model, whole)
+    twin_caches = [cached(t, whole if i == 0 else pattern_hooks) for i, t in enumerate(twins)]
     attention = None
     if on & {"attention", "circuits"}:  # circuits picks its candidates from every layer's role scores
         attention = analyze_attention(batch, cache, twin_caches, n_layers, list(range(n_layers)), seed, role_margin)
     lens = compute_lens(model, tok, cache, batch) if "logit_lens" in on else None
-    return CachedRuns(cache, twin_caches, attention, lens)
+    return CachedRuns(cache, twin_caches, attention, lens, screens)
 
 
 def cached_hooks(name: str) -> bool:
