@@ -74,7 +74,7 @@ from reportgen.model.transformer import Transformer
 OPS = ("+", "-", "*")
 IMBALANCE_RATIO = 1.5
 SCRATCHPAD_ROLES = ("operand_a", "operand_b", "carry_in", "sum_digit", "carry_out")
-CHUNK_VALUES = 10_000_000  # feature values of the problems solved together (80 MB in float64)
+CHUNK_VALUES = 4_000_000  # feature values of the problems solved together (32 MB in float64)
 NEWTON_RIDGE = 1e-4  # keeps Newton systems definite when a fit separates the classes
 
 
@@ -409,13 +409,20 @@ def _fit_layout(index: int, records: list[dict], model, twins, tokenizer, cfg: P
     batch = build_batch(records, tokenizer, model.cfg.n_ctx, device=model.device)
     pos = torch.tensor([q for q, _, _ in positions], device=model.device)
     names = {name for _, name in sites}
-    feats = []  # [subject, site, position] -> rows x d
-    for subject in [model, *twins]:
-        _, cache = run_with_cache(subject, batch, names=names.__contains__)
-        feats += [cache[name][:, pos].transpose(0, 1).cpu() for _, name in sites]
-        del cache
-    feats = torch.cat(feats)  # [(subject, site, position), N, d], in the model's dtype
     n_sub, n_site, n_pos = 1 + len(twins), len(sites), len(positions)
+    # [(subject, site, position), N, d], in the model's dtype, filled pass by pass
+    feats = torch.empty(n_sub * n_site * n_pos, len(records), model.cfg.d_model, dtype=model.W_E.dtype)
+    for m, subject in enumerate([model, *twins]):
+        at_probes = {}  # each site only at the probed positions, as the pass goes
+
+        def keep(x: torch.Tensor, name: str) -> None:
+            at_probes[name] = x[:, pos]
+
+        with torch.no_grad():
+            subject(batch.tokens, hooks={name: keep for name in names})
+        for s, (_, name) in enumerate(sites):
+            at = (m * n_site + s) * n_pos
+            feats[at:at + n_pos] = at_probes[name].transpose(0, 1).cpu()
     pairs = [((m * n_site + s) * n_pos + p, t) for m in range(n_sub) for s in range(n_site)
              for p, _, _, _, ts in label_rows for t in ts]
     train = torch.as_tensor(~is_test)

@@ -78,9 +78,9 @@ def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool =
             runs.free()
         bar.set_postfix_str(name)
         setattr(out, name, runners[name]())
-        if twins and not TWIN_READERS & set(order[i + 1:]):
+        if not TWIN_READERS & set(order[i + 1:]):
             twins.clear()  # the untrained twins (a model each) are not needed by what is left
-            release_memory()
+        release_memory()  # what the analysis freed, before the next one allocates its own
         bar.update()
     runs.free()
     bar.set_postfix_str("examples")
