@@ -174,8 +174,9 @@ class PairRun:
         only. Rows are grouped by predicting position and by the first position the patch can
         change (the pair's first differing token, or the patched position): each group runs only
         from there (the run patched into holds the same values before it, and its keys and values
-        serve) up to its predicting position (causality), unless there are too few rows for the
-        saving to pay for the extra passes."""
+        serve) up to its predicting position (causality). Groups of fewer than GROUP_ROWS rows join
+        the one before them (from its earlier first position), and with fewer rows than that in
+        all, one pass runs them all: the saving would not pay for the extra passes."""
         target, source = self._sides(direction)
         resume, start, from_mid = RESUME[site]
         base = target[resume(layer)]
@@ -191,10 +192,16 @@ class PairRun:
         rows, index = rows[order], index[order]
         bounds, counts = torch.unique_consecutive(torch.stack([ends[order], first[order]], 1), dim=0,
                                                   return_counts=True)
+        groups: list[list[int]] = []  # [end, first, rows]; a group's first position serves all its rows
+        for (end, f), count in zip(bounds.tolist(), counts.tolist()):
+            if groups and groups[-1][0] == end and groups[-1][2] < GROUP_ROWS:  # too few rows for a pass
+                groups[-1][2] += count
+            else:
+                groups.append([end, f, count])
         out, start_row = torch.empty(len(rows), dtype=base.dtype, device=rows.device), 0
         run_from = self.model.run_from_mid if from_mid else self.model.run_from
         L = self.model.cfg.n_layers
-        for (end, f), count in zip(bounds.tolist(), counts.tolist()):
+        for end, f, count in groups:
             for s in range(start_row, start_row + count, self.max_rows):
                 stop = min(s + self.max_rows, start_row + count)
                 pi, ix = rows[s:stop], index[s:stop]

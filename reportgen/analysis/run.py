@@ -24,7 +24,8 @@ from reportgen.analysis.circuits import neuron_screens, run_circuits
 from reportgen.analysis.config import ANALYSES, AnalysisConfig, CircuitConfig
 from reportgen.analysis.plan import Plan, prepare
 from reportgen.analysis.engine import (
-    AT_TARGETS, cached_pass, greedy_predictions, is_correct, release_memory, run_with_cache, untrained_twins,
+    AT_TARGETS, cached_pass, greedy_predictions, is_correct, release_memory, run_with_cache, trim_heap,
+    untrained_twins,
 )
 from reportgen.analysis.examples import ExampleBatch, build_batch, example_key
 from reportgen.findings import AnalysisFindings, AttentionFindings, ExampleFindings
@@ -80,7 +81,7 @@ def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool =
         setattr(out, name, runners[name]())
         if not TWIN_READERS & set(order[i + 1:]):
             twins.clear()  # the untrained twins (a model each) are not needed by what is left
-        release_memory()  # what the analysis freed, before the next one allocates its own
+        trim_heap()  # what the analysis freed, before the next one allocates its own
         bar.update()
     runs.free()
     bar.set_postfix_str("examples")
