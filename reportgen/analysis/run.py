@@ -58,7 +58,7 @@ def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool =
     order = [a for a in ANALYSES if a in on and a in CACHE_READERS] + [a for a in ANALYSES if a in on - CACHE_READERS]
     bar = progress_bar(len(order) + 2, "analyze", enabled=progress)
     bar.set_postfix_str("forward pass")
-    twins = untrained_twins(model, cfg.untrained_twins, seed)
+    twins = untrained_twins(model, cfg.untrained_twins, seed) if on & (TWIN_READERS | CACHE_READERS) else []
     runs = cached_runs(model, tok, batch, twins, on, seed, cfg.attention.role_margin, cfg.circuits)
     bar.update()
 
@@ -77,11 +77,11 @@ def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool =
     for i, name in enumerate(order):
         if name not in CACHE_READERS:
             runs.free()
+        if not TWIN_READERS & set(order[i:]):
+            twins.clear()  # the untrained twins (a model each) are not needed by what is left
+        trim_heap()  # what the last analysis freed, before this one allocates its own
         bar.set_postfix_str(name)
         setattr(out, name, runners[name]())
-        if not TWIN_READERS & set(order[i + 1:]):
-            twins.clear()  # the untrained twins (a model each) are not needed by what is left
-        trim_heap()  # what the analysis freed, before the next one allocates its own
         bar.update()
     runs.free()
     bar.set_postfix_str("examples")
@@ -92,7 +92,7 @@ def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool =
 
 
 CACHE_READERS = {"attention", "logit_lens", "circuits"}  # the analyses reading the cached forward passes
-TWIN_READERS = {"logit_lens", "circuits", "probing"}  # those running the untrained twins themselves
+TWIN_READERS = {"logit_lens", "circuits", "probing"}  # those running the untrained twins (the cached runs do too)
 
 
 @dataclass
