@@ -215,11 +215,17 @@ def test_config_loads_from_yaml_dict():
         CircuitConfig(n_pairs=0)
 
 
-def test_batched_neuron_patching_equals_each_neuron_patched_alone_in_a_whole_forward_pass():
+@pytest.mark.parametrize("grouped", [False, True])
+def test_batched_neuron_patching_equals_each_neuron_patched_alone_in_a_whole_forward_pass(grouped, monkeypatch):
     """The neuron test's chunked, resumed patching of many neurons per pass gives what patching
-    one neuron at every position of a whole forward pass gives, pair by pair."""
+    one neuron at every position of a whole forward pass gives, pair by pair (grouped: each
+    group run from its pairs' first differing token, after the cached keys and values)."""
     from test_patching import add_records
+    from reportgen.analysis import patching
     from reportgen.analysis.patching import PairRun, logit_diff
+
+    if grouped:
+        monkeypatch.setattr(patching, "GROUP_ROWS", 1)
 
     model = strong_model(2)
     ps = circuits.pair_set(add_records(120), "carry_flip", "answer", 40, 0, TOKENIZER, model.device)
