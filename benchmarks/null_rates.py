@@ -54,9 +54,9 @@ def rates(demo: str, n_models: int, n_twins: int, analyses: list[str]) -> tuple[
         twins = [engine.untrained_twin(ckpt.model, first + k) for k in range(1, n_twins + 1)]
         nulls = []
         if "circuits" in analyses:
-            runs = cached_runs(subject, ckpt.tokenizer, batch, twins, {"circuits"}, i, ROLE_MARGIN)
+            runs = cached_runs(subject, ckpt.tokenizer, batch, twins, {"circuits"}, i, ROLE_MARGIN, cfg.circuits)
             nulls += run_circuits(subject, ckpt.tokenizer, batch, runs.cache, runs.attention, twins, runs.twin_caches,
-                                  cfg.circuits, seed=i).nulls
+                                  cfg.circuits, i, screens=runs.screens).nulls
         if plan is not None:
             f = analyze_probing(dataclasses.replace(ckpt, model=subject), twins, cfg.probing, plan.probe_layers, i,
                                 plan.questions)

@@ -27,7 +27,9 @@ def circuits_of(model, recs, seed=0, n_twins=3, **cfg):
     _, cache = engine.run_with_cache(model, batch)
     twins = engine.untrained_twins(model, n_twins, seed)
     twin_caches = [engine.run_with_cache(t, batch)[1] for t in twins]
-    return run_circuits(model, TOKENIZER, batch, cache, None, twins, twin_caches, CircuitConfig(**cfg), seed)
+    config = CircuitConfig(**cfg)
+    screens = [circuits.neuron_screen(c, batch, model.cfg.n_layers, config, seed) for c in [cache, *twin_caches]]
+    return run_circuits(model, TOKENIZER, batch, cache, None, twins, twin_caches, config, seed, screens=screens)
 
 
 def confirmed(f, kind):
@@ -275,3 +277,20 @@ def test_add3_steps_carry_is_written_and_read_by_the_heads_the_report_names():
     found = {(r.layer, r.index, r.column, r.target) for r in rows if r.confirmed}
     assert {(0, 1, 1, "carry_out"), (0, 0, 1, "carry_in")} <= found
     assert null.passed and null.twin_confirmed == [0] * cfg.untrained_twins
+
+
+@pytest.mark.slow
+def test_the_null_rate_benchmark_runs_every_confirming_circuits_test_on_an_untrained_model(monkeypatch):
+    """benchmarks/null_rates.py (where the README's error rates come from) wires the cached runs,
+    the neuron screens and run_circuits as run_plan does; it once called them with a config missing."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("null_rates", root / "benchmarks" / "null_rates.py")
+    null_rates = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(null_rates)
+    monkeypatch.chdir(root)
+    counts, _ = null_rates.rates("add3_rev", 1, 2, ["circuits"])
+    assert set(counts) >= {"carry_head", "position_head", "delimiter_head", "neuron"}
+    assert all(len(v) == 1 for v in counts.values())

@@ -48,7 +48,7 @@ damage (corrupt into clean) is reported beside it. Intervals are percentile boot
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -471,11 +471,24 @@ def screen_rows(batch: ExampleBatch, target: str) -> tuple[torch.Tensor, np.ndar
     return rows, carry > 0, n[rows].cpu().numpy()
 
 
-def neuron_screen(cache: dict, batch: ExampleBatch, target: str, n_layers: int, cfg: CircuitConfig, seed: int):
-    """Correlational candidates: (flat neuron indices, AUROC [N], p [N], null AUROC [N], description)."""
+class NeuronScreen(NamedTuple):
+    """The neuron test's correlational screen of one model (or twin)."""
+
+    candidates: np.ndarray  # flat neuron indices, most selective first
+    auroc: Optional[np.ndarray]  # [neurons]
+    p: Optional[np.ndarray]
+    null: Optional[np.ndarray]  # mean AUROC under the within-column null
+    test: dict  # what was screened, for the report
+
+
+def neuron_screen(cache: dict, batch: ExampleBatch, n_layers: int, cfg: CircuitConfig, seed: int) -> NeuronScreen:
+    """Correlational candidates among the MLP neurons of a run of the batch (`cache` holds their
+    activations), at the token where the carry is computed (carry_target)."""
+    target = carry_target(batch.records)
     rows, y, groups = screen_rows(batch, target)
     if y.sum() < cfg.min_pairs or (~y).sum() < cfg.min_pairs:
-        return np.zeros(0, dtype=int), None, None, None, {"note": "not tested: too few carry tokens with and without a carry"}
+        return NeuronScreen(np.zeros(0, dtype=int), None, None, None,
+                            {"note": "not tested: too few carry tokens with and without a carry"})
     x = torch.cat([at_targets(cache, hp.mlp_post(l), batch)[rows] for l in range(n_layers)], -1).cpu().numpy()
     auroc, p, null = auroc_test(x, y, groups, cfg.neuron_permutations, seed)
     selected = benjamini_hochberg(p, cfg.fdr) & (np.abs(auroc - 0.5) >= cfg.neuron_min_selectivity)
@@ -486,13 +499,7 @@ def neuron_screen(cache: dict, batch: ExampleBatch, target: str, n_layers: int, 
             "p_values": "exact permutation mean and variance, normal tail, two-sided",
             "multiple_comparisons": "Benjamini-Hochberg", "fdr": cfg.fdr, "n_tested": int(x.shape[1]),
             "n_digits": int(len(y)), "n_selected": int(idx.size), "n_causally_tested": int(min(idx.size, cfg.max_neuron_candidates))}
-    return idx, auroc, p, null, test
-
-
-def neuron_screens(caches: Sequence[dict], batch: ExampleBatch, n_layers: int, cfg: CircuitConfig,
-                   seed: int) -> list[tuple]:
-    """`neuron_screen` of each cache (a model's or twin's run of the batch) at the carry target."""
-    return [neuron_screen(c, batch, carry_target(batch.records), n_layers, cfg, seed) for c in caches]
+    return NeuronScreen(idx, auroc, p, null, test)
 
 
 def neuron_causal(model: Transformer, cand: np.ndarray, tested: PairSet, control: Optional[PairSet],
@@ -544,7 +551,7 @@ def keep(e: Effects, columns: np.ndarray) -> Effects:
     return Effects(e.ratio[:, columns], e.weight)
 
 
-def neuron_tests(model: Transformer, twins: list[Transformer], screens: list[tuple], tokenizer: Tokenizer,
+def neuron_tests(model: Transformer, twins: list[Transformer], screens: list[NeuronScreen], tokenizer: Tokenizer,
                  batch: ExampleBatch, cfg: CircuitConfig, seed: int, memory_mb: float = DEFAULT_MEMORY_MB):
     """The neuron test's causal part on the model and on each twin, from their screens
     (`neuron_screen` of each, model first): (ComponentRecovery rows, components, NullCheck, the
@@ -572,7 +579,7 @@ def neuron_tests(model: Transformer, twins: list[Transformer], screens: list[tup
     null = NullCheck("neuron", NEURON_DEFINITION, tested_counts[0], counts[0], tested_counts[1:], counts[1:], ALPHA,
                      stats.null_passed(counts[1:], ALPHA),
                      "twins are screened and tested like the model; each screens its own candidates")
-    return rows, components, null, screens[0][4]
+    return rows, components, null, screens[0].test
 
 
 NEURON_DEFINITION = ("a correlational candidate (AUROC for the carry, Benjamini-Hochberg) whose own patching on "
@@ -602,18 +609,17 @@ def neuron_component(flat: int, d_mlp: int, auroc, p, null, confirmed: bool, row
 # ---------------------------------------------------------------- entry point
 def run_circuits(model: Transformer, tokenizer: Tokenizer, batch: ExampleBatch, cache: dict,
                  attention: Optional[AttentionFindings], twins: list[Transformer], twin_caches: Sequence[dict],
-                 cfg: CircuitConfig, seed: int, memory_mb: float = DEFAULT_MEMORY_MB,
-                 caches_read: Callable[[], None] = lambda: None, screens: Optional[list] = None) -> CircuitFindings:
-    """DESIGN §4.4 on the batch's records; `cache` is the model's activation cache of the batch,
-    `twins` its untrained twins (the nulls) and `twin_caches` their caches of the batch;
-    `screens` their `neuron_screens` when made already (else the caches hold the MLP activations).
+                 cfg: CircuitConfig, seed: int, screens: list[NeuronScreen], memory_mb: float = DEFAULT_MEMORY_MB,
+                 caches_read: Callable[[], None] = lambda: None) -> CircuitFindings:
+    """DESIGN §4.4 on the batch's records; `cache` is the model's activation cache of the batch
+    (attention patterns are read), `twins` its untrained twins (the nulls), `twin_caches` their
+    caches of the batch and `screens` the `neuron_screen` of the model and each twin, made from
+    their runs of the batch.
 
-    What reads the caches (position heads, neuron screens) runs first; then `caches_read` is
-    called, so that the caller can free them before the patched passes, which make their own."""
+    What reads the caches (the position-head tests) runs first; then `caches_read` is called, so
+    that the caller can free them before the patched passes, which make their own."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
     heads, head_nulls = head_tests(batch, cache, twin_caches, L, seed, cfg.position_min_mass, cfg.position_margin)
-    if screens is None:
-        screens = neuron_screens([cache, *twin_caches], batch, L, cfg, seed)
     del cache, twin_caches
     caches_read()
     recoveries, components, nulls = [], [], []

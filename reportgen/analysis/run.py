@@ -20,7 +20,7 @@ import torch
 from reportgen import hooks as hp
 from reportgen.analysis.api import token_labels
 from reportgen.analysis.attention import analyze_attention, keep_layers, stacked_patterns
-from reportgen.analysis.circuits import neuron_screens, run_circuits
+from reportgen.analysis.circuits import neuron_screen, run_circuits
 from reportgen.analysis.config import ANALYSES, AnalysisConfig, CircuitConfig
 from reportgen.analysis.plan import Plan, prepare
 from reportgen.analysis.engine import (
@@ -69,7 +69,7 @@ def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool =
                                              [r["labels"]["stratum"] for r in batch.records], seed,
                                              lens_by_role(target_lens(model, tok, runs.cache, batch), batch, seed)),
         "circuits": lambda: run_circuits(model, tok, batch, runs.cache, runs.attention, twins, runs.twin_caches,
-                                         cfg.circuits, seed, budget, runs.free, runs.screens),
+                                         cfg.circuits, seed, runs.screens, budget, runs.free),
         "probing": lambda: analyze_probing(ckpt, twins, cfg.probing, plan.probe_layers, seed, plan.questions),
         "interventions": lambda: run_interventions(model, tok, batch, cfg.interventions, seed, budget),
     }
@@ -115,7 +115,7 @@ class CachedRuns:
 
 
 def cached_runs(model, tok, batch: ExampleBatch, twins: list, on: set[str], seed: int,
-                role_margin: float, circuits: Optional[CircuitConfig] = None) -> CachedRuns:
+                role_margin: float, circuits: CircuitConfig) -> CachedRuns:
     """The forward passes the analyses in `on` read (none for those making their own); with
     circuits on (`circuits` its config), each pass's neuron screen is made from it at once, so
     that the MLP activations it reads are never held for more than one model."""
@@ -128,7 +128,7 @@ def cached_runs(model, tok, batch: ExampleBatch, twins: list, on: set[str], seed
     def cached(subject, names):
         _, cache = cached_pass(subject, batch, names, screened)
         if screens is not None:
-            screens.append(neuron_screens([cache], batch, n_layers, circuits, seed)[0])
+            screens.append(neuron_screen(cache, batch, n_layers, circuits, seed))
         return {k: v for k, v in cache.items() if not k.endswith(AT_TARGETS)}
 
     # The logit lens decodes the model's residual stream and the first twin's (its baseline); the
