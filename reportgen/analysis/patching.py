@@ -211,8 +211,8 @@ class PairRun:
                     x[r, ix - f] = source[name][pi, ix]
                 else:
                     x = base[pi, f:end] + self._change(site, layer, delta, pi, ix, r, f, end)
-                past = {l: (target[hp.attn_k(l)][pi, :f], target[hp.attn_v(l)][pi, :f])
-                        for l in range(layer + start, L)} if f else None
+                past = {l: (target[hp.attn_k(l)][pi, :f], target[hp.attn_v(l)][pi, :f])  # layers whose attention runs
+                        for l in range(layer + start + from_mid, L)} if f else None
                 logits = run_from(x, layer + start, query_pos=(self.pred_pos[pi] - f)[:, None], past=past)
                 out[s:stop] = logit_diff(logits, torch.zeros_like(pi), self.correct[pi], self.cf[pi])
             start_row += count
