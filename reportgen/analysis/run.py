@@ -24,7 +24,7 @@ from reportgen.analysis.circuits import neuron_screen, run_circuits
 from reportgen.analysis.config import ANALYSES, AnalysisConfig, CircuitConfig
 from reportgen.analysis.plan import Plan, prepare
 from reportgen.analysis.engine import (
-    AT_TARGETS, cached_pass, greedy_predictions, is_correct, release_memory, run_with_cache, trim_heap,
+    AT_TARGETS, cached_pass, greedy_predictions, heap_trimmed, is_correct, release_memory, run_with_cache,
     untrained_twins,
 )
 from reportgen.analysis.examples import ExampleBatch, build_batch, example_key
@@ -45,6 +45,7 @@ def analyze(ckpt: Checkpoint, cfg: AnalysisConfig, examples: Optional[list[str]]
     return run_plan(ckpt, cfg, prepare(ckpt, cfg, examples, enabled), progress)
 
 
+@heap_trimmed()  # what the analyses' passes free goes back to the system as they run
 def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool = True,
              shown: bool = True) -> AnalysisFindings:
     """The analyses of a prepared plan, with progress on stderr (one step per analysis: a bar on a
@@ -79,7 +80,6 @@ def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool =
             runs.free()
         if not TWIN_READERS & set(order[i:]):
             twins.clear()  # the untrained twins (a model each) are not needed by what is left
-        trim_heap()  # what the last analysis freed, before this one allocates its own
         bar.set_postfix_str(name)
         setattr(out, name, runners[name]())
         bar.update()
