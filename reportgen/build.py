@@ -270,26 +270,24 @@ def compute_model_results(run: ModelRun, analyses: Optional[set[str]] = None, fi
     """Accuracy on a fresh stratified test set, the planned analyses and provenance of one model
     (unnamed: the report names it). A job of compute_all runs only `analyses`, and only its
     `first` job measures accuracy and the examples shown."""
-    from reportgen.analysis.engine import heap_trimmed
     from reportgen.analysis.examples import held_out_from
     from reportgen.analysis.run import run_plan
 
     ckpt, say = run.ckpt, run.say
     accuracy = harder = None
-    with heap_trimmed():  # evaluation and analyses: what their passes free goes back to the system
-        if first:
-            records, excluded = held_out_from(ckpt, EVAL_EXAMPLES, EVAL_SEED, run.plan.questions)
-            unseen = bool(excluded)
-            say(f"evaluating on {len(records)} fresh stratified examples"
-                + ("" if unseen else " (the training data could not be recovered: some may be training questions)"))
-            accuracy = _accuracy(ckpt, records, unseen)
-            if run.cfg.harder_test_digits:
-                digits = run.cfg.harder_test_digits
-                say(f"evaluating on {EVAL_EXAMPLES} problems of {digits}-digit operands (the harder test)")
-                harder = HarderTest(digits, _accuracy(ckpt, harder_records(ckpt, digits), digits > ckpt.task["max_digits"]))
-        plan = run.plan if analyses is None else dataclasses.replace(run.plan, enabled=analyses)
-        say("running the analyses" + ("" if analyses is None else f" ({', '.join(sorted(analyses)) or 'examples'})"))
-        findings = run_plan(ckpt, run.cfg, plan, progress=run.bars, shown=first)
+    if first:
+        records, excluded = held_out_from(ckpt, EVAL_EXAMPLES, EVAL_SEED, run.plan.questions)
+        unseen = bool(excluded)
+        say(f"evaluating on {len(records)} fresh stratified examples"
+            + ("" if unseen else " (the training data could not be recovered: some may be training questions)"))
+        accuracy = _accuracy(ckpt, records, unseen)
+        if run.cfg.harder_test_digits:
+            digits = run.cfg.harder_test_digits
+            say(f"evaluating on {EVAL_EXAMPLES} problems of {digits}-digit operands (the harder test)")
+            harder = HarderTest(digits, _accuracy(ckpt, harder_records(ckpt, digits), digits > ckpt.task["max_digits"]))
+    plan = run.plan if analyses is None else dataclasses.replace(run.plan, enabled=analyses)
+    say("running the analyses" + ("" if analyses is None else f" ({', '.join(sorted(analyses)) or 'examples'})"))
+    findings = run_plan(ckpt, run.cfg, plan, progress=run.bars, shown=first)
     h = ckpt.meta.get("history") or {}
     training = TrainingCurve(steps=[int(s) for s in h.get("step", [])],
                              train_loss=[float(x) for x in h.get("train_loss", [])],

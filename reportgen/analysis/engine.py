@@ -112,22 +112,18 @@ def trim_heap() -> None:
 
 
 TRIM_EVERY_S = 2.0  # every 0.5 s cost 10% more time in page faults (medium shape) for 10% less memory
-_trimming = threading.local()
 
 
 @contextlib.contextmanager
 def heap_trimmed(every: float = TRIM_EVERY_S):
     """Within the block, a thread returns the heap's free pages to the system every `every` s
-    (and once more at its end); a block nested in another adds no second thread.
+    (and once more at its end).
 
     glibc keeps the memory tensors free for reuse and, once a large freed block has raised its
     mmap threshold, serves tensors of up to 32 MB from a heap that fragments: at scale the
     process held twice its live tensors (large bench_scale shape, circuits: 2.7 GB of RSS over
     1.0 GB of tensors). Trimming between chunks would need a call in every loop; mmap for every
     large tensor (a fixed threshold) costs 25-40% in page faults."""
-    if getattr(_trimming, "on", False):
-        yield
-        return
     stop = threading.Event()
 
     def trim() -> None:
@@ -135,14 +131,12 @@ def heap_trimmed(every: float = TRIM_EVERY_S):
             trim_heap()
 
     thread = threading.Thread(target=trim, name="reportgen-trim-heap", daemon=True)
-    _trimming.on = True
     thread.start()
     try:
         yield
     finally:
         stop.set()
         thread.join()
-        _trimming.on = False
         trim_heap()
 
 
