@@ -3,13 +3,20 @@
 The shapes are those of issue 15, all trained (nominally) on reversed addition with d_mlp =
 4 d_model: small = 2 layers, 4 heads, d_model 64, 3 digits (add3_rev's shape); medium = 4 layers,
 4 heads, d_model 256, 5 digits; large = 6 layers, 8 heads, d_model 512, 6 digits. Random weights
-cost roughly what trained ones do (the same forward passes and probes; only the number of neuron
-candidates tested causally depends on the weights). Each run is a fresh `python -m reportgen`
+cost what trained ones do in the forward passes and probes, and at most what they do in free
+generation under ablation, which decodes only the problems that teacher forcing gets wrong (all of
+them on random weights); the number of neuron candidates tested causally depends on the weights. Each run is a fresh `python -m reportgen`
 process; the script prints its wall time, CPU time and peak memory (PSS of that process and its
 workers, sampled every 100 ms) and the growth factors from one shape to the next. Targets on two
 CPU cores (issue 15): large in at most 60 s and 2 GB.
 
-    python benchmarks/bench_scale.py [--shapes small,medium,large] [--config analysis.yaml]
+With `--flops`, each shape is also analysed once more in this process under torch's FLOP counter
+(matrix products and attention, the work that cannot be batched away) to print each analysis's
+floating-point work and the compute floor it sets: that work at the matrix-product rate this
+machine reaches on the shape's MLP product (measured in the same run). Wall time far above the
+floor is overhead; a floor above the target means the analyses as configured must do less work.
+
+    python benchmarks/bench_scale.py [--shapes small,medium,large] [--config analysis.yaml] [--flops]
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -72,11 +81,93 @@ def analyze(checkpoint: Path, out: Path, config: str | None) -> tuple[float, flo
     return wall, cpu, memory.peak_kb
 
 
+PHASES = {  # reportgen.analysis.run's steps whose work is counted, as the report names them
+    "cached_runs": "cached forward passes (model and twins)",
+    "run_patching": "patching",
+    "compute_lens": "logit lens",
+    "target_lens": "logit lens (targets)",
+    "run_circuits": "circuits",
+    "analyze_probing": "probing",
+    "run_interventions": "interventions",
+    "example_findings": "examples shown",
+}
+
+
+class FlopCount(TorchDispatchMode):
+    """Counts the FLOPs of every operator torch's FLOP counter has a formula for (matrix products,
+    attention, convolutions), forward and backward. torch's FlopCounterMode also tracks modules
+    with backward hooks, which autograd.grad (patching's attribution) refuses."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
+def gemm_rate(d_model: int, rows: int = 8192) -> float:
+    """FLOP/s of this machine's float32 matrix product at the shape of the model's MLP input."""
+    x, w = torch.randn(rows, d_model), torch.randn(d_model, 4 * d_model)
+    for _ in range(3):
+        x @ w
+    start, n = time.perf_counter(), 10
+    for _ in range(n):
+        x @ w
+    return 2 * rows * d_model * 4 * d_model * n / (time.perf_counter() - start)
+
+
+def count_flops(checkpoint: Path, config: str | None) -> dict[str, float]:
+    """FLOPs of the analyses of `analyze --all` per step (PHASES) and in all ("total"), counted in
+    this process (without the evaluation the command runs first: one pass over 512 problems)."""
+    from reportgen.analysis import run
+    from reportgen.analysis.config import load_analysis_config
+    from reportgen.model.checkpoint import load_checkpoint
+
+    counter, counted = FlopCount(), {}
+
+    def counting(name, fn):
+        def wrapped(*args, **kwargs):
+            before = counter.total
+            out = fn(*args, **kwargs)
+            counted[name] = counted.get(name, 0) + counter.total - before
+            return out
+        return wrapped
+
+    originals = {name: getattr(run, name) for name in PHASES}
+    for name, fn in originals.items():  # run_plan looks these up in its module at call time
+        setattr(run, name, counting(name, fn))
+    try:
+        with counter:
+            run.analyze(load_checkpoint(checkpoint), load_analysis_config(config), progress=False)
+    finally:
+        for name, fn in originals.items():
+            setattr(run, name, fn)
+    return {**counted, "total": counter.total}
+
+
+def print_flops(flops: dict[str, float], rate: float, wall: float) -> None:
+    print(f"    matrix products at {rate / 1e9:.0f} GFLOP/s (this machine, all threads):")
+    for name, label in PHASES.items():
+        if flops.get(name):
+            print(f"      {label:<40} {flops[name] / 1e9:9.1f} GFLOP  floor {flops[name] / rate:7.1f} s")
+    floor = flops["total"] / rate
+    print(f"      {'all':<40} {flops['total'] / 1e9:9.1f} GFLOP  floor {floor:7.1f} s "
+          f"(wall {wall:.1f} s = floor x{wall / floor:.1f})", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default="small,medium,large", help="comma-separated subset of "
                         f"{', '.join(SHAPES)} (default: %(default)s)")
     parser.add_argument("--config", help="analysis YAML (default: configs/interpretability.yaml)")
+    parser.add_argument("--flops", action="store_true", help="also count each analysis's floating-point work "
+                        "and print the compute floor it sets")
     args = parser.parse_args()
     names = args.shapes.split(",")
     if unknown := sorted(set(names) - set(SHAPES)):
@@ -93,6 +184,8 @@ def main() -> int:
         print(f"  {name:<7} {layers} layers, {heads} heads, d_model {d_model:>3}, {digits} digits, "
               f"{params / 1e6:5.2f} M parameters: wall {wall:6.1f} s, cpu {cpu:6.1f} s, peak {kb / 1024:6.0f} MB PSS",
               flush=True)
+        if args.flops:
+            print_flops(count_flops(checkpoint, config), gemm_rate(d_model), wall)
         rows.append((name, params, wall, cpu, kb))
     for (a, pa, wa, ca, ma), (b, pb, wb, cb, mb) in zip(rows, rows[1:]):
         print(f"  {a} -> {b}: parameters x{pb / pa:.1f}, wall x{wb / wa:.1f}, cpu x{cb / ca:.1f}, "
