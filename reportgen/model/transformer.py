@@ -85,21 +85,17 @@ def _gather_pos(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return x.gather(1, pos[..., None].expand(-1, -1, x.shape[-1]))
 
 
-def _affine(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """x @ W + b over the last axis of x, the bias added inside the matrix product (addmm): on the
-    CPU a separate addition costs up to a quarter of the product on wide outputs like the MLP's."""
-    return torch.addmm(b, x.reshape(-1, x.shape[-1]), W).view(*x.shape[:-1], W.shape[-1])
-
-
+# Every weight product is F.linear (x @ W + b with the bias added inside the matrix product): on
+# the CPU a separate addition costs up to a quarter of the product on wide outputs like the MLP's.
 def _to_heads(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-head projection [..., d] -> [..., heads, d_head] of W [heads, d, d_head], b [heads, d_head]."""
     h, d, e = W.shape
-    return _affine(x, W.permute(1, 0, 2).reshape(d, h * e), b.reshape(h * e)).unflatten(-1, (h, e))
+    return F.linear(x, W.transpose(1, 2).reshape(h * e, d), b.reshape(h * e)).unflatten(-1, (h, e))
 
 
 def _from_heads(z: torch.Tensor, W_O: torch.Tensor, b_O: torch.Tensor) -> torch.Tensor:
     """Sum over heads of z [..., heads, d_head] @ W_O [heads, d_head, d] + b_O: one matrix product."""
-    return _affine(z.flatten(-2), W_O.flatten(0, 1), b_O)
+    return F.linear(z.flatten(-2), W_O.flatten(0, 1).T, b_O)
 
 
 class _Run:
@@ -191,9 +187,9 @@ class MLP(nn.Module):
         self.layer = layer
 
     def forward(self, x: torch.Tensor, run: _Run) -> torch.Tensor:
-        pre = run(hp.mlp_pre(self.layer), _affine(x, self.W_in, self.b_in))
+        pre = run(hp.mlp_pre(self.layer), F.linear(x, self.W_in.T, self.b_in))
         post = run(hp.mlp_post(self.layer), F.gelu(pre))
-        return _affine(post, self.W_out, self.b_out)
+        return F.linear(post, self.W_out.T, self.b_out)
 
 
 class Block(nn.Module):
@@ -306,7 +302,7 @@ class Transformer(nn.Module):
 
     def unembed(self, resid: torch.Tensor, run: Optional[_Run] = None) -> torch.Tensor:
         """Logits of a final residual stream: final LayerNorm (statistics of `resid` itself), W_U, b_U."""
-        return _affine(self.ln_final(resid, run), self.W_U, self.b_U)
+        return F.linear(self.ln_final(resid, run), self.W_U.T, self.b_U)
 
     def prefill(self, tokens: torch.Tensor, hooks: Optional[Hooks] = None
                 ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
@@ -357,8 +353,8 @@ class Transformer(nn.Module):
             z = at(hp.attn_z(l), torch.bmm(pattern.view(B * H, 1, m), values).view(B, H, E))
             x = at(hp.resid_mid(l), x + at(hp.attn_out(l), _from_heads(z, a.W_O, a.b_O)))
             mlp = block.mlp
-            post = at(hp.mlp_post(l), F.gelu(_affine(block.ln2(x), mlp.W_in, mlp.b_in)))
-            x = at(hp.resid_post(l), x + at(hp.mlp_out(l), _affine(post, mlp.W_out, mlp.b_out)))
+            post = at(hp.mlp_post(l), F.gelu(F.linear(block.ln2(x), mlp.W_in.T, mlp.b_in)))
+            x = at(hp.resid_post(l), x + at(hp.mlp_out(l), F.linear(post, mlp.W_out.T, mlp.b_out)))
         return self.unembed(x)
 
     def run_with_cache(
