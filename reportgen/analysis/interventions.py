@@ -475,7 +475,8 @@ class Ablator:
     def metrics_many(self, logprobs: torch.Tensor, free: Optional[torch.Tensor] = None) -> list[Metrics]:
         """`metrics` of S interventions at once, logprobs [S, B, T, 10] and free [S, B]: every
         measure of every intervention is one column of a single bootstrap over examples (per
-        stratum, over that stratum's examples), the same intervals as one estimate each."""
+        stratum, over that stratum's examples), the same intervals as one estimate each (to the
+        float32 rounding of stats.bootstrap_means, which depends on a column's place)."""
         scores = {k: v.cpu().numpy() for k, v in self.scores(logprobs).items()}  # name -> [S, B]
         if free is not None:
             scores["free_exact_match"] = free.double().cpu().numpy()

@@ -66,8 +66,7 @@ def bootstrap_means(values, seed: int = 0, alpha: float = 0.05) -> tuple[np.ndar
     mean[some] = zeroed.sum(0) / count[some]
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(resamples(alpha), n))  # as in `bootstrap`
-    draws = np.bincount((idx + n * np.arange(len(idx))[:, None]).ravel(), minlength=len(idx) * n)
-    draws = draws.reshape(len(idx), n).astype(np.float32)
+    draws = draw_counts(idx, n, np.float32)
     # Columns often share where their values are missing: count the draws once per pattern.
     patterns, which = np.unique(np.packbits(finite[:, some], axis=0), axis=1, return_inverse=True)
     drawn = draws @ np.unpackbits(patterns, axis=0, count=n).astype(np.float32)
