@@ -3,18 +3,18 @@
 The shapes are those of issue 15, all trained (nominally) on reversed addition with d_mlp =
 4 d_model: small = 2 layers, 4 heads, d_model 64, 3 digits (add3_rev's shape); medium = 4 layers,
 4 heads, d_model 256, 5 digits; large = 6 layers, 8 heads, d_model 512, 6 digits. Random weights
-cost what trained ones do in the forward passes and probes, and at most what they do in free
-generation under ablation, which decodes only the problems that teacher forcing gets wrong (all of
-them on random weights); the number of neuron candidates tested causally depends on the weights. Each run is a fresh `python -m reportgen`
-process; the script prints its wall time, CPU time and peak memory (PSS of that process and its
-workers, sampled every 100 ms) and the growth factors from one shape to the next. Targets on two
-CPU cores (issue 15): large in at most 60 s and 2 GB.
+cost what trained ones do in the forward passes and probes, and more in free generation under
+ablation, which decodes only the problems that teacher forcing gets wrong (all of them on random
+weights); the number of neuron candidates tested causally depends on the weights. Each run is a
+fresh `python -m reportgen` process; the script prints its wall time, CPU time and peak memory
+(PSS of that process and its workers, sampled every 100 ms) and the growth factors from one shape
+to the next. Targets on two CPU cores (issue 15): large in at most 60 s and 2 GB.
 
-With `--flops`, each shape is also analysed once more in this process under torch's FLOP counter
-(matrix products and attention, the work that cannot be batched away) to print each analysis's
-floating-point work and the compute floor it sets: that work at the matrix-product rate this
-machine reaches on the shape's MLP product (measured in the same run). Wall time far above the
-floor is overhead; a floor above the target means the analyses as configured must do less work.
+With `--flops`, each shape is also analysed once more in this process with its FLOPs counted by
+torch's formulas (matrix products and attention, forward and backward) to print each analysis's
+work and the compute floor it sets: that work at the matrix-product rate this machine reaches on
+the shape's MLP product (measured in the same run). Wall time far above the floor is overhead; a
+floor above the target means the analyses as configured must do less work.
 
     python benchmarks/bench_scale.py [--shapes small,medium,large] [--config analysis.yaml] [--flops]
 """
@@ -81,33 +81,36 @@ def analyze(checkpoint: Path, out: Path, config: str | None) -> tuple[float, flo
     return wall, cpu, memory.peak_kb
 
 
-PHASES = {  # reportgen.analysis.run's steps whose work is counted, as the report names them
+PHASES = {  # reportgen.analysis.run's steps whose work is counted -> the analysis they belong to
     "cached_runs": "cached forward passes (model and twins)",
     "run_patching": "patching",
     "compute_lens": "logit lens",
-    "target_lens": "logit lens (targets)",
+    "target_lens": "logit lens",
     "run_circuits": "circuits",
     "analyze_probing": "probing",
     "run_interventions": "interventions",
     "example_findings": "examples shown",
 }
+OTHER = "other (planning)"
 
 
 class FlopCount(TorchDispatchMode):
-    """Counts the FLOPs of every operator torch's FLOP counter has a formula for (matrix products,
-    attention, convolutions), forward and backward. torch's FlopCounterMode also tracks modules
-    with backward hooks, which autograd.grad (patching's attribution) refuses."""
+    """FLOPs of every operator torch's FLOP counter has a formula for (matrix products, attention,
+    convolutions), forward and backward, per `phase` (the label set while they run). torch's
+    FlopCounterMode also tracks modules with backward hooks, which autograd.grad (patching's
+    attribution) refuses."""
 
     def __init__(self):
         super().__init__()
-        self.total = 0
+        self.phase = OTHER
+        self.flops: dict[str, int] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         formula = flop_registry.get(func._overloadpacket)
         if formula is not None:
-            self.total += formula(*args, **kwargs, out_val=out)
+            self.flops[self.phase] = self.flops.get(self.phase, 0) + formula(*args, **kwargs, out_val=out)
         return out
 
 
@@ -122,43 +125,46 @@ def gemm_rate(d_model: int, rows: int = 8192) -> float:
     return 2 * rows * d_model * 4 * d_model * n / (time.perf_counter() - start)
 
 
-def count_flops(checkpoint: Path, config: str | None) -> dict[str, float]:
-    """FLOPs of the analyses of `analyze --all` per step (PHASES) and in all ("total"), counted in
-    this process (without the evaluation the command runs first: one pass over 512 problems)."""
+def count_flops(checkpoint: Path, config: str | None) -> dict[str, int]:
+    """FLOPs of the analyses of `analyze --all` per analysis (PHASES' labels), counted in this
+    process (without the evaluation the command runs first: one pass over 512 problems). Work
+    is booked to the innermost step running (the logit lens the cached runs and the examples
+    shown compute is the logit lens's), so the analyses add up to the whole."""
     from reportgen.analysis import run
     from reportgen.analysis.config import load_analysis_config
     from reportgen.model.checkpoint import load_checkpoint
 
-    counter, counted = FlopCount(), {}
+    counter = FlopCount()
 
-    def counting(name, fn):
+    def counting(label, fn):
         def wrapped(*args, **kwargs):
-            before = counter.total
-            out = fn(*args, **kwargs)
-            counted[name] = counted.get(name, 0) + counter.total - before
-            return out
+            outer, counter.phase = counter.phase, label
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                counter.phase = outer
         return wrapped
 
     originals = {name: getattr(run, name) for name in PHASES}
     for name, fn in originals.items():  # run_plan looks these up in its module at call time
-        setattr(run, name, counting(name, fn))
+        setattr(run, name, counting(PHASES[name], fn))
     try:
         with counter:
             run.analyze(load_checkpoint(checkpoint), load_analysis_config(config), progress=False)
     finally:
         for name, fn in originals.items():
             setattr(run, name, fn)
-    return {**counted, "total": counter.total}
+    return counter.flops
 
 
-def print_flops(flops: dict[str, float], rate: float, wall: float) -> None:
+def print_flops(flops: dict[str, int], rate: float, wall: float) -> None:
     print(f"    matrix products at {rate / 1e9:.0f} GFLOP/s (this machine, all threads):")
-    for name, label in PHASES.items():
-        if flops.get(name):
-            print(f"      {label:<40} {flops[name] / 1e9:9.1f} GFLOP  floor {flops[name] / rate:7.1f} s")
-    floor = flops["total"] / rate
-    print(f"      {'all':<40} {flops['total'] / 1e9:9.1f} GFLOP  floor {floor:7.1f} s "
-          f"(wall {wall:.1f} s = floor x{wall / floor:.1f})", flush=True)
+    for label in dict.fromkeys([*PHASES.values(), OTHER]):
+        if flops.get(label):
+            print(f"      {label:<40} {flops[label] / 1e9:9.1f} GFLOP  floor {flops[label] / rate:7.1f} s")
+    total = sum(flops.values())
+    print(f"      {'all':<40} {total / 1e9:9.1f} GFLOP  floor {total / rate:7.1f} s "
+          f"(wall {wall:.1f} s = floor x{wall * rate / total:.1f})", flush=True)
 
 
 def main() -> int:
