@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from reportgen.analysis.config import AnalysisConfig
-from reportgen.analysis.engine import forward_row_bytes, rows_within
+from reportgen.analysis.engine import forward_row_bytes, old_objects_frozen, release_memory, rows_within
 from reportgen.analysis.run import prepare, run_plan
 from reportgen.configfile import from_dict
 from reportgen.errors import ReportgenError
@@ -97,3 +100,31 @@ def test_heap_trimmed_returns_the_holes_freed_tensors_leave():
     assert during < untrimmed - 100, out.stdout  # the thread trims while the block runs
     assert trimmed < untrimmed - 100, out.stdout
     assert (inside, after) == (1, 0), out.stdout  # one thread in the block, none after it
+
+
+def test_old_objects_frozen_collects_new_cycles_and_thaws_the_rest():
+    """Inside `old_objects_frozen` (around run_plan) collections skip what existed before the
+    block, yet a reference cycle made inside it that holds a tensor is still freed by
+    release_memory, and the old objects are collectable again after the block, even one that
+    raised."""
+    class Node:
+        pass
+
+    old = Node()
+    old.self, old.tensor = old, torch.ones(4)
+    old_ref = weakref.ref(old.tensor)
+    del old
+    with pytest.raises(RuntimeError):
+        with old_objects_frozen():
+            assert gc.get_freeze_count() > 0
+            new = Node()
+            new.self, new.tensor = new, torch.ones(4)
+            new_ref = weakref.ref(new.tensor)
+            del new
+            release_memory()
+            assert new_ref() is None  # made inside the block: collected
+            assert old_ref() is not None  # frozen: never scanned, so its cycle stays
+            raise RuntimeError("an analysis failed")
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert old_ref() is None

@@ -97,9 +97,23 @@ def answer_digits(batch: ExampleBatch, tokenizer: Tokenizer) -> torch.Tensor:
 def release_memory() -> None:
     """Give freed tensor memory back to the system: glibc keeps freed heap memory for reuse, and a
     process that held large caches would stay at its peak size while other processes need it.
-    Collects garbage first (reference cycles can hold tensors; about 0.1 s)."""
+    Collects garbage first (reference cycles can hold tensors): 0.2-0.3 s over the ~260k objects
+    importing torch, scipy and matplotlib makes, unless they are frozen (`old_objects_frozen`)."""
     gc.collect()
     trim_heap()
+
+
+@contextlib.contextmanager
+def old_objects_frozen():
+    """Within the block, garbage collections skip the objects that existed before it (modules,
+    configs, data splits: alive throughout), so each `release_memory` scans only what the block
+    made (add3_rev's analyses: 8 collections, 1.6 s -> 0.02 s). Old objects are collectable
+    again after it; objects are still freed by reference counting inside it."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def trim_heap() -> None:

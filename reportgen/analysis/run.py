@@ -24,8 +24,8 @@ from reportgen.analysis.circuits import neuron_screen, run_circuits
 from reportgen.analysis.config import ANALYSES, AnalysisConfig, CircuitConfig
 from reportgen.analysis.plan import Plan, prepare
 from reportgen.analysis.engine import (
-    AT_TARGETS, cached_pass, greedy_predictions, heap_trimmed, is_correct, release_memory, run_with_cache,
-    untrained_twins,
+    AT_TARGETS, cached_pass, greedy_predictions, heap_trimmed, is_correct, old_objects_frozen, release_memory,
+    run_with_cache, untrained_twins,
 )
 from reportgen.analysis.examples import ExampleBatch, build_batch, example_key
 from reportgen.findings import AnalysisFindings, AttentionFindings, ExampleFindings
@@ -46,6 +46,7 @@ def analyze(ckpt: Checkpoint, cfg: AnalysisConfig, examples: Optional[list[str]]
 
 
 @heap_trimmed()  # what the analyses' passes free goes back to the system as they run
+@old_objects_frozen()  # their garbage collections scan only what they make
 def run_plan(ckpt: Checkpoint, cfg: AnalysisConfig, plan: Plan, progress: bool = True,
              shown: bool = True) -> AnalysisFindings:
     """The analyses of a prepared plan, with progress on stderr (one step per analysis: a bar on a
