@@ -363,6 +363,29 @@ def test_row8_ten_thousand_examples_are_refused_up_front(command, checkpoint_pat
     assert list(tmp_path.iterdir()) == []
 
 
+
+CUDA_OOM = "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 139.80 GiB"
+
+
+@pytest.mark.parametrize("fault, needle", [("cpu", "ran out of memory;"), ("cuda", "ran out of GPU memory;")])
+def test_torch_running_out_of_memory_is_one_line(fault, needle, checkpoint_path, tmp_path, capsys, monkeypatch):
+    """torch's allocators raise RuntimeError, not MemoryError: on the CPU a real allocation larger
+    than the machine, on a GPU torch.OutOfMemoryError (raised as is: no GPU here). Any other
+    RuntimeError is a bug and keeps its traceback."""
+    def exhausted(*args, **kwargs):
+        if fault == "cpu":
+            torch.empty(1 << 60, dtype=torch.uint8)
+        raise torch.OutOfMemoryError(CUDA_OOM)
+
+    monkeypatch.setattr("reportgen.build.compute_model_results", exhausted)
+    rc, err = cli(capsys, "analyze", "--checkpoint", checkpoint_path, "--all", "--output-dir", tmp_path / "a")
+    assert rc == 2
+    one_line_error(err, needle, "memory_budget_mb")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr("reportgen.build.compute_model_results", lambda *a, **k: torch.ones(2) @ torch.ones(3))
+    with pytest.raises(RuntimeError, match="size mismatch|shapes cannot be multiplied|inconsistent"):
+        cli(capsys, "analyze", "--checkpoint", checkpoint_path, "--all", "--output-dir", tmp_path / "a")
+
 def test_row9_two_hundred_digit_operands(tmp_path, capsys):
     out = tmp_path / "d"
     rc, err = cli(capsys, "data", "--task", "add", "--max-digits", "200", "--instances", "100", "--out", out)
