@@ -466,8 +466,8 @@ def screen_rows(batch: ExampleBatch, target: str) -> tuple[torch.Tensor, np.ndar
     longest = torch.tensor([max(r["labels"]["len_a"], r["labels"]["len_b"]) for r in batch.records],
                            device=n.device)[:, None]
     rows = batch.target_mask & (batch.target_roles == TARGET_ROLES.index(target)) & (n >= 1) & (n < longest)
-    carry = np.array([batch.records[i]["labels"]["columns"][int(n[i, j])]["carry_in"]
-                      for i, j in zip(*rows.nonzero(as_tuple=True))])
+    aimed = n.tolist()  # one copy from the device, not one per token
+    carry = np.array([batch.records[i]["labels"]["columns"][aimed[i][j]]["carry_in"] for i, j in rows.nonzero().tolist()])
     return rows, carry > 0, n[rows].cpu().numpy()
 
 

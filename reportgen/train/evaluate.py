@@ -82,9 +82,10 @@ def _decode_batch(model, tokenizer, prompts, max_new_tokens, hooks_at=None):
             )
     lengths = torch.tensor([len(s) for s in seqs], device=model.device)
     limit = (lengths + max_new_tokens).clamp(max=n_ctx)
-    tokens = torch.full((len(seqs), int(limit.max())), tokenizer.pad_id, dtype=torch.long, device=model.device)
+    tokens = torch.full((len(seqs), int(limit.max())), tokenizer.pad_id, dtype=torch.long)
     for i, s in enumerate(seqs):
         tokens[i, : len(s)] = torch.tensor(s)
+    tokens = tokens.to(model.device)  # one copy, not one per row
     cur = lengths.clone()
     done = cur >= limit
     if done.all():
@@ -105,7 +106,8 @@ def _decode_batch(model, tokenizer, prompts, max_new_tokens, hooks_at=None):
             break
         at = (cur - 1).clamp(max=n_ctx - 1)  # finished rows repeat a harmless step
         nxt = model.decode_step(tokens[rows, at], at, kv, None if hooks_at is None else hooks_at(at[:, None])).argmax(-1)
-    return [tokenizer.decode(tokens[i, lengths[i] : cur[i]].tolist(), keep_specials=True) for i in range(len(seqs))]
+    tokens, lengths, cur = tokens.tolist(), lengths.tolist(), cur.tolist()  # one copy from the device each
+    return [tokenizer.decode(tokens[i][lengths[i] : cur[i]], keep_specials=True) for i in range(len(seqs))]
 
 
 def final_answer(target: str) -> str:
