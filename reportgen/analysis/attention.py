@@ -623,7 +623,7 @@ class AttentionAnalyzer:
         _, cache = run_with_cache(self.model, batch, names=hp.at_sites(hp.ATTN_PATTERN))
         n = int(batch.lengths[0])
         att = _np(stacked_patterns(cache, self.model.cfg.n_layers)[:, 0, :, :n, :n])
-        return token_labels(self.tokenizer, batch.tokens[0, :n]), att
+        return token_labels(self.tokenizer, batch.tokens[0, :n].tolist()), att
 
     def plot_attention_heads(self, text: str, layer_idx: int, save_path=None) -> np.ndarray:
         """Plot every head of layer `layer_idx` for one problem; returns that layer's [H, n, n]."""

@@ -181,7 +181,7 @@ def example_findings(ckpt: Checkpoint, records: list[dict]) -> list[ExampleFindi
             correct=is_correct(r, pred),
             stratum=r["labels"]["stratum"],
             labels=r["labels"],
-            tokens=token_labels(ckpt.tokenizer, batch.tokens[i, :n]),
+            tokens=token_labels(ckpt.tokenizer, batch.tokens[i, :n].tolist()),
             answer_positions=[q for q, _ in predicting_positions(r)],
             attention=patterns[:, i, :, :n, :n].to(torch.float32).cpu().numpy().astype(np.float32),
             **example_lens(lens, i),
