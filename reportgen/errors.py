@@ -21,6 +21,13 @@ class Interrupted(ReportgenError):
     exit_code = 130
 
 
+def out_of_memory(e: RuntimeError) -> bool:
+    """Whether a torch error is an allocation failure, which torch raises as RuntimeError, not
+    MemoryError: CUDA's OutOfMemoryError ('CUDA out of memory') or the CPU allocator's ("can't
+    allocate memory")."""
+    return "out of memory" in str(e) or "can't allocate memory" in str(e)
+
+
 def os_error_advice(e: OSError) -> str:
     """What to do about a file system error, in a few words."""
     return {

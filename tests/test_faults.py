@@ -38,7 +38,7 @@ from reportgen.atomic import check_out_dir
 from reportgen.cli import main
 from reportgen.model.checkpoint import checkpoint_bytes, load_checkpoint, read_checkpoint_payload, save_checkpoint
 from reportgen.results.store import ARRAYS_FILE, RESULTS_FILE, load_results, save_results
-from reportgen.train.trainer import OUTPUTS
+from reportgen.train.trainer import OUTPUTS, Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -385,6 +385,32 @@ def test_torch_running_out_of_memory_is_one_line(fault, needle, checkpoint_path,
     monkeypatch.setattr("reportgen.build.compute_model_results", lambda *a, **k: torch.ones(2) @ torch.ones(3))
     with pytest.raises(RuntimeError, match="size mismatch|shapes cannot be multiplied|inconsistent"):
         cli(capsys, "analyze", "--checkpoint", checkpoint_path, "--all", "--output-dir", tmp_path / "a")
+
+
+@pytest.mark.parametrize("fault", ["cpu", "cuda"])
+def test_training_out_of_memory_is_one_line_and_keeps_the_checkpoint(fault, tmp_path, data_dir, tiny_yaml, capsys,
+                                                                      monkeypatch):
+    """Training catches torch's allocation failures itself, to say what was saved; a RuntimeError
+    that merely mentions memory is a bug and keeps its traceback."""
+    step = Trainer._train_step
+
+    def exhausted_at_60(self, *args, **kwargs):
+        if self.step == 60:
+            if fault == "cpu":
+                torch.empty(1 << 60, dtype=torch.uint8)
+            raise torch.OutOfMemoryError(CUDA_OOM)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_train_step", exhausted_at_60)
+    rc, err = cli(capsys, *train_argv(tmp_path / "run", data_dir, tiny_yaml))
+    assert rc == 2
+    one_line_error(err, "ran out of memory at step 60", "holds step 50", "--resume")
+    def bug(*args, **kwargs):
+        raise RuntimeError("an unsupported memory format")
+
+    monkeypatch.setattr(Trainer, "_train_step", bug)
+    with pytest.raises(RuntimeError, match="unsupported memory format"):
+        cli(capsys, *train_argv(tmp_path / "other", data_dir, tiny_yaml))
 
 def test_row9_two_hundred_digit_operands(tmp_path, capsys):
     out = tmp_path / "d"

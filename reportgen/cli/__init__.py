@@ -12,7 +12,7 @@ import importlib
 import os
 import sys
 
-from reportgen.errors import Interrupted, ReportgenError, os_error_advice
+from reportgen.errors import Interrupted, ReportgenError, os_error_advice, out_of_memory
 
 COMMANDS = ("data", "train", "eval", "analyze", "build", "render", "sweep", "export", "import_")  # modules
 
@@ -76,19 +76,13 @@ def _run(args: argparse.Namespace) -> int:
         print("reportgen: error: ran out of memory; use smaller sizes (README, 'Bad input', lists the limits)",
               file=sys.stderr)
         return 2
-    except RuntimeError as e:  # torch's allocators raise these, not MemoryError
+    except RuntimeError as e:
         if not out_of_memory(e):
             raise
         print(f"reportgen: error: ran out of {'GPU ' if 'CUDA' in str(e) else ''}memory; lower the analysis config's "
               "memory_budget_mb or n_examples, or use smaller sizes (README, 'Bad input', lists the limits)",
               file=sys.stderr)
         return 2
-
-
-def out_of_memory(e: RuntimeError) -> bool:
-    """Whether a torch error is an allocation failure: CUDA's OutOfMemoryError ('CUDA out of
-    memory') or the CPU allocator's ("can't allocate memory")."""
-    return "out of memory" in str(e) or "can't allocate memory" in str(e)
 
 
 class _StdoutError(Exception):

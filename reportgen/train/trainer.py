@@ -30,7 +30,7 @@ from reportgen.atomic import OwnedFiles
 from reportgen.configfile import to_dict
 from reportgen.data.dataset import load_dataset, write_dataset
 from reportgen.data.tokenizer import Tokenizer
-from reportgen.errors import Interrupted, ReportgenError, os_error_advice
+from reportgen.errors import Interrupted, ReportgenError, os_error_advice, out_of_memory
 from reportgen.model.checkpoint import checkpoint_bytes, load_checkpoint, non_finite, read_checkpoint_payload
 from reportgen.model.device import resolve_device
 from reportgen.model.transformer import Transformer
@@ -369,7 +369,7 @@ class Trainer:
                 f"at step {self.step}; progress saved in {self.out_dir / LAST} (continue with --resume)"
             ) from None
         except (MemoryError, RuntimeError) as e:
-            if not isinstance(e, MemoryError) and "memory" not in str(e):
+            if not isinstance(e, MemoryError) and not out_of_memory(e):
                 raise
             raise ReportgenError(f"ran out of memory at step {self.step}; lower optim.batch_size or the model size; "
                                  f"{self._kept()}") from None
