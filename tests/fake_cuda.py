@@ -97,7 +97,7 @@ class FakeCuda(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
-        name = _name(func).removeprefix("Tensor.")
+        name = _name(func)
         if name == "device.__get__":
             return GPU if on_gpu(args[0]) else func(*args)
         if name == "is_cuda.__get__":
@@ -137,8 +137,6 @@ class FakeCuda(TorchFunctionMode):
                 and any(map(on_gpu, inputs)) and any(t.dim() > 0 and not on_gpu(t) for t in inputs):
             self._refuse(f"{name} between devices", inputs)
         out = func(*args, **kwargs)
-        if name in ("__eq__", "__ne__") and not isinstance(out, torch.Tensor):
-            return out
         if name in ("copy_", "set_"):
             gpu = on_gpu(args[0])
         return self._mark_new(out, gpu, inputs)
@@ -168,13 +166,13 @@ class FakeCuda(TorchFunctionMode):
         return _mark(out, gpu)
 
     def _getitem(self, func, t, index):
-        indices = _tensors(index if isinstance(index, tuple) else (index,), [])
+        indices = _tensors(index, [])
         if not on_gpu(t) and any(on_gpu(i) and (i.dim() > 0 or i.dtype == torch.bool) for i in indices):
             self._refuse("a CPU tensor read at GPU indices", [t, *indices])
         return _mark(func(t, index), on_gpu(t))
 
     def _setitem(self, func, t, index, value):
-        indices = _tensors(index if isinstance(index, tuple) else (index,), [])
+        indices = _tensors(index, [])
         values = [value] if isinstance(value, torch.Tensor) and value.dim() > 0 else []
         if on_gpu(t) and _advanced(index) and values and not on_gpu(value):
             self._refuse("CPU values written into a GPU tensor at indices", [t, value, *indices])
